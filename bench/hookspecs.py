@@ -1,0 +1,94 @@
+"""Every hook a bench plugin can implement.
+
+Each component hook receives one argument, ``register``, a callback with the signature
+``register(name: str, factory: Callable, aliases: Sequence[str] = ()) -> None``. The
+registry remembers which plugin registered each name. Factories are called lazily, only
+when a command needs the component, so plugin modules import nothing heavy (torch,
+diffusers, torchvision) at top level: they import it inside the factory.
+
+The factory contracts below are public API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from bench import hookspec
+
+
+class Register(Protocol):
+    """The callback every component hook receives."""
+
+    def __call__(self, name: str, factory: Callable, aliases: Sequence[str] = ()) -> None: ...
+
+
+@hookspec
+def register_models(register: Register) -> None:
+    """Register model factories.
+
+    Contract: ``factory(preset: str | None = None, **config) -> torch.nn.Module``. The module's
+    ``forward(sample, timesteps, conditions)`` returns the predicted noise for ``sample``
+    (B, C, H, W) at integer ``timesteps`` (B,) under multi-hot ``conditions`` (B, num_labels),
+    and its attribute ``config`` is a JSON-serialisable dict such that ``factory(**config)``
+    rebuilds the same architecture (it is stored in every checkpoint). ``preset`` names a set
+    of defaults; keyword arguments override them. A factory may carry ``factory.presets``
+    (names) and ``factory.default_checkpoint`` (a zero-argument callable returning the path of
+    shipped weights, or None).
+    """
+
+
+@hookspec
+def register_schedulers(register: Register) -> None:
+    """Register noise-scheduler factories.
+
+    Contract (exactly)::
+
+        def make_my_ddim(train_config, **options):
+            '''train_config: the noise-schedule config the model was trained with (a dict
+            that diffusers' from_config accepts). Returns a NEW diffusers scheduler on every
+            call.'''
+
+    A scheduler that defines a training noise schedule of its own (for example ``cosine``
+    or ``linear``) says so with the attribute ``factory.noise_schedule``: a dict of the
+    diffusers config keys it fixes (e.g. ``{"beta_schedule": "squaredcos_cap_v2"}``).
+    ``bench train --scheduler NAME`` trains with that schedule, and ``bench run`` refuses to
+    sample a checkpoint trained with another schedule unless ``--allow-schedule-mismatch``.
+    A factory may set ``factory.default_steps`` (int) for its default number of steps.
+    """
+
+
+@hookspec
+def register_evaluators(register: Register) -> None:
+    """Register evaluator factories.
+
+    Contract: ``factory(**options) -> evaluator`` where ``evaluator(images, conditions)``
+    returns a dict of metric name -> number. ``images`` is a float tensor (B, 3, H, W) with
+    values in [-1, 1]; ``conditions`` is the multi-hot float tensor (B, num_labels). Options
+    the harness may pass: ``device``, ``dataset`` (the reference dataset object), ``judge``
+    (a path), ``fid_weights`` (a path), ``cache_dir``. An evaluator ignores options it does
+    not use (accept ``**options``). Metric names carry their variant (``fid-judge`` is never
+    called ``fid``) and a sample count where it matters (``fid_n``).
+    """
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """Register dataset factories.
+
+    Contract: ``factory(**options) -> dataset`` where ``dataset`` is a sized, indexable
+    collection (a ``torch.utils.data.Dataset``) whose items are ``(image, condition)``:
+    ``image`` a float tensor (3, H, W) in [-1, 1], ``condition`` a multi-hot float tensor.
+    It exposes ``labels`` (list of label names in index order) and ``image_size`` (int).
+    Options the harness may pass: ``data_root``, ``image_size``, ``cache_dir``, ``seed``.
+    """
+
+
+@hookspec
+def register_reporters(register: Register) -> None:
+    """Register report renderers.
+
+    Contract: ``factory(**options) -> reporter`` where ``reporter(report)`` returns the
+    rendered text for a :class:`bench.report.Report` (its tables, and for rich formats its
+    plot and image grids). The reporter's registered name is the ``--format`` value.
+    """

@@ -1,0 +1,172 @@
+"""The plugin manager: built-in plugins, safe entry-point loading, and the registries.
+
+A third-party plugin that fails to import, implements a hook that does not exist, or takes
+an argument its hook spec lacks is skipped with one line on stderr and remembered in
+``load_errors`` (``bench plugins`` lists them). ``BENCH_STRICT_PLUGINS=1`` makes it fatal.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import sys
+from dataclasses import dataclass, field
+from functools import cache
+from types import ModuleType
+
+import pluggy
+
+from bench import PROJECT_NAME, hookspecs
+from bench.registry import Registry, RegistryError
+
+ENTRY_POINT_GROUP = "bench"
+STRICT_ENV = "BENCH_STRICT_PLUGINS"
+KINDS = ("models", "schedulers", "evaluators", "datasets", "reporters")
+
+# Built-ins are ordinary plugins: the same hooks a third party implements.
+BUILTIN_PLUGINS = (
+    "bench_builtins.models",
+    "bench_builtins.schedulers",
+    "bench_builtins.evaluators",
+    "bench_builtins.datasets",
+    "bench_builtins.reporters",
+)
+
+
+class PluginLoadError(Exception):
+    """Raised instead of skipping a broken plugin when BENCH_STRICT_PLUGINS=1."""
+
+
+@dataclass
+class LoadError:
+    plugin: str
+    error: str
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    version: str
+    hooks: list[str]
+    builtin: bool
+
+
+@dataclass
+class Plugins:
+    """The loaded plugin manager, its registries and what failed to load."""
+
+    manager: pluggy.PluginManager
+    registries: dict[str, Registry] = field(default_factory=dict)
+    load_errors: list[LoadError] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def registry(self, kind: str) -> Registry:
+        return self.registries[kind]
+
+    def info(self) -> list[PluginInfo]:
+        out = []
+        for name, plugin in self.manager.list_name_plugin():
+            if plugin is None:
+                continue
+            hooks = sorted(c.name for c in self.manager.get_hookcallers(plugin) or [])
+            out.append(PluginInfo(name, self.versions.get(name, ""), hooks, name in BUILTIN_PLUGINS))
+        return out
+
+
+def _strict() -> bool:
+    return os.environ.get(STRICT_ENV, "") not in ("", "0", "false", "no")
+
+
+def _fail(plugins: Plugins, name: str, error: BaseException | str) -> None:
+    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    message = " ".join(str(message).split())
+    if _strict():
+        raise PluginLoadError(f"plugin {name!r} failed to load: {message}")
+    plugins.load_errors.append(LoadError(name, message))
+    print(f"bench: skipping plugin {name!r}: {message}", file=sys.stderr)
+
+
+def _unknown_hooks(module: ModuleType) -> list[str]:
+    """Hook implementations whose name matches no hook spec (a misspelled hook)."""
+    known = {n for n in dir(hookspecs) if n.startswith("register_")}
+    marker = f"{PROJECT_NAME}_impl"
+    return [
+        attr for attr in dir(module)
+        if getattr(getattr(module, attr, None), marker, None) is not None and attr not in known
+    ]
+
+
+def _register_module(plugins: Plugins, module: ModuleType, name: str) -> None:
+    unknown = _unknown_hooks(module)
+    if unknown:
+        hint = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("register_")))
+        raise pluggy.PluginValidationError(module, f"unknown hook(s) {', '.join(unknown)}; known hooks: {hint}")
+    plugins.manager.register(module, name=name)
+
+
+def _fill_registries(plugins: Plugins) -> None:
+    """Call each component hook plugin by plugin, so one failing plugin is isolated."""
+    for kind in KINDS:
+        registry = Registry(kind)
+        plugins.registries[kind] = registry
+        caller = getattr(plugins.manager.hook, f"register_{kind}")
+        for impl in reversed(caller.get_hookimpls()):  # registration order
+            def register(name, factory, aliases=(), _plugin=impl.plugin_name, _reg=registry):
+                _reg.add(name, factory, aliases, plugin=_plugin)
+
+            try:
+                impl.function(register=register)
+            except RegistryError:
+                raise  # a name clash is the user's to resolve, never silently skipped
+            except Exception as error:  # noqa: BLE001 - a plugin's bug must not take bench down
+                if impl.plugin_name in BUILTIN_PLUGINS:
+                    raise
+                _fail(plugins, impl.plugin_name, error)
+
+
+def load_plugins(extra_modules: tuple[str, ...] = (), entry_points: bool = True) -> Plugins:
+    """Load the built-ins, then every entry point in the ``bench`` group, safely."""
+    manager = pluggy.PluginManager(PROJECT_NAME)
+    manager.add_hookspecs(hookspecs)
+    plugins = Plugins(manager)
+    for module_name in BUILTIN_PLUGINS:
+        _register_module(plugins, importlib.import_module(module_name), module_name)
+        plugins.versions[module_name] = _bench_version()
+    found = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)) if entry_points else []
+    for ep in found:
+        name = ep.name
+        dist = ep.dist
+        try:
+            module = ep.load()
+            _register_module(plugins, module, name)
+        except Exception as error:  # noqa: BLE001 - ImportError, SyntaxError, validation...
+            if manager.get_plugin(name) is not None:
+                manager.unregister(name=name)
+            _fail(plugins, name, error)
+            continue
+        plugins.versions[name] = dist.version if dist is not None else ""
+    for module_name in extra_modules:
+        try:
+            _register_module(plugins, importlib.import_module(module_name), module_name)
+        except Exception as error:  # noqa: BLE001
+            _fail(plugins, module_name, error)
+    _fill_registries(plugins)
+    return plugins
+
+
+def _bench_version() -> str:
+    from bench import __version__
+
+    return __version__
+
+
+@cache
+def get_plugins() -> Plugins:
+    """The process-wide plugin set (loaded once)."""
+    return load_plugins()
+
+
+def get(kind: str, name: str):
+    """Shortcut: the registry entry of a component by kind and name or alias."""
+    return get_plugins().registry(kind).get(name)

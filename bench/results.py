@@ -1,0 +1,127 @@
+"""The results file: one JSON document per run, written atomically.
+
+The schema is documented in results/README.md. Rows are plain dicts so that reporters,
+plots and third-party tools read them without importing bench.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.atomic import atomic_write_json
+
+SCHEMA = "bench.results/1"
+LIBRARIES = ("bench", "torch", "diffusers", "torchvision", "torchmetrics", "accelerate", "pluggy", "click")
+
+
+@dataclass
+class Row:
+    """One cell of a run matrix for one condition set and one seed."""
+
+    model: str
+    scheduler: str
+    steps: int
+    seed: int
+    condition_set: str
+    guidance: float = 1.0
+    checkpoint: str = ""
+    n_images: int = 0
+    # speed: images_per_s, s_per_image, nfe, peak_memory_mb, batch_size, dtype, device
+    speed: dict[str, Any] = field(default_factory=dict)
+    # quality: metric name -> number; a count that belongs to a metric is "<metric>_n"
+    metrics: dict[str, Any] = field(default_factory=dict)
+    images_dir: str = ""
+    grid: str = ""
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RunResult:
+    config: dict[str, Any]
+    seeds: list[int]
+    rows: list[Row] = field(default_factory=list)
+    figures: dict[str, str] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "created": self.created,
+            "config": self.config,
+            "environment": self.environment or environment(),
+            "seeds": self.seeds,
+            "figures": self.figures,
+            "rows": [r.to_dict() if isinstance(r, Row) else r for r in self.rows],
+        }
+
+    def write(self, path: str | Path) -> Path:
+        return atomic_write_json(path, self.to_dict())
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_revision(cwd: Path | None = None) -> dict[str, Any]:
+    cwd = cwd or Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return {"revision": None, "dirty": None}
+    if rev.returncode != 0:
+        return {"revision": None, "dirty": None}
+    return {"revision": rev.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def environment(device: str | None = None) -> dict[str, Any]:
+    """Library versions, the device and the git revision, for the results file."""
+    env: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "libraries": {name: _version(name) for name in LIBRARIES},
+        "git": git_revision(),
+    }
+    if "torch" in sys.modules or device is not None:
+        import torch
+
+        env["cuda"] = torch.version.cuda
+        env["device"] = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            env["gpu"] = torch.cuda.get_device_name(0)
+            env["gpu_count"] = torch.cuda.device_count()
+        env["cpu_threads"] = torch.get_num_threads()
+    return env
+
+
+class ResultsError(Exception):
+    """A results file that is missing, not JSON, or not in the bench schema."""
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ResultsError(f"results file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"results file {path} is not valid JSON: line {e.lineno} column {e.colno}: {e.msg}") from e
+    if not isinstance(data, dict):
+        raise ResultsError(f"results file {path} holds a {type(data).__name__}, expected an object")
+    return data

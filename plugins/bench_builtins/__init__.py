@@ -1,0 +1,1 @@
+"""The built-in plugins of bench: ordinary plugins using the public hooks."""

@@ -1,0 +1,8 @@
+"""Built-in schedulers plugin."""
+
+from bench import hookimpl
+
+
+@hookimpl
+def register_schedulers(register):
+    pass
