@@ -1,0 +1,158 @@
+"""The ``bench`` command line: parse, call the core, print. No torch at import time."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from bench import __version__
+from bench.config import config_option, parse_float_list, parse_int_list, parse_list
+from bench.plugins import KINDS, PluginLoadError, get_plugins
+from bench.registry import RegistryError
+
+SHIPPED_CONDITIONS = Path(__file__).resolve().parent.parent / "plugins" / "bench_builtins" / "conditions"
+
+
+class BenchGroup(click.Group):
+    """Turns the errors a user can act on into one clear line and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as error:
+            if not _is_user_error(error):
+                raise  # a bug: keep the traceback
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(2)
+
+
+def _is_user_error(error: Exception) -> bool:
+    """Errors that bench raises on purpose (its own exception classes) carry a message to act on."""
+    if isinstance(error, (RegistryError, PluginLoadError)):
+        return True
+    module = type(error).__module__
+    return module.split(".")[0] in ("bench", "bench_builtins")
+
+
+@click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bench")
+def main() -> None:
+    """Benchmark class-conditional diffusion models: train, sample, judge, report."""
+
+
+@main.command("list")
+@click.argument("kind", required=False, type=click.Choice(KINDS))
+def list_components(kind: str | None) -> None:
+    """List registered models, schedulers, evaluators, datasets and reporters."""
+    from tabulate import tabulate
+
+    plugins = get_plugins()
+    for k in [kind] if kind else KINDS:
+        rows = [(e.name, ", ".join(e.aliases), e.plugin, e.description) for e in plugins.registry(k)]
+        click.echo(f"{k}:")
+        click.echo(tabulate(rows, headers=["name", "aliases", "plugin", "description"], tablefmt="simple"))
+        click.echo()
+
+
+@main.command("plugins")
+def list_plugins() -> None:
+    """Show installed plugins, their versions and hooks, and plugins that failed to load."""
+    from tabulate import tabulate
+
+    plugins = get_plugins()
+    rows = [(p.name, p.version, ", ".join(p.hooks), "built-in" if p.builtin else "") for p in plugins.info()]
+    click.echo(tabulate(rows, headers=["plugin", "version", "hooks", ""], tablefmt="simple"))
+    if plugins.load_errors:
+        click.echo("\nfailed to load:")
+        click.echo(tabulate([(e.plugin, e.error) for e in plugins.load_errors], headers=["plugin", "error"]))
+
+
+def _bool_flag(name: str, help: str):
+    """A tri-state ``--name/--no-name`` flag: unset means "the device's default"."""
+    return click.option(f"--{name}/--no-{name}", default=None, help=help)
+
+
+@main.command("run")
+@config_option
+@click.option("--model", default="ddpm-unet", show_default=True, help="Model plugin name.")
+@click.option("--checkpoint", default=None,
+              help="Checkpoint dir or .safetensors file; 'random' for untrained weights; default: the shipped weights.")
+@click.option("--preset", default=None, help="Model preset, with --checkpoint random.")
+@click.option("--scheduler", "schedulers", default="cosine", show_default=True,
+              help="Scheduler(s), comma-separated: cosine,ddim,dpm++2m ...")
+@click.option("--steps", default=None, help="Sampling step count(s), comma-separated; default: each scheduler's.")
+@click.option("--seeds", default="0", show_default=True, help="Seeds: 0-4 or 0,3,7.")
+@click.option("--guidance", default="1", show_default=True,
+              help="Classifier-free guidance scale(s); 1 = off.")
+@click.option("--conditions", "condition_files", multiple=True,
+              help="Condition set JSON (test.json format); repeatable. Default: the shipped test and new_test.")
+@click.option("--data", default="synthetic", show_default=True, help="Dataset plugin (FID reference images).")
+@click.option("--data-root", default=None, help="Folder of a dataset in the i-CLEVR format.")
+@click.option("--evaluators", default="iclevr-acc,fid", show_default=True, help="Evaluators, comma-separated, or 'none'.")
+@click.option("--judge", default=None, help="Judge checkpoint (course format or .safetensors); default: shipped.")
+@click.option("--fid-weights", default=None, help="Local Inception weights for standard FID.")
+@click.option("--ref-n", default=500, show_default=True, help="Reference images for FID/KID.")
+@click.option("--batch-size", type=int, default=None, help="Sampling batch size (default: all images at once, chunked).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["bf16", "fp32"]), default=None, help="Default: bf16 on CUDA, fp32 on CPU.")
+@_bool_flag("compile", "torch.compile the model (default on CUDA).")
+@_bool_flag("cuda-graphs", "CUDA graphs for the step loop (default on CUDA).")
+@_bool_flag("channels-last", "channels_last memory format (default on CUDA).")
+@click.option("--allow-schedule-mismatch", is_flag=True, help="Sample with a noise schedule other than the trained one.")
+@click.option("--no-denoising-figure", is_flag=True, help="Skip the denoising-process figure.")
+@click.option("--out", "out_dir", default="runs/latest", show_default=True, help="Output folder.")
+def run_command(schedulers, steps, seeds, guidance, evaluators, condition_files, no_denoising_figure, **options):
+    """Sample a checkpoint under every scheduler/steps/seed cell, judge the images, write results."""
+    from bench.runner import RunConfig, run
+
+    config = RunConfig(
+        schedulers=parse_list(schedulers),
+        steps=parse_int_list(steps, "steps") if steps else [None],
+        seeds=parse_int_list(seeds, "seed"),
+        guidance=parse_float_list(guidance, "guidance"),
+        evaluators=[] if evaluators.strip().lower() == "none" else parse_list(evaluators),
+        condition_files=list(condition_files),
+        denoising_figure=not no_denoising_figure,
+        **options,
+    )
+    result = run(config, log=lambda m: click.echo(m, err=True))
+    _print_summary(Path(config.out_dir), result)
+
+
+def _print_summary(out_dir: Path, result) -> None:
+    from bench.report import render_report
+
+    path = out_dir / "results.json"
+    click.echo(render_report([path], "plain"))
+    click.echo(f"\nresults: {path}")
+    grids = sorted({r.grid for r in result.rows if r.grid})
+    if grids:
+        click.echo(f"images:  {out_dir / 'images'} (<cell>/<seed>/<set>/<i>.png)")
+        click.echo(f"grids:   {', '.join(str(out_dir / g) for g in grids[:4])}{' ...' if len(grids) > 4 else ''}")
+    if "denoising" in result.figures:
+        click.echo(f"denoising figure: {out_dir / result.figures['denoising']}")
+    failed = [r for r in result.rows if r.error]
+    if failed:
+        click.echo(f"{len(failed)} row(s) failed; see the 'error' column", err=True)
+
+
+@main.command("report")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", default="github", show_default=True,
+              help="Reporter plugin: github, latex, csv, json, html, plain.")
+@click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write the accuracy vs images/s plot here.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the report here (else stdout).")
+def report_command(files, fmt, plot, out) -> None:
+    """Render tables (and a plot, or an html page) from results files."""
+    from bench.report import render_report
+
+    text = render_report([Path(f) for f in files], fmt, plot=Path(plot) if plot else None,
+                         out=Path(out) if out else None)
+    if out is None:
+        click.echo(text)
+    else:
+        click.echo(f"wrote {out}", err=True)

@@ -1,0 +1,91 @@
+"""Options from TOML files and matrix values from the command line.
+
+``--config FILE.toml`` supplies defaults for any option of a command; flags given on the
+command line win. A file may hold options at top level or in a table named after the
+command (``[run]``, ``[train]``), with dashes or underscores in the keys.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def read_config_file(path: str | Path, command: str) -> dict[str, Any]:
+    """The option defaults for ``command`` from a TOML file (keys normalised to underscores)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise click.BadParameter(f"config file {path} does not exist", param_hint="--config") from None
+    except tomllib.TOMLDecodeError as e:
+        raise click.BadParameter(f"config file {path} is not valid TOML: {e}", param_hint="--config") from None
+    section = data.get(command, {})
+    flat = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    merged = {**flat, **(section if isinstance(section, dict) else {})}
+    out: dict[str, Any] = {}
+    for key, value in merged.items():
+        # Matrix options take comma-separated strings on the command line; accept TOML lists too.
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def _apply_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value:
+        known = {p.name for p in ctx.command.params}
+        defaults = read_config_file(value, ctx.command.name or "")
+        unknown = sorted(set(defaults) - known)
+        if unknown:
+            raise click.BadParameter(
+                f"unknown option(s) in {value}: {', '.join(unknown)} (known: {', '.join(sorted(known - {'config'}))})",
+                param_hint="--config",
+            )
+        ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+def config_option(f):
+    """The ``--config FILE`` option; processed first so its values become defaults."""
+    return click.option(
+        "--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+        callback=_apply_config, help="TOML file of option defaults; command-line flags win.",
+    )(f)
+
+
+def parse_list(value: str | None) -> list[str]:
+    """``"cosine,ddim"`` -> ``["cosine", "ddim"]`` (empty items dropped)."""
+    if value is None:
+        return []
+    return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def parse_int_list(value: str | None, what: str = "value") -> list[int]:
+    """``"0-4"`` -> ``[0, 1, 2, 3, 4]``; ``"25,100"`` -> ``[25, 100]``; ranges and lists mix."""
+    out: list[int] = []
+    for item in parse_list(value):
+        try:
+            if "-" in item.lstrip("-")[0:] and not item.startswith("-"):
+                lo, hi = (int(x) for x in item.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(item))
+        except ValueError:
+            raise click.BadParameter(f"{what} {item!r} is not an integer or a range like 0-4") from None
+    return out
+
+
+def parse_float_list(value: str | None, what: str = "value") -> list[float]:
+    out = []
+    for item in parse_list(value):
+        try:
+            out.append(float(item))
+        except ValueError:
+            raise click.BadParameter(f"{what} {item!r} is not a number") from None
+    return out

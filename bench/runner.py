@@ -1,0 +1,241 @@
+"""``bench run``: every cell of the matrix (scheduler x steps x guidance x seed), sampled,
+timed, judged and written as result rows. A failing cell records its error and the rest go on."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.conditions import ConditionSet, load_condition_set, load_labels_spec, multi_hot
+from bench.plugins import Plugins, get_plugins
+from bench.results import Row, RunResult, environment
+
+DENOISING_CONDITION = ["red sphere", "cyan cylinder", "cyan cube"]
+SHIPPED_CONDITIONS_DIR = Path(__file__).resolve().parent.parent / "plugins" / "bench_builtins" / "conditions"
+DEFAULT_CONDITION_FILES = (SHIPPED_CONDITIONS_DIR / "test.json", SHIPPED_CONDITIONS_DIR / "new_test.json")
+
+
+class RunError(Exception):
+    """A problem with the run as a whole (not one cell): bad checkpoint, no conditions..."""
+
+
+@dataclass
+class RunConfig:
+    """Every option that changes the output of ``bench run``."""
+
+    model: str = "ddpm-unet"
+    checkpoint: str | None = None  # a path, "random" (untrained, for speed), or None: the shipped default
+    preset: str | None = None  # only with checkpoint="random"
+    schedulers: list[str] = field(default_factory=lambda: ["cosine"])
+    steps: list[int | None] = field(default_factory=lambda: [None])  # None: the scheduler's default
+    seeds: list[int] = field(default_factory=lambda: [0])
+    guidance: list[float] = field(default_factory=lambda: [1.0])
+    condition_files: list[str] = field(default_factory=list)
+    data: str = "synthetic"
+    data_root: str | None = None
+    evaluators: list[str] = field(default_factory=lambda: ["iclevr-acc", "fid"])
+    judge: str | None = None
+    fid_weights: str | None = None
+    ref_n: int = 500
+    batch_size: int | None = None
+    device: str = "auto"
+    dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
+    compile: bool | None = None
+    cuda_graphs: bool | None = None
+    channels_last: bool | None = None
+    allow_schedule_mismatch: bool = False
+    denoising_figure: bool = True
+    save_images: bool = True
+    out_dir: str = "runs/latest"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RunError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
+    return device
+
+
+def _condition_sets(config: RunConfig, labels: list[str]) -> list[ConditionSet]:
+    files = config.condition_files or [str(p) for p in DEFAULT_CONDITION_FILES]
+    sets = [load_condition_set(f, labels) for f in files]
+    names = [s.name for s in sets]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise RunError(f"two condition files share the set name(s) {sorted(dupes)}; rename one file")
+    return sets
+
+
+def _load_model(config: RunConfig, plugins: Plugins, device: str):
+    from bench.checkpoints import load_model
+
+    entry = plugins.registry("models").get(config.model)
+    if config.checkpoint == "random":
+        model = entry.factory(preset=config.preset)
+        from bench.noise import noise_config
+
+        return model.to(device).eval(), noise_config("cosine"), {"checkpoint": "random", "preset": config.preset}
+    path = config.checkpoint
+    if path is None:
+        default = getattr(entry.factory, "default_checkpoint", None)
+        if default is None:
+            raise RunError(f"model {entry.name!r} ships no default weights; pass --checkpoint PATH (or 'random')")
+        path = default()
+    model, noise, meta = load_model(path, device=device)
+    meta = {**meta, "checkpoint": str(path)}
+    return model.eval(), noise, meta
+
+
+def _make_evaluators(config: RunConfig, plugins: Plugins, device: str, labels: list[str]):
+    evaluators = {}
+    reference = None
+    for name in config.evaluators:
+        entry = plugins.registry("evaluators").get(name)
+        options: dict[str, Any] = {"device": device, "labels": labels}
+        if config.judge:
+            options["judge"] = config.judge
+        if config.fid_weights:
+            options["fid_weights"] = config.fid_weights
+        if entry.name in ("fid", "kid"):
+            if reference is None:
+                reference = _reference_dataset(config, plugins)
+            options.update(dataset=reference, ref_n=config.ref_n)
+        evaluators[entry.name] = entry.factory(**options)
+    return evaluators
+
+
+def _reference_dataset(config: RunConfig, plugins: Plugins):
+    """Real images for FID: held-out renders for synthetic data, the user's folder otherwise."""
+    entry = plugins.registry("datasets").get(config.data)
+    if entry.name == "synthetic":
+        scenes = -(-config.ref_n // 3)
+        return entry.factory(split="heldout", scenes=scenes)
+    return entry.factory(data_root=config.data_root)
+
+
+def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResult:
+    """Run every cell of the matrix and write ``results.json`` into ``config.out_dir``."""
+    import torch
+
+    from bench.images import save_denoising_strip, save_grid, save_images
+    from bench.noise import check_schedule_compatible
+    from bench.sampling import SamplingOptions, sample
+
+    plugins = plugins or get_plugins()
+    device = resolve_device(config.device)
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = load_labels_spec()
+    sets = _condition_sets(config, labels)
+    model, train_noise, meta = _load_model(config, plugins, device)
+    evaluators = _make_evaluators(config, plugins, device, labels)
+    options = SamplingOptions.for_device(
+        device, dtype=config.dtype, compile=config.compile, cuda_graphs=config.cuda_graphs,
+        channels_last=config.channels_last, batch_size=config.batch_size,
+    )
+    all_conditions = multi_hot([c for s in sets for c in s.conditions], labels)
+    spans, start = {}, 0
+    for s in sets:
+        spans[s.name] = (start, start + len(s.conditions))
+        start += len(s.conditions)
+
+    result = RunResult(config={**config.to_dict(), "model_meta": meta, "train_noise_schedule": train_noise,
+                               "sampling": asdict(options)},
+                       seeds=list(config.seeds), environment=environment(device))
+    cells = list(itertools.product(config.schedulers, config.steps, config.guidance))
+    for scheduler_name, steps, guidance in cells:
+        for seed in config.seeds:
+            cell_rows = _run_cell(
+                config, plugins, model, train_noise, scheduler_name, steps, guidance, seed, sets, spans,
+                all_conditions, options, evaluators, out_dir, meta, log,
+                sample=sample, check=check_schedule_compatible, save_images=save_images, save_grid=save_grid,
+            )
+            result.rows.extend(cell_rows)
+            result.write(out_dir / "results.json")  # after every cell: an interrupted run keeps its rows
+
+    if config.denoising_figure:
+        try:
+            result.figures["denoising"] = _denoising_figure(
+                model, train_noise, config, plugins, labels, options, out_dir, sample, save_denoising_strip,
+            )
+        except Exception as error:  # noqa: BLE001 - the figure must not lose the measured rows
+            log(f"warning: denoising figure failed: {error}")
+    result.write(out_dir / "results.json")
+    del torch
+    return result
+
+
+def _run_cell(config, plugins, model, train_noise, scheduler_name, steps, guidance, seed, sets, spans,
+              all_conditions, options, evaluators, out_dir, meta, log, *, sample, check, save_images, save_grid):
+    rows = []
+    base = dict(model=config.model, scheduler=scheduler_name, steps=steps or 0, seed=seed, guidance=guidance,
+                checkpoint=str(meta.get("checkpoint", "")))
+    try:
+        entry = plugins.registry("schedulers").get(scheduler_name)
+        steps = steps or getattr(entry.factory, "default_steps", None) or 100
+        base["steps"] = steps
+        noise = check(train_noise, entry.factory, allow_mismatch=config.allow_schedule_mismatch)
+        result = sample(model, lambda: entry.factory(noise), all_conditions, steps=steps, seed=seed,
+                        guidance=guidance, options=options)
+    except Exception as error:  # noqa: BLE001 - one failing cell must not stop the matrix
+        log(f"cell {scheduler_name} steps={steps} guidance={guidance} seed={seed} failed: {error}")
+        for s in sets:
+            rows.append(Row(**base, condition_set=s.name, n_images=len(s.conditions),
+                            error=f"{type(error).__name__}: {error}"))
+        if os.environ.get("BENCH_DEBUG"):
+            traceback.print_exc()
+        return rows
+    n_total = result.images.shape[0]
+    speed = {
+        "images_per_s": n_total / result.seconds if result.seconds else None,
+        "s_per_image": result.seconds / n_total,
+        "nfe": result.nfe,
+        "peak_memory_mb": result.peak_memory_mb,
+        "batch_size": options.batch_size,
+        "dtype": options.dtype,
+        "device": options.device,
+        "total_images": n_total,
+        "seconds": result.seconds,
+    }
+    cell_dir = out_dir / "images" / f"{scheduler_name}-{steps}-g{guidance:g}" / f"seed{seed}"
+    for s in sets:
+        lo, hi = spans[s.name]
+        images, conditions = result.images[lo:hi], all_conditions[lo:hi]
+        row = Row(**base, condition_set=s.name, n_images=hi - lo, speed=speed)
+        if config.save_images:
+            save_images(images, cell_dir / s.name)
+            save_grid(images, cell_dir / f"{s.name}_grid.png", nrow=8)
+            row.images_dir = str((cell_dir / s.name).relative_to(out_dir))
+            row.grid = str((cell_dir / f"{s.name}_grid.png").relative_to(out_dir))
+        for name, evaluator in evaluators.items():
+            try:
+                row.metrics.update(evaluator(images, conditions))
+            except Exception as error:  # noqa: BLE001 - keep the other metrics
+                row.metrics[f"{name}_error"] = f"{type(error).__name__}: {error}"
+        rows.append(row)
+    return rows
+
+
+def _denoising_figure(model, train_noise, config, plugins, labels, options, out_dir, sample, save_strip) -> str:
+    from bench.noise import check_schedule_compatible
+
+    scheduler_name = config.schedulers[0]
+    entry = plugins.registry("schedulers").get(scheduler_name)
+    steps = config.steps[0] or getattr(entry.factory, "default_steps", None) or 100
+    noise = check_schedule_compatible(train_noise, entry.factory, allow_mismatch=config.allow_schedule_mismatch)
+    conditions = multi_hot([DENOISING_CONDITION], labels)
+    result = sample(model, lambda: entry.factory(noise), conditions, steps=steps, seed=config.seeds[0],
+                    guidance=config.guidance[0], options=options.plain(), record_frames=9)
+    path = out_dir / "denoising.png"
+    save_strip(result.frames, path)
+    return str(path.relative_to(out_dir))
