@@ -1,0 +1,288 @@
+"""PNG plots drawn with Pillow (no matplotlib): the training loss curve and the Pareto plot."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+# ---------------------------------------------------------------- scatter plot (Pareto)
+
+_SCATTER_COLORS = (
+    (31, 119, 180),
+    (214, 39, 40),
+    (44, 160, 44),
+    (148, 103, 189),
+    (140, 86, 75),
+    (23, 190, 207),
+)
+_PARETO_COLOR = (255, 127, 14)
+
+
+def _scatter_font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 or no FreeType: the bitmap font, still legible
+        return ImageFont.load_default()
+
+
+def _scatter_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
+    """Round tick values (1, 2, 5 x 10^k) covering [lo, hi]."""
+    import math
+
+    span = hi - lo or abs(hi) or 1.0
+    raw = span / max(target - 1, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.floor(lo / step) * step
+    ticks = []
+    value = first
+    while value <= hi + step * 1e-9:
+        if value >= lo - step * 1e-9:
+            ticks.append(round(value, 12))
+        value += step
+    return ticks
+
+
+def _scatter_log_ticks(lo: float, hi: float) -> list[float]:
+    """1-2-5 ticks per decade for a log axis, thinned to at most ~8."""
+    import math
+
+    ticks = []
+    for exp in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        for m in (1, 2, 5):
+            v = m * 10.0**exp
+            if lo <= v <= hi:
+                ticks.append(v)
+    while len(ticks) > 8:
+        ticks = ticks[::2]
+    return ticks
+
+
+def _scatter_tick_label(value: float) -> str:
+    if value == 0:
+        return "0"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 10 or value == int(value):
+        return f"{value:g}"
+    return f"{value:.3g}"
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both x and y (larger is better on both)."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(
+            (ox >= x and oy >= y) and (ox > x or oy > y) for j, (ox, oy) in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def scatter_plot(
+    points: Sequence[Mapping[str, Any] | tuple],
+    out_path: str | Path,
+    title: str = "",
+    xlabel: str = "images/s",
+    ylabel: str = "accuracy",
+    connect_pareto: bool = True,
+    size: tuple[int, int] = (800, 600),
+    log_x: bool | None = None,
+) -> Path:
+    """Draw accuracy (y) against images/s (x), one labelled point each, the Pareto front marked.
+
+    ``points``: mappings with ``x``, ``y``, ``label`` and optionally ``series`` (colour and
+    legend) and ``yerr`` (a vertical bar), or ``(x, y, label)`` tuples. ``log_x`` (default:
+    when x spans over 30x) puts images/s on a log scale. Returns ``out_path``.
+    """
+    import math
+
+    from PIL import Image, ImageDraw
+
+    pts = []
+    for p in points:
+        if isinstance(p, Mapping):
+            pts.append(
+                {
+                    "x": float(p["x"]),
+                    "y": float(p["y"]),
+                    "label": str(p.get("label", "")),
+                    "series": str(p.get("series") or ""),
+                    "yerr": float(p.get("yerr") or 0.0),
+                }
+            )
+        else:
+            pts.append(
+                {
+                    "x": float(p[0]),
+                    "y": float(p[1]),
+                    "label": str(p[2]) if len(p) > 2 else "",
+                    "series": "",
+                    "yerr": 0.0,
+                }
+            )
+    width, height = size
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font, small, big = _scatter_font(15), _scatter_font(13), _scatter_font(18)
+    left, right, top, bottom = 84, 24, 48, 66
+    plot_box = (left, top, width - right, height - bottom)
+    if title:
+        tw = draw.textlength(title, font=big)
+        draw.text(((width - tw) / 2, 14), title, fill="black", font=big)
+    # y label, rotated: drawn on its own image then pasted
+    if ylabel:
+        lw = int(draw.textlength(ylabel, font=font)) + 4
+        label_img = Image.new("RGB", (lw, 22), "white")
+        ImageDraw.Draw(label_img).text((2, 2), ylabel, fill="black", font=font)
+        label_img = label_img.rotate(90, expand=True)
+        image.paste(label_img, (8, int(top + (plot_box[3] - top - lw) / 2)))
+    if xlabel:
+        xw = draw.textlength(xlabel, font=font)
+        draw.text((left + (plot_box[2] - left - xw) / 2, height - 28), xlabel, fill="black", font=font)
+    draw.rectangle(plot_box, outline="black", width=1)
+    if not pts:
+        msg = "no points: results need both acc and images/s"
+        mw = draw.textlength(msg, font=font)
+        draw.text(((width - mw) / 2, height / 2), msg, fill=(120, 120, 120), font=font)
+        image.save(out_path)
+        return Path(out_path)
+
+    xs = [p["x"] for p in pts]
+    ys = [p["y"] for p in pts]
+    lo_y = min(y - p["yerr"] for y, p in zip(ys, pts, strict=True))
+    hi_y = max(y + p["yerr"] for y, p in zip(ys, pts, strict=True))
+    if log_x is None:
+        log_x = min(xs) > 0 and max(xs) / min(xs) > 30
+    if log_x:
+        lx0, lx1 = math.log10(min(xs)), math.log10(max(xs))
+        pad = (lx1 - lx0) * 0.08 or 0.3
+        x0, x1 = 10 ** (lx0 - pad), 10 ** (lx1 + pad)
+        xticks = _scatter_log_ticks(x0, x1)
+    else:
+        pad = (max(xs) - min(xs)) * 0.08 or max(abs(max(xs)) * 0.1, 0.5)
+        x0, x1 = max(0.0, min(xs) - pad) if min(xs) >= 0 else min(xs) - pad, max(xs) + pad
+        xticks = _scatter_ticks(x0, x1)
+    pad = (hi_y - lo_y) * 0.1 or 0.05
+    y0, y1 = lo_y - pad, hi_y + pad
+    if 0 <= lo_y and hi_y <= 1:  # accuracy: stay inside [0, 1]
+        y0, y1 = max(0.0, y0), min(1.0, y1) if hi_y < 1 else 1.0 + pad / 2
+    yticks = _scatter_ticks(y0, y1)
+    y0, y1 = min(y0, yticks[0]), max(y1, yticks[-1])
+    if not log_x:
+        x0, x1 = min(x0, xticks[0]), max(x1, xticks[-1])
+
+    def px(x: float) -> float:
+        if log_x:
+            return left + (math.log10(x) - math.log10(x0)) / (math.log10(x1) - math.log10(x0)) * (
+                plot_box[2] - left
+            )
+        return left + (x - x0) / ((x1 - x0) or 1) * (plot_box[2] - left)
+
+    def py(y: float) -> float:
+        return plot_box[3] - (y - y0) / ((y1 - y0) or 1) * (plot_box[3] - top)
+
+    grid_color, tick_color = (228, 228, 228), (60, 60, 60)
+    for t in xticks:
+        x = px(t)
+        draw.line([(x, top + 1), (x, plot_box[3] - 1)], fill=grid_color)
+        draw.line([(x, plot_box[3]), (x, plot_box[3] + 5)], fill="black")
+        text = _scatter_tick_label(t)
+        draw.text(
+            (x - draw.textlength(text, font=small) / 2, plot_box[3] + 8), text, fill=tick_color, font=small
+        )
+    for t in yticks:
+        y = py(t)
+        draw.line([(left + 1, y), (plot_box[2] - 1, y)], fill=grid_color)
+        draw.line([(left - 5, y), (left, y)], fill="black")
+        text = _scatter_tick_label(t)
+        draw.text((left - 9 - draw.textlength(text, font=small), y - 8), text, fill=tick_color, font=small)
+    draw.rectangle(plot_box, outline="black", width=1)
+
+    series = sorted({p["series"] for p in pts})
+    colors = {s: _SCATTER_COLORS[i % len(_SCATTER_COLORS)] for i, s in enumerate(series)}
+    # the front is computed per series: comparing configs across condition sets means nothing
+    front: set[int] = set()
+    for s in series:
+        idx = [i for i, p in enumerate(pts) if p["series"] == s]
+        local = pareto_front([(pts[i]["x"], pts[i]["y"]) for i in idx])
+        ordered = [idx[k] for k in local]
+        front.update(ordered)
+        if connect_pareto and len(ordered) > 1:
+            draw.line([(px(pts[i]["x"]), py(pts[i]["y"])) for i in ordered], fill=_PARETO_COLOR, width=3)
+    taken: list[tuple[float, float, float, float]] = []
+    for p in pts:
+        cx, cy = px(p["x"]), py(p["y"])
+        taken.append((cx - 6, cy - 6, cx + 6, cy + 6))
+    for i, p in enumerate(pts):
+        cx, cy = px(p["x"]), py(p["y"])
+        color = colors[p["series"]]
+        if p["yerr"]:
+            top_y, bot_y = py(p["y"] + p["yerr"]), py(p["y"] - p["yerr"])
+            draw.line([(cx, top_y), (cx, bot_y)], fill=color, width=1)
+            draw.line([(cx - 4, top_y), (cx + 4, top_y)], fill=color)
+            draw.line([(cx - 4, bot_y), (cx + 4, bot_y)], fill=color)
+        if i in front:
+            draw.ellipse((cx - 9, cy - 9, cx + 9, cy + 9), outline=_PARETO_COLOR, width=3)
+        draw.ellipse((cx - 5, cy - 5, cx + 5, cy + 5), fill=color, outline="black")
+    for p in pts:
+        if not p["label"]:
+            continue
+        cx, cy = px(p["x"]), py(p["y"])
+        tw, th = draw.textlength(p["label"], font=small), 14
+        # the first spot that overlaps no point, label or the frame
+        for dx, dy in (
+            (12, -th - 2),
+            (12, 2),
+            (-12 - tw, -th - 2),
+            (-12 - tw, 2),
+            (-tw / 2, -th - 12),
+            (-tw / 2, 10),
+        ):
+            box = (cx + dx, cy + dy, cx + dx + tw, cy + dy + th)
+            inside = (
+                box[0] > left + 2
+                and box[2] < plot_box[2] - 2
+                and box[1] > top + 2
+                and box[3] < plot_box[3] - 2
+            )
+            clear = all(box[2] < o[0] or box[0] > o[2] or box[3] < o[1] or box[1] > o[3] for o in taken)
+            if inside and clear:
+                break
+        taken.append(box)
+        draw.text((box[0], box[1] - 2), p["label"], fill="black", font=small)
+
+    # legend: series colours and the front marker, top-left inside the frame... or wherever fits
+    entries = [(s or "configs", colors[s], False) for s in series]
+    if front:
+        entries.append(("Pareto front", _PARETO_COLOR, True))
+    lw = max(draw.textlength(e[0], font=small) for e in entries) + 34
+    lh = 18 * len(entries) + 8
+    corners = [
+        (plot_box[2] - lw - 8, plot_box[3] - lh - 8),
+        (left + 8, top + 8),
+        (left + 8, plot_box[3] - lh - 8),
+        (plot_box[2] - lw - 8, top + 8),
+    ]
+
+    def _overlap(c):
+        return sum(
+            1 for o in taken if not (c[0] + lw < o[0] or c[0] > o[2] or c[1] + lh < o[1] or c[1] > o[3])
+        )
+
+    lx, ly = min(corners, key=_overlap)
+    draw.rectangle((lx, ly, lx + lw, ly + lh), fill="white", outline=(150, 150, 150))
+    for k, (name, color, ring) in enumerate(entries):
+        cy = ly + 13 + 18 * k
+        if ring:
+            draw.line([(lx + 6, cy), (lx + 24, cy)], fill=color, width=3)
+            draw.ellipse((lx + 8, cy - 7, lx + 22, cy + 7), outline=color, width=3)
+        else:
+            draw.ellipse((lx + 10, cy - 5, lx + 20, cy + 5), fill=color, outline="black")
+        draw.text((lx + 28, cy - 8), name, fill="black", font=small)
+    image.save(out_path)
+    return Path(out_path)

@@ -1,0 +1,466 @@
+"""Tables from results files: grouping by config, aggregation over seeds, never re-running.
+
+``load_report`` reads bench results JSON (schema in results/README.md) and pytest-benchmark
+JSON (``--benchmark-json``) into a :class:`Report`; reporter plugins render it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.results import ResultsError, load_results
+
+UP, DOWN = "↑", "↓"
+CONFIG_KEYS = ("model", "checkpoint", "scheduler", "steps", "guidance", "condition_set")
+# Metric families where smaller is better; everything accuracy-like is larger-is-better.
+LOWER_IS_BETTER = ("fid", "kid", "lpips", "loss")
+
+
+@dataclass
+class Table:
+    """One rendered table: display strings, ready for tabulate."""
+
+    title: str
+    headers: list[str]
+    rows: list[list[Any]]
+
+
+@dataclass
+class Report:
+    """Everything a reporter renders; plain data so reporters need not import bench."""
+
+    tables: list[Table] = field(default_factory=list)
+    # aggregated groups with raw numbers (csv/json reporters and plots read these)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    # plot points: {"x": images/s, "y": acc mean, "label": ..., "series": ...}
+    points: list[dict[str, Any]] = field(default_factory=list)
+    # the config header: one line per results file (device, git revision, versions)
+    header: list[str] = field(default_factory=list)
+    figures: dict[str, Path] = field(default_factory=dict)
+    grids: list[tuple[str, Path]] = field(default_factory=list)
+    sources: list[Path] = field(default_factory=list)
+    plot: Path | None = None  # a Pareto plot already drawn (render_report --plot)
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def _is_pytest_benchmark(data: dict[str, Any]) -> bool:
+    return "benchmarks" in data and "rows" not in data
+
+
+def _benchmark_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """pytest-benchmark entries -> result rows with speed figures only."""
+    rows = []
+    for bench in data.get("benchmarks", []):
+        extra = dict(bench.get("extra_info") or {})
+        params = bench.get("params") or {}
+        stats = bench.get("stats") or {}
+        median = stats.get("median") or stats.get("mean")
+        batch = extra.get("batch_size") or params.get("batch_size") or 1
+        ips = extra.get("images_per_s")
+        if ips is None and median:
+            ips = batch / median  # one benchmarked call produces one batch
+        speed = {
+            "images_per_s": ips,
+            "s_per_image": extra.get("s_per_image") or (1.0 / ips if ips else None),
+            "nfe": extra.get("nfe"),
+            "peak_memory_mb": extra.get("peak_memory_mb"),
+            "batch_size": batch,
+            "dtype": extra.get("dtype"),
+            "device": extra.get("device"),
+            "rounds": stats.get("rounds"),
+            "median_s": median,
+        }
+        rows.append(
+            {
+                "model": extra.get("model") or params.get("model") or "",
+                "checkpoint": extra.get("checkpoint", ""),
+                # a benchmark without a scheduler is named by its test
+                "scheduler": extra.get("scheduler") or params.get("scheduler") or bench.get("name", "?"),
+                "steps": extra.get("steps") or params.get("steps") or "",
+                "guidance": extra.get("guidance", params.get("guidance", "")),
+                "seed": extra.get("seed"),
+                "condition_set": extra.get("condition_set", ""),
+                "n_images": extra.get("n_images", 0),
+                "speed": speed,
+                "metrics": {},
+                "grid": "",
+                "error": None,
+                "benchmark": bench.get("fullname") or bench.get("name"),
+            }
+        )
+    return rows
+
+
+def _benchmark_header(data: dict[str, Any], path: Path) -> str:
+    machine = data.get("machine_info") or {}
+    commit = data.get("commit_info") or {}
+    parts = [f"{path.name} (pytest-benchmark {data.get('version', '?')})"]
+    cpu = (machine.get("cpu") or {}).get("brand_raw")
+    if cpu:
+        parts.append(f"cpu: {cpu}")
+    if machine.get("python_version"):
+        parts.append(f"python {machine['python_version']}")
+    if commit.get("id"):
+        parts.append(f"git {commit['id'][:10]}{' (dirty)' if commit.get('dirty') else ''}")
+    return ", ".join(parts)
+
+
+def _results_header(data: dict[str, Any], path: Path) -> str:
+    env = data.get("environment") or {}
+    parts = [f"{path.name} ({data.get('schema', '?')}, {data.get('created', '?')})"]
+    device = env.get("gpu") or env.get("device")
+    if device:
+        parts.append(f"device: {device}" + (f" (cuda {env['cuda']})" if env.get("cuda") else ""))
+    git = env.get("git") or {}
+    if git.get("revision"):
+        parts.append(f"git {git['revision'][:10]}{' (dirty)' if git.get('dirty') else ''}")
+    if env.get("python"):
+        parts.append(f"python {env['python']}")
+    libs = env.get("libraries") or {}
+    versions = [f"{name} {v}" for name, v in libs.items() if v]
+    if versions:
+        parts.append(", ".join(versions))
+    config = data.get("config") or {}
+    shown = {k: v for k, v in config.items() if not isinstance(v, dict | list) and v not in (None, "")}
+    if shown:
+        parts.append("config: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    return ", ".join(parts)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    data = load_results(path)
+    if not _is_pytest_benchmark(data) and "rows" not in data:
+        raise ResultsError(
+            f"{path} is neither a bench results file (no 'rows') nor pytest-benchmark JSON "
+            f"(no 'benchmarks'); pass files written by `bench run --out` or `pytest --benchmark-json`"
+        )
+    return data
+
+
+# ---------------------------------------------------------------- aggregation
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _config_key(row: dict[str, Any]) -> tuple:
+    return tuple(str(row.get(k, "")) for k in CONFIG_KEYS)
+
+
+def _quality_metrics(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """Scalar metric names to show as columns: acc first, then FID/KID variants, in file order."""
+    names: list[str] = []
+    for row in rows:
+        for name, value in (row.get("metrics") or {}).items():
+            if name in names or _num(value) is None:
+                continue
+            if name.endswith("_n") or name.endswith("_std") or (name.startswith("acc") and name != "acc"):
+                continue  # counts and accuracy breakdowns travel with their metric
+            names.append(name)
+    return sorted(names, key=lambda n: (n != "acc", not n.startswith("fid"), not n.startswith("kid")))
+
+
+def _direction(metric: str) -> str:
+    return DOWN if metric.lower().startswith(LOWER_IS_BETTER) else UP
+
+
+def _metric_title(metric: str) -> str:
+    """``acc ↑``, ``FID-judge ↓``: the family upper-cased, its variant kept."""
+    family, _, variant = metric.partition("-")
+    base = family if family == "acc" else family.upper()
+    return f"{base}{'-' + variant if variant else ''} {_direction(metric)}"
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Group successful rows by config and aggregate over seeds; errored rows stay single."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    records: list[dict[str, Any]] = []
+    for row in rows:
+        if row.get("error"):
+            continue
+        groups.setdefault(_config_key(row), []).append(row)
+    order: list[tuple[str, Any]] = []
+    seen: set[tuple] = set()
+    for row in rows:  # keep file order; an errored row stays where it was
+        key = _config_key(row)
+        if row.get("error"):
+            order.append(("error", row))
+        elif key not in seen:
+            seen.add(key)
+            order.append(("group", key))
+    for kind, item in order:
+        if kind == "error":
+            row = item
+            rec = {k: row.get(k, "") for k in CONFIG_KEYS}
+            rec.update(seeds=[row.get("seed")], n_seeds=1, error=row["error"], metrics={}, speed={})
+            records.append(rec)
+            continue
+        members = groups[item]
+        first = members[0]
+        rec = {k: first.get(k, "") for k in CONFIG_KEYS}
+        rec["seeds"] = [m.get("seed") for m in members]
+        rec["n_seeds"] = len(members)
+        rec["n_images"] = sum(m.get("n_images") or 0 for m in members)
+        rec["error"] = None
+        rec["speed"] = _aggregate_speed(members)
+        rec["metrics"] = _aggregate_metrics(members)
+        rec["grids"] = [m["grid"] for m in members if m.get("grid")]
+        records.append(rec)
+    return records
+
+
+def _aggregate_speed(members: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("images_per_s", "s_per_image", "nfe"):
+        values = [v for m in members if (v := _num((m.get("speed") or {}).get(key))) is not None]
+        if values:
+            out[key] = statistics.fmean(values)
+    # memory: the worst seed is what a user must provision for
+    mem = [v for m in members if (v := _num((m.get("speed") or {}).get("peak_memory_mb"))) is not None]
+    if mem:
+        out["peak_memory_mb"] = max(mem)
+    for key in ("batch_size", "dtype", "device"):
+        values = {str(v) for m in members if (v := (m.get("speed") or {}).get(key)) not in (None, "")}
+        if values:
+            out[key] = ",".join(sorted(values))
+    return out
+
+
+def _aggregate_metrics(members: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    names = {n for m in members for n in (m.get("metrics") or {})}
+    for name in sorted(names):
+        values = [v for m in members if (v := _num((m.get("metrics") or {}).get(name))) is not None]
+        if not values:
+            continue
+        if name.endswith("_n"):
+            out[name] = int(values[0]) if len(set(values)) == 1 else int(sum(values) / len(values))
+            continue
+        mean, std = _mean_std(values)
+        out[name] = {"mean": mean, "std": std, "n": len(values)}
+    by_objects: dict[str, list[float]] = {}
+    for m in members:
+        for k, v in ((m.get("metrics") or {}).get("acc_by_objects") or {}).items():
+            if _num(v) is not None:
+                by_objects.setdefault(str(k), []).append(float(v))
+    if by_objects:
+        out["acc_by_objects"] = {
+            k: dict(zip(("mean", "std"), _mean_std(v), strict=True)) | {"n": len(v)}
+            for k, v in sorted(by_objects.items(), key=lambda kv: _sort_int(kv[0]))
+        }
+    return out
+
+
+def _sort_int(text: str) -> tuple[int, str]:
+    return (int(text), text) if text.isdigit() else (10**9, text)
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return ""
+    if value == int(value) and abs(value) < 1e6 and digits <= 1:
+        return str(int(value))
+    return f"{value:.{digits}f}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def format_metric(name: str, stats: dict[str, Any], count: int | None = None) -> str:
+    """``0.812 ± 0.013 (n=2)`` for accuracy; ``12.3 (N=64)`` for FID/KID with its sample count."""
+    mean, std, n = stats["mean"], stats["std"], stats["n"]
+    digits = 3 if name.startswith(("acc", "kid")) else 2
+    text = _fmt(mean, digits)
+    if name.startswith("acc"):
+        return f"{text} ± {_fmt(std, digits)} (n={n})"
+    if n > 1:
+        text += f" ± {_fmt(std, digits)}"
+    notes = [f"N={count}"] if count else []
+    if n > 1:
+        notes.append(f"n={n}")
+    return f"{text} ({', '.join(notes)})" if notes else text
+
+
+SPEED_COLUMNS = (
+    ("images_per_s", f"images/s {UP}", 2),
+    ("s_per_image", f"s/image {DOWN}", 4),
+    ("nfe", f"NFE {DOWN}", 0),
+    ("peak_memory_mb", f"peak MB {DOWN}", 0),
+)
+
+
+def _tables(records: list[dict[str, Any]]) -> list[Table]:
+    tables = []
+    by_set: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        by_set.setdefault(str(rec.get("condition_set") or ""), []).append(rec)
+    for cond, recs in by_set.items():
+        metrics = _quality_metrics(
+            {
+                "metrics": {
+                    k: v["mean"] for k, v in r["metrics"].items() if isinstance(v, dict) and "mean" in v
+                }
+            }
+            for r in recs
+        )
+        show_ckpt = any(r.get("checkpoint") for r in recs)
+        show_guidance = len({str(r.get("guidance")) for r in recs}) > 1 or any(
+            _num(r.get("guidance")) not in (None, 1.0) for r in recs
+        )
+        speed_cols = [c for c in SPEED_COLUMNS if any(c[0] in r["speed"] for r in recs)]
+        has_error = any(r.get("error") for r in recs)
+        headers = ["model"] + (["checkpoint"] if show_ckpt else []) + ["scheduler", "steps"]
+        headers += (["guidance"] if show_guidance else []) + ["seeds"]
+        headers += [title for _, title, _ in speed_cols] + [_metric_title(m) for m in metrics]
+        headers += ["error"] if has_error else []
+        rows = []
+        for r in recs:
+            row: list[Any] = [r.get("model", "")] + ([r.get("checkpoint", "")] if show_ckpt else [])
+            row += [r.get("scheduler", ""), r.get("steps", "")]
+            row += [r.get("guidance", "")] if show_guidance else []
+            seeds = [s for s in r.get("seeds", []) if s is not None]
+            row.append(",".join(str(s) for s in seeds) if seeds else "")
+            row += [_fmt(r["speed"].get(key), digits) for key, _, digits in speed_cols]
+            for m in metrics:
+                stats = r["metrics"].get(m)
+                row.append(format_metric(m, stats, r["metrics"].get(f"{m}_n")) if stats else "")
+            if has_error:
+                row.append(r.get("error") or "")
+            rows.append(row)
+        title = f"condition set: {cond}" if cond else "speed (pytest-benchmark)"
+        tables.append(Table(title, headers, rows))
+        objects = sorted({k for r in recs for k in r["metrics"].get("acc_by_objects", {})}, key=_sort_int)
+        if objects:
+            heads = ["model", "scheduler", "steps"] + [f"acc@{k} obj {UP}" for k in objects]
+            body = []
+            for r in recs:
+                by = r["metrics"].get("acc_by_objects")
+                if by:
+                    body.append(
+                        [r.get("model", ""), r.get("scheduler", ""), r.get("steps", "")]
+                        + [
+                            f"{_fmt(by[k]['mean'])} ± {_fmt(by[k]['std'])}" if k in by else ""
+                            for k in objects
+                        ]
+                    )
+            tables.append(Table(f"condition set: {cond}, accuracy by number of objects", heads, body))
+    return tables
+
+
+def _points(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One point per config with both accuracy and speed: accuracy against images/s."""
+    usable = [
+        r for r in records if not r.get("error") and "acc" in r["metrics"] and r["speed"].get("images_per_s")
+    ]
+    guidances = {str(r.get("guidance")) for r in usable}
+    series_keys = {(r.get("model"), r.get("checkpoint"), r.get("condition_set")) for r in usable}
+    models = {r.get("model") for r in usable}
+    points = []
+    for r in usable:
+        label = f"{r['scheduler']}/{r['steps']}"
+        if len(guidances) > 1:
+            label += f" w={r['guidance']}"
+        series = str(r.get("condition_set") or "")
+        if len(models) > 1:
+            series = f"{r.get('model')} {series}".strip()
+        if len(series_keys) <= 1:
+            series = ""
+        points.append(
+            {
+                "x": r["speed"]["images_per_s"],
+                "y": r["metrics"]["acc"]["mean"],
+                "yerr": r["metrics"]["acc"]["std"],
+                "label": label,
+                "series": series,
+                "scheduler": r.get("scheduler"),
+                "steps": r.get("steps"),
+                "guidance": r.get("guidance"),
+            }
+        )
+    return points
+
+
+# ---------------------------------------------------------------- public API
+
+
+def load_report(paths: Sequence[str | Path]) -> Report:
+    """Read results files (bench or pytest-benchmark JSON) into tables, plot points and images."""
+    if not paths:
+        raise ResultsError("no results files given; pass one or more files written by `bench run --out`")
+    report = Report()
+    rows: list[dict[str, Any]] = []
+    for raw in paths:
+        path = Path(raw)
+        data = _read(path)
+        report.sources.append(path)
+        base = path.resolve().parent
+        if _is_pytest_benchmark(data):
+            rows.extend(_benchmark_rows(data))
+            report.header.append(_benchmark_header(data, path))
+            continue
+        report.header.append(_results_header(data, path))
+        for name, rel in (data.get("figures") or {}).items():
+            report.figures[name] = (base / rel).resolve()
+        for row in data.get("rows") or []:
+            row = dict(row)
+            if row.get("grid"):
+                grid = (base / row["grid"]).resolve()
+                row["grid"] = str(grid)
+                label = f"{row.get('model', '')} {row.get('scheduler', '')}/{row.get('steps', '')}"
+                label += f" w={row.get('guidance')} {row.get('condition_set', '')} seed {row.get('seed')}"
+                report.grids.append((" ".join(label.split()), grid))
+            rows.append(row)
+    report.records = aggregate(rows)
+    report.tables = _tables(report.records)
+    report.points = _points(report.records)
+    return report
+
+
+def render_report(
+    paths: Sequence[str | Path],
+    fmt: str = "plain",
+    plot: str | Path | None = None,
+    out: str | Path | None = None,
+) -> str:
+    """What ``bench report`` does: load, optionally draw the Pareto plot, render, optionally write.
+
+    ``fmt`` is a registered reporter name (plain, github, latex, csv, json, html); an unknown
+    one raises RegistryError listing close matches.
+    """
+    from bench.plugins import get
+
+    reporter_factory = get("reporters", fmt).factory
+    report = load_report(paths)
+    if plot is not None:
+        from bench.plotting import scatter_plot
+
+        report.plot = scatter_plot(
+            report.points,
+            plot,
+            title="accuracy against speed",
+            xlabel="images/s (higher is better)",
+            ylabel="accuracy (higher is better)",
+        )
+    text = reporter_factory()(report)
+    if out is not None:
+        from bench.atomic import atomic_write_text
+
+        atomic_write_text(out, text)
+    return text
