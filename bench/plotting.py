@@ -35,7 +35,7 @@ def _scatter_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
     span = hi - lo or abs(hi) or 1.0
     raw = span / max(target - 1, 1)
     mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw * 0.999)
     first = math.floor(lo / step) * step
     ticks = []
     value = first
@@ -254,6 +254,12 @@ def scatter_plot(
             if inside and clear:
                 break
         taken.append(box)
+        # a faint leader line says which point a displaced label belongs to
+        near = (min(max(cx, box[0]), box[2]), min(max(cy, box[1]), box[3]))
+        dist = ((near[0] - cx) ** 2 + (near[1] - cy) ** 2) ** 0.5
+        if dist > 12:
+            start = (cx + (near[0] - cx) * 7 / dist, cy + (near[1] - cy) * 7 / dist)
+            draw.line([start, near], fill=(170, 170, 170))
         draw.text((box[0], box[1] - 2), p["label"], fill="black", font=small)
 
     # legend: series colours and the front marker, top-left inside the frame... or wherever fits
