@@ -1,0 +1,47 @@
+"""CSV: one row per config aggregated over seeds, raw numbers (no ± strings) for spreadsheets."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+CONFIG = ("model", "checkpoint", "scheduler", "steps", "guidance", "condition_set")
+SPEED = ("images_per_s", "s_per_image", "nfe", "peak_memory_mb", "batch_size", "dtype", "device")
+
+
+def flatten(record: dict[str, Any]) -> dict[str, Any]:
+    """``metrics.acc = {mean, std, n}`` -> ``acc_mean``, ``acc_std``, ``acc_n_seeds`` columns."""
+    row: dict[str, Any] = {k: record.get(k, "") for k in CONFIG}
+    row["seeds"] = " ".join(str(s) for s in record.get("seeds", []) if s is not None)
+    row["n_seeds"] = record.get("n_seeds", "")
+    row["n_images"] = record.get("n_images", "")
+    speed = record.get("speed") or {}
+    for key in SPEED:
+        row[key] = speed.get(key, "")
+    for name, value in (record.get("metrics") or {}).items():
+        if isinstance(value, dict) and "mean" in value:
+            row[f"{name}_mean"] = value["mean"]
+            row[f"{name}_std"] = value["std"]
+            row[f"{name}_n_seeds"] = value["n"]
+        elif not isinstance(value, dict):
+            row[name] = value  # sample counts such as fid-judge_n
+    row["error"] = record.get("error") or ""
+    return row
+
+
+class CsvReporter:
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def __call__(self, report) -> str:
+        rows = [flatten(r) for r in report.records]
+        columns: list[str] = []
+        for row in rows:  # union of columns, first-seen order, error last
+            columns += [c for c in row if c not in columns and c != "error"]
+        columns.append("error")
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue()

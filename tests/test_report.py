@@ -1,0 +1,270 @@
+"""bench.report: tables from results files, aggregation over seeds, every reporter format."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bench.plugins import get
+from bench.report import load_report, render_report
+from bench.results import ResultsError, Row, RunResult
+
+ENV = {
+    "python": "3.11.9",
+    "device": "cuda",
+    "gpu": "NVIDIA H100",
+    "cuda": "12.4",
+    "git": {"revision": "0123456789abcdef", "dirty": True},
+    "libraries": {"bench": "0.1.0", "torch": "2.4.0", "diffusers": "0.30.0"},
+}
+ACC = {("ddim", 0): 0.50, ("ddim", 1): 0.60, ("cosine", 0): 0.80, ("cosine", 1): 0.84}
+
+
+def _row(scheduler: str, steps: int, seed: int, images_per_s: float, **extra) -> Row:
+    return Row(
+        model="ddpm-unet",
+        scheduler=scheduler,
+        steps=steps,
+        seed=seed,
+        condition_set="test",
+        checkpoint="shipped",
+        n_images=32,
+        speed={
+            "images_per_s": images_per_s,
+            "s_per_image": 1 / images_per_s,
+            "nfe": steps,
+            "peak_memory_mb": 1000 + seed,
+            "batch_size": 32,
+            "dtype": "bf16",
+            "device": "cuda",
+        },
+        metrics={
+            "acc": ACC[(scheduler, seed)],
+            "acc_n": 32,
+            "acc_by_objects": {"1": 0.9, "2": 0.7},
+            "fid-judge": 20.0 + seed,
+            "fid-judge_n": 32,
+            "fid-judge_ref_n": 500,
+            "kid-judge": 0.01,
+        },
+        grid=f"grids/{scheduler}-{seed}.png",
+        **extra,
+    )
+
+
+@pytest.fixture()
+def results_file(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    (run / "grids").mkdir(parents=True)
+    for name in ("ddim-0", "ddim-1", "cosine-0", "cosine-1"):
+        Image.new("RGB", (64, 16), (200, 30, 30)).save(run / "grids" / f"{name}.png")
+    Image.new("RGB", (40, 30), "blue").save(run / "denoising.png")
+    rows = [
+        _row("ddim", 10, 0, 100.0),
+        _row("ddim", 10, 1, 110.0),
+        _row("cosine", 50, 0, 20.0),
+        _row("cosine", 50, 1, 22.0),
+        Row(
+            model="ddpm-unet",
+            scheduler="heun",
+            steps=5,
+            seed=0,
+            condition_set="test",
+            checkpoint="shipped",
+            error="CUDA out of memory: tried to allocate 2.00 GiB",
+        ),
+    ]
+    result = RunResult(
+        config={"model": "ddpm-unet"},
+        seeds=[0, 1],
+        rows=rows,
+        figures={"denoising": "denoising.png"},
+        environment=ENV,
+    )
+    return result.write(run / "results.json")
+
+
+@pytest.fixture()
+def benchmark_file(tmp_path: Path) -> Path:
+    doc = {
+        "machine_info": {"python_version": "3.11.9", "cpu": {"brand_raw": "AMD EPYC"}},
+        "commit_info": {"id": "fedcba9876543210", "dirty": False},
+        "version": "4.0.0",
+        "benchmarks": [
+            {
+                "name": "test_sampling[euler]",
+                "fullname": "benchmarks/test_speed.py::test_sampling[euler]",
+                "params": {"scheduler": "euler"},
+                "stats": {"median": 0.5, "mean": 0.55, "rounds": 5},
+                "extra_info": {
+                    "batch_size": 8,
+                    "nfe": 20,
+                    "steps": 20,
+                    "model": "ddpm-unet",
+                    "dtype": "bf16",
+                },
+            },
+            {
+                "name": "test_unet_forward",
+                "fullname": "benchmarks/test_speed.py::test_unet_forward",
+                "params": None,
+                "stats": {"median": 0.01, "rounds": 100},
+                "extra_info": {"images_per_s": 640.0, "device": "cpu"},
+            },
+        ],
+    }
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _table(report, title_part: str):
+    return next(t for t in report.tables if title_part in t.title)
+
+
+def test_grouping_and_mean_std_over_seeds(results_file: Path) -> None:
+    report = load_report([results_file])
+    table = _table(report, "condition set: test")
+    assert len(table.rows) == 3  # ddim, cosine, and the errored heun row
+    acc_col = table.headers.index("acc ↑")
+    ddim = next(r for r in table.rows if r[table.headers.index("scheduler")] == "ddim")
+    std = statistics.stdev([0.5, 0.6])
+    assert ddim[acc_col] == f"0.550 ± {std:.3f} (n=2)"
+    assert ddim[table.headers.index("images/s ↑")] == "105.00"
+    assert ddim[table.headers.index("seeds")] == "0,1"
+    fid = ddim[table.headers.index("FID-judge ↓")]
+    assert fid.startswith("20.50 ± 0.71") and "N=32" in fid
+    record = next(r for r in report.records if r["scheduler"] == "ddim")
+    assert record["metrics"]["acc"]["mean"] == pytest.approx(0.55)
+    assert record["metrics"]["acc"]["std"] == pytest.approx(std)
+    assert record["speed"]["peak_memory_mb"] == 1001  # the worst seed
+
+
+def test_arrows_in_headers(results_file: Path) -> None:
+    headers = _table(load_report([results_file]), "condition set: test").headers
+    for column in ("images/s ↑", "s/image ↓", "NFE ↓", "peak MB ↓", "acc ↑", "FID-judge ↓", "KID-judge ↓"):
+        assert column in headers
+
+
+def test_error_row_is_shown(results_file: Path) -> None:
+    table = _table(load_report([results_file]), "condition set: test")
+    heun = next(r for r in table.rows if "heun" in r)
+    assert heun[table.headers.index("error")].startswith("CUDA out of memory")
+    assert heun[table.headers.index("acc ↑")] == ""
+
+
+def test_config_header_and_images(results_file: Path) -> None:
+    report = load_report([results_file])
+    header = report.header[0]
+    for part in ("NVIDIA H100", "0123456789", "dirty", "torch 2.4.0", "diffusers 0.30.0"):
+        assert part in header
+    assert report.figures["denoising"] == (results_file.parent / "denoising.png").resolve()
+    assert len(report.grids) == 4 and all(p.is_file() for _, p in report.grids)
+    assert {p["label"] for p in report.points} == {"ddim/10", "cosine/50"}
+
+
+def test_accuracy_by_objects_table(results_file: Path) -> None:
+    table = _table(load_report([results_file]), "by number of objects")
+    assert table.headers[-2:] == ["acc@1 obj ↑", "acc@2 obj ↑"]
+
+
+def test_pytest_benchmark_rows(benchmark_file: Path) -> None:
+    report = load_report([benchmark_file])
+    table = _table(report, "pytest-benchmark")
+    rows = {r[table.headers.index("scheduler")]: r for r in table.rows}
+    assert rows["euler"][table.headers.index("images/s ↑")] == "16.00"  # batch 8 / median 0.5 s
+    assert rows["euler"][table.headers.index("NFE ↓")] == "20"
+    assert rows["test_unet_forward"][table.headers.index("images/s ↑")] == "640.00"
+    assert "AMD EPYC" in report.header[0] and "fedcba9876" in report.header[0]
+
+
+def test_mixed_files(results_file: Path, benchmark_file: Path) -> None:
+    report = load_report([results_file, benchmark_file])
+    assert len(report.header) == 2
+    assert any("pytest-benchmark" in t.title for t in report.tables)
+
+
+def test_bad_file(tmp_path: Path) -> None:
+    bad = tmp_path / "x.json"
+    bad.write_text('{"hello": 1}')
+    with pytest.raises(ResultsError, match="neither"):
+        load_report([bad])
+    with pytest.raises(ResultsError, match="does not exist"):
+        load_report([tmp_path / "missing.json"])
+
+
+@pytest.mark.parametrize("fmt", ["plain", "github", "latex", "csv", "json", "html"])
+def test_every_format_renders(results_file: Path, benchmark_file: Path, fmt: str) -> None:
+    text = get("reporters", fmt).factory()(load_report([results_file, benchmark_file]))
+    assert "ddim" in text and "cosine" in text and "CUDA out of memory" in text
+
+
+def test_plain_is_tabulate_simple(results_file: Path) -> None:
+    text = render_report([results_file], "plain")
+    assert "acc ↑" in text and "---" in text
+    assert "0.550 ± 0.071 (n=2)" in text
+
+
+def test_github_markdown(results_file: Path) -> None:
+    text = render_report([results_file], "github")
+    assert "### condition set: test" in text and "| ddpm-unet" in text and "FID-judge ↓" in text
+
+
+def test_latex_escapes(results_file: Path) -> None:
+    text = render_report([results_file], "latex")
+    assert r"acc $\uparrow$" in text and r"$\pm$" in text and r"\toprule" in text
+    assert "↑" not in text and "±" not in text
+
+
+def test_csv_raw_numbers(results_file: Path) -> None:
+    rows = list(csv.DictReader(io.StringIO(render_report([results_file], "csv"))))
+    ddim = next(r for r in rows if r["scheduler"] == "ddim")
+    assert float(ddim["acc_mean"]) == pytest.approx(0.55)
+    assert ddim["n_seeds"] == "2" and ddim["fid-judge_n"] == "32"
+    assert next(r for r in rows if r["scheduler"] == "heun")["error"].startswith("CUDA")
+
+
+def test_json_round_trip(results_file: Path) -> None:
+    doc = json.loads(render_report([results_file], "json"))
+    assert {"header", "tables", "records", "points", "grids", "figures"} <= set(doc)
+
+
+def test_unknown_format_suggests(results_file: Path) -> None:
+    from bench.registry import RegistryError
+
+    with pytest.raises(RegistryError, match="Did you mean: html"):
+        render_report([results_file], "htm")
+
+
+def test_plot_png(results_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pareto.png"
+    render_report([results_file], "plain", plot=out)
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size == (800, 600)
+
+
+def test_html_is_one_page(results_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    text = render_report([results_file], "html", out=out)
+    assert out.read_text() == text
+    assert "<table>" in text and "acc ↑" in text and "0.550 ± 0.071 (n=2)" in text
+    uris = text.split('src="data:image/png;base64,')[1:]
+    assert len(uris) == 1 + 1 + 4  # the plot, the denoising figure, four grids
+    sizes = set()
+    for uri in uris:
+        with Image.open(io.BytesIO(base64.b64decode(uri.split('"', 1)[0]))) as image:
+            sizes.add(image.size)
+    assert {(800, 600), (40, 30), (64, 16)} == sizes
+    assert 'src="/' not in text and "file://" not in text  # nothing outside the page
+
+
+def test_html_uses_given_plot(results_file: Path, tmp_path: Path) -> None:
+    text = render_report([results_file], "html", plot=tmp_path / "p.png")
+    assert text.count("data:image/png;base64,") == 6
