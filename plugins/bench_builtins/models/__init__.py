@@ -1,8 +1,9 @@
-"""Built-in models plugin."""
+"""Built-in models plugin: ``ddpm-unet``."""
 
 from bench import hookimpl
+from bench_builtins.models.ddpm_unet import make_ddpm_unet
 
 
 @hookimpl
 def register_models(register):
-    pass
+    register("ddpm-unet", make_ddpm_unet)

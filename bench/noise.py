@@ -1,0 +1,103 @@
+"""Training noise schedules: the config a model is trained with, and the sampling-time check.
+
+The noise-schedule config is a plain dict that every diffusers scheduler's ``from_config``
+accepts (a ``DDPMScheduler`` config). It is stored in every checkpoint, and every sampler is
+built from it, so a checkpoint is always sampled on the betas it was trained with unless a
+scheduler fixes betas of its own (``factory.noise_schedule``) and the user allows the mismatch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+ALLOW_MISMATCH_FLAG = "--allow-schedule-mismatch"
+
+
+class ScheduleMismatchError(Exception):
+    """A scheduler's own noise schedule differs from the one the checkpoint was trained with."""
+
+
+def _factory(scheduler: str | Callable) -> tuple[str, Callable]:
+    if callable(scheduler):
+        return getattr(scheduler, "__name__", repr(scheduler)), scheduler
+    from bench.plugins import get
+
+    entry = get("schedulers", scheduler)
+    return entry.name, entry.factory
+
+
+def noise_config(
+    scheduler: str | Callable,
+    num_train_timesteps: int = 1000,
+    *,
+    timestep_spacing: str = "trailing",
+) -> dict[str, Any]:
+    """The training noise-schedule config for a scheduler that defines one (``cosine``, ``linear``).
+
+    ``timestep_spacing="trailing"`` makes few-step samplers start from the last (pure-noise)
+    timestep; every sampler built with ``from_config`` inherits it.
+    """
+    name, factory = _factory(scheduler)
+    schedule = getattr(factory, "noise_schedule", None)
+    if not schedule:
+        raise ValueError(
+            f"scheduler {name!r} defines no training noise schedule; train with one that does "
+            "(for example 'cosine' or 'linear') and sample with any scheduler afterwards"
+        )
+    from diffusers import DDPMScheduler
+
+    config = DDPMScheduler(
+        num_train_timesteps=int(num_train_timesteps),
+        prediction_type="epsilon",
+        timestep_spacing=timestep_spacing,
+        **schedule,
+    ).config
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items() if not k.startswith("_")}
+
+
+def describe(config: dict[str, Any]) -> str:
+    """A short human name for a noise schedule, e.g. ``squaredcos_cap_v2 (1000 steps)``."""
+    kind = config.get("beta_schedule", "?")
+    if kind in ("linear", "scaled_linear"):
+        kind = f"{kind} {config.get('beta_start')}..{config.get('beta_end')}"
+    return f"{kind} ({config.get('num_train_timesteps', '?')} train timesteps)"
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-12)
+    return a == b
+
+
+def schedule_mismatch(train_config: dict[str, Any], scheduler: str | Callable) -> dict[str, tuple[Any, Any]]:
+    """Keys where the scheduler's own noise schedule differs from ``train_config`` (trained, asked)."""
+    _, factory = _factory(scheduler)
+    schedule = getattr(factory, "noise_schedule", None) or {}
+    return {
+        key: (train_config.get(key), value)
+        for key, value in schedule.items()
+        if not _same(train_config.get(key), value)
+    }
+
+
+def check_schedule_compatible(
+    train_config: dict[str, Any], scheduler: str | Callable, allow_mismatch: bool = False
+) -> dict[str, tuple[Any, Any]]:
+    """Raise ``ScheduleMismatchError`` if ``scheduler`` would sample on other betas than trained.
+
+    Returns the mismatched keys (empty when compatible, or when ``allow_mismatch`` lets them by).
+    """
+    name, factory = _factory(scheduler)
+    diff = schedule_mismatch(train_config, factory)
+    if diff and not allow_mismatch:
+        asked = {**train_config, **factory.noise_schedule}
+        details = ", ".join(f"{k}: trained {t!r}, scheduler {a!r}" for k, (t, a) in diff.items())
+        raise ScheduleMismatchError(
+            f"the checkpoint was trained with the noise schedule {describe(train_config)}, but "
+            f"scheduler {name!r} samples with {describe(asked)} ({details}). Use a sampler that "
+            "reuses the trained schedule (ddpm, ddim, dpm++2m, unipc, euler, heun), or pass "
+            f"{ALLOW_MISMATCH_FLAG} to sample on the other schedule anyway"
+        )
+    return diff
