@@ -171,8 +171,8 @@ def _quality_metrics(rows: Iterable[dict[str, Any]]) -> list[str]:
         for name, value in (row.get("metrics") or {}).items():
             if name in names or _num(value) is None:
                 continue
-            if name.endswith("_n") or name.endswith("_std") or (name.startswith("acc") and name != "acc"):
-                continue  # counts and accuracy breakdowns travel with their metric
+            if "_" in name:
+                continue  # "<metric>_n", "_std", "acc_by_objects"...: attributes of a metric, not columns
             names.append(name)
     return sorted(names, key=lambda n: (n != "acc", not n.startswith("fid"), not n.startswith("kid")))
 
@@ -222,6 +222,15 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rec["speed"] = _aggregate_speed(members)
         rec["metrics"] = _aggregate_metrics(members)
         rec["grids"] = [m["grid"] for m in members if m.get("grid")]
+        # an evaluator that failed leaves "<name>_error" in metrics: show it, never drop it silently
+        rec["metric_errors"] = sorted(
+            {
+                f"{k}: {v}"
+                for m in members
+                for k, v in (m.get("metrics") or {}).items()
+                if k.endswith("_error")
+            }
+        )
         records.append(rec)
     return records
 
@@ -325,7 +334,7 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
             _num(r.get("guidance")) not in (None, 1.0) for r in recs
         )
         speed_cols = [c for c in SPEED_COLUMNS if any(c[0] in r["speed"] for r in recs)]
-        has_error = any(r.get("error") for r in recs)
+        has_error = any(r.get("error") or r.get("metric_errors") for r in recs)
         headers = ["model"] + (["checkpoint"] if show_ckpt else []) + ["scheduler", "steps"]
         headers += (["guidance"] if show_guidance else []) + ["seeds"]
         headers += [title for _, title, _ in speed_cols] + [_metric_title(m) for m in metrics]
@@ -342,7 +351,7 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
                 stats = r["metrics"].get(m)
                 row.append(format_metric(m, stats, r["metrics"].get(f"{m}_n")) if stats else "")
             if has_error:
-                row.append(r.get("error") or "")
+                row.append(r.get("error") or "; ".join(r.get("metric_errors") or []))
             rows.append(row)
         title = f"condition set: {cond}" if cond else "speed (pytest-benchmark)"
         tables.append(Table(title, headers, rows))

@@ -268,3 +268,27 @@ def test_html_is_one_page(results_file: Path, tmp_path: Path) -> None:
 def test_html_uses_given_plot(results_file: Path, tmp_path: Path) -> None:
     text = render_report([results_file], "html", plot=tmp_path / "p.png")
     assert text.count("data:image/png;base64,") == 6
+
+
+def test_metric_attributes_are_not_columns_and_evaluator_errors_show(tmp_path: Path) -> None:
+    row = Row(
+        model="m",
+        scheduler="ddim",
+        steps=4,
+        seed=0,
+        condition_set="test",
+        speed={"images_per_s": 5.0},
+        metrics={
+            "acc": 0.5,
+            "acc_hits": 3,
+            "kid-judge": 0.02,
+            "kid-judge_std": 0.001,
+            "kid-judge_subset_size": 50,
+            "fid-judge_error": "FidError: needs 2 images",
+        },
+    )
+    path = RunResult(config={}, seeds=[0], rows=[row], environment=ENV).write(tmp_path / "results.json")
+    table = _table(load_report([path]), "condition set: test")
+    assert not [h for h in table.headers if "_" in h]
+    assert table.rows[0][table.headers.index("error")] == "fid-judge_error: FidError: needs 2 images"
+    assert table.rows[0][table.headers.index("acc ↑")] == "0.500 ± 0.000 (n=1)"
