@@ -1,0 +1,379 @@
+"""Checkpoints: a directory of safetensors + JSON written atomically, and single shipped files.
+
+A training checkpoint is a directory::
+
+    model.safetensors   the trained weights
+    ema.safetensors     the EMA weights (when training keeps an EMA)
+    optimizer.pt        optimizer, lr scheduler, RNG states, step, epoch, data-order position
+    config.json         model name and config (with preset), noise-schedule config, training
+                        config, step, and the sha256 of every file above
+
+It is written into a hidden sibling ``.<name>.tmp-XXXX`` and renamed into place only when
+complete; the previous checkpoint stays in place until then, so an interrupted save never
+loses the last good one. Shipped weights are ONE ``.safetensors`` file (fp16/bf16 tensors)
+whose metadata key ``bench`` holds the same config JSON; ``export_weights`` makes one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.atomic import atomic_write, atomic_write_json
+from bench.weights import WEIGHTS_DIR, WeightsError, sha256_of, shipped_weights
+
+if TYPE_CHECKING:
+    import torch
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+STATE_FILE = "optimizer.pt"
+CONFIG_FILE = "config.json"
+METADATA_KEY = "bench"
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, corrupt, or does not fit its model; the message says what to do."""
+
+
+@dataclass
+class Checkpoint:
+    """Everything a checkpoint directory holds (tensors on ``map_location``)."""
+
+    path: Path
+    model_name: str
+    model_config: dict[str, Any]
+    noise_config: dict[str, Any]
+    train_config: dict[str, Any]
+    step: int
+    epoch: int
+    model_state: dict[str, torch.Tensor]
+    ema_state: dict[str, torch.Tensor] | None = None
+    training_state: dict[str, Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def unwrap_model(model: Any) -> Any:
+    """The plain module under DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "module") and type(model).__name__ in ("DistributedDataParallel", "DataParallel"):
+            model = model.module
+        else:
+            return model
+
+
+def _state_dict(model_or_state: Any) -> dict[str, torch.Tensor]:
+    state = model_or_state if isinstance(model_or_state, dict) else unwrap_model(model_or_state).state_dict()
+    # safetensors refuses shared or non-contiguous storage; a detached contiguous copy is cheap.
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def _previous(path: Path) -> Path:
+    return path.parent / f".{path.name}.previous"
+
+
+def _recover(path: Path) -> None:
+    """Finish a swap an interrupted save left half-done (the old checkpoint renamed aside)."""
+    previous = _previous(path)
+    if not path.exists() and previous.is_dir():
+        os.replace(previous, path)
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model_name: str,
+    model: Any,
+    model_config: dict[str, Any],
+    noise_config: dict[str, Any],
+    train_config: dict[str, Any] | None = None,
+    step: int = 0,
+    epoch: int = 0,
+    ema: Any | None = None,
+    training_state: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory at ``path`` atomically; return ``path``.
+
+    ``model`` and ``ema`` are modules (wrappers are unwrapped) or state dicts. ``training_state``
+    (optimizer, lr scheduler, RNG states, data position...) goes to ``optimizer.pt``.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _recover(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        save_file(_state_dict(model), str(tmp / MODEL_FILE))
+        if ema is not None:
+            save_file(_state_dict(ema), str(tmp / EMA_FILE))
+        if training_state is not None:
+            torch.save({**training_state, "step": step, "epoch": epoch}, tmp / STATE_FILE)
+        files = {f.name: sha256_of(f) for f in sorted(tmp.iterdir())}
+        meta = {
+            "format": "bench-checkpoint",
+            "format_version": FORMAT_VERSION,
+            "model_name": model_name,
+            "model_config": model_config,
+            "noise_config": noise_config,
+            "train_config": train_config or {},
+            "step": int(step),
+            "epoch": int(epoch),
+            "files": files,
+            **(extra or {}),
+        }
+        atomic_write_json(tmp / CONFIG_FILE, meta)
+        for f in tmp.iterdir():  # durable before the rename makes it visible
+            with open(f, "rb") as handle:
+                os.fsync(handle.fileno())
+        previous = _previous(path)
+        if previous.exists():
+            shutil.rmtree(previous)
+        if path.exists():
+            os.replace(path, previous)
+        os.replace(tmp, path)
+        shutil.rmtree(previous, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _read_safetensors(file: Path, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    if not file.exists():
+        raise CheckpointError(f"weights file {file} is missing")
+    try:
+        with safe_open(str(file), framework="pt", device=str(device)) as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+        raise CheckpointError(
+            f"{file} is truncated or corrupt ({error}); use an earlier checkpoint or re-export the weights"
+        ) from error
+    return tensors, metadata
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    config_file = path / CONFIG_FILE
+    if not config_file.exists():
+        raise CheckpointError(
+            f"{path} is not a bench checkpoint: {CONFIG_FILE} is missing (a checkpoint is a directory "
+            f"written by `bench train`, or a single .safetensors file made by export_weights)"
+        )
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{config_file} is corrupt ({error})") from error
+
+
+def _verify_files(path: Path, meta: dict[str, Any], names: list[str]) -> None:
+    recorded = meta.get("files", {})
+    for name in names:
+        file = path / name
+        if not file.exists():
+            raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
+        expected = recorded.get(name)
+        if expected is not None and sha256_of(file) != expected:
+            raise CheckpointError(
+                f"checkpoint file {file} is corrupt or was modified: its sha256 differs from the one "
+                f"recorded in {CONFIG_FILE}; use an earlier checkpoint"
+            )
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint directory (sha256 of every file checked) into a :class:`Checkpoint`."""
+    import torch
+
+    path = Path(path)
+    _recover(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_dir():
+        raise CheckpointError(
+            f"{path} is a file; load_checkpoint reads a checkpoint directory (use load_model)"
+        )
+    meta = _read_config(path)
+    present = [n for n in (MODEL_FILE, EMA_FILE, STATE_FILE) if n in meta.get("files", {})] or [MODEL_FILE]
+    _verify_files(path, meta, present)
+    model_state, _ = _read_safetensors(path / MODEL_FILE, str(map_location))
+    ema_state = _read_safetensors(path / EMA_FILE, str(map_location))[0] if EMA_FILE in present else None
+    training_state = None
+    if STATE_FILE in present:
+        try:
+            training_state = torch.load(path / STATE_FILE, map_location=map_location, weights_only=True)
+        except Exception as error:  # noqa: BLE001 - any unpickling failure means a bad file
+            raise CheckpointError(f"{path / STATE_FILE} is truncated or corrupt ({error})") from error
+    return Checkpoint(
+        path=path,
+        model_name=meta["model_name"],
+        model_config=meta["model_config"],
+        noise_config=meta["noise_config"],
+        train_config=meta.get("train_config", {}),
+        step=int(meta.get("step", 0)),
+        epoch=int(meta.get("epoch", 0)),
+        model_state=model_state,
+        ema_state=ema_state,
+        training_state=training_state,
+        meta=meta,
+    )
+
+
+def build_model(model_name: str, model_config: dict[str, Any]) -> Any:
+    """Build a registered model from its stored config, with a clear error for unknown names."""
+    from bench.plugins import get
+    from bench.registry import RegistryError
+
+    try:
+        factory = get("models", model_name).factory
+    except RegistryError as error:
+        raise CheckpointError(
+            f"the checkpoint needs model {model_name!r}, which no installed plugin provides: {error}"
+        ) from error
+    try:
+        return factory(**model_config)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"the checkpoint's config for model {model_name!r} is invalid: {error}"
+        ) from error
+
+
+def load_state_checked(model: Any, state: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict`` that names missing, unexpected and wrongly shaped keys when they differ."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or shapes:
+
+        def listing(items: list[str]) -> str:
+            return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
+
+        parts = []
+        if shapes:
+            parts.append(f"shape mismatches: {listing(shapes)}")
+        if missing:
+            parts.append(f"missing keys: {listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {listing(unexpected)}")
+        preset = (
+            getattr(model, "config", {}).get("preset")
+            if isinstance(getattr(model, "config", None), dict)
+            else None
+        )
+        raise CheckpointError(
+            f"the weights in {source} do not fit the model config they were saved with"
+            + (f" (preset {preset!r})" if preset else "")
+            + f": {'; '.join(parts)}. The file was probably written for another preset or edited; "
+            "pass the matching --preset/config or use another checkpoint"
+        )
+    model.load_state_dict(state)
+
+
+def _single_file_meta(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if path.resolve().parent == WEIGHTS_DIR.resolve():
+        try:
+            shipped_weights(path.name)  # sha256 against SHA256SUMS
+        except WeightsError as error:
+            raise CheckpointError(str(error)) from error
+    tensors, metadata = _read_safetensors(path)
+    if METADATA_KEY not in metadata:
+        raise CheckpointError(
+            f"{path} has no bench config in its safetensors metadata (key {METADATA_KEY!r}); it was not "
+            "made by export_weights, so bench cannot tell which model it belongs to"
+        )
+    try:
+        return tensors, json.loads(metadata[METADATA_KEY])
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"the bench config in {path}'s metadata is corrupt ({error})") from error
+
+
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu", use_ema: bool = True
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Build the model a checkpoint (directory or single ``.safetensors``) holds, in eval mode.
+
+    Returns ``(model, noise_config, meta)``; weights are loaded in float32 (shipped fp16/bf16
+    files are upcast). ``use_ema`` picks the EMA weights when the checkpoint has them.
+    """
+    import torch
+
+    path = Path(path)
+    _recover(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        meta = _read_config(path)
+        name = EMA_FILE if use_ema and EMA_FILE in meta.get("files", {}) else MODEL_FILE
+        _verify_files(path, meta, [name])
+        state, _ = _read_safetensors(path / name)
+        source = str(path / name)
+    else:
+        state, meta = _single_file_meta(path)
+        source = str(path)
+    for key in ("model_name", "model_config", "noise_config"):
+        if key not in meta:
+            raise CheckpointError(
+                f"{source}: the checkpoint config lacks {key!r}; it is not a bench checkpoint"
+            )
+    model = build_model(meta["model_name"], meta["model_config"])
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    load_state_checked(model, state, source)
+    model = model.to(device=torch.device(device), dtype=torch.float32).eval()
+    model.requires_grad_(False)
+    return model, dict(meta["noise_config"]), meta
+
+
+def export_weights(
+    checkpoint_dir: str | os.PathLike,
+    out_file: str | os.PathLike,
+    dtype: torch.dtype | str = "fp16",
+    use_ema: bool = True,
+) -> Path:
+    """Write one shipped ``.safetensors`` file (fp16/bf16 weights + config metadata) from a checkpoint.
+
+    Takes the EMA weights when the checkpoint has them (unless ``use_ema=False``). Record the
+    file's sha256 (``bench.weights.sha256_of``) in the weights folder's SHA256SUMS to ship it.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    dtype = dtypes[dtype] if isinstance(dtype, str) else dtype
+    checkpoint = load_checkpoint(checkpoint_dir)
+    state = checkpoint.ema_state if use_ema and checkpoint.ema_state is not None else checkpoint.model_state
+    # Check the weights fit the model before shipping them.
+    load_state_checked(
+        build_model(checkpoint.model_name, checkpoint.model_config), state, str(checkpoint.path)
+    )
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    meta = {
+        "format": "bench-weights",
+        "format_version": FORMAT_VERSION,
+        "model_name": checkpoint.model_name,
+        "model_config": checkpoint.model_config,
+        "noise_config": checkpoint.noise_config,
+        "train_config": checkpoint.train_config,
+        "step": checkpoint.step,
+        "epoch": checkpoint.epoch,
+        "weights": "ema" if use_ema and checkpoint.ema_state is not None else "model",
+        "dtype": str(dtype).replace("torch.", ""),
+    }
+    return atomic_write(
+        out_file, lambda p: save_file(state, str(p), metadata={METADATA_KEY: json.dumps(meta)})
+    )
