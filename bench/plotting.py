@@ -218,6 +218,8 @@ def scatter_plot(
     for p in pts:
         cx, cy = px(p["x"]), py(p["y"])
         taken.append((cx - 6, cy - 6, cx + 6, cy + 6))
+        if p["yerr"]:  # keep labels and the legend off the error bars too
+            taken.append((cx - 5, py(p["y"] + p["yerr"]), cx + 5, py(p["y"] - p["yerr"])))
     for i, p in enumerate(pts):
         cx, cy = px(p["x"]), py(p["y"])
         color = colors[p["series"]]
