@@ -1,7 +1,8 @@
 """Fails at import: a dependency that is not installed."""
 
-from bench import hookimpl
 import bench_this_module_does_not_exist  # noqa: F401
+
+from bench import hookimpl
 
 
 @hookimpl
