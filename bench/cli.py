@@ -156,3 +156,7 @@ def report_command(files, fmt, plot, out) -> None:
         click.echo(text)
     else:
         click.echo(f"wrote {out}", err=True)
+
+
+if __name__ == "__main__":
+    main()

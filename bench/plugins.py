@@ -111,7 +111,7 @@ def _fill_registries(plugins: Plugins) -> None:
         registry = Registry(kind)
         plugins.registries[kind] = registry
         caller = getattr(plugins.manager.hook, f"register_{kind}")
-        for impl in reversed(caller.get_hookimpls()):  # registration order
+        for impl in caller.get_hookimpls():  # registration order: built-ins first, so they own their names
             def register(name, factory, aliases=(), _plugin=impl.plugin_name, _reg=registry):
                 _reg.add(name, factory, aliases, plugin=_plugin)
 
