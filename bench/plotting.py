@@ -294,3 +294,104 @@ def scatter_plot(
         draw.text((lx + 28, cy - 8), name, fill="black", font=small)
     image.save(out_path)
     return Path(out_path)
+
+
+# ---------------------------------------------------------------- line plot (loss curve)
+
+
+def _line_font():
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=13)
+    except TypeError:  # Pillow < 10.1: the bitmap font
+        return ImageFont.load_default()
+
+
+def _line_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    return [lo + (hi - lo) * i / (count - 1) for i in range(count)]
+
+
+def _line_label(value: float) -> str:
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e4 or abs(value) < 1e-3:
+        return f"{value:.1e}"
+    return f"{value:.3g}"
+
+
+def line_plot(
+    xs: Sequence[float],
+    ys: Sequence[float],
+    out_path: str | Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    *,
+    log_y: bool = False,
+    size: tuple[int, int] = (800, 500),
+) -> Path:
+    """Draw ``ys`` against ``xs`` as one line (e.g. the training loss curve) to a PNG, atomically."""
+    import math
+
+    from PIL import Image, ImageDraw
+
+    from bench.atomic import atomic_write
+
+    points = [
+        (float(x), float(y))
+        for x, y in zip(xs, ys, strict=False)
+        if math.isfinite(float(x)) and math.isfinite(float(y)) and (not log_y or float(y) > 0)
+    ]
+    width, height = size
+    left, right, top, bottom = 100, 20, 40, 60
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font = _line_font()
+    draw.text((width // 2, 12), title, fill="black", font=font, anchor="mt")
+    draw.text((width // 2, height - 14), xlabel, fill="black", font=font, anchor="mb")
+    draw.text((8, height // 2), ylabel, fill="black", font=font, anchor="lm")
+    box = (left, top, width - right, height - bottom)
+    draw.rectangle(box, outline="black")
+    if points:
+        fy = (lambda v: math.log10(v)) if log_y else (lambda v: v)
+        x_lo, x_hi = min(p[0] for p in points), max(p[0] for p in points)
+        y_lo, y_hi = min(fy(p[1]) for p in points), max(fy(p[1]) for p in points)
+        x_hi = x_hi if x_hi > x_lo else x_lo + 1
+        pad = (y_hi - y_lo) * 0.05 or 1.0
+        y_lo, y_hi = y_lo - pad, y_hi + pad
+
+        def to_px(x: float, y: float) -> tuple[float, float]:
+            px = box[0] + (x - x_lo) / (x_hi - x_lo) * (box[2] - box[0])
+            py = box[3] - (fy(y) - y_lo) / (y_hi - y_lo) * (box[3] - box[1])
+            return px, py
+
+        for tick in _line_ticks(x_lo, x_hi):
+            px = to_px(tick, points[0][1])[0]
+            draw.line([(px, box[3]), (px, box[3] + 5)], fill="black")
+            draw.text((px, box[3] + 8), _line_label(tick), fill="black", font=font, anchor="mt")
+        for tick in _line_ticks(y_lo, y_hi):
+            py = box[3] - (tick - y_lo) / (y_hi - y_lo) * (box[3] - box[1])
+            draw.line([(box[0] - 5, py), (box[0], py)], fill="black")
+            draw.line([(box[0], py), (box[2], py)], fill=(230, 230, 230))
+            draw.text(
+                (box[0] - 8, py),
+                _line_label(10**tick if log_y else tick),
+                fill="black",
+                font=font,
+                anchor="rm",
+            )
+        pixels = [to_px(x, y) for x, y in points]
+        if len(pixels) == 1:
+            px, py = pixels[0]
+            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=(31, 119, 180))
+        else:
+            draw.line(pixels, fill=(31, 119, 180), width=2)
+        draw.rectangle(box, outline="black")  # again: the grid lines drew over it
+    else:
+        draw.text(
+            ((box[0] + box[2]) // 2, (box[1] + box[3]) // 2), "no data", fill="gray", font=font, anchor="mm"
+        )
+    return atomic_write(out_path, lambda p: image.save(p, format="PNG"))
