@@ -1,0 +1,374 @@
+"""THE sampling loop: one loop for every scheduler, with NFE counting, guidance and a fast path.
+
+For each chunk of conditions: a fresh scheduler (multistep schedulers keep state), then
+``set_timesteps(steps, device)``, noise * ``init_noise_sigma``, and per timestep
+``scale_model_input`` -> model -> ``step``. Classifier-free guidance runs as ONE doubled batch
+(conditions + null conditions = zeros). Every model call is counted (NFE): Heun calls the model
+twice per step (2 * steps - 1 calls: its last step is first order).
+
+Determinism: every image has its own generator seeded from (seed, image index), for the
+initial noise and for the noise of stochastic steps, so an image depends on its seed and index,
+not on the batch size or its neighbours (up to kernel numerics, which may differ with batch shape).
+
+Host syncs: the timesteps are copied to the host once per chunk; the model gets the device
+copy, ``step`` gets host scalars so that DDIM/Euler/Heun/DPM-Solver++/UniPC index their own
+(CPU) tables without a device sync. ``set_begin_index(0)`` skips the ``nonzero().item()``
+lookup sigma schedulers do at their first step. What remains: diffusers' ``DDPMScheduler``
+(``ddpm``, ``cosine``, ``linear``) finds the previous timestep with ``nonzero()`` on its device
+timesteps, one sync per step; and with per-image generators, stochastic steps draw their noise
+with one small kernel per image.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from bench.noise import check_schedule_compatible
+
+# Schedulers whose ``step`` draws no noise (with their default options): no generators passed.
+_DETERMINISTIC = {
+    "DDIMScheduler",
+    "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "UniPCMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+}
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How fast the loop runs; ``None`` picks the default for the device.
+
+    Defaults: on CUDA bf16 autocast, channels_last, torch.compile with CUDA graphs
+    (``mode="reduce-overhead"``); on CPU plain fp32 with channels_last (measured faster on CPU,
+    numerically the same) and no compile. Each part can be switched on or off by itself.
+    """
+
+    dtype: str | None = None  # "bf16" (autocast) or "fp32"
+    channels_last: bool | None = None
+    compile: bool | None = None
+    cuda_graphs: bool | None = None  # with compile: "reduce-overhead", else "max-autotune-no-cudagraphs"
+    batch_size: int = 256  # images per chunk (guidance doubles the model batch)
+
+    def resolved(self, device: torch.device | str) -> SamplingOptions:
+        """These options with every ``None`` replaced by the default for ``device``."""
+        cuda = torch.device(device).type == "cuda"
+        dtype = self.dtype or ("bf16" if cuda else "fp32")
+        if dtype not in ("bf16", "fp32"):
+            raise ValueError(f"sampling dtype must be 'bf16' or 'fp32', not {dtype!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"sampling batch_size must be at least 1, not {self.batch_size}")
+        compile_ = cuda if self.compile is None else self.compile
+        cuda_graphs = (cuda and compile_) if self.cuda_graphs is None else self.cuda_graphs
+        if cuda_graphs and not cuda:
+            raise ValueError("cuda_graphs needs a CUDA device")
+        channels_last = True if self.channels_last is None else self.channels_last
+        return SamplingOptions(dtype, channels_last, compile_, cuda_graphs, self.batch_size)
+
+    @classmethod
+    def plain(cls, batch_size: int = 256) -> SamplingOptions:
+        """fp32, no channels_last, no compile, no CUDA graphs."""
+        return cls("fp32", False, False, False, batch_size)
+
+
+@dataclass
+class SampleResult:
+    """Images (N, 3, H, W) float32 on CPU in [-1, 1], and what producing them cost."""
+
+    images: torch.Tensor
+    nfe: int  # model calls per image (a guided call on the doubled batch counts once)
+    seconds: float  # wall time of the sampling loops only (synchronized; excludes compile warm-up)
+    peak_memory_mb: float | None  # torch.cuda.max_memory_allocated during sampling, None off CUDA
+    frames: torch.Tensor | None = None  # (F, N, 3, H, W) x_t from noise to image, if recorded
+    warmup_seconds: float = 0.0  # compile / CUDA-graph capture before the clock started
+    options: SamplingOptions | None = None
+    steps: int = 0
+    guidance: float = 1.0
+    scheduler: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.images) / self.seconds if self.seconds > 0 else float("inf")
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The generator seed of image ``index`` under run seed ``seed`` (stable across batch sizes)."""
+    return (int(seed) * 1_000_003 + int(index)) % (2**63 - 1)
+
+
+def _resolve_factory(scheduler: str | Callable) -> tuple[str, Callable]:
+    if isinstance(scheduler, str):
+        from bench.plugins import get
+
+        entry = get("schedulers", scheduler)
+        return entry.name, entry.factory
+    return getattr(scheduler, "__name__", type(scheduler).__name__), scheduler
+
+
+def _compiled(model: torch.nn.Module, mode: str) -> Callable:
+    """torch.compile(model) once per (model, mode); fixed shapes (the last chunk is padded)."""
+    cache = model.__dict__.setdefault("_bench_compiled", {})  # a dict attribute: not a submodule
+    if mode not in cache:
+        cache[mode] = torch.compile(model, mode=mode, dynamic=False)
+    return cache[mode]
+
+
+class _ModelCall:
+    """The model under the chosen precision/compile, with guidance as one doubled batch."""
+
+    def __init__(self, model: torch.nn.Module, options: SamplingOptions, device: torch.device) -> None:
+        self.device = device
+        self.bf16 = options.dtype == "bf16"
+        self.channels_last = options.channels_last
+        self.cuda_graphs = bool(options.cuda_graphs)
+        if options.compile:
+            mode = "reduce-overhead" if options.cuda_graphs else "max-autotune-no-cudagraphs"
+            self.forward = _compiled(model, mode)
+        else:
+            self.forward = model
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
+        if guidance != 1.0:
+            x = torch.cat([x, x])
+            cond = torch.cat([cond, torch.zeros_like(cond)])  # the null condition of CFG training
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        t = t.expand(x.shape[0])
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.forward(x, t, cond)
+        self.calls += 1
+        # A CUDA-graph output buffer is overwritten by the next replay; multistep schedulers keep
+        # past outputs, so take a private copy.
+        out = out.float().clone() if self.cuda_graphs else out.float()
+        if guidance != 1.0:
+            cond_eps, null_eps = out.chunk(2)
+            out = null_eps + guidance * (cond_eps - null_eps)
+        return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _frame_points(total: int, frames: int) -> list[int]:
+    """Indices of the steps after which a frame is kept (0 = the initial noise)."""
+    return sorted({round(i * total / frames) for i in range(frames + 1)})
+
+
+def _run_chunk(
+    call: _ModelCall,
+    factory: Callable,
+    train_config: dict[str, Any],
+    scheduler_options: dict[str, Any],
+    cond: torch.Tensor,
+    generators: list[torch.Generator],
+    steps: int,
+    guidance: float,
+    shape: tuple[int, int, int],
+    record_frames: int,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    device = call.device
+    scheduler = factory(train_config, **scheduler_options)  # fresh: multistep state per run
+    scheduler.set_timesteps(steps, device=device)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(0)  # no timestep lookup (a host sync) at the first step
+    timesteps = scheduler.timesteps.to(device)
+    host_timesteps = timesteps.cpu()  # the one sync per chunk
+    # Noise for stochastic steps from the per-image generators (UniPC's step takes none).
+    step_kwargs = {} if type(scheduler).__name__ in _DETERMINISTIC else {"generator": generators}
+
+    x = torch.cat([torch.randn((1, *shape), generator=g, device=device) for g in generators])
+    x = x * scheduler.init_noise_sigma
+    frames: list[torch.Tensor] = []
+    keep = set(_frame_points(len(timesteps), record_frames)) if record_frames else set()
+    if 0 in keep:
+        frames.append((x / scheduler.init_noise_sigma).float().cpu())
+    for i in range(len(timesteps)):
+        t_host = host_timesteps[i]
+        model_input = scheduler.scale_model_input(x, t_host)
+        eps = call(model_input, timesteps[i], cond, guidance)
+        x = scheduler.step(eps, t_host, x, return_dict=False, **step_kwargs)[0]
+        if i + 1 in keep:
+            if i + 1 == len(timesteps):
+                frames.append(x.clamp(-1, 1).float().cpu())
+            else:
+                # The variance-preserving view of x_t (sigma schedulers scale x_t up).
+                nxt = host_timesteps[i + 1]
+                frames.append(scheduler.scale_model_input(x, nxt).float().cpu())
+    return x, frames
+
+
+def sample(
+    model: torch.nn.Module,
+    scheduler: str | Callable,
+    conditions: torch.Tensor,
+    *,
+    train_config: dict[str, Any],
+    steps: int | None = None,
+    guidance: float = 1.0,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    options: SamplingOptions | None = None,
+    record_frames: int = 0,
+    scheduler_options: dict[str, Any] | None = None,
+    allow_schedule_mismatch: bool = False,
+    image_shape: tuple[int, int, int] | None = None,
+    show_progress: bool = False,
+) -> SampleResult:
+    """Sample one image per row of ``conditions`` (N, num_labels multi-hot).
+
+    ``scheduler`` is a registered name or a factory ``factory(train_config, **options)``;
+    ``train_config`` is the checkpoint's noise-schedule config. ``steps`` defaults to the
+    factory's ``default_steps`` (else 50). ``guidance`` is the CFG scale (1.0 = off, no
+    doubled batch). ``record_frames=N`` also returns N+1 frames of x_t from noise to image.
+    The model is used in place (eval mode; channels_last converts its weights' layout).
+    """
+    name, factory = _resolve_factory(scheduler)
+    check_schedule_compatible(train_config, factory, allow_schedule_mismatch)
+    steps = int(steps or getattr(factory, "default_steps", 50))
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    opts = (options or SamplingOptions()).resolved(device)
+    shape = image_shape or _image_shape(model)
+    conditions = torch.as_tensor(conditions, dtype=torch.float32)
+    if conditions.ndim != 2:
+        raise ValueError(
+            f"conditions must be a (N, num_labels) multi-hot tensor, got shape {tuple(conditions.shape)}"
+        )
+    n = len(conditions)
+    batch = min(opts.batch_size, max(n, 1))
+
+    model.eval().to(device)
+    if opts.channels_last:
+        model.to(memory_format=torch.channels_last)
+    call = _ModelCall(model, opts, device)
+    conditions = conditions.to(device)
+
+    def chunk(start: int) -> tuple[torch.Tensor, list[torch.Generator]]:
+        # Pad the last chunk to the fixed batch shape (no recompilation, same CUDA graph).
+        idx = list(range(start, start + batch))
+        cond = conditions[start : start + batch]
+        if len(cond) < batch:
+            cond = torch.cat([cond, cond.new_zeros(batch - len(cond), cond.shape[1])])
+        gens = [torch.Generator(device).manual_seed(image_seed(seed, i)) for i in idx]
+        return cond, gens
+
+    warmup = 0.0
+    with torch.inference_mode():
+        if opts.compile:
+            # Compile and capture before the clock starts: three calls cover CUDA-graph recording.
+            _sync(device)
+            start = time.perf_counter()
+            dummy_x = torch.zeros((batch, *shape), device=device)
+            dummy_t = torch.zeros((), device=device, dtype=torch.long)
+            for _ in range(3):
+                call(dummy_x, dummy_t, conditions[:1].expand(batch, -1).contiguous(), guidance)
+            _sync(device)
+            warmup = time.perf_counter() - start
+            call.calls = 0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        start = time.perf_counter()
+        outputs, frame_chunks, chunks = [], [], range(0, n, batch)
+        if show_progress:
+            from bench.progress import progress
+
+            chunks = progress(chunks, label=f"sampling {name}", length=len(chunks))
+        for first in chunks:
+            cond, gens = chunk(first)
+            x, frames = _run_chunk(
+                call,
+                factory,
+                train_config,
+                scheduler_options or {},
+                cond,
+                gens,
+                steps,
+                guidance,
+                shape,
+                record_frames,
+            )
+            keep = min(batch, n - first)
+            outputs.append(x[:keep].clamp(-1, 1).float().cpu())
+            if frames:
+                frame_chunks.append(torch.stack([f[:keep] for f in frames]))
+        _sync(device)
+        seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    n_chunks = max(len(range(0, n, batch)), 1)
+    return SampleResult(
+        images=torch.cat(outputs) if outputs else torch.empty((0, *shape)),
+        nfe=call.calls // n_chunks,
+        seconds=seconds,
+        peak_memory_mb=peak,
+        frames=torch.cat(frame_chunks, dim=1) if frame_chunks else None,
+        warmup_seconds=warmup,
+        options=opts,
+        steps=steps,
+        guidance=guidance,
+        scheduler=name,
+    )
+
+
+def plain_reference_loop(
+    model: torch.nn.Module,
+    scheduler: str | Callable,
+    conditions: torch.Tensor,
+    *,
+    train_config: dict[str, Any],
+    steps: int | None = None,
+    guidance: float = 1.0,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    allow_schedule_mismatch: bool = False,
+) -> SampleResult:
+    """The course-style baseline for benchmarks: one image at a time, fp32, no compile.
+
+    Same per-image seeds as :func:`sample`, so both produce the same images up to numerics.
+    """
+    model.to(memory_format=torch.contiguous_format)
+    return sample(
+        model,
+        scheduler,
+        conditions,
+        train_config=train_config,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        device=device,
+        options=SamplingOptions.plain(batch_size=1),
+        allow_schedule_mismatch=allow_schedule_mismatch,
+    )
+
+
+def _image_shape(model: torch.nn.Module) -> tuple[int, int, int]:
+    config = getattr(model, "config", None) or {}
+    if isinstance(config, dict) and "sample_size" in config:
+        size = config["sample_size"]
+        return (int(config.get("in_channels", 3)), int(size), int(size))
+    return (3, 64, 64)
+
+
+def with_batch_size(options: SamplingOptions | None, batch_size: int) -> SamplingOptions:
+    """``options`` with another batch size (convenience for the runner)."""
+    return replace(options or SamplingOptions(), batch_size=batch_size)
+
+
+__all__: Sequence[str] = (
+    "SamplingOptions",
+    "SampleResult",
+    "sample",
+    "plain_reference_loop",
+    "image_seed",
+    "with_batch_size",
+)
