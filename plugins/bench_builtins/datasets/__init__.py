@@ -1,8 +1,71 @@
-"""Built-in datasets plugin."""
+"""Built-in datasets plugin: ``iclevr`` (a user's folder in the real format) and
+``synthetic`` (the procedural stand-in, rendered locally and cached).
+
+Both return an ``ImageConditionDataset``: items ``(image (3, 64, 64) in [-1, 1], multi-hot (24,))``,
+attributes ``labels``, ``image_size``, ``conditions``, ``files``, and ``images_uint8()`` (the whole
+set as one uint8 tensor for training on a GPU). torch is imported inside the factories.
+"""
+
+from __future__ import annotations
 
 from bench import hookimpl
 
 
+def make_iclevr(
+    data_root=None,
+    train_json=None,
+    objects_json=None,
+    images_dir=None,
+    image_size: int = 64,
+    cache_dir=None,
+    use_cache: bool = True,
+    **_options,
+):
+    """A folder in the i-CLEVR layout: train.json, objects.json, PNGs beside or in images/."""
+    from bench_builtins.datasets.folder import load_iclevr_folder
+
+    return load_iclevr_folder(
+        data_root,
+        train_json=train_json,
+        objects_json=objects_json,
+        images_dir=images_dir,
+        image_size=image_size,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+    )
+
+
+def make_synthetic(
+    scenes: int = 6003,
+    seed: int = 0,
+    split: str = "train",
+    max_objects: int = 3,
+    min_objects: int = 1,
+    frames: int | None = None,
+    image_size: int = 64,
+    device: str | None = None,
+    cache_dir=None,
+    use_cache: bool = True,
+    **_options,
+):
+    """Procedural CLEVR-like renders (default 6003 scenes x 3 frames), cached after the first run."""
+    from bench_builtins.datasets.synthetic.dataset import load_synthetic
+
+    return load_synthetic(
+        scenes=int(scenes),
+        seed=int(seed),
+        split=split,
+        max_objects=int(max_objects),
+        min_objects=int(min_objects),
+        frames=frames,
+        image_size=int(image_size),
+        device=device,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+    )
+
+
 @hookimpl
 def register_datasets(register):
-    pass
+    register("iclevr", make_iclevr, aliases=("i-clevr",))
+    register("synthetic", make_synthetic, aliases=("synthetic-iclevr",))

@@ -1,0 +1,186 @@
+"""The ``iclevr`` dataset: a user's folder in the real i-CLEVR layout.
+
+Layout: ``train.json`` (file name -> list of label names), optional ``objects.json``
+(name -> index; when present its order must equal the spec's), and the PNGs beside
+``train.json`` or in ``images/``. Images are preprocessed once to the model size and cached
+under the cache dir, keyed by the folder's contents, so a second load takes a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from bench.conditions import ConditionError, labels_from_objects_json, load_labels_spec, validate_conditions
+from bench.progress import progress
+from bench_builtins.datasets.base import (
+    ImageConditionDataset,
+    cache_key,
+    default_cache_dir,
+    load_cached,
+    resize_uint8,
+    save_cached,
+)
+
+SOURCE_SIZE = (320, 240)
+IMAGE_DIRS = ("images", ".")
+
+
+class DatasetError(Exception):
+    """A dataset folder or file the loader cannot use; the message says what is expected."""
+
+
+LAYOUT = (
+    "expected a folder holding train.json, objects.json and the PNG images "
+    "(beside train.json or in images/), as the i-CLEVR data is laid out"
+)
+
+
+def resolve_paths(
+    data_root: str | os.PathLike | None = None,
+    train_json: str | os.PathLike | None = None,
+    objects_json: str | os.PathLike | None = None,
+    images_dir: str | os.PathLike | None = None,
+) -> tuple[Path, Path | None, Path]:
+    """(train.json, objects.json or None, image folder) from a root or explicit paths."""
+    if data_root is None and train_json is None:
+        raise DatasetError(f"the iclevr dataset needs data_root (or train_json): {LAYOUT}")
+    root = Path(data_root).expanduser() if data_root is not None else None
+    if root is not None and not root.is_dir():
+        raise DatasetError(
+            f"data root {root} {'is not a folder' if root.exists() else 'not found'}: {LAYOUT}"
+        )
+    train = Path(train_json).expanduser() if train_json is not None else root / "train.json"
+    if not train.is_file():
+        raise DatasetError(f"train.json not found at {train}: {LAYOUT}")
+    base = root if root is not None else train.parent
+    if objects_json is not None:
+        objects = Path(objects_json).expanduser()
+        if not objects.is_file():
+            raise DatasetError(f"objects.json not found at {objects} (given explicitly)")
+    else:
+        objects = base / "objects.json" if (base / "objects.json").is_file() else None
+    if images_dir is not None:
+        images = Path(images_dir).expanduser()
+        if not images.is_dir():
+            raise DatasetError(f"image folder {images} not found (given explicitly)")
+    else:
+        images = base / "images" if (base / "images").is_dir() else base
+    return train, objects, images
+
+
+def read_train_json(path: Path, labels: list[str]) -> tuple[list[str], list[list[str]]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DatasetError(
+            f"{path}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+        ) from None
+    if not isinstance(data, dict) or not data:
+        raise DatasetError(
+            f'{path}: expected a JSON object "image file name" -> [label names], got '
+            f"{'an empty object' if data == {} else type(data).__name__}"
+        )
+    files = list(data)
+    try:
+        conditions = validate_conditions(list(data.values()), labels, source=str(path), keys=files)
+    except ConditionError as error:
+        raise DatasetError(str(error)) from None
+    return files, conditions
+
+
+def _fingerprint(train: Path, images: Path, files: list[str]) -> str:
+    """Changes when train.json or any image file changes (size or mtime)."""
+    h = hashlib.sha256(train.read_bytes())
+    for name in files:
+        try:
+            st = (images / name).stat()
+        except OSError:
+            continue
+        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
+def _read_images(images: Path, files: list[str], train: Path, image_size: int):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    out = torch.empty(len(files), 3, image_size, image_size, dtype=torch.uint8)
+    chunk: list = []
+    start = 0
+    for i, name in enumerate(progress(files, label=f"reading {len(files)} images", length=len(files))):
+        path = images / name
+        if not path.is_file():
+            where = f"{images}" if images == train.parent else f"{images} (the images folder)"
+            raise DatasetError(
+                f"{train.name} names {name!r} but it is not in {where}; "
+                "put the PNGs beside train.json or in images/"
+            )
+        with Image.open(path) as im:
+            w, h = im.size
+            # squashing 4:3 to a square is the task's preprocessing; another aspect means other data
+            if abs(w * SOURCE_SIZE[1] - h * SOURCE_SIZE[0]) > max(w, h) or w < image_size:
+                raise DatasetError(
+                    f"{path} is {w}x{h}; i-CLEVR images are {SOURCE_SIZE[0]}x{SOURCE_SIZE[1]} "
+                    f"(4:3, at least {image_size} wide)"
+                )
+            chunk.append(torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()))
+        if len(chunk) == 256 or i == len(files) - 1:
+            same = all(c.shape == chunk[0].shape for c in chunk)
+            if same:
+                out[start : start + len(chunk)] = resize_uint8(torch.stack(chunk), image_size)
+            else:
+                for j, c in enumerate(chunk):
+                    out[start + j] = resize_uint8(c.unsqueeze(0), image_size)[0]
+            start += len(chunk)
+            chunk = []
+    return out
+
+
+def load_iclevr_folder(
+    data_root: str | os.PathLike | None = None,
+    *,
+    train_json: str | os.PathLike | None = None,
+    objects_json: str | os.PathLike | None = None,
+    images_dir: str | os.PathLike | None = None,
+    image_size: int = 64,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+) -> ImageConditionDataset:
+    """Load (and cache) a folder in the i-CLEVR layout as an ImageConditionDataset."""
+    train, objects, images = resolve_paths(data_root, train_json, objects_json, images_dir)
+    spec = load_labels_spec()
+    try:
+        labels = labels_from_objects_json(objects, spec) if objects is not None else spec
+    except ConditionError as error:
+        raise DatasetError(str(error)) from None
+    files, conditions = read_train_json(train, labels)
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    key = cache_key(
+        {
+            "kind": "iclevr",
+            "train": str(train.resolve()),
+            "images": str(images.resolve()),
+            "size": image_size,
+            "content": _fingerprint(train, images, files),
+        }
+    )
+    cache_path = cache_root / "iclevr" / f"{key}.pt"
+    payload = load_cached(cache_path) if use_cache else None
+    if payload is not None and payload.get("files") == files:
+        data = payload["images"]
+    else:
+        data = _read_images(images, files, train, image_size)
+        if use_cache:
+            save_cached(cache_path, data, conditions, files, labels)
+    return ImageConditionDataset(
+        data,
+        conditions,
+        labels,
+        files=files,
+        source=str(train.parent),
+        info={"train_json": str(train), "images_dir": str(images), "cache": str(cache_path)},
+    )

@@ -1,0 +1,1 @@
+"""The procedural CLEVR-like renderer behind the `synthetic` dataset."""
