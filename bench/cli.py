@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import json
 from pathlib import Path
 
 import click
@@ -156,6 +156,96 @@ def report_command(files, fmt, plot, out) -> None:
         click.echo(text)
     else:
         click.echo(f"wrote {out}", err=True)
+
+
+
+@main.group("data")
+def data_group() -> None:
+    """Make and inspect datasets and condition sets."""
+
+
+@data_group.command("synth")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+@click.option("--scenes", default=6003, show_default=True, help="Scenes; each gives 3 frames (images).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--split", type=click.Choice(["train", "heldout"]), default="train", show_default=True)
+@click.option("--max-objects", default=3, show_default=True, help="Objects in the last frame of a scene.")
+@click.option("--device", default="cpu", show_default=True, help="Render on this torch device.")
+def data_synth(out_dir, scenes, seed, split, max_objects, device) -> None:
+    """Render a synthetic i-CLEVR folder in the real format (PNGs, train.json, objects.json)."""
+    from bench_builtins.datasets.synthetic.export import write_synthetic_folder
+
+    out = write_synthetic_folder(out_dir, scenes=scenes, seed=seed, split=split, max_objects=max_objects,
+                                 device=device)
+    click.echo(f"wrote {out}")
+
+
+@data_group.command("conditions")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="JSON file to write.")
+@click.option("--n", default=32, show_default=True, help="Number of conditions.")
+@click.option("--objects", default="1-3", show_default=True, help="Objects per condition: 2 or 1-3.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--shared", is_flag=True, help="Objects share a colour or a shape (like new_test.json).")
+def data_conditions(out_file, n, objects, seed, shared) -> None:
+    """Write a condition set in the test.json format."""
+    from bench_builtins.datasets.synthetic.export import write_condition_set
+
+    counts = parse_int_list(objects, "object count")
+    write_condition_set(out_file, n=n, objects=(min(counts), max(counts)), seed=seed, shared=shared)
+    click.echo(f"wrote {out_file}")
+
+
+@data_group.command("show")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_png", default="sheet.png", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--n", default=24, show_default=True, help="Images on the sheet.")
+def data_show(folder, out_png, n) -> None:
+    """Draw a contact sheet of a folder's images with their labels."""
+    from bench_builtins.datasets.synthetic.export import contact_sheet
+
+    contact_sheet(Path(folder), out_png, n=n)
+    click.echo(f"wrote {out_png}")
+
+
+def _dataset(name: str, data_root: str | None, **options):
+    entry = get_plugins().registry("datasets").get(name)
+    if data_root:
+        options["data_root"] = data_root
+    return entry.factory(**options)
+
+
+@main.command("train-judge")
+@config_option
+@click.option("--data", default="synthetic", show_default=True, help="Dataset plugin.")
+@click.option("--data-root", default=None, help="Folder in the i-CLEVR format (with --data iclevr).")
+@click.option("--scenes", default=6003, show_default=True, help="Synthetic scenes (with --data synthetic).")
+@click.option("--max-objects", default=5, show_default=True, help="Objects per synthetic scene, up to 5.")
+@click.option("--heldout-scenes", default=400, show_default=True, help="Unseen synthetic scenes to score on.")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--lr", default=2e-3, show_default=True)
+@click.option("--max-minutes", default=None, type=float, help="Stop after this wall time.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Judge .safetensors file.")
+def train_judge_command(data, data_root, scenes, max_objects, heldout_scenes, epochs, batch_size, lr,
+                        max_minutes, seed, device, out_path) -> None:
+    """Train the ResNet18 accuracy judge on a dataset in the i-CLEVR format."""
+    from bench.runner import resolve_device
+    from bench_builtins.evaluators.judge_training import train_judge
+
+    device = resolve_device(device)
+    synthetic = data in ("synthetic", "synthetic-iclevr")
+    extra = {"scenes": scenes, "max_objects": max_objects, "frames": max_objects, "device": device} if synthetic else {}
+    dataset = _dataset(data, data_root, **extra)
+    heldout = None
+    if synthetic:
+        heldout = _dataset(data, None, scenes=heldout_scenes, max_objects=max_objects, frames=max_objects,
+                           split="heldout", device=device)
+    metrics = train_judge(dataset, out_path, heldout=heldout, epochs=epochs, batch_size=batch_size, lr=lr,
+                          device=device, seed=seed, time_limit_s=max_minutes * 60 if max_minutes else None,
+                          log=lambda m: click.echo(m, err=True))
+    click.echo(json.dumps(metrics, indent=2, default=str))
 
 
 if __name__ == "__main__":

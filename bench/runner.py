@@ -128,7 +128,6 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     import torch
 
     from bench.images import save_denoising_strip, save_grid, save_images
-    from bench.noise import check_schedule_compatible
     from bench.sampling import SamplingOptions, sample
 
     plugins = plugins or get_plugins()
@@ -139,10 +138,10 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     sets = _condition_sets(config, labels)
     model, train_noise, meta = _load_model(config, plugins, device)
     evaluators = _make_evaluators(config, plugins, device, labels)
-    options = SamplingOptions.for_device(
-        device, dtype=config.dtype, compile=config.compile, cuda_graphs=config.cuda_graphs,
-        channels_last=config.channels_last, batch_size=config.batch_size,
-    )
+    options = SamplingOptions(
+        dtype=config.dtype, channels_last=config.channels_last, compile=config.compile,
+        cuda_graphs=config.cuda_graphs, batch_size=config.batch_size or 256,
+    ).resolved(device)
     all_conditions = multi_hot([c for s in sets for c in s.conditions], labels)
     spans, start = {}, 0
     for s in sets:
@@ -157,8 +156,8 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         for seed in config.seeds:
             cell_rows = _run_cell(
                 config, plugins, model, train_noise, scheduler_name, steps, guidance, seed, sets, spans,
-                all_conditions, options, evaluators, out_dir, meta, log,
-                sample=sample, check=check_schedule_compatible, save_images=save_images, save_grid=save_grid,
+                all_conditions, options, evaluators, out_dir, meta, log, device,
+                sample=sample, save_images=save_images, save_grid=save_grid,
             )
             result.rows.extend(cell_rows)
             result.write(out_dir / "results.json")  # after every cell: an interrupted run keeps its rows
@@ -166,7 +165,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     if config.denoising_figure:
         try:
             result.figures["denoising"] = _denoising_figure(
-                model, train_noise, config, plugins, labels, options, out_dir, sample, save_denoising_strip,
+                model, train_noise, config, plugins, labels, device, out_dir, sample, save_denoising_strip,
             )
         except Exception as error:  # noqa: BLE001 - the figure must not lose the measured rows
             log(f"warning: denoising figure failed: {error}")
@@ -176,7 +175,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
 
 
 def _run_cell(config, plugins, model, train_noise, scheduler_name, steps, guidance, seed, sets, spans,
-              all_conditions, options, evaluators, out_dir, meta, log, *, sample, check, save_images, save_grid):
+              all_conditions, options, evaluators, out_dir, meta, log, device, *, sample, save_images, save_grid):
     rows = []
     base = dict(model=config.model, scheduler=scheduler_name, steps=steps or 0, seed=seed, guidance=guidance,
                 checkpoint=str(meta.get("checkpoint", "")))
@@ -184,9 +183,9 @@ def _run_cell(config, plugins, model, train_noise, scheduler_name, steps, guidan
         entry = plugins.registry("schedulers").get(scheduler_name)
         steps = steps or getattr(entry.factory, "default_steps", None) or 100
         base["steps"] = steps
-        noise = check(train_noise, entry.factory, allow_mismatch=config.allow_schedule_mismatch)
-        result = sample(model, lambda: entry.factory(noise), all_conditions, steps=steps, seed=seed,
-                        guidance=guidance, options=options)
+        result = sample(model, entry.factory, all_conditions, train_config=train_noise, steps=steps, seed=seed,
+                        guidance=guidance, device=device, options=options,
+                        allow_schedule_mismatch=config.allow_schedule_mismatch)
     except Exception as error:  # noqa: BLE001 - one failing cell must not stop the matrix
         log(f"cell {scheduler_name} steps={steps} guidance={guidance} seed={seed} failed: {error}")
         for s in sets:
@@ -203,7 +202,10 @@ def _run_cell(config, plugins, model, train_noise, scheduler_name, steps, guidan
         "peak_memory_mb": result.peak_memory_mb,
         "batch_size": options.batch_size,
         "dtype": options.dtype,
-        "device": options.device,
+        "device": device,
+        "compile": options.compile,
+        "cuda_graphs": options.cuda_graphs,
+        "warmup_seconds": result.warmup_seconds,
         "total_images": n_total,
         "seconds": result.seconds,
     }
@@ -226,16 +228,15 @@ def _run_cell(config, plugins, model, train_noise, scheduler_name, steps, guidan
     return rows
 
 
-def _denoising_figure(model, train_noise, config, plugins, labels, options, out_dir, sample, save_strip) -> str:
-    from bench.noise import check_schedule_compatible
+def _denoising_figure(model, train_noise, config, plugins, labels, device, out_dir, sample, save_strip) -> str:
+    from bench.sampling import SamplingOptions
 
-    scheduler_name = config.schedulers[0]
-    entry = plugins.registry("schedulers").get(scheduler_name)
-    steps = config.steps[0] or getattr(entry.factory, "default_steps", None) or 100
-    noise = check_schedule_compatible(train_noise, entry.factory, allow_mismatch=config.allow_schedule_mismatch)
+    entry = plugins.registry("schedulers").get(config.schedulers[0])
     conditions = multi_hot([DENOISING_CONDITION], labels)
-    result = sample(model, lambda: entry.factory(noise), conditions, steps=steps, seed=config.seeds[0],
-                    guidance=config.guidance[0], options=options.plain(), record_frames=9)
+    result = sample(model, entry.factory, conditions, train_config=train_noise, steps=config.steps[0],
+                    seed=config.seeds[0], guidance=config.guidance[0], device=device,
+                    options=SamplingOptions.plain(batch_size=1), record_frames=9,
+                    allow_schedule_mismatch=config.allow_schedule_mismatch)
     path = out_dir / "denoising.png"
     save_strip(result.frames, path)
     return str(path.relative_to(out_dir))
