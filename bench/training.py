@@ -1,0 +1,665 @@
+"""The training loop: epsilon-prediction MSE with EMA, CFG dropout, bf16, checkpoints, exact resume.
+
+Determinism, and so exact resume: the data order of epoch ``e`` is a permutation seeded by
+(seed, e), and every random draw of step ``s`` (timesteps, noise, condition dropout, flips)
+comes from a generator seeded by (seed, rank, s). A checkpoint stores the step, the epoch and
+the position in it, the optimizer, lr-schedule and EMA states (and the global RNG states), so
+``resume=True`` continues with the same weights an uninterrupted run would have (bit-exact on
+CPU; on GPU up to non-deterministic kernels).
+
+Multi-GPU: under ``accelerate launch`` (or with an ``accelerate.Accelerator`` passed in) the
+model is wrapped in DDP; ``batch_size`` is the GLOBAL batch, split across processes, so a run
+sees the same data whatever the number of GPUs. Only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bench.atomic import atomic_write_text
+from bench.checkpoints import CheckpointError, load_checkpoint, save_checkpoint, unwrap_model
+from bench.noise import noise_config
+
+CHECKPOINT_DIR = "checkpoint"
+LOSS_LOG = "loss.jsonl"
+LOSS_PLOT = "loss.png"
+
+
+class TrainingError(Exception):
+    """Training cannot go on (diverged, out of memory, bad config); the message says what to do."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that changes what training produces. ``None`` = the device default."""
+
+    model: str = "ddpm-unet"
+    preset: str | None = "small"
+    model_options: dict[str, Any] = field(default_factory=dict)  # overrides of the preset
+    scheduler: str = "cosine"  # the training noise schedule (a scheduler with noise_schedule)
+    num_train_timesteps: int = 1000
+    lr: float = 2e-4
+    lr_schedule: str = "constant"  # "constant" or "cosine" (decay to 0 over the step budget) after warmup
+    warmup_steps: int = 500
+    weight_decay: float = 0.0
+    batch_size: int = 128  # global, over all processes
+    epochs: int | None = None  # stop at the first of epochs / max_steps / max_minutes
+    max_steps: int | None = 20_000
+    max_minutes: float | None = None  # wall-time budget, summed over resumed runs
+    ema_decay: float | None = 0.999  # None or 0: no EMA
+    cond_drop_prob: float = 0.1  # classifier-free guidance training: null condition (zeros)
+    grad_clip: float | None = 1.0
+    hflip: bool = True  # labels do not depend on left/right
+    bf16: bool | None = None  # autocast; default on CUDA
+    compile: bool | None = None  # torch.compile the model; default on CUDA
+    channels_last: bool | None = None  # default on CUDA
+    seed: int = 0
+    checkpoint_every: int = 1000  # steps; a checkpoint is also written at the end
+    log_every: int = 25  # steps between loss log lines (and the NaN check)
+    out_dir: str = "runs/train"
+    resume: bool = False
+    device: str | None = None  # default: the accelerator's device, else cuda if available, else cpu
+    num_workers: int = 2  # DataLoader workers, for datasets without images_uint8()
+    recipe: str = "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TrainingError(
+                f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+    @classmethod
+    def from_recipe(cls, name: str = "default", **overrides: Any) -> TrainConfig:
+        """A named recipe (``reference``, ``default``) with ``overrides`` applied."""
+        if name not in RECIPES:
+            raise TrainingError(f"unknown training recipe {name!r}; known recipes: {', '.join(RECIPES)}")
+        return replace(RECIPES[name], **overrides)
+
+
+RECIPES: dict[str, TrainConfig] = {
+    # The published i-CLEVR recipe (docs/iclevr.md): the reference UNet, cosine schedule with 100
+    # train timesteps, Adam lr 1e-5, batch 32, 200 epochs, no EMA, no guidance training.
+    "reference": TrainConfig(
+        preset="seed",
+        scheduler="cosine",
+        num_train_timesteps=100,
+        lr=1e-5,
+        warmup_steps=0,
+        batch_size=32,
+        epochs=200,
+        max_steps=None,
+        ema_decay=None,
+        cond_drop_prob=0.0,
+        grad_clip=None,
+        hflip=False,
+        recipe="reference",
+    ),
+    # Ours: 1000 train timesteps (few-step samplers need a fine schedule), 10x the lr with warmup,
+    # large batches for GPU throughput, EMA, CFG dropout so guidance works at sampling.
+    "default": TrainConfig(recipe="default"),
+}
+
+
+@dataclass
+class TrainSummary:
+    """What a training run did and where it left its files."""
+
+    out_dir: Path
+    checkpoint: Path | None
+    steps: int
+    epochs_completed: float
+    final_loss: float | None
+    images_per_second: float
+    seconds: float
+    loss_log: Path | None
+    loss_plot: Path | None
+    resumed_from_step: int | None = None
+    stopped_by: str = ""
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def _mix(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across runs and processes)."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (int(part) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        value ^= value >> 31
+    return value & 0x7FFFFFFFFFFFFFFF
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The data order of ``epoch`` (the same on every process)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, epoch, 0xDA7A)))
+
+
+def _under_accelerate() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "ACCELERATE_MIXED_PRECISION" in os.environ
+
+
+def _pick_device(config: TrainConfig) -> torch.device:
+    if config.device:
+        return torch.device(config.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class _Data:
+    """Batches of (images float in [-1, 1], conditions) for a list of dataset indices."""
+
+    def __init__(self, dataset: Any, device: torch.device) -> None:
+        self.dataset = dataset
+        self.device = device
+        self.images: torch.Tensor | None = None
+        if hasattr(dataset, "images_uint8"):
+            # The whole set as uint8 on the device: no loader, no host round trips.
+            self.images = dataset.images_uint8().to(device)
+            if hasattr(dataset, "conditions_multi_hot"):
+                conds = dataset.conditions_multi_hot()
+            else:
+                conds = torch.stack([dataset[i][1] for i in range(len(dataset))])
+            self.conditions = conds.float().to(device)
+        self.n = len(dataset)
+
+    def batches(
+        self, order: list[list[int]], num_workers: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.images is not None:
+            for idx in order:
+                index = torch.tensor(idx, device=self.device)
+                yield self.images[index].float().div_(127.5).sub_(1.0), self.conditions[index]
+            return
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=order,
+            num_workers=num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        for images, conds in loader:
+            yield images.to(self.device, non_blocking=True), conds.float().to(self.device, non_blocking=True)
+
+
+class _Trainer:
+    """One training run's state; ``train`` and ``measure_throughput`` drive it."""
+
+    def __init__(self, config: TrainConfig, dataset: Any, accelerator: Any | None = None) -> None:
+        from bench.checkpoints import build_model
+
+        self.config = config
+        if accelerator is None and _under_accelerate():
+            from accelerate import Accelerator
+
+            accelerator = Accelerator()
+        self.accelerator = accelerator
+        if accelerator is not None:
+            self.device = accelerator.device
+            self.rank, self.world = accelerator.process_index, accelerator.num_processes
+            self.is_main = accelerator.is_main_process
+        else:
+            self.device = _pick_device(config)
+            self.rank, self.world, self.is_main = 0, 1, True
+        cuda = self.device.type == "cuda"
+        self.bf16 = cuda if config.bf16 is None else config.bf16
+        self.channels_last = cuda if config.channels_last is None else config.channels_last
+        self.use_compile = cuda if config.compile is None else config.compile
+        if config.batch_size % self.world:
+            raise TrainingError(
+                f"batch size {config.batch_size} does not split over {self.world} processes; "
+                f"use a multiple of {self.world}"
+            )
+        self.local_batch = config.batch_size // self.world
+        self.data = _Data(dataset, self.device)
+        if self.data.n < config.batch_size:
+            raise TrainingError(
+                f"the dataset has {self.data.n} images, fewer than one batch ({config.batch_size}); "
+                "use a smaller --batch-size"
+            )
+        self.steps_per_epoch = self.data.n // config.batch_size  # the last partial batch is dropped
+        self.noise_config = noise_config(config.scheduler, config.num_train_timesteps)
+        from diffusers import DDPMScheduler
+
+        alphas = DDPMScheduler.from_config(self.noise_config).alphas_cumprod.to(self.device, torch.float32)
+        self.sqrt_ab, self.sqrt_1mab = alphas.sqrt(), (1 - alphas).sqrt()
+
+        torch.manual_seed(_mix(config.seed, 0x1417))  # the initial weights: same on every process
+        self.model = build_model(config.model, {"preset": config.preset, **config.model_options})
+        self.model_config = dict(self.model.config)
+        self.model.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.ema = None
+        if config.ema_decay:
+            import copy
+
+            self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=cuda or None
+        )
+        self.total_steps = self._total_steps()
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.net = self.model
+        if accelerator is not None and self.world > 1:
+            self.net = accelerator.prepare_model(self.model)
+        if self.use_compile:
+            self.net = torch.compile(self.net)
+        self.step = 0
+        self.elapsed = 0.0  # training seconds over all resumed runs
+
+    # -- schedule
+
+    def _total_steps(self) -> int | None:
+        bounds = []
+        if self.config.epochs is not None:
+            bounds.append(self.config.epochs * self.steps_per_epoch)
+        if self.config.max_steps is not None:
+            bounds.append(self.config.max_steps)
+        if not bounds and self.config.max_minutes is None:
+            raise TrainingError(
+                "set at least one of epochs, max_steps or max_minutes, or training never stops"
+            )
+        return min(bounds) if bounds else None
+
+    def _lr_factor(self, step: int) -> float:
+        warmup = self.config.warmup_steps
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if self.config.lr_schedule == "cosine" and self.total_steps:
+            progress = min((step - warmup) / max(self.total_steps - warmup, 1), 1.0)
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    # -- one step
+
+    def _batch_order(self, epoch: int, position: int) -> list[list[int]]:
+        """This process's index lists for the rest of ``epoch``, from batch ``position`` on."""
+        perm = epoch_permutation(self.data.n, self.config.seed, epoch).tolist()
+        size, local = self.config.batch_size, self.local_batch
+        return [
+            perm[b * size + self.rank * local : b * size + (self.rank + 1) * local]
+            for b in range(position, self.steps_per_epoch)
+        ]
+
+    def _loss(self, images: torch.Tensor, conds: torch.Tensor, step: int) -> torch.Tensor:
+        config = self.config
+        g = torch.Generator(self.device).manual_seed(_mix(config.seed, self.rank, step, 0x57E9))
+        b = images.shape[0]
+        t = torch.randint(0, config.num_train_timesteps, (b,), device=self.device, generator=g)
+        noise = torch.randn(images.shape, device=self.device, generator=g)
+        drop = torch.rand(b, device=self.device, generator=g) < config.cond_drop_prob
+        flip = torch.rand(b, device=self.device, generator=g) < (0.5 if config.hflip else 0.0)
+        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        conds = conds * (~drop)[:, None]
+        noisy = self.sqrt_ab[t][:, None, None, None] * images + self.sqrt_1mab[t][:, None, None, None] * noise
+        if self.channels_last:
+            noisy = noisy.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            pred = self.net(noisy, t, conds)
+        return F.mse_loss(pred.float(), noise)
+
+    def train_step(self, images: torch.Tensor, conds: torch.Tensor) -> torch.Tensor:
+        """One optimisation step; returns the (device) loss without a host sync."""
+        self.model.train()
+        loss = self._loss(images, conds, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.lr_schedule.step()
+        if self.ema is not None:
+            # Warm-up of the decay so early EMA weights are not dominated by the random init.
+            decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+            ema_params = list(self.ema.parameters())
+            torch._foreach_lerp_(ema_params, [p.detach() for p in self.model.parameters()], 1 - decay)
+            for e_buf, m_buf in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+                e_buf.copy_(m_buf)
+        self.step += 1
+        return loss.detach()
+
+    # -- checkpoints
+
+    def _position(self) -> tuple[int, int]:
+        return divmod(self.step, self.steps_per_epoch)
+
+    def save(self, path: Path) -> Path:
+        epoch, position = self._position()
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "position": position,
+            "elapsed_seconds": self.elapsed,
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng_python": list(random.getstate()[1]),
+        }
+        return save_checkpoint(
+            path,
+            model_name=self.config.model,
+            model=self.model,
+            model_config=self.model_config,
+            noise_config=self.noise_config,
+            train_config=self.config.to_dict(),
+            step=self.step,
+            epoch=epoch,
+            ema=self.ema,
+            training_state=state,
+            extra={"images_seen": self.step * self.config.batch_size},
+        )
+
+    def restore(self, path: Path) -> None:
+        ckpt = load_checkpoint(path, map_location=self.device)
+        if ckpt.model_config != self.model_config:
+            raise TrainingError(
+                f"cannot resume from {path}: it holds model config {ckpt.model_config}, but this run builds "
+                f"{self.model_config}; resume with the same --preset/options or use another --out-dir"
+            )
+        if ckpt.noise_config != self.noise_config:
+            raise TrainingError(
+                f"cannot resume from {path}: it was trained with another noise schedule; resume with "
+                f"--scheduler {ckpt.train_config.get('scheduler')} "
+                f"--num-train-timesteps {ckpt.noise_config.get('num_train_timesteps')}"
+            )
+        if ckpt.training_state is None:
+            raise CheckpointError(f"{path} holds no optimizer state ({'optimizer.pt'}); it cannot be resumed")
+        self.model.load_state_dict(ckpt.model_state)
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt.ema_state if ckpt.ema_state is not None else ckpt.model_state)
+        state = ckpt.training_state
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.step = int(ckpt.step)
+        self.elapsed = float(state.get("elapsed_seconds", 0.0))
+        torch.set_rng_state(state["rng_torch"].cpu())
+        if state.get("rng_cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        if state.get("rng_python"):
+            random.setstate((3, tuple(state["rng_python"]), None))
+
+
+# ------------------------------------------------------------------------------------- train
+
+
+def _oom_message(config: TrainConfig) -> str:
+    smaller = max(config.batch_size // 2, 1)
+    return (
+        f"CUDA ran out of memory at batch size {config.batch_size} (preset {config.preset!r}); "
+        f"try --batch-size {smaller}" + (" or resume with it (--resume)" if config.checkpoint_every else "")
+    )
+
+
+def _read_log(path: Path, up_to_step: int) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by an interruption
+        if row.get("step", 0) <= up_to_step:
+            rows.append(row)
+    return rows
+
+
+def train(
+    config: TrainConfig, dataset: Any, *, accelerator: Any | None = None, show_progress: bool = True
+) -> TrainSummary:
+    """Train ``config.model`` on ``dataset``; write checkpoints, a loss log and plot to ``config.out_dir``.
+
+    ``dataset`` items are ``(image in [-1, 1], multi-hot condition)``; ``images_uint8()`` is used
+    when present (the whole set on the device). With ``config.resume`` it continues from
+    ``<out_dir>/checkpoint`` exactly. Raises ``TrainingError`` on divergence (NaN loss; the last
+    good checkpoint is kept) and on CUDA out-of-memory (naming a batch size to try).
+    """
+    out_dir = Path(config.out_dir)
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+    trainer = _Trainer(config, dataset, accelerator)
+    resumed_from = None
+    if config.resume:
+        if not ckpt_dir.exists():
+            raise TrainingError(f"--resume: no checkpoint at {ckpt_dir}; start without --resume")
+        trainer.restore(ckpt_dir)
+        resumed_from = trainer.step
+    elif ckpt_dir.exists() and trainer.is_main:
+        raise TrainingError(
+            f"{ckpt_dir} already holds a checkpoint; pass --resume to continue it or choose another --out-dir"
+        )
+    log_path = out_dir / LOSS_LOG
+    log_rows = _read_log(log_path, trainer.step) if config.resume else []
+    if trainer.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "train_config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in log_rows))
+
+    from bench.progress import Rate, progress
+
+    rate = Rate()
+    last_loss: list[float | None] = [log_rows[-1]["loss"] if log_rows else None]
+    stopped_by = ""
+    run_start = time.perf_counter()
+    elapsed_before = trainer.elapsed
+    budget = config.max_minutes * 60 if config.max_minutes is not None else None
+    total = trainer.total_steps
+    loss_sum = torch.zeros((), device=trainer.device)
+    loss_count = 0
+    log_file = open(log_path, "a", encoding="utf-8") if trainer.is_main else None  # noqa: SIM115
+
+    def status() -> str:
+        loss = last_loss[0]
+        return f"loss {loss:.4f} {rate.per_second:.0f} img/s" if loss is not None else ""
+
+    def steps() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch, position = trainer._position()
+        while True:
+            yield from trainer.data.batches(trainer._batch_order(epoch, position), config.num_workers)
+            epoch, position = epoch + 1, 0
+
+    def flush_log() -> None:
+        nonlocal loss_sum, loss_count
+        if not loss_count:
+            return
+        loss = (loss_sum / loss_count).item()  # the host sync, once per log interval
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"the loss became {loss} at step {trainer.step} (diverged); the last good checkpoint is kept "
+                f"at {ckpt_dir if ckpt_dir.exists() else '(none yet)'}. Lower --lr (now {config.lr}) or keep "
+                "--grad-clip on, and --resume"
+            )
+        last_loss[0] = loss
+        row = {
+            "step": trainer.step,
+            "epoch": round(trainer.step / trainer.steps_per_epoch, 4),
+            "loss": loss,
+            "lr": trainer.lr_schedule.get_last_lr()[0],
+            "images_per_second": round(rate.per_second, 2),
+            "elapsed_seconds": round(elapsed_before + time.perf_counter() - run_start, 2),
+        }
+        log_rows.append(row)
+        if log_file is not None:
+            log_file.write(json.dumps(row) + "\n")
+            log_file.flush()
+        loss_sum, loss_count = torch.zeros((), device=trainer.device), 0
+
+    length = None if total is None else max(total - trainer.step, 0)
+    batches = steps()
+    iterator = range(length) if length is not None else iter(int, 1)  # iter(int, 1): endless
+    if show_progress and trainer.is_main:
+        iterator = progress(iterator, label="training", length=length, status=status)
+    checkpoint_path: Path | None = ckpt_dir if ckpt_dir.exists() else None
+    try:
+        for _ in iterator:
+            if total is not None and trainer.step >= total:
+                break
+            trainer.elapsed = elapsed_before + time.perf_counter() - run_start
+            if budget is not None and trainer.elapsed >= budget:
+                stopped_by = "max_minutes"
+                break
+            images, conds = next(batches)
+            loss_sum = loss_sum + trainer.train_step(images, conds)
+            loss_count += 1
+            rate.add(config.batch_size)
+            if trainer.step % config.log_every == 0:
+                flush_log()
+            if config.checkpoint_every and trainer.step % config.checkpoint_every == 0:
+                flush_log()  # never checkpoint NaN weights
+                if trainer.is_main:
+                    checkpoint_path = trainer.save(ckpt_dir)
+                if trainer.accelerator is not None:
+                    trainer.accelerator.wait_for_everyone()
+        flush_log()
+        stopped_by = stopped_by or ("epochs/max_steps" if total is not None else "")
+        trainer.elapsed = elapsed_before + time.perf_counter() - run_start
+        if trainer.is_main and (checkpoint_path is None or _checkpoint_step(ckpt_dir) != trainer.step):
+            checkpoint_path = trainer.save(ckpt_dir)
+        if trainer.accelerator is not None:
+            trainer.accelerator.wait_for_everyone()
+    except torch.cuda.OutOfMemoryError as error:
+        raise TrainingError(_oom_message(config)) from error
+    finally:
+        if log_file is not None:
+            log_file.close()
+    plot_path = None
+    if trainer.is_main and log_rows:
+        from bench.plotting import line_plot
+
+        plot_path = line_plot(
+            [r["step"] for r in log_rows],
+            [r["loss"] for r in log_rows],
+            out_dir / LOSS_PLOT,
+            f"training loss ({config.model} {config.preset}, {config.scheduler})",
+            "step",
+            "MSE on predicted noise",
+        )
+    seconds = time.perf_counter() - run_start
+    run_steps = trainer.step - (resumed_from or 0)
+    return TrainSummary(
+        out_dir=out_dir,
+        checkpoint=checkpoint_path,
+        steps=trainer.step,
+        epochs_completed=trainer.step / trainer.steps_per_epoch,
+        final_loss=last_loss[0],
+        images_per_second=run_steps * config.batch_size / seconds if seconds > 0 else 0.0,
+        seconds=seconds,
+        loss_log=log_path if trainer.is_main else None,
+        loss_plot=plot_path,
+        resumed_from_step=resumed_from,
+        stopped_by=stopped_by,
+    )
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    try:
+        return int(json.loads((path / "config.json").read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def measure_throughput(
+    config: TrainConfig, dataset: Any, *, steps: int = 50, warmup: int = 10, accelerator: Any | None = None
+) -> dict[str, float | None]:
+    """Training images/s over ``steps`` steps after ``warmup`` (compile included there); writes nothing."""
+    trainer = _Trainer(replace(config, resume=False), dataset, accelerator)
+    batches = trainer.data.batches(
+        trainer._batch_order(0, 0) * (1 + (steps + warmup) // trainer.steps_per_epoch), 0
+    )
+    device = trainer.device
+    try:
+        for _ in range(warmup):
+            trainer.train_step(*next(batches))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            loss = trainer.train_step(*next(batches))
+        loss.item()  # waits for the last step
+        seconds = time.perf_counter() - start
+    except torch.cuda.OutOfMemoryError as error:
+        raise TrainingError(_oom_message(config)) from error
+    return {
+        "images_per_second": steps * config.batch_size / seconds,
+        "seconds_per_step": seconds / steps,
+        "batch_size": config.batch_size,
+        "processes": trainer.world,
+        "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+    }
+
+
+# --------------------------------------------------------------------- python -m bench.training
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``[accelerate launch] python -m bench.training RUN.json``: a run without the CLI.
+
+    RUN.json: ``{"train": {TrainConfig fields}, "dataset": {"name": "synthetic", "options": {...}},
+    "sample": {"scheduler": "ddim", "steps": 2, "out": "samples.pt"}}`` (``sample`` optional).
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m bench.training RUN.json", file=sys.stderr)
+        return 2
+    spec = json.loads(Path(argv[0]).read_text())
+    from bench.plugins import get
+
+    data_spec = spec.get("dataset", {"name": "synthetic"})
+    dataset = get("datasets", data_spec["name"]).factory(**data_spec.get("options", {}))
+    config = TrainConfig.from_dict(spec["train"])
+    summary = train(config, dataset, show_progress=False)
+    if summary.checkpoint is not None and "sample" in spec:
+        from bench.checkpoints import load_model
+        from bench.sampling import sample
+
+        options = spec["sample"]
+        model, noise, _ = load_model(summary.checkpoint)
+        conds = dataset.conditions_multi_hot()[: options.get("n", 4)]
+        result = sample(
+            model, options.get("scheduler", "ddim"), conds, train_config=noise, steps=options.get("steps", 2)
+        )
+        torch.save(result.images, Path(config.out_dir) / options.get("out", "samples.pt"))
+    if summary.loss_log is not None:
+        print(
+            json.dumps(
+                {
+                    "steps": summary.steps,
+                    "final_loss": summary.final_loss,
+                    "checkpoint": str(summary.checkpoint),
+                }
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = [
+    "TrainConfig",
+    "TrainSummary",
+    "TrainingError",
+    "RECIPES",
+    "train",
+    "measure_throughput",
+    "epoch_permutation",
+    "unwrap_model",
+]
