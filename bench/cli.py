@@ -248,5 +248,62 @@ def train_judge_command(data, data_root, scenes, max_objects, heldout_scenes, ep
     click.echo(json.dumps(metrics, indent=2, default=str))
 
 
+
+@main.command("train")
+@config_option
+@click.option("--recipe", default="default", show_default=True, help="Named recipe: default, reference.")
+@click.option("--model", default=None, help="Model plugin (default ddpm-unet).")
+@click.option("--preset", default=None, help="Model preset: seed, base, small, tiny.")
+@click.option("--scheduler", default=None, help="Training noise schedule: cosine or linear.")
+@click.option("--timesteps", "num_train_timesteps", type=int, default=None, help="Training timesteps.")
+@click.option("--lr", type=float, default=None)
+@click.option("--batch-size", type=int, default=None, help="Global batch size.")
+@click.option("--epochs", type=int, default=None)
+@click.option("--max-steps", type=int, default=None)
+@click.option("--max-minutes", type=float, default=None, help="Wall-time budget.")
+@click.option("--ema", "ema_decay", type=float, default=None, help="EMA decay (0: none).")
+@click.option("--cond-drop", "cond_drop_prob", type=float, default=None,
+              help="Condition dropout for classifier-free guidance (0.1 typical).")
+@click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints.")
+@_bool_flag("compile", "torch.compile the model (default on CUDA).")
+@click.option("--seed", type=int, default=None)
+@click.option("--device", default=None, help="Default: cuda if available, else cpu.")
+@click.option("--data", default="synthetic", show_default=True, help="Dataset plugin.")
+@click.option("--data-root", default=None, help="Folder in the i-CLEVR format (with --data iclevr).")
+@click.option("--scenes", type=int, default=None, help="Synthetic scenes (default 6003 = 18,009 images).")
+@click.option("--out", "out_dir", default="runs/train", show_default=True, type=click.Path(file_okay=False))
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+def train_command(recipe, data, data_root, scenes, **options) -> None:
+    """Train a model on a dataset; checkpoints, EMA, resume, loss curve."""
+    from bench.training import TrainConfig, train
+
+    overrides = {k: v for k, v in options.items() if v is not None and v is not False}
+    if options.get("resume"):
+        overrides["resume"] = True
+    if options.get("ema_decay") == 0:
+        overrides["ema_decay"] = None
+    config = TrainConfig.from_recipe(recipe, **overrides)
+    extra = {"scenes": scenes} if scenes else {}
+    if data in ("synthetic", "synthetic-iclevr") and config.device:
+        extra["device"] = config.device
+    dataset = _dataset(data, data_root, **extra)
+    summary = train(config, dataset)
+    click.echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(summary).items()},
+                          indent=2, default=str))
+
+
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True))
+@click.argument("out_file", type=click.Path(dir_okay=False))
+@click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", show_default=True)
+def export_command(checkpoint, out_file, dtype) -> None:
+    """Write a training checkpoint's EMA weights as one .safetensors file (the shipped format)."""
+    from bench.checkpoints import export_weights
+    from bench.weights import sha256_of
+
+    path = export_weights(checkpoint, out_file, dtype=dtype)
+    click.echo(f"wrote {path} sha256 {sha256_of(path)}")
+
+
 if __name__ == "__main__":
     main()
