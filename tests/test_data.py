@@ -1,0 +1,292 @@
+"""Dataset spec, condition sets, the iclevr/synthetic dataset plugins and the renderer (CPU, small)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from bench.conditions import (
+    ConditionError,
+    labels_from_objects_json,
+    load_condition_set,
+    load_labels_spec,
+    multi_hot,
+)
+from bench.plugins import get_plugins
+from bench_builtins.datasets.folder import DatasetError
+from bench_builtins.datasets.synthetic.export import (
+    contact_sheet,
+    make_conditions,
+    write_condition_set,
+    write_objects_json,
+    write_synthetic_folder,
+)
+from bench_builtins.datasets.synthetic.render import render_scenes
+from bench_builtins.datasets.synthetic.scene import COLOURS, COLOURS_SRGB, SIZES, _project, sample_scenes
+
+LABELS = load_labels_spec()
+SHIPPED = Path(__file__).resolve().parent.parent / "plugins" / "bench_builtins" / "conditions"
+
+
+def dataset(name: str, **options):
+    return get_plugins().registry("datasets").get(name).factory(**options)
+
+
+# --- the spec and condition sets ------------------------------------------------------------
+
+
+def test_spec_labels_index_order():
+    assert len(LABELS) == 24
+    assert LABELS[0] == "gray cube" and LABELS[8] == "gray sphere" and LABELS[9] == "red sphere"
+    assert LABELS[6] == "cyan cube" and LABELS[22] == "cyan cylinder" and LABELS[23] == "yellow cylinder"
+
+
+def test_multi_hot():
+    hot = multi_hot([["red sphere", "cyan cylinder"], ["gray cube"]], LABELS)
+    assert hot.shape == (2, 24) and hot.dtype == torch.float32
+    assert hot[0].nonzero().flatten().tolist() == [9, 22]
+    assert hot[1].nonzero().flatten().tolist() == [0]
+
+
+def write(tmp_path: Path, text: str, name: str = "conds.json") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[["red sphere"], ["red sphre"]]',
+            r"condition 1, item 0: unknown label 'red sphre'.*Did you mean: 'red sphere'",
+        ),
+        ('[["red sphere", "cyan cube", "red sphere"]]', r"condition 0, item 2: 'red sphere' appears twice"),
+        ('[["red sphere"], []]', r"condition 1 is empty"),
+        ('[["red sphere"],\n ["cyan cube",]]', r"malformed JSON at line 2, column"),
+        ('{"a": ["red sphere"]}', r"expected a JSON list of conditions"),
+        ('["red sphere"]', r"condition 0 is a str"),
+        ('[["red sphere", 3]]', r"condition 0, item 1 is a int"),
+        ("[]", r"condition list is empty"),
+    ],
+)
+def test_condition_errors(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConditionError, match=expected) as info:
+        load_condition_set(path, LABELS)
+    assert str(path) in str(info.value)
+
+
+def test_condition_missing_file(tmp_path):
+    with pytest.raises(ConditionError, match=r"not found"):
+        load_condition_set(tmp_path / "nope.json", LABELS)
+
+
+def test_condition_set_name_and_content(tmp_path):
+    s = load_condition_set(write(tmp_path, '[["red sphere", "cyan cube"]]', "mine.json"), LABELS)
+    assert s.name == "mine" and s.conditions == [["red sphere", "cyan cube"]]
+    assert load_condition_set(s.source, LABELS, name="other").name == "other"
+
+
+def test_shipped_condition_sets():
+    test = load_condition_set(SHIPPED / "test.json", LABELS)
+    new = load_condition_set(SHIPPED / "new_test.json", LABELS)
+    assert len(test) == 32 and len(new) == 32
+    assert {len(c) for c in test.conditions} == {1, 2, 3}
+    for c in new.conditions:
+        assert 2 <= len(c) <= 3 and shares_attribute(c)
+    # the shipped files are exactly what the recorded calls make
+    assert test.conditions == make_conditions(32, (1, 3), seed=0, shared=False)
+    assert new.conditions == make_conditions(32, (2, 3), seed=1, shared=True)
+
+
+def shares_attribute(condition: list[str]) -> bool:
+    colours = [c.split()[0] for c in condition]
+    shapes = [c.split()[1] for c in condition]
+    return len(set(colours)) < len(colours) or len(set(shapes)) < len(shapes)
+
+
+def test_write_condition_set(tmp_path):
+    path = write_condition_set(tmp_path / "c.json", n=10, objects=(2, 3), seed=5, shared=True)
+    s = load_condition_set(path, LABELS)
+    assert len(s) == 10 and all(shares_attribute(c) for c in s.conditions)
+
+
+def test_objects_json_checked(tmp_path):
+    good = write_objects_json(tmp_path / "objects.json")
+    assert labels_from_objects_json(good, LABELS) == LABELS
+    swapped = {name: i for i, name in enumerate(LABELS)}
+    swapped["gray cube"], swapped["red cube"] = 1, 0
+    bad = write(tmp_path, json.dumps(swapped), "swapped.json")
+    with pytest.raises(ConditionError, match=r"orders the labels differently"):
+        labels_from_objects_json(bad, LABELS)
+    renamed = {("grey cube" if n == "gray cube" else n): i for i, n in enumerate(LABELS)}
+    with pytest.raises(ConditionError, match=r"'grey cube'"):
+        labels_from_objects_json(write(tmp_path, json.dumps(renamed), "renamed.json"), LABELS)
+
+
+# --- the iclevr folder loader ----------------------------------------------------------------
+
+SOLID = {
+    "CLEVR_train_000000_0.png": (["red sphere"], (200, 10, 10)),
+    "CLEVR_train_000000_1.png": (["red sphere", "cyan cube"], (10, 200, 200)),
+    "CLEVR_train_000001_0.png": (["gray cylinder"], (128, 128, 128)),
+}
+
+
+def hand_made_folder(root: Path, subdir: bool, size=(320, 240)) -> Path:
+    images = root / "images" if subdir else root
+    images.mkdir(parents=True, exist_ok=True)
+    for name, (_, rgb) in SOLID.items():
+        Image.new("RGB", size, rgb).save(images / name)
+    (root / "train.json").write_text(json.dumps({k: v[0] for k, v in SOLID.items()}))
+    write_objects_json(root / "objects.json")
+    return root
+
+
+@pytest.mark.parametrize("subdir", [True, False])
+def test_loader_on_hand_made_folder(tmp_path, subdir):
+    root = hand_made_folder(tmp_path / "data", subdir)
+    ds = dataset("iclevr", data_root=str(root), cache_dir=tmp_path / "cache")
+    assert len(ds) == 3 and ds.labels == LABELS and ds.image_size == 64
+    assert ds.conditions == [v[0] for v in SOLID.values()]
+    image, cond = ds[1]
+    assert image.shape == (3, 64, 64) and cond.shape == (24,)
+    expected = torch.tensor([10, 200, 200]) / 127.5 - 1
+    assert torch.allclose(image.mean(dim=(1, 2)), expected, atol=1e-3)
+    assert cond.nonzero().flatten().tolist() == [6, 9]
+    assert ds.images_uint8().shape == (3, 3, 64, 64) and ds.images_uint8().dtype == torch.uint8
+    # second load comes from the cache and is identical
+    again = dataset("iclevr", data_root=str(root), cache_dir=tmp_path / "cache")
+    assert torch.equal(again.images_uint8(), ds.images_uint8())
+    assert list((tmp_path / "cache" / "iclevr").glob("*.pt"))
+
+
+def test_loader_explicit_paths(tmp_path):
+    root = hand_made_folder(tmp_path / "data", subdir=True)
+    ds = dataset("iclevr", train_json=root / "train.json", images_dir=root / "images", use_cache=False)
+    assert len(ds) == 3
+
+
+def test_loader_errors(tmp_path):
+    with pytest.raises(DatasetError, match=r"not found.*train.json, objects.json"):
+        dataset("iclevr", data_root=tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match=r"train.json not found"):
+        dataset("iclevr", data_root=tmp_path / "empty")
+    root = hand_made_folder(tmp_path / "a", subdir=True)
+    (root / "images" / "CLEVR_train_000001_0.png").unlink()
+    with pytest.raises(DatasetError, match=r"names 'CLEVR_train_000001_0.png' but it is not in"):
+        dataset("iclevr", data_root=root, use_cache=False)
+    root = hand_made_folder(tmp_path / "b", subdir=False, size=(100, 100))
+    with pytest.raises(DatasetError, match=r"is 100x100; i-CLEVR images are 320x240"):
+        dataset("iclevr", data_root=root, use_cache=False)
+    root = hand_made_folder(tmp_path / "c", subdir=True)
+    data = json.loads((root / "train.json").read_text())
+    data["CLEVR_train_000001_0.png"] = ["gray cylindre"]
+    (root / "train.json").write_text(json.dumps(data))
+    with pytest.raises(
+        DatasetError, match=r"entry 'CLEVR_train_000001_0.png', item 0: unknown label 'gray cylindre'"
+    ):
+        dataset("iclevr", data_root=root, use_cache=False)
+
+
+def test_synthetic_folder_round_trip(tmp_path):
+    root = write_synthetic_folder(tmp_path / "syn", scenes=2, seed=3)
+    train = json.loads((root / "train.json").read_text())
+    assert list(train) == [f"CLEVR_train_{s:06d}_{k}.png" for s in range(2) for k in range(3)]
+    assert [len(v) for v in train.values()] == [1, 2, 3, 1, 2, 3]
+    with Image.open(root / "images" / "CLEVR_train_000000_0.png") as im:
+        assert im.size == (320, 240) and im.mode == "RGB"
+    ds = dataset("iclevr", data_root=str(root), cache_dir=tmp_path / "cache")
+    assert ds.conditions == list(train.values()) and len(ds) == 6
+    # the same scenes through the synthetic plugin give the same 64x64 images (PNG is lossless)
+    syn = dataset("synthetic", scenes=2, seed=3, cache_dir=tmp_path / "cache")
+    assert syn.conditions == ds.conditions
+    assert torch.equal(syn.images_uint8(), ds.images_uint8())
+    image, cond = syn[0]
+    assert image.min() >= -1 and image.max() <= 1 and cond.sum() == 1
+    sheet = contact_sheet(root, tmp_path / "sheet.png", n=6)
+    assert sheet.stat().st_size > 1000
+
+
+# --- scenes and the renderer -----------------------------------------------------------------
+
+
+def test_scene_sampling_rules():
+    frames = sample_scenes(6, seed=0, max_objects=5)
+    assert len(frames) == 30 and [len(f["objects"]) for f in frames[:5]] == [1, 2, 3, 4, 5]
+    for f in frames:
+        names = [f"{o['colour']} {o['shape']}" for o in f["objects"]]
+        assert len(set(names)) == len(names)
+        for i, a in enumerate(f["objects"]):
+            for b in f["objects"][i + 1 :]:
+                assert ((a["x"] - b["x"]) ** 2 + (a["y"] - b["y"]) ** 2) ** 0.5 > 0.25
+    # each frame keeps the objects of the frame before
+    assert frames[4]["objects"][:4] == frames[3]["objects"]
+    assert sample_scenes(2, seed=0) == sample_scenes(2, seed=0)
+    assert sample_scenes(2, seed=0, split="heldout") != sample_scenes(2, seed=0)
+    assert sample_scenes(3, seed=0)[3:6] == sample_scenes(1, seed=0, start=1)  # scene i independent of n
+
+
+def test_render_deterministic():
+    frames = sample_scenes(2, seed=7)
+    a = render_scenes(frames, width=96, height=72)
+    b = render_scenes(frames, width=96, height=72, batch_size=2)
+    assert a.shape == (6, 72, 96, 3) and a.dtype == torch.uint8
+    assert a.numpy().tobytes() == b.numpy().tobytes()
+
+
+def one_object(shape: str, colour: str, material: str = "rubber") -> dict:
+    obj = {
+        "shape": shape,
+        "colour": colour,
+        "material": material,
+        "size": "large",
+        "x": 0.0,
+        "y": 0.0,
+        "rotation": 20.0,
+    }
+    camera = {"elevation": 30.0, "azimuth": -45.0, "distance": 10.5, "fov": 49.1}
+    return {"scene": 0, "frame": 0, "camera": camera, "lights": {}, "objects": [obj]}
+
+
+def test_object_colour_matches_label():
+    w, h = 160, 120
+    scenes = [one_object("sphere", c) for c in COLOURS]
+    images = render_scenes(scenes, width=w, height=h).float()
+    sx, sy, _, _ = _project(scenes[0]["camera"], torch.tensor([[0.0, 0.0, SIZES["large"]]]).numpy())
+    px, py = round((sx[0] + 1) / 2 * w), round((1 - sy[0]) / 2 * h)
+    palette = torch.tensor([COLOURS_SRGB[c] for c in COLOURS], dtype=torch.float32)
+    for colour, img in zip(COLOURS, images, strict=True):
+        patch = img[py - 3 : py + 4, px - 3 : px + 4].reshape(-1, 3).mean(0)
+        nearest = COLOURS[int(((palette - patch) ** 2).sum(1).argmin())]
+        assert nearest == colour, f"{colour} sphere rendered as {patch.tolist()}"
+
+
+def silhouette(img: torch.Tensor) -> torch.Tensor:
+    """Pixels of a saturated (red) object: the floor and its shadow are gray."""
+    img = img.float()
+    return (img[..., 0] - img[..., 1:].max(-1).values) > 40
+
+
+def test_shapes_have_their_silhouettes():
+    images = render_scenes(
+        [one_object(s, "red") for s in ("sphere", "cube", "cylinder")], width=160, height=120
+    )
+    masks = [silhouette(img) for img in images]
+    ious = []
+    for mask in masks:
+        ys, xs = mask.nonzero(as_tuple=True)
+        cy, cx = ys.float().mean(), xs.float().mean()
+        r = (mask.sum() / torch.pi).sqrt()
+        yy, xx = torch.meshgrid(torch.arange(120), torch.arange(160), indexing="ij")
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+        ious.append(float((disc & mask).sum() / (disc | mask).sum()))
+    sphere, cube, cylinder = ious
+    assert sphere > 0.9, ious  # a sphere looks like a disc from any side
+    assert cube < sphere - 0.04 and cylinder < sphere - 0.04, ious
