@@ -34,7 +34,7 @@ SPLITS = {"train": 0, "heldout": 1, "conditions": 2}
 EXTENT = 3.0  # objects' centres in [-EXTENT, EXTENT]^2
 MIN_GAP = 0.25  # CLEVR min_dist between surfaces
 MARGIN = 0.4  # CLEVR directional margin
-MIN_VISIBLE = 0.6  # fraction of an object's screen disc not hidden behind nearer objects
+MIN_VISIBLE = 0.7  # fraction of an object's screen disc not hidden behind nearer objects
 
 # Camera: CLEVR's Blender camera sits ~10 units from the origin, ~30 degrees above the floor,
 # with a 49 degree horizontal field of view (35 mm lens, 32 mm sensor).
@@ -73,25 +73,51 @@ def _project(cam: dict[str, float], points: np.ndarray, aspect: float = 4 / 3):
     return (rel @ right) / (depth * tx), (rel @ up) / (depth * ty), depth, tx
 
 
+def _screen_ellipse(cam: dict[str, float], obj: dict[str, Any]) -> tuple[float, float, float, float, float]:
+    """The object's silhouette as the ellipse inscribed in its projected bounding box:
+    (centre x, centre y, half width, half height, depth), screen units in [-1, 1]."""
+    r = SIZES[obj["size"]]
+    cx, cy = obj["x"], obj["y"]
+    if obj["shape"] == "cube":
+        s = r / math.sqrt(2)
+        t = math.radians(obj["rotation"])
+        c, sn = math.cos(t), math.sin(t)
+        foot = [(cx + c * a * s - sn * b * s, cy + sn * a * s + c * b * s) for a in (-1, 1) for b in (-1, 1)]
+        height = 2 * s
+    elif obj["shape"] == "cylinder":
+        foot = [
+            (cx + r * math.cos(a), cy + r * math.sin(a))
+            for a in np.linspace(0, 2 * math.pi, 12, endpoint=False)
+        ]
+        height = 2 * r
+    else:  # a sphere's outline is (nearly) a circle around its centre
+        sx, sy, depth, tx = _project(cam, np.array([[cx, cy, r]]))
+        rad = r / (depth[0] * tx)
+        return float(sx[0]), float(sy[0]), rad, rad * 4 / 3, float(depth[0])
+    pts = np.array([(x, y, z) for x, y in foot for z in (0.0, height)])
+    sx, sy, depth, _ = _project(cam, pts)
+    return (
+        (sx.min() + sx.max()) / 2,
+        (sy.min() + sy.max()) / 2,
+        (sx.max() - sx.min()) / 2,
+        (sy.max() - sy.min()) / 2,
+        float(depth.mean()),
+    )
+
+
 def _visible_fractions(cam: dict[str, float], objects: list[dict[str, Any]]) -> np.ndarray:
-    """Fraction of each object's screen disc not covered by nearer objects' discs."""
-    r = np.array([SIZES[o["size"]] for o in objects])
-    hz = np.array([object_radius(o) for o in objects])
-    centres = np.array([[o["x"], o["y"], h] for o, h in zip(objects, hz, strict=True)])
-    sx, sy, depth, tx = _project(cam, centres)
-    sr = r / (depth * tx)  # screen radius in x units (y scaled by aspect below)
-    aspect = 4 / 3
-    # a fixed spiral of sample points in the unit disc
-    k = np.arange(48) + 0.5
-    rho, phi = np.sqrt(k / 48), k * 2.39996
+    """Fraction of each object's silhouette ellipse not covered by nearer objects' ellipses."""
+    ell = [_screen_ellipse(cam, o) for o in objects]
+    k = np.arange(64) + 0.5  # a fixed spiral of sample points in the unit disc
+    rho, phi = np.sqrt(k / 64), k * 2.39996
     ux, uy = rho * np.cos(phi), rho * np.sin(phi)
     out = np.ones(len(objects))
-    for i in range(len(objects)):
-        px, py = sx[i] + sr[i] * ux, sy[i] + sr[i] * uy * aspect
+    for i, (x, y, ax, ay, depth) in enumerate(ell):
+        px, py = x + ax * ux, y + ay * uy
         hidden = np.zeros_like(px, dtype=bool)
-        for j in range(len(objects)):
-            if j != i and depth[j] < depth[i]:
-                hidden |= (px - sx[j]) ** 2 + ((py - sy[j]) / aspect) ** 2 < (0.9 * sr[j]) ** 2
+        for j, (xj, yj, axj, ayj, dj) in enumerate(ell):
+            if j != i and dj < depth:
+                hidden |= ((px - xj) / (1.05 * axj)) ** 2 + ((py - yj) / (1.05 * ayj)) ** 2 < 1
         out[i] = 1.0 - hidden.mean()
     return out
 
