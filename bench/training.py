@@ -134,6 +134,7 @@ class TrainSummary:
     loss_plot: Path | None
     resumed_from_step: int | None = None
     stopped_by: str = ""
+    is_main_process: bool = True  # False on the other processes of a multi-process run
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -440,7 +441,7 @@ def train(
             raise TrainingError(f"--resume: no checkpoint at {ckpt_dir}; start without --resume")
         trainer.restore(ckpt_dir)
         resumed_from = trainer.step
-    elif ckpt_dir.exists() and trainer.is_main:
+    elif ckpt_dir.exists():
         raise TrainingError(
             f"{ckpt_dir} already holds a checkpoint; pass --resume to continue it or choose another --out-dir"
         )
@@ -554,7 +555,7 @@ def train(
     run_steps = trainer.step - (resumed_from or 0)
     return TrainSummary(
         out_dir=out_dir,
-        checkpoint=checkpoint_path,
+        checkpoint=checkpoint_path if trainer.is_main else None,
         steps=trainer.step,
         epochs_completed=trainer.step / trainer.steps_per_epoch,
         final_loss=last_loss[0],
@@ -564,6 +565,7 @@ def train(
         loss_plot=plot_path,
         resumed_from_step=resumed_from,
         stopped_by=stopped_by,
+        is_main_process=trainer.is_main,
     )
 
 
@@ -625,6 +627,8 @@ def main(argv: list[str] | None = None) -> int:
     dataset = get("datasets", data_spec["name"]).factory(**data_spec.get("options", {}))
     config = TrainConfig.from_dict(spec["train"])
     summary = train(config, dataset, show_progress=False)
+    if not summary.is_main_process:
+        return 0
     if summary.checkpoint is not None and "sample" in spec:
         from bench.checkpoints import load_model
         from bench.sampling import sample

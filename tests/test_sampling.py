@@ -1,0 +1,165 @@
+"""The sampling loop: every scheduler, NFE, one-batch guidance, seeds, frames, the fast path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.noise import ScheduleMismatchError, check_schedule_compatible, noise_config
+from bench.plugins import get, get_plugins
+from bench.sampling import SamplingOptions, plain_reference_loop, sample
+from bench_builtins.models.ddpm_unet import make_ddpm_unet
+
+torch.set_num_threads(1)
+
+SCHEDULERS = ["cosine", "linear", "ddpm", "ddim", "dpm++2m", "unipc", "euler", "heun"]
+PLAIN = SamplingOptions.plain()
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return make_ddpm_unet("tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def cosine() -> dict:
+    return noise_config("cosine", 1000)
+
+
+def conditions(n: int) -> torch.Tensor:
+    c = torch.zeros(n, 24)
+    c[torch.arange(n), torch.arange(n) % 24] = 1
+    return c
+
+
+def test_scheduler_plugins_registered() -> None:
+    """The register_schedulers hook: every built-in, the alias, fresh objects, noise schedules."""
+    names = {e.name for e in get_plugins().registry("schedulers")}
+    assert set(SCHEDULERS) <= names
+    assert get("schedulers", "dpmpp2m").name == "dpm++2m"
+    factory = get("schedulers", "dpm++2m").factory
+    config = noise_config("cosine", 100)
+    a, b = factory(config), factory(config)
+    assert a is not b and a.config.algorithm_type == "dpmsolver++" and a.config.solver_order == 2
+    assert get("schedulers", "cosine").factory.noise_schedule == {"beta_schedule": "squaredcos_cap_v2"}
+    assert get("schedulers", "linear").factory.noise_schedule["beta_schedule"] == "linear"
+    assert get("schedulers", "cosine").factory.default_steps == 100
+    assert get("schedulers", "ddim").factory(config).config.beta_schedule == "squaredcos_cap_v2"
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_every_scheduler_samples(model: torch.nn.Module, name: str) -> None:
+    train_config = noise_config("linear" if name == "linear" else "cosine", 1000)
+    result = sample(model, name, conditions(3), train_config=train_config, steps=2, options=PLAIN)
+    assert result.images.shape == (3, 3, 64, 64) and result.images.dtype == torch.float32
+    assert result.images.min() >= -1 and result.images.max() <= 1
+    assert result.nfe == (3 if name == "heun" else 2)  # Heun: 2 calls a step, the last step first order
+    assert result.seconds > 0 and result.peak_memory_mb is None
+
+
+class CountingModel(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        self.batches.append(x.shape[0])
+        return self.inner(x, t, c)
+
+
+def test_guidance_is_one_doubled_batch(model: torch.nn.Module, cosine: dict) -> None:
+    counting = CountingModel(model)
+    result = sample(
+        counting, "ddim", conditions(5), train_config=cosine, steps=3, guidance=3.0, options=PLAIN
+    )
+    assert counting.batches == [10, 10, 10] and result.nfe == 3
+    counting.batches.clear()
+    sample(counting, "ddim", conditions(5), train_config=cosine, steps=3, guidance=1.0, options=PLAIN)
+    assert counting.batches == [5, 5, 5]  # guidance off: no doubling
+    counting.batches.clear()
+    # Chunks of a fixed shape: 5 images in chunks of 2 -> 3 chunks of 2 (the last one padded).
+    sample(counting, "ddim", conditions(5), train_config=cosine, steps=1, options=SamplingOptions.plain(2))
+    assert counting.batches == [2, 2, 2]
+
+
+def test_seeds_are_per_image(model: torch.nn.Module, cosine: dict) -> None:
+    cond = conditions(5)
+    a = sample(model, "ddpm", cond, train_config=cosine, steps=3, seed=1, options=PLAIN)
+    b = sample(model, "ddpm", cond, train_config=cosine, steps=3, seed=1, options=PLAIN)
+    c = sample(model, "ddpm", cond, train_config=cosine, steps=3, seed=2, options=PLAIN)
+    d = sample(model, "ddpm", cond, train_config=cosine, steps=3, seed=1, options=SamplingOptions.plain(2))
+    assert torch.equal(a.images, b.images)
+    assert not torch.allclose(a.images, c.images)
+    torch.testing.assert_close(a.images, d.images, atol=1e-3, rtol=0)  # independent of batch size
+
+
+def test_frames_run_from_noise_to_image(model: torch.nn.Module, cosine: dict) -> None:
+    result = sample(
+        model, "ddim", conditions(2), train_config=cosine, steps=10, record_frames=8, options=PLAIN
+    )
+    assert result.frames.shape == (9, 2, 3, 64, 64)
+    assert 0.8 < result.frames[0].std() < 1.2  # pure noise
+    assert torch.equal(result.frames[-1], result.images)
+
+
+def test_fast_path_matches_plain_fp32(model: torch.nn.Module, cosine: dict) -> None:
+    fast = SamplingOptions(dtype="bf16", channels_last=True, compile=False, batch_size=4)
+    x, t, c = torch.randn(4, 3, 64, 64), torch.tensor([10, 300, 600, 999]), conditions(4)
+    with torch.no_grad():
+        ref = model(x, t, c)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x.contiguous(memory_format=torch.channels_last), t, c).float()
+    torch.testing.assert_close(low, ref, atol=0.05 * ref.abs().max().item(), rtol=0.05)
+    # Whole loop on a smooth sampler: same images within bf16 tolerance.
+    linear = noise_config("linear", 1000)
+    a = sample(model, "dpm++2m", conditions(4), train_config=linear, steps=4, options=PLAIN)
+    b = sample(model, "dpm++2m", conditions(4), train_config=linear, steps=4, options=fast)
+    model.to(memory_format=torch.contiguous_format)
+    assert b.options.dtype == "bf16" and b.options.channels_last
+    assert (a.images - b.images).abs().mean() < 0.05
+
+
+def test_plain_reference_loop_matches_sample(model: torch.nn.Module, cosine: dict) -> None:
+    linear = noise_config("linear", 1000)
+    a = plain_reference_loop(model, "ddim", conditions(3), train_config=linear, steps=3, guidance=2.0)
+    b = sample(model, "ddim", conditions(3), train_config=linear, steps=3, guidance=2.0, options=PLAIN)
+    torch.testing.assert_close(a.images, b.images, atol=1e-3, rtol=0)
+    assert a.options.batch_size == 1 and a.options.dtype == "fp32" and not a.options.compile
+
+
+def test_schedule_mismatch_refused_unless_allowed(model: torch.nn.Module, cosine: dict) -> None:
+    with pytest.raises(ScheduleMismatchError) as error:
+        sample(model, "linear", conditions(1), train_config=cosine, steps=1, options=PLAIN)
+    message = str(error.value)
+    assert "squaredcos_cap_v2" in message and "linear" in message and "--allow-schedule-mismatch" in message
+    result = sample(
+        model,
+        "linear",
+        conditions(1),
+        train_config=cosine,
+        steps=1,
+        options=PLAIN,
+        allow_schedule_mismatch=True,
+    )
+    assert result.images.shape == (1, 3, 64, 64)
+    assert check_schedule_compatible(cosine, "cosine") == {}
+    assert check_schedule_compatible(cosine, "ddim") == {}  # samplers reuse the trained schedule
+    assert check_schedule_compatible(noise_config("linear", 100), "linear") == {}
+
+
+def test_noise_config_needs_a_schedule() -> None:
+    with pytest.raises(ValueError, match="defines no training noise schedule"):
+        noise_config("ddim")
+    assert noise_config("cosine", 100)["num_train_timesteps"] == 100
+
+
+def test_options_resolve_per_device() -> None:
+    cpu = SamplingOptions().resolved("cpu")
+    assert cpu.dtype == "fp32" and not cpu.compile and not cpu.cuda_graphs
+    with pytest.raises(ValueError, match="bf16"):
+        SamplingOptions(dtype="fp16").resolved("cpu")
+    with pytest.raises(ValueError, match="CUDA"):
+        SamplingOptions(cuda_graphs=True, compile=True).resolved("cpu")
