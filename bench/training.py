@@ -2,7 +2,7 @@
 
 Determinism, and so exact resume: the data order of epoch ``e`` is a permutation seeded by
 (seed, e), and every random draw of step ``s`` (timesteps, noise, condition dropout, flips)
-comes from a generator seeded by (seed, rank, s). A checkpoint stores the step, the epoch and
+comes from a generator seeded by (seed, s), drawn for the global batch. A checkpoint stores the step, the epoch and
 the position in it, the optimizer, lr-schedule and EMA states (and the global RNG states), so
 ``resume=True`` continues with the same weights an uninterrupted run would have (bit-exact on
 CPU; on GPU up to non-deterministic kernels).
@@ -135,6 +135,7 @@ class TrainSummary:
     resumed_from_step: int | None = None
     stopped_by: str = ""
     is_main_process: bool = True  # False on the other processes of a multi-process run
+    processes: int = 1
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -210,7 +211,8 @@ class _Trainer:
         if accelerator is None and _under_accelerate():
             from accelerate import Accelerator
 
-            accelerator = Accelerator()
+            # cpu=True: accelerate picks gloo on CPU only when told (torchrun sets no flag for it).
+            accelerator = Accelerator(cpu=config.device == "cpu" or not torch.cuda.is_available())
         self.accelerator = accelerator
         if accelerator is not None:
             self.device = accelerator.device
@@ -302,12 +304,14 @@ class _Trainer:
 
     def _loss(self, images: torch.Tensor, conds: torch.Tensor, step: int) -> torch.Tensor:
         config = self.config
-        g = torch.Generator(self.device).manual_seed(_mix(config.seed, self.rank, step, 0x57E9))
-        b = images.shape[0]
-        t = torch.randint(0, config.num_train_timesteps, (b,), device=self.device, generator=g)
-        noise = torch.randn(images.shape, device=self.device, generator=g)
-        drop = torch.rand(b, device=self.device, generator=g) < config.cond_drop_prob
-        flip = torch.rand(b, device=self.device, generator=g) < (0.5 if config.hflip else 0.0)
+        # Draws for the GLOBAL batch, this process takes its slice: the same numbers whatever the
+        # number of processes, so a multi-GPU run matches a one-GPU run up to float rounding.
+        g = torch.Generator(self.device).manual_seed(_mix(config.seed, step, 0x57E9))
+        b, mine = config.batch_size, slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
+        t = torch.randint(0, config.num_train_timesteps, (b,), device=self.device, generator=g)[mine]
+        noise = torch.randn((b, *images.shape[1:]), device=self.device, generator=g)[mine]
+        drop = (torch.rand(b, device=self.device, generator=g) < config.cond_drop_prob)[mine]
+        flip = (torch.rand(b, device=self.device, generator=g) < (0.5 if config.hflip else 0.0))[mine]
         images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         conds = conds * (~drop)[:, None]
         noisy = self.sqrt_ab[t][:, None, None, None] * images + self.sqrt_1mab[t][:, None, None, None] * noise
@@ -566,6 +570,7 @@ def train(
         resumed_from_step=resumed_from,
         stopped_by=stopped_by,
         is_main_process=trainer.is_main,
+        processes=trainer.world,
     )
 
 
@@ -645,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {
                     "steps": summary.steps,
+                    "processes": summary.processes,
                     "final_loss": summary.final_loss,
                     "checkpoint": str(summary.checkpoint),
                 }

@@ -1,0 +1,115 @@
+"""Checkpoints: atomic directories, shipped single files, and errors a user can act on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import checkpoints
+from bench.checkpoints import CheckpointError, export_weights, load_checkpoint, load_model, save_checkpoint
+from bench.noise import noise_config
+from bench_builtins.models.ddpm_unet import make_ddpm_unet
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture()
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return make_ddpm_unet("tiny")
+
+
+def _save(
+    path: Path, model: torch.nn.Module, name: str = "ddpm-unet", config: dict | None = None, **kw
+) -> Path:
+    return save_checkpoint(
+        path,
+        model_name=name,
+        model=model,
+        model_config=config or model.config,
+        noise_config=noise_config("cosine", 100),
+        **kw,
+    )
+
+
+def test_round_trip_and_export(tmp_path: Path, model: torch.nn.Module) -> None:
+    ema = make_ddpm_unet("tiny")
+    _save(tmp_path / "ck", model, ema=ema, step=7, training_state={"position": 3})
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
+        "config.json",
+        "ema.safetensors",
+        "model.safetensors",
+        "optimizer.pt",
+    ]
+    ckpt = load_checkpoint(tmp_path / "ck")
+    assert ckpt.step == 7 and ckpt.training_state["position"] == 3 and ckpt.model_config["preset"] == "tiny"
+    loaded, noise, meta = load_model(tmp_path / "ck")  # EMA weights by default
+    assert noise["beta_schedule"] == "squaredcos_cap_v2" and meta["step"] == 7
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(loaded.state_dict().values(), ema.state_dict().values(), strict=True)
+    )
+    raw, _, _ = load_model(tmp_path / "ck", use_ema=False)
+    assert torch.equal(raw.cond_embed.weight, model.cond_embed.weight)
+
+    shipped = export_weights(tmp_path / "ck", tmp_path / "w.safetensors", dtype="fp16")
+    from safetensors import safe_open
+
+    with safe_open(str(shipped), "pt") as f:
+        assert f.get_tensor("cond_embed.weight").dtype == torch.float16
+    single, noise2, meta2 = load_model(shipped)
+    assert noise2 == noise and meta2["weights"] == "ema" and meta2["dtype"] == "float16"
+    assert single.cond_embed.weight.dtype == torch.float32
+    torch.testing.assert_close(single.cond_embed.weight, ema.cond_embed.weight, atol=1e-3, rtol=1e-3)
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(
+    tmp_path: Path, model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _save(tmp_path / "ck", model, step=1)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoints, "atomic_write_json", broken)
+    with pytest.raises(OSError):
+        _save(tmp_path / "ck", model, step=2)
+    assert load_checkpoint(tmp_path / "ck").step == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temporary directory left
+
+
+def test_truncated_and_corrupt_files(tmp_path: Path, model: torch.nn.Module) -> None:
+    _save(tmp_path / "ck", model)
+    shipped = export_weights(tmp_path / "ck", tmp_path / "w.safetensors")
+    data = shipped.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_model(tmp_path / "cut.safetensors")
+    weights = tmp_path / "ck" / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-3] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_model(tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="config.json is missing"):
+        load_model(tmp_path / "empty")
+
+
+def test_weights_that_do_not_fit_their_config(tmp_path: Path, model: torch.nn.Module) -> None:
+    wider = make_ddpm_unet("tiny", block_out_channels=[8, 32])
+    _save(tmp_path / "ck", wider, config=model.config)  # weights of one shape, config of another
+    with pytest.raises(CheckpointError) as error:
+        load_model(tmp_path / "ck")
+    message = str(error.value)
+    assert "shape mismatches" in message and "checkpoint (32" in message and "preset 'tiny'" in message
+
+
+def test_unknown_model_name(tmp_path: Path, model: torch.nn.Module) -> None:
+    _save(tmp_path / "ck", model, name="ddpm-unt")
+    with pytest.raises(CheckpointError, match="no installed plugin provides.*ddpm-unet"):
+        load_model(tmp_path / "ck")

@@ -1,0 +1,184 @@
+"""The training loop: learning, exact resume, divergence, recipes, and a two-process run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import training
+from bench.checkpoints import load_checkpoint
+from bench.training import RECIPES, TrainConfig, TrainingError, measure_throughput, train
+from bench_builtins.datasets.base import ImageConditionDataset
+
+torch.set_num_threads(1)
+
+LABELS = [f"label {i}" for i in range(24)]
+
+
+def dataset(n: int = 16) -> ImageConditionDataset:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 64, 64), dtype=torch.uint8, generator=g)
+    return ImageConditionDataset(
+        images, [[LABELS[i % 24], LABELS[(5 * i + 1) % 24]] for i in range(n)], LABELS
+    )
+
+
+def config(out: Path, **overrides) -> TrainConfig:
+    base = dict(
+        preset="tiny",
+        num_train_timesteps=100,
+        batch_size=4,
+        max_steps=6,
+        warmup_steps=2,
+        lr=1e-3,
+        checkpoint_every=3,
+        log_every=1,
+        device="cpu",
+        out_dir=str(out),
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tmp_path: Path) -> None:
+    data = dataset(8)
+    trainer = training._Trainer(
+        config(
+            tmp_path, batch_size=8, lr=2e-3, warmup_steps=0, ema_decay=None, cond_drop_prob=0.0, hflip=False
+        ),
+        data,
+    )
+    images, conds = next(trainer.data.batches([list(range(8))], 0))
+    with torch.no_grad():
+        before = trainer._loss(images, conds, step=10_000).item()  # fixed noise and timesteps
+    for _ in range(15):
+        trainer.train_step(images, conds)
+    with torch.no_grad():
+        after = trainer._loss(images, conds, step=10_000).item()
+    assert after < before
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    data = dataset()
+    straight = train(config(tmp_path / "a"), data, show_progress=False)
+    train(config(tmp_path / "b", max_steps=3), data, show_progress=False)
+    resumed = train(config(tmp_path / "b", resume=True), data, show_progress=False)
+    assert straight.steps == resumed.steps == 6 and resumed.resumed_from_step == 3
+    a, b = load_checkpoint(tmp_path / "a" / "checkpoint"), load_checkpoint(tmp_path / "b" / "checkpoint")
+    assert a.step == b.step == 6 and a.epoch == b.epoch == 1
+    for key in a.model_state:
+        assert torch.equal(a.model_state[key], b.model_state[key]), key
+        assert torch.equal(a.ema_state[key], b.ema_state[key]), key
+    exp_a = a.training_state["optimizer"]["state"][0]["exp_avg"]
+    assert torch.equal(exp_a, b.training_state["optimizer"]["state"][0]["exp_avg"])
+    # The loss log and plot are written; the resumed log continues the first one.
+    rows = [json.loads(line) for line in (tmp_path / "b" / "loss.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert (tmp_path / "b" / "loss.png").stat().st_size > 1000
+    assert straight.final_loss == pytest.approx(resumed.final_loss)
+
+
+def test_existing_checkpoint_needs_resume(tmp_path: Path) -> None:
+    data = dataset()
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        train(config(tmp_path, resume=True), data, show_progress=False)
+    train(config(tmp_path, max_steps=1), data, show_progress=False)
+    with pytest.raises(TrainingError, match="--resume"):
+        train(config(tmp_path, max_steps=1), data, show_progress=False)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_loss = training._Trainer._loss
+
+    def diverging(self, images, conds, step):
+        loss = real_loss(self, images, conds, step)
+        return loss * float("nan") if step >= 3 else loss
+
+    monkeypatch.setattr(training._Trainer, "_loss", diverging)
+    with pytest.raises(TrainingError, match="diverged") as error:
+        train(config(tmp_path, checkpoint_every=2), dataset(), show_progress=False)
+    assert "last good checkpoint" in str(error.value) and "--lr" in str(error.value)
+    kept = load_checkpoint(tmp_path / "checkpoint")
+    assert kept.step == 2
+    assert all(torch.isfinite(v).all() for v in kept.model_state.values())
+
+
+def test_recipes_and_messages() -> None:
+    ref = RECIPES["reference"]
+    assert (ref.preset, ref.scheduler, ref.num_train_timesteps, ref.lr, ref.batch_size, ref.epochs) == (
+        "seed",
+        "cosine",
+        100,
+        1e-5,
+        32,
+        200,
+    )
+    assert ref.ema_decay is None and ref.cond_drop_prob == 0
+    default = TrainConfig.from_recipe("default", batch_size=64)
+    assert default.batch_size == 64 and default.ema_decay and default.cond_drop_prob > 0
+    with pytest.raises(TrainingError, match="unknown training recipe"):
+        TrainConfig.from_recipe("fastest")
+    with pytest.raises(TrainingError, match="unknown training option"):
+        TrainConfig.from_dict({"learning_rate": 1})
+    assert "--batch-size 64" in training._oom_message(TrainConfig(batch_size=128))
+
+
+def test_measure_throughput(tmp_path: Path) -> None:
+    result = measure_throughput(config(tmp_path), dataset(), steps=2, warmup=1)
+    assert result["images_per_second"] > 0 and result["processes"] == 1
+    assert not (tmp_path / "checkpoint").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_sample(tmp_path: Path) -> None:
+    """DDP over two CPU processes (gloo) through accelerate, as `accelerate launch` starts it.
+
+    ``accelerate launch --multi_gpu`` runs torchrun; on CPU we call torchrun directly
+    (``accelerate launch --cpu`` starts one process unless MPI is set up).
+    """
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    data_options = {"scenes": 4, "use_cache": False}
+    spec = {
+        "train": {**config(tmp_path / "ddp", max_steps=3).to_dict(), "hflip": True},
+        "dataset": {"name": "synthetic", "options": data_options},
+        "sample": {"scheduler": "ddim", "steps": 2, "n": 3},
+    }
+    (tmp_path / "run.json").write_text(json.dumps(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "bench.training",
+            str(tmp_path / "run.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["processes"] == 2 and report["steps"] == 3
+    images = torch.load(tmp_path / "ddp" / "samples.pt")
+    assert images.shape == (3, 3, 64, 64) and images.abs().max() <= 1
+    # The same run in one process gives the same weights (draws are made for the global batch).
+    from bench.plugins import get
+
+    data = get("datasets", "synthetic").factory(**data_options)
+    train(TrainConfig(**{**spec["train"], "out_dir": str(tmp_path / "one")}), data, show_progress=False)
+    two = load_checkpoint(tmp_path / "ddp" / "checkpoint").model_state
+    one = load_checkpoint(tmp_path / "one" / "checkpoint").model_state
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=1e-4)
