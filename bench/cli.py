@@ -180,6 +180,17 @@ def data_synth(out_dir, scenes, seed, split, max_objects, device) -> None:
     click.echo(f"wrote {out}")
 
 
+@data_group.command("cache")
+@click.option("--scenes", default=6003, show_default=True, help="Scenes; each gives max-objects frames.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--split", type=click.Choice(["train", "heldout"]), default="train", show_default=True)
+@click.option("--max-objects", default=3, show_default=True)
+def data_cache(scenes, seed, split, max_objects) -> None:
+    """Render the synthetic set into the cache now (training and FID reuse it)."""
+    dataset = _dataset("synthetic", None, scenes=scenes, seed=seed, split=split, max_objects=max_objects)
+    click.echo(f"{len(dataset)} images cached at {dataset.info['cache']}")
+
+
 @data_group.command("conditions")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="JSON file to write.")
 @click.option("--n", default=32, show_default=True, help="Number of conditions.")
@@ -236,12 +247,11 @@ def train_judge_command(data, data_root, scenes, max_objects, heldout_scenes, ep
 
     device = resolve_device(device)
     synthetic = data in ("synthetic", "synthetic-iclevr")
-    extra = {"scenes": scenes, "max_objects": max_objects, "frames": max_objects, "device": device} if synthetic else {}
+    extra = {"scenes": scenes, "max_objects": max_objects} if synthetic else {}
     dataset = _dataset(data, data_root, **extra)
     heldout = None
     if synthetic:
-        heldout = _dataset(data, None, scenes=heldout_scenes, max_objects=max_objects, frames=max_objects,
-                           split="heldout", device=device)
+        heldout = _dataset(data, None, scenes=heldout_scenes, max_objects=max_objects, split="heldout")
     metrics = train_judge(dataset, out_path, heldout=heldout, epochs=epochs, batch_size=batch_size, lr=lr,
                           device=device, seed=seed, time_limit_s=max_minutes * 60 if max_minutes else None,
                           log=lambda m: click.echo(m, err=True))
@@ -284,8 +294,6 @@ def train_command(recipe, data, data_root, scenes, **options) -> None:
         overrides["ema_decay"] = None
     config = TrainConfig.from_recipe(recipe, **overrides)
     extra = {"scenes": scenes} if scenes else {}
-    if data in ("synthetic", "synthetic-iclevr") and config.device:
-        extra["device"] = config.device
     dataset = _dataset(data, data_root, **extra)
     summary = train(config, dataset)
     click.echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(summary).items()},
