@@ -163,3 +163,26 @@ def test_options_resolve_per_device() -> None:
         SamplingOptions(dtype="fp16").resolved("cpu")
     with pytest.raises(ValueError, match="CUDA"):
         SamplingOptions(cuda_graphs=True, compile=True).resolved("cpu")
+
+
+def test_images_grid_and_strip(tmp_path, model: torch.nn.Module, cosine: dict) -> None:
+    import numpy as np
+    import torchvision
+    from PIL import Image
+
+    from bench.images import save_denoising_strip, save_grid, save_images
+
+    images = torch.rand(10, 3, 64, 64) * 2 - 1
+    paths = save_images(images, tmp_path / "set")
+    assert [p.name for p in paths] == [f"{i}.png" for i in range(10)]
+    assert Image.open(paths[0]).size == (64, 64)
+    save_grid(images, tmp_path / "grid.png")
+    torchvision.utils.save_image((images + 1) / 2, tmp_path / "tv.png", nrow=8)
+    assert np.array_equal(
+        np.asarray(Image.open(tmp_path / "grid.png")), np.asarray(Image.open(tmp_path / "tv.png"))
+    )
+    result = sample(
+        model, "ddim", conditions(1), train_config=cosine, steps=8, record_frames=8, options=PLAIN
+    )
+    strip = save_denoising_strip(result.frames[:, 0], tmp_path / "strip.png")
+    assert Image.open(strip).size == (9 * 66 + 2, 68)  # 9 frames in one row
