@@ -1,0 +1,57 @@
+"""Shared fixtures and helpers of the speed suite (pytest-benchmark; kept out of the default run).
+
+Run: ``pytest benchmarks/ --benchmark-only --benchmark-json=OUT.json`` then ``bench report OUT.json``.
+CPU benchmarks (names contain ``cpu`` and ``tiny``) always run; GPU ones are skipped without CUDA.
+Sizes come from environment variables so a shorter set can be chosen without editing code:
+
+| variable | default | what |
+|---|---|---|
+| ``BENCH_CPU_SCHEDULERS`` | cosine,ddim,dpm++2m,unipc,euler,heun | CPU sampling schedulers |
+| ``BENCH_CPU_STEPS`` | 10,25 | CPU sampling step counts |
+| ``BENCH_CPU_BATCH`` | 8 | CPU sampling images per round |
+| ``BENCH_CPU_ROUNDS`` | 2 | measured rounds per CPU benchmark |
+| ``BENCH_CPU_TRAIN_BATCH`` / ``_STEPS`` | 8 / 4 | CPU training batch and measured steps |
+| ``BENCH_SPEED_PRESET`` | seed | GPU model preset |
+| ``BENCH_SPEED_BATCH`` | 256 | GPU sampling batch sizes (comma list, e.g. 256,512) |
+| ``BENCH_SPEED_STEPS`` | 100 | GPU sampling steps (cosine) |
+| ``BENCH_SPEED_MODES`` | reference,fp32,bf16,compile,graphs | GPU sampling variants |
+| ``BENCH_SPEED_ROUNDS`` | 3 | measured rounds per GPU sampling benchmark |
+| ``BENCH_SPEED_REF_IMAGES`` | 2 | images through the one-at-a-time reference loop |
+| ``BENCH_TRAIN_BATCH`` | 128,256 | GPU training batch sizes |
+| ``BENCH_TRAIN_MODES`` | eager,compile | GPU training variants |
+| ``BENCH_TRAIN_STEPS`` / ``_WARMUP`` | 20 / 5 | GPU measured / warm-up training steps |
+| ``BENCH_TRAIN_LOSS_STEPS`` | 5 | steps of the compiled-vs-eager loss-curve check (0: off) |
+| ``BENCH_TRAIN_LOSS_TOL`` | 0.05 | largest allowed loss difference, compiled vs eager bf16 |
+
+``scripts/speed.sh OUT_DIR`` runs the GPU part with a shorter default set. Helpers live in
+``speed_helpers.py`` (a module named ``conftest`` must not be imported by tests).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from speed_helpers import measure_matmul_tflops, nominal_bf16_tflops
+
+
+@pytest.fixture(scope="session")
+def cosine_noise() -> dict[str, Any]:
+    """The training noise-schedule config every sampler is built from (1000 cosine timesteps)."""
+    from bench.noise import noise_config
+
+    return noise_config("cosine")
+
+
+@pytest.fixture(scope="session")
+def gpu_peak() -> dict[str, Any]:
+    """Measured (8192^3 bf16 matmul) and nominal dense bf16 TFLOP/s of the CUDA card."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    name = torch.cuda.get_device_name()
+    return {
+        "device": name,
+        "measured_tflops": measure_matmul_tflops(),
+        "nominal_tflops": nominal_bf16_tflops(name),
+    }

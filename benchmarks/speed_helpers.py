@@ -1,0 +1,181 @@
+"""Helpers of the speed suite: env knobs, random models/data, device facts, extra_info."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+# FLOPs of one forward of the reference (``seed``) UNet on one 64x64 image (docs/iclevr.md).
+SEED_GFLOP_PER_IMAGE = 31.0
+# Nominal dense bf16 tensor-core peak (no sparsity): H100 SXM; the H200 has the same compute.
+NOMINAL_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
+
+CPU_SCHEDULERS = ("cosine", "ddim", "dpm++2m", "unipc", "euler", "heun")
+GPU_MODES = ("reference", "fp32", "bf16", "compile", "graphs")
+TRAIN_MODES = ("eager", "compile")
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+# ---------------------------------------------------------------- environment knobs
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def env_ints(name: str, default: str) -> list[int]:
+    return [int(item) for item in env_list(name, default)]
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+# ---------------------------------------------------------------- models, data, conditions
+
+
+def make_model(preset: str, seed: int = 0) -> torch.nn.Module:
+    """A ``ddpm-unet`` with random (seeded) weights: speed does not depend on the weights."""
+    from bench.plugins import get
+
+    torch.manual_seed(seed)
+    return get("models", "ddpm-unet").factory(preset=preset).eval()
+
+
+def make_conditions(n: int, num_labels: int = 24, seed: int = 0) -> torch.Tensor:
+    """(n, num_labels) multi-hot with 1-3 objects per row, like the i-CLEVR test sets."""
+    g = torch.Generator().manual_seed(seed)
+    conds = torch.zeros(n, num_labels)
+    for row in range(n):
+        k = int(torch.randint(1, 4, (1,), generator=g))
+        conds[row, torch.randperm(num_labels, generator=g)[:k]] = 1.0
+    return conds
+
+
+def random_dataset(n: int, size: int = 64, seed: int = 0) -> Any:
+    """A tiny random uint8 ``ImageConditionDataset`` (throughput does not depend on content)."""
+    from bench.conditions import BUILTIN_LABELS
+    from bench_builtins.datasets.base import ImageConditionDataset
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    labels = list(BUILTIN_LABELS)
+    conditions = [
+        [labels[int(i)] for i in torch.randperm(len(labels), generator=g)[: 1 + row % 3]] for row in range(n)
+    ]
+    return ImageConditionDataset(images, conditions, labels, source="random (benchmarks)")
+
+
+# ---------------------------------------------------------------- device facts
+
+
+def device_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def nominal_bf16_tflops(name: str) -> float | None:
+    """The data-sheet dense bf16 peak of a known card, else None (the measured one still counts)."""
+    for key, value in NOMINAL_BF16_TFLOPS.items():
+        if key in name:
+            return value
+    return None
+
+
+def measure_matmul_tflops(n: int = 8192, warmup: int = 3, repeats: int = 10) -> float:
+    """The median bf16 TFLOP/s of an n^3 matmul: the achievable dense peak of this card."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(warmup):  # clocks up, cuBLAS heuristics cached
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * n**3 / statistics.median(times) / 1e12
+
+
+# ---------------------------------------------------------------- recording
+
+
+def sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+class RoundLog:
+    """Wraps a sampling call; keeps each round's SampleResult (its seconds are synchronized)."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self.call = call
+        self.results: list[Any] = []
+
+    def __call__(self) -> Any:
+        result = self.call()
+        self.results.append(result)
+        return result
+
+
+def record_sampling(
+    benchmark: Any,
+    results: list[Any],
+    *,
+    preset: str,
+    variant: str,
+    device: torch.device | str,
+    compile_: bool,
+    cuda_graphs: bool,
+    dtype: str,
+    batch_size: int,
+    peak: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fill ``benchmark.extra_info`` from the rounds' SampleResults (the last round is the figure)."""
+    last = results[-1]
+    n = len(last.images)
+    per_round = [len(r.images) / r.seconds for r in results if r.seconds > 0]
+    ips = n / last.seconds
+    info: dict[str, Any] = {
+        # the variant is part of the model label: `bench report` groups rows by model/scheduler/steps
+        "model": f"ddpm-unet/{preset} {variant}",
+        "preset": preset,
+        "variant": variant,
+        "scheduler": last.scheduler,
+        "steps": last.steps,
+        "nfe": last.nfe,
+        "n_images": n,
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "device": device_name(device),
+        "compile": compile_,
+        "cuda_graphs": cuda_graphs,
+        "images_per_s": ips,
+        "images_per_s_median": statistics.median(per_round),
+        "s_per_image": 1.0 / ips,
+        "seconds_last_round": last.seconds,
+        "warmup_seconds": max(r.warmup_seconds for r in results),
+        "peak_memory_mb": last.peak_memory_mb,
+        "rounds": len(results),
+    }
+    if peak is not None and preset == "seed":
+        # achieved model FLOP/s against the card's dense bf16 peak (fp32 variants included:
+        # the fraction then shows how far from the bf16 roofline they are)
+        tflops = SEED_GFLOP_PER_IMAGE * 1e9 * last.nfe * n / last.seconds / 1e12
+        info["achieved_tflops"] = tflops
+        info["peak_tflops_measured"] = peak["measured_tflops"]
+        info["peak_tflops_nominal"] = peak["nominal_tflops"]
+        info["fraction_of_measured_peak"] = tflops / peak["measured_tflops"]
+        info["fraction_of_nominal_peak"] = tflops / peak["nominal_tflops"] if peak["nominal_tflops"] else None
+    benchmark.extra_info.update(info)
+    return info

@@ -1,0 +1,196 @@
+"""Sampling throughput: every scheduler on the CPU (tiny preset), and the fast path on the GPU.
+
+CPU: ``tiny`` UNet (random weights), each scheduler at each step count, fp32 + channels_last
+(the CPU default of ``SamplingOptions``).
+GPU: the ``seed`` preset (113.7 M parameters, 31 GFLOP per image per forward) at 100 cosine
+steps, from the one-image-at-a-time reference loop to bf16 + channels_last + compile + CUDA
+graphs, with the fraction of the card's dense bf16 peak each variant reaches.
+
+The figure of a benchmark is the LAST round's ``SampleResult.seconds`` (synchronized inside
+``sample()``, compile and graph capture excluded); the median over rounds is kept beside it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from speed_helpers import (
+    CPU_SCHEDULERS,
+    GPU_MODES,
+    RoundLog,
+    env_int,
+    env_ints,
+    env_list,
+    make_conditions,
+    make_model,
+    record_sampling,
+    requires_cuda,
+    sync,
+)
+
+from bench.sampling import SamplingOptions, plain_reference_loop, sample
+
+CPU_STEPS = env_ints("BENCH_CPU_STEPS", "10,25")
+CPU_BATCH = env_int("BENCH_CPU_BATCH", 8)
+CPU_ROUNDS = env_int("BENCH_CPU_ROUNDS", 2)
+GPU_PRESET = os.environ.get("BENCH_SPEED_PRESET", "seed")
+GPU_BATCHES = env_ints("BENCH_SPEED_BATCH", "256")
+GPU_STEPS = env_int("BENCH_SPEED_STEPS", 100)
+GPU_ROUNDS = env_int("BENCH_SPEED_ROUNDS", 3)
+REF_IMAGES = env_int("BENCH_SPEED_REF_IMAGES", 2)
+_MODES = env_list("BENCH_SPEED_MODES", ",".join(GPU_MODES))
+_UNKNOWN = sorted(set(_MODES) - set(GPU_MODES))
+if _UNKNOWN:
+    raise ValueError(f"BENCH_SPEED_MODES: unknown mode(s) {_UNKNOWN}; known: {','.join(GPU_MODES)}")
+BATCHED_MODES = [m for m in GPU_MODES if m in _MODES and m != "reference"]
+
+# mode -> (label, options factory, dtype, compile, cuda_graphs)
+_GPU_OPTIONS: dict[str, tuple[str, Any, str, bool, bool]] = {
+    "fp32": ("fp32", lambda b: SamplingOptions.plain(b), "fp32", False, False),
+    "bf16": ("bf16 eager", lambda b: SamplingOptions("bf16", False, False, False, b), "bf16", False, False),
+    "compile": (
+        "bf16+cl+compile",
+        lambda b: SamplingOptions("bf16", True, True, False, b),
+        "bf16",
+        True,
+        False,
+    ),
+    "graphs": (
+        "bf16+cl+compile+graphs",
+        lambda b: SamplingOptions("bf16", True, True, True, b),
+        "bf16",
+        True,
+        True,
+    ),
+}
+
+
+# ---------------------------------------------------------------- CPU, tiny preset
+
+
+@pytest.fixture(scope="module")
+def tiny_cpu() -> torch.nn.Module:
+    model = make_model("tiny")
+    with torch.inference_mode():  # first-call allocations and oneDNN primitive setup off the clock
+        model(torch.zeros(1, 3, 64, 64), torch.zeros(1, dtype=torch.long), torch.zeros(1, 24))
+    return model
+
+
+@pytest.mark.parametrize("steps", CPU_STEPS)
+@pytest.mark.parametrize("scheduler", CPU_SCHEDULERS)
+def test_sampling_cpu_tiny(
+    benchmark: Any, tiny_cpu: torch.nn.Module, cosine_noise: dict, scheduler: str, steps: int
+) -> None:
+    conds = make_conditions(CPU_BATCH)
+    options = SamplingOptions(batch_size=CPU_BATCH).resolved("cpu")
+    run = RoundLog(
+        lambda: sample(
+            tiny_cpu, scheduler, conds, train_config=cosine_noise, steps=steps, device="cpu", options=options
+        )
+    )
+    benchmark.pedantic(run, rounds=CPU_ROUNDS, iterations=1, warmup_rounds=0)
+    info = record_sampling(
+        benchmark,
+        run.results,
+        preset="tiny",
+        variant=f"fp32+cl b{CPU_BATCH}",
+        device="cpu",
+        compile_=False,
+        cuda_graphs=False,
+        dtype="fp32",
+        batch_size=CPU_BATCH,
+    )
+    info["threads"] = torch.get_num_threads()
+    benchmark.extra_info["threads"] = info["threads"]
+    assert run.results[-1].images.shape == (CPU_BATCH, 3, 64, 64)
+    assert torch.isfinite(run.results[-1].images).all()
+
+
+# ---------------------------------------------------------------- GPU, seed preset
+
+
+@pytest.fixture(scope="module")
+def gpu_model() -> Iterator[torch.nn.Module]:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    model = make_model(GPU_PRESET).to("cuda")
+    yield model
+    # Free the compiled graphs and CUDA-graph pools before the training benchmarks need the memory.
+    del model
+    torch._dynamo.reset()
+    torch.cuda.empty_cache()
+
+
+@requires_cuda
+def test_sampling_gpu_reference_loop(
+    benchmark: Any, gpu_model: torch.nn.Module, cosine_noise: dict, gpu_peak: dict
+) -> None:
+    """(a) the course-style loop: one image at a time, fp32 eager (only a few images: it is slow)."""
+    if "reference" not in _MODES:
+        pytest.skip("BENCH_SPEED_MODES leaves out 'reference'")
+    conds = make_conditions(REF_IMAGES).to("cuda")
+    plain_reference_loop(gpu_model, "cosine", conds[:1], train_config=cosine_noise, steps=2, device="cuda")
+    run = RoundLog(
+        lambda: plain_reference_loop(
+            gpu_model, "cosine", conds, train_config=cosine_noise, steps=GPU_STEPS, device="cuda"
+        )
+    )
+    benchmark.pedantic(run, rounds=max(1, GPU_ROUNDS - 1), iterations=1, warmup_rounds=0)
+    record_sampling(
+        benchmark,
+        run.results,
+        preset=GPU_PRESET,
+        variant="reference loop fp32 b1",
+        device="cuda",
+        compile_=False,
+        cuda_graphs=False,
+        dtype="fp32",
+        batch_size=1,
+        peak=gpu_peak,
+    )
+
+
+@requires_cuda
+@pytest.mark.parametrize("batch", GPU_BATCHES)
+@pytest.mark.parametrize("mode", BATCHED_MODES)
+def test_sampling_gpu(
+    benchmark: Any, gpu_model: torch.nn.Module, cosine_noise: dict, gpu_peak: dict, mode: str, batch: int
+) -> None:
+    """(b) fp32 batched, (c) bf16 eager, (d) + channels_last + compile, (e) + CUDA graphs."""
+    label, make_options, dtype, compile_, graphs = _GPU_OPTIONS[mode]
+    options = make_options(batch)
+    if not options.channels_last:
+        gpu_model.to(memory_format=torch.contiguous_format)  # an earlier variant may have converted it
+    conds = make_conditions(batch)
+    # Warm-up off the clock: a 2-step run compiles / captures graphs at the same batch shape.
+    sample(gpu_model, "cosine", conds, train_config=cosine_noise, steps=2, device="cuda", options=options)
+    sync("cuda")
+    run = RoundLog(
+        lambda: sample(
+            gpu_model,
+            "cosine",
+            conds,
+            train_config=cosine_noise,
+            steps=GPU_STEPS,
+            device="cuda",
+            options=options,
+        )
+    )
+    benchmark.pedantic(run, rounds=GPU_ROUNDS, iterations=1, warmup_rounds=0)
+    record_sampling(
+        benchmark,
+        run.results,
+        preset=GPU_PRESET,
+        variant=f"{label} b{batch}",
+        device="cuda",
+        compile_=compile_,
+        cuda_graphs=graphs,
+        dtype=dtype,
+        batch_size=batch,
+        peak=gpu_peak,
+    )
+    assert torch.isfinite(run.results[-1].images).all()

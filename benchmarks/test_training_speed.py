@@ -1,0 +1,185 @@
+"""Training throughput (``measure_throughput``) and a compiled-vs-eager loss-curve check.
+
+CPU: ``tiny`` preset, fp32 eager. GPU: the ``seed`` preset at batch 128 and 256, bf16 eager
+against bf16 + channels_last + torch.compile. Images/s come from ``measure_throughput``
+(synchronized, warm-up and compile excluded). The loss check trains a few steps twice from
+the same seed on the same data (``bench.training._Trainer``: ``measure_throughput`` returns no
+losses) and records the largest absolute difference between the two loss sequences.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import torch
+from speed_helpers import (
+    SEED_GFLOP_PER_IMAGE,
+    TRAIN_MODES,
+    device_name,
+    env_int,
+    env_ints,
+    env_list,
+    random_dataset,
+    requires_cuda,
+)
+
+from bench.training import TrainConfig, measure_throughput
+
+CPU_TRAIN_BATCH = env_int("BENCH_CPU_TRAIN_BATCH", 8)
+CPU_TRAIN_STEPS = env_int("BENCH_CPU_TRAIN_STEPS", 4)
+GPU_PRESET = os.environ.get("BENCH_SPEED_PRESET", "seed")
+GPU_BATCHES = env_ints("BENCH_TRAIN_BATCH", "128,256")
+GPU_STEPS = env_int("BENCH_TRAIN_STEPS", 20)
+GPU_WARMUP = env_int("BENCH_TRAIN_WARMUP", 5)
+LOSS_STEPS = env_int("BENCH_TRAIN_LOSS_STEPS", 5)
+_MODES = env_list("BENCH_TRAIN_MODES", ",".join(TRAIN_MODES))
+_UNKNOWN = sorted(set(_MODES) - set(TRAIN_MODES))
+if _UNKNOWN:
+    raise ValueError(f"BENCH_TRAIN_MODES: unknown mode(s) {_UNKNOWN}; known: {','.join(TRAIN_MODES)}")
+GPU_MODES = [m for m in TRAIN_MODES if m in _MODES]
+# bf16 compiled vs bf16 eager: the same arithmetic up to kernel fusion, so losses stay close.
+LOSS_TOLERANCE = float(os.environ.get("BENCH_TRAIN_LOSS_TOL", "0.05"))
+
+
+def loss_curve(config: TrainConfig, dataset: Any, steps: int) -> list[float]:
+    """The first ``steps`` training losses of ``config`` (same seed -> same weights, data, noise)."""
+    from bench.training import _Trainer
+
+    trainer = _Trainer(replace(config, resume=False), dataset)
+    order = trainer._batch_order(0, 0) * (1 + steps // trainer.steps_per_epoch)
+    batches = trainer.data.batches(order, 0)
+    losses = [trainer.train_step(*next(batches)) for _ in range(steps)]
+    values = [float(loss) for loss in losses]  # one host sync at the end
+    del trainer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return values
+
+
+def max_abs_diff(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
+def record_training(
+    benchmark: Any,
+    stats: dict[str, Any],
+    config: TrainConfig,
+    variant: str,
+    steps: int,
+    peak: dict[str, Any] | None = None,
+) -> None:
+    device = config.device or "cpu"
+    if peak is not None and config.preset == "seed":
+        # A training step costs about 3 forwards (backward ~ 2x forward); an estimate, EMA excluded.
+        tflops = 3 * SEED_GFLOP_PER_IMAGE * 1e9 * stats["images_per_second"] / 1e12
+        benchmark.extra_info["achieved_tflops"] = tflops
+        benchmark.extra_info["peak_tflops_measured"] = peak["measured_tflops"]
+        benchmark.extra_info["peak_tflops_nominal"] = peak["nominal_tflops"]
+        benchmark.extra_info["fraction_of_measured_peak"] = tflops / peak["measured_tflops"]
+        nominal = peak["nominal_tflops"]
+        benchmark.extra_info["fraction_of_nominal_peak"] = tflops / nominal if nominal else None
+    benchmark.extra_info.update(
+        {
+            # the variant is part of the model label: `bench report` groups by model/scheduler/steps
+            "model": f"ddpm-unet/{config.preset} train {variant}",
+            "preset": config.preset,
+            "variant": variant,
+            "scheduler": f"train:{config.scheduler}",
+            "steps": steps,
+            "images_per_s": stats["images_per_second"],
+            "s_per_image": 1.0 / stats["images_per_second"],
+            "seconds_per_step": stats["seconds_per_step"],
+            "batch_size": config.batch_size,
+            "dtype": "bf16" if config.bf16 else "fp32",
+            "device": device_name(device),
+            "compile": bool(config.compile),
+            "channels_last": bool(config.channels_last),
+            "cuda_graphs": False,
+            "peak_memory_mb": stats["peak_memory_mb"],
+        }
+    )
+
+
+# ---------------------------------------------------------------- CPU, tiny preset
+
+
+def test_training_cpu_tiny(benchmark: Any, tmp_path: Any) -> None:
+    batch = CPU_TRAIN_BATCH
+    dataset = random_dataset(2 * batch)
+    config = TrainConfig(
+        preset="tiny",
+        batch_size=batch,
+        device="cpu",
+        bf16=False,
+        compile=False,
+        channels_last=False,
+        out_dir=str(tmp_path),
+    )
+    stats = benchmark.pedantic(
+        lambda: measure_throughput(config, dataset, steps=CPU_TRAIN_STEPS, warmup=1),
+        rounds=1,
+        iterations=1,
+    )
+    record_training(benchmark, stats, config, f"fp32 eager b{batch}", CPU_TRAIN_STEPS)
+    # No compile on the CPU (an inductor C++ build takes minutes): check channels_last instead,
+    # which exercises the same comparison path cheaply.
+    plain = loss_curve(config, dataset, 3)
+    other = loss_curve(replace(config, channels_last=True), dataset, 3)
+    benchmark.extra_info["loss_plain"] = plain
+    benchmark.extra_info["loss_channels_last"] = other
+    benchmark.extra_info["loss_max_abs_diff"] = max_abs_diff(plain, other)
+    assert stats["images_per_second"] > 0
+    assert benchmark.extra_info["loss_max_abs_diff"] < 1e-3
+
+
+# ---------------------------------------------------------------- GPU, seed preset
+
+
+@requires_cuda
+@pytest.mark.parametrize("batch", GPU_BATCHES)
+@pytest.mark.parametrize("mode", GPU_MODES)
+def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, batch: int) -> None:
+    compiled = mode == "compile"
+    dataset = random_dataset(2 * batch)
+    config = TrainConfig(
+        preset=GPU_PRESET,
+        batch_size=batch,
+        device="cuda",
+        bf16=True,
+        compile=compiled,
+        channels_last=compiled,
+        out_dir=str(tmp_path),
+    )
+    if compiled:
+        # A second batch size would otherwise recompile with a dynamic batch dimension (slower
+        # kernels than a static graph): start every compiled benchmark from a clean cache.
+        torch._dynamo.reset()
+    stats = benchmark.pedantic(
+        lambda: measure_throughput(config, dataset, steps=GPU_STEPS, warmup=GPU_WARMUP),
+        rounds=1,
+        iterations=1,
+    )
+    variant = ("bf16+cl+compile" if compiled else "bf16 eager") + f" b{batch}"
+    record_training(benchmark, stats, config, variant, GPU_STEPS, gpu_peak)
+    torch.cuda.empty_cache()
+    if compiled and batch == GPU_BATCHES[0] and LOSS_STEPS > 0:
+        # Same seed, same data, same bf16: the compiled path must follow the eager loss curve.
+        fast = loss_curve(config, dataset, LOSS_STEPS)
+        eager = loss_curve(replace(config, compile=False, channels_last=False), dataset, LOSS_STEPS)
+        fp32 = loss_curve(
+            replace(config, compile=False, channels_last=False, bf16=False), dataset, LOSS_STEPS
+        )
+        benchmark.extra_info.update(
+            {
+                "loss_compiled": fast,
+                "loss_eager_bf16": eager,
+                "loss_eager_fp32": fp32,
+                "loss_max_abs_diff": max_abs_diff(fast, eager),
+                "loss_max_abs_diff_vs_fp32": max_abs_diff(fast, fp32),
+                "loss_tolerance": LOSS_TOLERANCE,
+            }
+        )
+        assert benchmark.extra_info["loss_max_abs_diff"] < LOSS_TOLERANCE, benchmark.extra_info
