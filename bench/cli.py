@@ -287,9 +287,8 @@ def train_command(recipe, data, data_root, scenes, **options) -> None:
     """Train a model on a dataset; checkpoints, EMA, resume, loss curve."""
     from bench.training import TrainConfig, train
 
-    overrides = {k: v for k, v in options.items() if v is not None and v is not False}
-    if options.get("resume"):
-        overrides["resume"] = True
+    # Only what was given overrides the recipe; --no-compile (False) is given, unset (None) is not.
+    overrides = {k: v for k, v in options.items() if v is not None}
     if options.get("ema_decay") == 0:
         overrides["ema_decay"] = None
     config = TrainConfig.from_recipe(recipe, **overrides)
