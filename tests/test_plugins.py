@@ -250,7 +250,6 @@ def test_cli_imports_no_torch(installed: dict[str, Path], args: list[list[str]])
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="until `bench run` runs a random tiny checkpoint end to end on CPU")
 def test_bench_run_with_example_scheduler(installed: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = [
