@@ -321,34 +321,16 @@ def sample(
 
 
 def plain_reference_loop(
-    model: torch.nn.Module,
-    scheduler: str | Callable,
-    conditions: torch.Tensor,
-    *,
-    train_config: dict[str, Any],
-    steps: int | None = None,
-    guidance: float = 1.0,
-    seed: int = 0,
-    device: str | torch.device | None = None,
-    allow_schedule_mismatch: bool = False,
+    model: torch.nn.Module, scheduler: str | Callable, conditions: torch.Tensor, **sample_kwargs: Any
 ) -> SampleResult:
     """The course-style baseline for benchmarks: one image at a time, fp32, no compile.
 
-    Same per-image seeds as :func:`sample`, so both produce the same images up to numerics.
+    Takes :func:`sample`'s keyword arguments except ``options``; same per-image seeds, so both
+    produce the same images up to numerics.
     """
     model.to(memory_format=torch.contiguous_format)
-    return sample(
-        model,
-        scheduler,
-        conditions,
-        train_config=train_config,
-        steps=steps,
-        guidance=guidance,
-        seed=seed,
-        device=device,
-        options=SamplingOptions.plain(batch_size=1),
-        allow_schedule_mismatch=allow_schedule_mismatch,
-    )
+    options = SamplingOptions.plain(batch_size=1)
+    return sample(model, scheduler, conditions, options=options, **sample_kwargs)
 
 
 def _image_shape(model: torch.nn.Module) -> tuple[int, int, int]:

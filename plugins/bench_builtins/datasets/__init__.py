@@ -35,34 +35,18 @@ def make_iclevr(
     )
 
 
-def make_synthetic(
-    scenes: int = 6003,
-    seed: int = 0,
-    split: str = "train",
-    max_objects: int = 3,
-    min_objects: int = 1,
-    frames: int | None = None,
-    image_size: int = 64,
-    device: str | None = None,
-    cache_dir=None,
-    use_cache: bool = True,
-    **_options,
-):
-    """Procedural CLEVR-like renders (default 6003 scenes x 3 frames), cached after the first run."""
+def make_synthetic(**options):
+    """Procedural CLEVR-like renders (default 6003 scenes x 3 frames), cached after the first run.
+
+    Options: those of ``load_synthetic`` (scenes, seed, split, max_objects, min_objects, frames,
+    image_size, device, cache_dir, use_cache); options meant for other datasets are ignored.
+    """
+    import inspect
+
     from bench_builtins.datasets.synthetic.dataset import load_synthetic
 
-    return load_synthetic(
-        scenes=int(scenes),
-        seed=int(seed),
-        split=split,
-        max_objects=int(max_objects),
-        min_objects=int(min_objects),
-        frames=frames,
-        image_size=int(image_size),
-        device=device,
-        cache_dir=cache_dir,
-        use_cache=use_cache,
-    )
+    accepted = inspect.signature(load_synthetic).parameters
+    return load_synthetic(**{k: v for k, v in options.items() if k in accepted})
 
 
 @hookimpl
