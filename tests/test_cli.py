@@ -99,3 +99,45 @@ def test_bad_condition_file_is_one_clear_line(runner, tmp_path) -> None:
     assert result.exit_code == 2
     assert "purple dragon" in result.output and "c.json" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_folder_in_the_real_layout_trains_and_runs_without_conversion(runner, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "iclevr"
+    assert runner.invoke(cli.main, ["data", "synth", "--out", str(folder), "--scenes", "2"]).exit_code == 0
+    assert (folder / "train.json").exists() and (folder / "objects.json").exists()
+    assert len(json.loads((folder / "train.json").read_text())) == 6  # 2 scenes x 3 frames
+
+    out = tmp_path / "train"
+    result = runner.invoke(
+        cli.main,
+        ["train", "--data", "iclevr", "--data-root", str(folder), "--preset", "tiny", "--max-steps", "2",
+         "--batch-size", "2", "--device", "cpu", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "checkpoint" / "config.json").exists()
+
+    shipped = tmp_path / "tiny.safetensors"
+    assert runner.invoke(cli.main, ["export", str(out / "checkpoint"), str(shipped)]).exit_code == 0
+    conditions = tmp_path / "c.json"
+    assert runner.invoke(cli.main, ["data", "conditions", "--out", str(conditions), "--n", "3"]).exit_code == 0
+    result = runner.invoke(
+        cli.main,
+        ["run", "--checkpoint", str(shipped), "--conditions", str(conditions), "--scheduler", "dpm++2m",
+         "--steps", "2", "--evaluators", "none", "--device", "cpu", "--out", str(tmp_path / "run")],
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "run" / "results.json").read_text())["rows"]
+    assert [r["condition_set"] for r in rows] == ["c"] and rows[0]["n_images"] == 3
+    assert (tmp_path / "run" / "denoising.png").exists()
+
+
+def test_data_show_draws_a_contact_sheet(runner, tmp_path) -> None:
+    folder = tmp_path / "iclevr"
+    runner.invoke(cli.main, ["data", "synth", "--out", str(folder), "--scenes", "1"])
+    sheet = tmp_path / "sheet.png"
+    result = runner.invoke(cli.main, ["data", "show", str(folder), "--out", str(sheet), "--n", "3"])
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    assert Image.open(sheet).size[0] > 64
