@@ -351,7 +351,7 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
                 stats = r["metrics"].get(m)
                 row.append(format_metric(m, stats, r["metrics"].get(f"{m}_n")) if stats else "")
             if has_error:
-                row.append(r.get("error") or "; ".join(r.get("metric_errors") or []))
+                row.append(_short(r.get("error") or "; ".join(r.get("metric_errors") or [])))
             rows.append(row)
         title = f"condition set: {cond}" if cond else "speed (pytest-benchmark)"
         tables.append(Table(title, headers, rows))
@@ -473,3 +473,9 @@ def render_report(
 
         atomic_write_text(out, text)
     return text
+
+
+def _short(message: str, limit: int = 160) -> str:
+    """An error cell short enough for a table; results.json keeps the whole message."""
+    return message if len(message) <= limit else message[: limit - 1].rstrip() + "…"
+
