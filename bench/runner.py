@@ -84,12 +84,18 @@ def _load_model(config: RunConfig, plugins: Plugins, device: str):
         model = entry.factory(preset=config.preset)
         from bench.noise import noise_config
 
-        return model.to(device).eval(), noise_config("cosine"), {"checkpoint": "random", "preset": config.preset}
+        return (
+            model.to(device).eval(),
+            noise_config("cosine"),
+            {"checkpoint": "random", "preset": config.preset},
+        )
     path = config.checkpoint
     if path is None:
         default = getattr(entry.factory, "default_checkpoint", None)
         if default is None:
-            raise RunError(f"model {entry.name!r} ships no default weights; pass --checkpoint PATH (or 'random')")
+            raise RunError(
+                f"model {entry.name!r} ships no default weights; pass --checkpoint PATH (or 'random')"
+            )
         path = default()
     model, noise, meta = load_model(path, device=device)
     meta = {**meta, "checkpoint": str(path)}
@@ -139,8 +145,11 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     model, train_noise, meta = _load_model(config, plugins, device)
     evaluators = _make_evaluators(config, plugins, device, labels)
     options = SamplingOptions(
-        dtype=config.dtype, channels_last=config.channels_last, compile=config.compile,
-        cuda_graphs=config.cuda_graphs, batch_size=config.batch_size or 256,
+        dtype=config.dtype,
+        channels_last=config.channels_last,
+        compile=config.compile,
+        cuda_graphs=config.cuda_graphs,
+        batch_size=config.batch_size or 256,
     ).resolved(device)
     all_conditions = multi_hot([c for s in sets for c in s.conditions], labels)
     spans, start = {}, 0
@@ -148,17 +157,41 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         spans[s.name] = (start, start + len(s.conditions))
         start += len(s.conditions)
 
-    result = RunResult(config={**config.to_dict(), "model_meta": meta, "train_noise_schedule": train_noise,
-                               "sampling": asdict(options)},
-                       seeds=list(config.seeds), environment=environment(device))
+    result = RunResult(
+        config={
+            **config.to_dict(),
+            "model_meta": meta,
+            "train_noise_schedule": train_noise,
+            "sampling": asdict(options),
+        },
+        seeds=list(config.seeds),
+        environment=environment(device),
+    )
     _warm_up(model, all_conditions, train_noise, device, options, sample)
     cells = list(itertools.product(config.schedulers, config.steps, config.guidance))
     for scheduler_name, steps, guidance in cells:
         for seed in config.seeds:
             cell_rows = _run_cell(
-                config, plugins, model, train_noise, scheduler_name, steps, guidance, seed, sets, spans,
-                all_conditions, options, evaluators, out_dir, meta, log, device,
-                sample=sample, save_images=save_images, save_grid=save_grid,
+                config,
+                plugins,
+                model,
+                train_noise,
+                scheduler_name,
+                steps,
+                guidance,
+                seed,
+                sets,
+                spans,
+                all_conditions,
+                options,
+                evaluators,
+                out_dir,
+                meta,
+                log,
+                device,
+                sample=sample,
+                save_images=save_images,
+                save_grid=save_grid,
             )
             result.rows.extend(cell_rows)
             result.write(out_dir / "results.json")  # after every cell: an interrupted run keeps its rows
@@ -166,7 +199,15 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     if config.denoising_figure:
         try:
             result.figures["denoising"] = _denoising_figure(
-                model, train_noise, config, plugins, labels, device, out_dir, sample, save_denoising_strip,
+                model,
+                train_noise,
+                config,
+                plugins,
+                labels,
+                device,
+                out_dir,
+                sample,
+                save_denoising_strip,
             )
         except Exception as error:  # noqa: BLE001 - the figure must not lose the measured rows
             log(f"warning: denoising figure failed: {error}")
@@ -182,23 +223,65 @@ def _warm_up(model, conditions, train_noise, device, options, sample) -> None:
     sample(model, "ddim", batch, train_config=train_noise, steps=1, device=device, options=options)
 
 
-def _run_cell(config, plugins, model, train_noise, scheduler_name, steps, guidance, seed, sets, spans,
-              all_conditions, options, evaluators, out_dir, meta, log, device, *, sample, save_images, save_grid):
+def _run_cell(
+    config,
+    plugins,
+    model,
+    train_noise,
+    scheduler_name,
+    steps,
+    guidance,
+    seed,
+    sets,
+    spans,
+    all_conditions,
+    options,
+    evaluators,
+    out_dir,
+    meta,
+    log,
+    device,
+    *,
+    sample,
+    save_images,
+    save_grid,
+):
     rows = []
-    base = dict(model=config.model, scheduler=scheduler_name, steps=steps or 0, seed=seed, guidance=guidance,
-                checkpoint=str(meta.get("checkpoint", "")))
+    base = dict(
+        model=config.model,
+        scheduler=scheduler_name,
+        steps=steps or 0,
+        seed=seed,
+        guidance=guidance,
+        checkpoint=str(meta.get("checkpoint", "")),
+    )
     try:
         entry = plugins.registry("schedulers").get(scheduler_name)
         steps = steps or getattr(entry.factory, "default_steps", None) or 100
         base["steps"] = steps
-        result = sample(model, entry.factory, all_conditions, train_config=train_noise, steps=steps, seed=seed,
-                        guidance=guidance, device=device, options=options,
-                        allow_schedule_mismatch=config.allow_schedule_mismatch)
+        result = sample(
+            model,
+            entry.factory,
+            all_conditions,
+            train_config=train_noise,
+            steps=steps,
+            seed=seed,
+            guidance=guidance,
+            device=device,
+            options=options,
+            allow_schedule_mismatch=config.allow_schedule_mismatch,
+        )
     except Exception as error:  # noqa: BLE001 - one failing cell must not stop the matrix
         log(f"cell {scheduler_name} steps={steps} guidance={guidance} seed={seed} failed: {error}")
         for s in sets:
-            rows.append(Row(**base, condition_set=s.name, n_images=len(s.conditions),
-                            error=f"{type(error).__name__}: {error}"))
+            rows.append(
+                Row(
+                    **base,
+                    condition_set=s.name,
+                    n_images=len(s.conditions),
+                    error=f"{type(error).__name__}: {error}",
+                )
+            )
         if os.environ.get("BENCH_DEBUG"):
             traceback.print_exc()
         return rows
@@ -236,15 +319,26 @@ def _run_cell(config, plugins, model, train_noise, scheduler_name, steps, guidan
     return rows
 
 
-def _denoising_figure(model, train_noise, config, plugins, labels, device, out_dir, sample, save_strip) -> str:
+def _denoising_figure(
+    model, train_noise, config, plugins, labels, device, out_dir, sample, save_strip
+) -> str:
     from bench.sampling import SamplingOptions
 
     entry = plugins.registry("schedulers").get(config.schedulers[0])
     conditions = multi_hot([DENOISING_CONDITION], labels)
-    result = sample(model, entry.factory, conditions, train_config=train_noise, steps=config.steps[0],
-                    seed=config.seeds[0], guidance=config.guidance[0], device=device,
-                    options=SamplingOptions.plain(batch_size=1), record_frames=9,
-                    allow_schedule_mismatch=config.allow_schedule_mismatch)
+    result = sample(
+        model,
+        entry.factory,
+        conditions,
+        train_config=train_noise,
+        steps=config.steps[0],
+        seed=config.seeds[0],
+        guidance=config.guidance[0],
+        device=device,
+        options=SamplingOptions.plain(batch_size=1),
+        record_frames=9,
+        allow_schedule_mismatch=config.allow_schedule_mismatch,
+    )
     path = out_dir / "denoising.png"
     save_strip(result.frames[:, 0], path)  # frames: (F, N, 3, H, W); one image, F frames
     return str(path.relative_to(out_dir))
