@@ -3,14 +3,16 @@ timed, judged and written as result rows. A failing cell records its error and t
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bench.conditions import ConditionSet, load_condition_set, load_labels_spec, multi_hot
+from bench.distributed import barrier, finish, gather, process_device, shard, world
 from bench.plugins import Plugins, get_plugins
 from bench.results import Row, RunResult, environment
 
@@ -81,7 +83,12 @@ def _load_model(config: RunConfig, plugins: Plugins, device: str):
 
     entry = plugins.registry("models").get(config.model)
     if config.checkpoint == "random":
-        model = entry.factory(preset=config.preset)
+        import torch
+
+        # Seeded: the same untrained weights in every run and in every process of a launch.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = entry.factory(preset=config.preset)
         from bench.noise import noise_config
 
         return (
@@ -130,7 +137,13 @@ def _reference_dataset(config: RunConfig, plugins: Plugins):
 
 
 def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResult:
-    """Run every cell of the matrix and write ``results.json`` into ``config.out_dir``."""
+    """Run every cell of the matrix and write ``results.json`` into ``config.out_dir``.
+
+    Under ``accelerate launch``/``torchrun`` with several processes each process samples its
+    contiguous shard of every cell (the same images as one process: seeds are per image) and the
+    main process gathers them, evaluates, writes every file and logs. The other processes leave
+    with ``SystemExit(0)`` once the last cell is sampled, so that only the main process prints.
+    """
     import torch
 
     from bench.images import save_denoising_strip, save_grid, save_images
@@ -138,12 +151,18 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
 
     plugins = plugins or get_plugins()
     device = resolve_device(config.device)
+    rank, size = world(device)
+    device = process_device(device)
+    main = rank == 0
+    if not main:
+        log = _quiet
     out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     labels = load_labels_spec()
     sets = _condition_sets(config, labels)
     model, train_noise, meta = _load_model(config, plugins, device)
-    evaluators = _make_evaluators(config, plugins, device, labels)
+    evaluators = _make_evaluators(config, plugins, device, labels) if main else {}
     options = SamplingOptions(
         dtype=config.dtype,
         channels_last=config.channels_last,
@@ -167,7 +186,10 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         seeds=list(config.seeds),
         environment=environment(device),
     )
-    _warm_up(model, all_conditions, train_noise, device, options, sample)
+    sample_all = functools.partial(_sample_sharded, sample, rank, size)
+    _warm_up(
+        model, all_conditions[shard(len(all_conditions), rank, size)], train_noise, device, options, sample
+    )
     cells = list(itertools.product(config.schedulers, config.steps, config.guidance))
     for scheduler_name, steps, guidance in cells:
         for seed in config.seeds:
@@ -189,12 +211,19 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
                 meta,
                 log,
                 device,
-                sample=sample,
+                sample=sample_all,
                 save_images=save_images,
                 save_grid=save_grid,
+                processes=size,
+                main=main,
             )
-            result.rows.extend(cell_rows)
-            result.write(out_dir / "results.json")  # after every cell: an interrupted run keeps its rows
+            if main:
+                result.rows.extend(cell_rows)
+                result.write(out_dir / "results.json")  # after every cell: an interrupted run keeps its rows
+    if size > 1:
+        finish()  # every shard is in: the process group is done
+        if not main:
+            raise SystemExit(0)  # the main process writes the rest and prints
 
     if config.denoising_figure:
         try:
@@ -214,6 +243,63 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     result.write(out_dir / "results.json")
     del torch
     return result
+
+
+def _quiet(message: str) -> None:
+    """The log of the processes other than the main one."""
+
+
+def _sample_sharded(sample, rank: int, size: int, model, scheduler, conditions, *, seed: int, **kwargs):
+    """``sample`` over all ``conditions``; across ``size`` processes each samples its contiguous
+    shard (with the seeds its images have in one process); the main process gets all images.
+
+    Timing: the processes start together; ``seconds`` is the slowest one's.
+    """
+    if size == 1:
+        return sample(model, scheduler, conditions, seed=seed, **kwargs)
+    import torch
+
+    part = shard(len(conditions), rank, size)
+    failure = None
+    barrier()
+    try:
+        mine = sample(model, scheduler, conditions[part], seed=shard_seed(seed, part.start), **kwargs)
+    except Exception as error:  # noqa: BLE001 - every process must reach the gather below
+        mine, failure = None, error
+    parts = gather(mine if failure is None else f"{type(failure).__name__}: {failure}")
+    if failure is not None:
+        raise failure
+    if parts is None:
+        return mine  # not the main process: the main one has the images
+    for index, value in enumerate(parts):
+        if isinstance(value, str):
+            raise RuntimeError(f"process {index} of {size} failed: {value}")
+    peaks = [p.peak_memory_mb for p in parts if p.peak_memory_mb is not None]
+    return replace(
+        mine,
+        images=torch.cat([p.images for p in parts]),
+        seconds=max(p.seconds for p in parts),
+        warmup_seconds=max(p.warmup_seconds for p in parts),
+        peak_memory_mb=max(peaks) if peaks else None,
+    )
+
+
+def shard_seed(seed: int, first: int) -> int:
+    """A run seed under which image ``i`` gets the generator seed of image ``first + i`` under ``seed``.
+
+    ``image_seed(seed, i) = (seed * A + i) mod M`` with ``A`` prime to ``M``, so
+    ``seed + first / A (mod M)`` shifts every image index by ``first``; checked against
+    ``image_seed`` itself.
+    """
+    from bench.sampling import image_seed
+
+    if first == 0:
+        return seed
+    modulus, factor = 2**63 - 1, 1_000_003
+    shifted = (seed + first * pow(factor, -1, modulus)) % modulus
+    if any(image_seed(shifted, i) != image_seed(seed, first + i) for i in (0, 1)):
+        raise RuntimeError("bench.sampling.image_seed changed: shard_seed no longer matches it")
+    return shifted
 
 
 def _warm_up(model, conditions, train_noise, device, options, sample) -> None:
@@ -245,6 +331,8 @@ def _run_cell(
     sample,
     save_images,
     save_grid,
+    processes=1,
+    main=True,
 ):
     rows = []
     base = dict(
@@ -285,6 +373,8 @@ def _run_cell(
         if os.environ.get("BENCH_DEBUG"):
             traceback.print_exc()
         return rows
+    if not main:
+        return rows  # the main process saves, evaluates and keeps the rows
     n_total = result.images.shape[0]
     speed = {
         "images_per_s": n_total / result.seconds if result.seconds else None,
@@ -299,6 +389,7 @@ def _run_cell(
         "warmup_seconds": result.warmup_seconds,
         "total_images": n_total,
         "seconds": result.seconds,
+        "processes": processes,
     }
     cell_dir = out_dir / "images" / f"{scheduler_name}-{steps}-g{guidance:g}" / f"seed{seed}"
     for s in sets:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -30,6 +29,8 @@ import torch.nn.functional as F
 
 from bench.atomic import atomic_write_text
 from bench.checkpoints import CheckpointError, load_checkpoint, save_checkpoint, unwrap_model
+from bench.distributed import accelerate_cpu
+from bench.distributed import launched as _under_accelerate
 from bench.noise import noise_config
 
 CHECKPOINT_DIR = "checkpoint"
@@ -155,10 +156,6 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, epoch, 0xDA7A)))
 
 
-def _under_accelerate() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "ACCELERATE_MIXED_PRECISION" in os.environ
-
-
 def _pick_device(config: TrainConfig) -> torch.device:
     if config.device:
         return torch.device(config.device)
@@ -211,8 +208,7 @@ class _Trainer:
         if accelerator is None and _under_accelerate():
             from accelerate import Accelerator
 
-            # cpu=True: accelerate picks gloo on CPU only when told (torchrun sets no flag for it).
-            accelerator = Accelerator(cpu=config.device == "cpu" or not torch.cuda.is_available())
+            accelerator = Accelerator(cpu=accelerate_cpu(config.device))
         self.accelerator = accelerator
         if accelerator is not None:
             self.device = accelerator.device

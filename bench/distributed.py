@@ -1,0 +1,93 @@
+"""Several processes of one launch (``accelerate launch``, ``torchrun``): who am I, my share, gather.
+
+Outside a launcher every function here answers for one process (rank 0 of 1) and touches no
+process group, so single-process code paths pay nothing. Under a launcher the process group
+is started through accelerate's ``PartialState`` (the state ``Accelerator`` shares): gloo on
+CPU, NCCL on CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def launched() -> bool:
+    """True under ``torchrun``/``accelerate launch`` with several processes, or ``accelerate launch``."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "ACCELERATE_MIXED_PRECISION" in os.environ
+
+
+def accelerate_cpu(device: str | None) -> bool:
+    """accelerate's ``cpu=`` flag for ``device``: accelerate picks gloo on CPU only when told
+    (torchrun sets no flag for it)."""
+    import torch
+
+    return device == "cpu" or not torch.cuda.is_available()
+
+
+def _state(device: str | None) -> Any:
+    from accelerate import PartialState
+
+    return PartialState(cpu=accelerate_cpu(device))
+
+
+def world(device: str | None = None) -> tuple[int, int]:
+    """(rank, number of processes): ``(0, 1)`` unless launched; under a launcher this starts
+    the process group (gloo when ``device`` is ``"cpu"`` or there is no CUDA, else NCCL)."""
+    if not launched():
+        return 0, 1
+    state = _state(device)
+    return state.process_index, state.num_processes
+
+
+def process_device(device: str) -> str:
+    """``device`` for this process: under a multi-process launch a bare ``"cuda"`` becomes this
+    process's GPU (``cuda:LOCAL_RANK``); anything else is kept."""
+    if device != "cuda" or world(device)[1] == 1:
+        return device
+    return str(_state(device).device)
+
+
+def shard(n: int, rank: int, size: int) -> slice:
+    """The contiguous part of ``range(n)`` that process ``rank`` of ``size`` takes (sizes differ by
+    at most one; in rank order the parts cover ``range(n)`` exactly once)."""
+    return slice(n * rank // size, n * (rank + 1) // size)
+
+
+def gather(value: Any) -> list[Any] | None:
+    """``value`` of every process in rank order, on the main process; ``None`` on the others
+    (``[value]`` in one process). Values travel pickled: for results, not for hot loops."""
+    if not launched():
+        return [value]
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [value]
+    values: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(value, values, dst=0)
+    return values
+
+
+def barrier() -> None:
+    """Wait for every process of the launch (nothing in one process)."""
+    if not launched():
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def finish() -> None:
+    """Wait for every process, then close the process group: a process that exits with it open
+    may abort (gloo's threads). Nothing in one process."""
+    if not launched():
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+__all__ = ["launched", "accelerate_cpu", "world", "process_device", "shard", "gather", "barrier", "finish"]

@@ -1,0 +1,99 @@
+"""``bench run`` split over processes: shards, seeds, and a two-process CPU run against one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.distributed import gather, launched, shard, world
+from bench.runner import shard_seed
+from bench.sampling import image_seed
+
+RUN = [
+    "run",
+    "--checkpoint", "random",
+    "--preset", "tiny",
+    "--scheduler", "ddim",
+    "--steps", "2",
+    "--seeds", "0",
+    "--evaluators", "none",
+    "--no-denoising-figure",
+    "--device", "cpu",
+]  # fmt: skip
+
+
+def test_shards_cover_every_row_once_in_order() -> None:
+    for n in (0, 1, 5, 64, 65):
+        for size in (1, 2, 3, 8):
+            parts = [shard(n, rank, size) for rank in range(size)]
+            assert [i for p in parts for i in range(n)[p]] == list(range(n))
+            assert max(p.stop - p.start for p in parts) - min(p.stop - p.start for p in parts) <= 1
+
+
+def test_shard_seed_gives_each_image_its_one_process_seed() -> None:
+    for seed in (0, 1, 7, 123_456):
+        for first in (0, 1, 32, 999):
+            shifted = shard_seed(seed, first)
+            expected = [image_seed(seed, first + i) for i in range(5)]
+            assert [image_seed(shifted, i) for i in range(5)] == expected
+
+
+def test_one_process_is_rank_zero_of_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert not launched() and world("cpu") == (0, 1) and gather(3) == [3]
+
+
+def _bench(args: list[str], out: Path, processes: int) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "bench"]
+    if processes > 1:
+        launcher = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node", str(processes), "-m", "bench",
+        ]  # fmt: skip
+    # OMP_NUM_THREADS=1: two processes on two cores; --device cpu makes accelerate pick gloo.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ACCELERATE_MIXED_PRECISION"):
+        env.pop(name, None)
+    done = subprocess.run(
+        [*launcher, *args, "--out", str(out)], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _pngs(out: Path) -> dict[str, np.ndarray]:
+    return {
+        str(p.relative_to(out)): np.asarray(Image.open(p)) for p in sorted((out / "images").rglob("*.png"))
+    }
+
+
+@pytest.mark.slow
+def test_two_processes_sample_the_same_images_as_one(tmp_path: Path) -> None:
+    one = _bench(RUN, tmp_path / "one", 1)
+    two = _bench(RUN, tmp_path / "two", 2)
+
+    images_one, images_two = _pngs(tmp_path / "one"), _pngs(tmp_path / "two")
+    assert len(images_one) == 2 * 32 + 2  # test + new_test, 32 images each, and their grids
+    assert images_one.keys() == images_two.keys()
+    for name, pixels in images_one.items():
+        assert np.array_equal(pixels, images_two[name]), name
+
+    rows_one = json.loads((tmp_path / "one" / "results.json").read_text())["rows"]
+    rows_two = json.loads((tmp_path / "two" / "results.json").read_text())["rows"]
+    assert [(r["condition_set"], r["n_images"]) for r in rows_two] == [("test", 32), ("new_test", 32)]
+    assert [(r["condition_set"], r["n_images"]) for r in rows_one] == [("test", 32), ("new_test", 32)]
+    for row in rows_two:
+        speed = row["speed"]
+        assert row["error"] is None and speed["processes"] == 2 and speed["total_images"] == 64
+        assert speed["images_per_s"] == pytest.approx(64 / speed["seconds"])
+    assert all(r["speed"]["processes"] == 1 for r in rows_one)
+    # Only the main process prints the summary.
+    assert two.stdout.count("results: ") == one.stdout.count("results: ") == 1
