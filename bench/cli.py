@@ -79,33 +79,63 @@ def _bool_flag(name: str, help: str):
 @main.command("run")
 @config_option
 @click.option("--model", default="ddpm-unet", show_default=True, help="Model plugin name.")
-@click.option("--checkpoint", default=None,
-              help="Checkpoint dir or .safetensors file; 'random' for untrained weights; default: the shipped weights.")
+@click.option(
+    "--checkpoint",
+    default=None,
+    help="Checkpoint dir or .safetensors file; 'random' for untrained weights; default: the shipped weights.",
+)
 @click.option("--preset", default=None, help="Model preset, with --checkpoint random.")
-@click.option("--scheduler", "schedulers", default="cosine", show_default=True,
-              help="Scheduler(s), comma-separated: cosine,ddim,dpm++2m ...")
-@click.option("--steps", default=None, help="Sampling step count(s), comma-separated; default: each scheduler's.")
+@click.option(
+    "--scheduler",
+    "schedulers",
+    default="cosine",
+    show_default=True,
+    help="Scheduler(s), comma-separated: cosine,ddim,dpm++2m ...",
+)
+@click.option(
+    "--steps", default=None, help="Sampling step count(s), comma-separated; default: each scheduler's."
+)
 @click.option("--seeds", default="0", show_default=True, help="Seeds: 0-4 or 0,3,7.")
-@click.option("--guidance", default="1", show_default=True,
-              help="Classifier-free guidance scale(s); 1 = off.")
-@click.option("--conditions", "condition_files", multiple=True,
-              help="Condition set JSON (test.json format); repeatable. Default: the shipped test and new_test.")
+@click.option(
+    "--guidance", default="1", show_default=True, help="Classifier-free guidance scale(s); 1 = off."
+)
+@click.option(
+    "--conditions",
+    "condition_files",
+    multiple=True,
+    help="Condition set JSON (test.json format); repeatable. Default: the shipped test and new_test.",
+)
 @click.option("--data", default="synthetic", show_default=True, help="Dataset plugin (FID reference images).")
 @click.option("--data-root", default=None, help="Folder of a dataset in the i-CLEVR format.")
-@click.option("--evaluators", default="iclevr-acc,fid", show_default=True, help="Evaluators, comma-separated, or 'none'.")
-@click.option("--judge", default=None, help="Judge checkpoint (course format or .safetensors); default: shipped.")
+@click.option(
+    "--evaluators",
+    default="iclevr-acc,fid",
+    show_default=True,
+    help="Evaluators, comma-separated, or 'none'.",
+)
+@click.option(
+    "--judge", default=None, help="Judge checkpoint (course format or .safetensors); default: shipped."
+)
 @click.option("--fid-weights", default=None, help="Local Inception weights for standard FID.")
 @click.option("--ref-n", default=500, show_default=True, help="Reference images for FID/KID.")
-@click.option("--batch-size", type=int, default=None, help="Sampling batch size (default: all images at once, chunked).")
+@click.option(
+    "--batch-size", type=int, default=None, help="Sampling batch size (default: all images at once, chunked)."
+)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["bf16", "fp32"]), default=None, help="Default: bf16 on CUDA, fp32 on CPU.")
+@click.option(
+    "--dtype", type=click.Choice(["bf16", "fp32"]), default=None, help="Default: bf16 on CUDA, fp32 on CPU."
+)
 @_bool_flag("compile", "torch.compile the model (default on CUDA).")
 @_bool_flag("cuda-graphs", "CUDA graphs for the step loop (default on CUDA).")
 @_bool_flag("channels-last", "channels_last memory format (default on CUDA).")
-@click.option("--allow-schedule-mismatch", is_flag=True, help="Sample with a noise schedule other than the trained one.")
+@click.option(
+    "--allow-schedule-mismatch", is_flag=True, help="Sample with a noise schedule other than the trained one."
+)
 @click.option("--no-denoising-figure", is_flag=True, help="Skip the denoising-process figure.")
 @click.option("--out", "out_dir", default="runs/latest", show_default=True, help="Output folder.")
-def run_command(schedulers, steps, seeds, guidance, evaluators, condition_files, no_denoising_figure, **options):
+def run_command(
+    schedulers, steps, seeds, guidance, evaluators, condition_files, no_denoising_figure, **options
+):
     """Sample a checkpoint under every scheduler/steps/seed cell, judge the images, write results."""
     from bench.runner import RunConfig, run
 
@@ -132,7 +162,9 @@ def _print_summary(out_dir: Path, result) -> None:
     grids = sorted({r.grid for r in result.rows if r.grid})
     if grids:
         click.echo(f"images:  {out_dir / 'images'} (<cell>/<seed>/<set>/<i>.png)")
-        click.echo(f"grids:   {', '.join(str(out_dir / g) for g in grids[:4])}{' ...' if len(grids) > 4 else ''}")
+        click.echo(
+            f"grids:   {', '.join(str(out_dir / g) for g in grids[:4])}{' ...' if len(grids) > 4 else ''}"
+        )
     if "denoising" in result.figures:
         click.echo(f"denoising figure: {out_dir / result.figures['denoising']}")
     failed = [r for r in result.rows if r.error]
@@ -142,21 +174,30 @@ def _print_summary(out_dir: Path, result) -> None:
 
 @main.command("report")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", default="github", show_default=True,
-              help="Reporter plugin: github, latex, csv, json, html, plain.")
-@click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write the accuracy vs images/s plot here.")
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the report here (else stdout).")
+@click.option(
+    "--format",
+    "fmt",
+    default="github",
+    show_default=True,
+    help="Reporter plugin: github, latex, csv, json, html, plain.",
+)
+@click.option(
+    "--plot", default=None, type=click.Path(dir_okay=False), help="Write the accuracy vs images/s plot here."
+)
+@click.option(
+    "--out", default=None, type=click.Path(dir_okay=False), help="Write the report here (else stdout)."
+)
 def report_command(files, fmt, plot, out) -> None:
     """Render tables (and a plot, or an html page) from results files."""
     from bench.report import render_report
 
-    text = render_report([Path(f) for f in files], fmt, plot=Path(plot) if plot else None,
-                         out=Path(out) if out else None)
+    text = render_report(
+        [Path(f) for f in files], fmt, plot=Path(plot) if plot else None, out=Path(out) if out else None
+    )
     if out is None:
         click.echo(text)
     else:
         click.echo(f"wrote {out}", err=True)
-
 
 
 @main.group("data")
@@ -175,8 +216,9 @@ def data_synth(out_dir, scenes, seed, split, max_objects, device) -> None:
     """Render a synthetic i-CLEVR folder in the real format (PNGs, train.json, objects.json)."""
     from bench_builtins.datasets.synthetic.export import write_synthetic_folder
 
-    out = write_synthetic_folder(out_dir, scenes=scenes, seed=seed, split=split, max_objects=max_objects,
-                                 device=device)
+    out = write_synthetic_folder(
+        out_dir, scenes=scenes, seed=seed, split=split, max_objects=max_objects, device=device
+    )
     click.echo(f"wrote {out}")
 
 
@@ -238,9 +280,23 @@ def _dataset(name: str, data_root: str | None, **options):
 @click.option("--max-minutes", default=None, type=float, help="Stop after this wall time.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Judge .safetensors file.")
-def train_judge_command(data, data_root, scenes, max_objects, heldout_scenes, epochs, batch_size, lr,
-                        max_minutes, seed, device, out_path) -> None:
+@click.option(
+    "--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Judge .safetensors file."
+)
+def train_judge_command(
+    data,
+    data_root,
+    scenes,
+    max_objects,
+    heldout_scenes,
+    epochs,
+    batch_size,
+    lr,
+    max_minutes,
+    seed,
+    device,
+    out_path,
+) -> None:
     """Train the ResNet18 accuracy judge on a dataset in the i-CLEVR format."""
     from bench.runner import resolve_device
     from bench_builtins.evaluators.judge_training import train_judge
@@ -252,11 +308,19 @@ def train_judge_command(data, data_root, scenes, max_objects, heldout_scenes, ep
     heldout = None
     if synthetic:
         heldout = _dataset(data, None, scenes=heldout_scenes, max_objects=max_objects, split="heldout")
-    metrics = train_judge(dataset, out_path, heldout=heldout, epochs=epochs, batch_size=batch_size, lr=lr,
-                          device=device, seed=seed, time_limit_s=max_minutes * 60 if max_minutes else None,
-                          log=lambda m: click.echo(m, err=True))
+    metrics = train_judge(
+        dataset,
+        out_path,
+        heldout=heldout,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        device=device,
+        seed=seed,
+        time_limit_s=max_minutes * 60 if max_minutes else None,
+        log=lambda m: click.echo(m, err=True),
+    )
     click.echo(json.dumps(metrics, indent=2, default=str))
-
 
 
 @main.command("train")
@@ -272,8 +336,13 @@ def train_judge_command(data, data_root, scenes, max_objects, heldout_scenes, ep
 @click.option("--max-steps", type=int, default=None)
 @click.option("--max-minutes", type=float, default=None, help="Wall-time budget.")
 @click.option("--ema", "ema_decay", type=float, default=None, help="EMA decay (0: none).")
-@click.option("--cond-drop", "cond_drop_prob", type=float, default=None,
-              help="Condition dropout for classifier-free guidance (0.1 typical).")
+@click.option(
+    "--cond-drop",
+    "cond_drop_prob",
+    type=float,
+    default=None,
+    help="Condition dropout for classifier-free guidance (0.1 typical).",
+)
 @click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints.")
 @_bool_flag("compile", "torch.compile the model (default on CUDA).")
 @click.option("--seed", type=int, default=None)
@@ -295,8 +364,11 @@ def train_command(recipe, data, data_root, scenes, **options) -> None:
     extra = {"scenes": scenes} if scenes else {}
     dataset = _dataset(data, data_root, **extra)
     summary = train(config, dataset)
-    click.echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(summary).items()},
-                          indent=2, default=str))
+    click.echo(
+        json.dumps(
+            {k: str(v) if isinstance(v, Path) else v for k, v in vars(summary).items()}, indent=2, default=str
+        )
+    )
 
 
 @main.command("export")

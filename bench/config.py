@@ -22,7 +22,9 @@ def read_config_file(path: str | Path, command: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise click.BadParameter(f"config file {path} does not exist", param_hint="--config") from None
     except tomllib.TOMLDecodeError as e:
-        raise click.BadParameter(f"config file {path} is not valid TOML: {e}", param_hint="--config") from None
+        raise click.BadParameter(
+            f"config file {path} is not valid TOML: {e}", param_hint="--config"
+        ) from None
     section = data.get(command, {})
     flat = {k: v for k, v in data.items() if not isinstance(v, dict)}
     merged = {**flat, **(section if isinstance(section, dict) else {})}
@@ -52,8 +54,12 @@ def _apply_config(ctx: click.Context, _param: click.Parameter, value: str | None
 def config_option(f):
     """The ``--config FILE`` option; processed first so its values become defaults."""
     return click.option(
-        "--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
-        callback=_apply_config, help="TOML file of option defaults; command-line flags win.",
+        "--config",
+        type=click.Path(dir_okay=False),
+        is_eager=True,
+        expose_value=False,
+        callback=_apply_config,
+        help="TOML file of option defaults; command-line flags win.",
     )(f)
 
 

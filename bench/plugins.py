@@ -92,7 +92,8 @@ def _unknown_hooks(module: ModuleType) -> list[str]:
     known = {n for n in dir(hookspecs) if n.startswith("register_")}
     marker = f"{PROJECT_NAME}_impl"
     return [
-        attr for attr in dir(module)
+        attr
+        for attr in dir(module)
         if getattr(getattr(module, attr, None), marker, None) is not None and attr not in known
     ]
 
@@ -101,7 +102,9 @@ def _register_module(plugins: Plugins, module: ModuleType, name: str) -> None:
     unknown = _unknown_hooks(module)
     if unknown:
         hint = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("register_")))
-        raise pluggy.PluginValidationError(module, f"unknown hook(s) {', '.join(unknown)}; known hooks: {hint}")
+        raise pluggy.PluginValidationError(
+            module, f"unknown hook(s) {', '.join(unknown)}; known hooks: {hint}"
+        )
     plugins.manager.register(module, name=name)
 
 
@@ -112,6 +115,7 @@ def _fill_registries(plugins: Plugins) -> None:
         plugins.registries[kind] = registry
         caller = getattr(plugins.manager.hook, f"register_{kind}")
         for impl in caller.get_hookimpls():  # registration order: built-ins first, so they own their names
+
             def register(name, factory, aliases=(), _plugin=impl.plugin_name, _reg=registry):
                 _reg.add(name, factory, aliases, plugin=_plugin)
 

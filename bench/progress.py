@@ -12,11 +12,17 @@ import click
 T = TypeVar("T")
 
 
-def progress(items: Iterable[T], label: str, length: int | None = None,
-             status: Callable[[], str] | None = None) -> Iterator[T]:
+def progress(
+    items: Iterable[T], label: str, length: int | None = None, status: Callable[[], str] | None = None
+) -> Iterator[T]:
     """Yield ``items`` while drawing a bar; ``status()`` adds live text (loss, images/s)."""
     with click.progressbar(
-        items, length=length, label=label, file=sys.stderr, show_pos=True, show_eta=True,
+        items,
+        length=length,
+        label=label,
+        file=sys.stderr,
+        show_pos=True,
+        show_eta=True,
         item_show_func=(lambda _item: status()) if status else None,
     ) as bar:
         yield from bar

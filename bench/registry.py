@@ -40,7 +40,9 @@ class Registry:
         if not isinstance(name, str) or not name:
             raise RegistryError(f"plugin {plugin!r} registered a {self.kind} with an invalid name {name!r}")
         if not callable(factory):
-            raise RegistryError(f"plugin {plugin!r} registered {self.kind} {name!r} with a non-callable factory")
+            raise RegistryError(
+                f"plugin {plugin!r} registered {self.kind} {name!r} with a non-callable factory"
+            )
         aliases = (aliases,) if isinstance(aliases, str) else tuple(aliases)
         for key in (name, *aliases):
             if key in self._names:
@@ -61,7 +63,9 @@ class Registry:
         close = difflib.get_close_matches(name, list(self._names), n=3, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         known = ", ".join(sorted(self._entries)) or "none"
-        raise RegistryError(f"unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} {name!r}.{hint} Known: {known}.")
+        raise RegistryError(
+            f"unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} {name!r}.{hint} Known: {known}."
+        )
 
     def __contains__(self, name: str) -> bool:
         return name in self._names

@@ -478,4 +478,3 @@ def render_report(
 def _short(message: str, limit: int = 160) -> str:
     """An error cell short enough for a table; results.json keeps the whole message."""
     return message if len(message) <= limit else message[: limit - 1].rstrip() + "…"
-

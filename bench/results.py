@@ -53,7 +53,7 @@ class RunResult:
     rows: list[Row] = field(default_factory=list)
     figures: dict[str, str] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,8 +81,13 @@ def git_revision(cwd: Path | None = None) -> dict[str, Any]:
     cwd = cwd or Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return {"revision": None, "dirty": None}
     if rev.returncode != 0:
@@ -121,7 +126,9 @@ def load_results(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ResultsError(f"results file {path} is not valid JSON: line {e.lineno} column {e.colno}: {e.msg}") from e
+        raise ResultsError(
+            f"results file {path} is not valid JSON: line {e.lineno} column {e.colno}: {e.msg}"
+        ) from e
     if not isinstance(data, dict):
         raise ResultsError(f"results file {path} holds a {type(data).__name__}, expected an object")
     return data

@@ -263,7 +263,7 @@ def _sample_sharded(sample, rank: int, size: int, model, scheduler, conditions, 
     failure = None
     barrier()
     try:
-        mine = sample(model, scheduler, conditions[part], seed=shard_seed(seed, part.start), **kwargs)
+        mine = sample(model, scheduler, conditions[part], seed=seed, first_index=part.start, **kwargs)
     except Exception as error:  # noqa: BLE001 - every process must reach the gather below
         mine, failure = None, error
     parts = gather(mine if failure is None else f"{type(failure).__name__}: {failure}")
@@ -282,24 +282,6 @@ def _sample_sharded(sample, rank: int, size: int, model, scheduler, conditions, 
         warmup_seconds=max(p.warmup_seconds for p in parts),
         peak_memory_mb=max(peaks) if peaks else None,
     )
-
-
-def shard_seed(seed: int, first: int) -> int:
-    """A run seed under which image ``i`` gets the generator seed of image ``first + i`` under ``seed``.
-
-    ``image_seed(seed, i) = (seed * A + i) mod M`` with ``A`` prime to ``M``, so
-    ``seed + first / A (mod M)`` shifts every image index by ``first``; checked against
-    ``image_seed`` itself.
-    """
-    from bench.sampling import image_seed
-
-    if first == 0:
-        return seed
-    modulus, factor = 2**63 - 1, 1_000_003
-    shifted = (seed + first * pow(factor, -1, modulus)) % modulus
-    if any(image_seed(shifted, i) != image_seed(seed, first + i) for i in (0, 1)):
-        raise RuntimeError("bench.sampling.image_seed changed: shard_seed no longer matches it")
-    return shifted
 
 
 def _warm_up(model, conditions, train_noise, device, options, sample) -> None:

@@ -224,8 +224,13 @@ def sample(
     allow_schedule_mismatch: bool = False,
     image_shape: tuple[int, int, int] | None = None,
     show_progress: bool = False,
+    first_index: int = 0,
 ) -> SampleResult:
     """Sample one image per row of ``conditions`` (N, num_labels multi-hot).
+
+    Row ``i`` is image ``first_index + i`` of the run: its noise comes from
+    ``image_seed(seed, first_index + i)``, so a shard of the rows sampled elsewhere gives the
+    same images as the whole run in one place.
 
     ``scheduler`` is a registered name or a factory ``factory(train_config, **options)``;
     ``train_config`` is the checkpoint's noise-schedule config. ``steps`` defaults to the
@@ -259,7 +264,7 @@ def sample(
         cond = conditions[start : start + batch]
         if len(cond) < batch:
             cond = torch.cat([cond, cond.new_zeros(batch - len(cond), cond.shape[1])])
-        gens = [torch.Generator(device).manual_seed(image_seed(seed, i)) for i in idx]
+        gens = [torch.Generator(device).manual_seed(image_seed(seed, first_index + i)) for i in idx]
         return cond, gens
 
     warmup = 0.0

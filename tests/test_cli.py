@@ -45,7 +45,9 @@ def _capture_train(monkeypatch) -> dict:
 
 def test_train_flags_override_the_recipe_and_no_compile_is_kept(runner, monkeypatch) -> None:
     seen = _capture_train(monkeypatch)
-    result = runner.invoke(cli.main, ["train", "--recipe", "reference", "--no-compile", "--lr", "3e-4", "--ema", "0"])
+    result = runner.invoke(
+        cli.main, ["train", "--recipe", "reference", "--no-compile", "--lr", "3e-4", "--ema", "0"]
+    )
     assert result.exit_code == 0, result.output
     config = seen["config"]
     assert config.compile is False  # an explicit --no-compile must reach the trainer
@@ -76,9 +78,26 @@ def test_unknown_scheduler_in_matrix_records_an_error_row_and_the_rest_run(runne
     out = tmp_path / "run"
     result = runner.invoke(
         cli.main,
-        ["run", "--checkpoint", "random", "--preset", "tiny", "--scheduler", "ddim,no-such-sched",
-         "--steps", "2", "--seeds", "0", "--evaluators", "none", "--no-denoising-figure",
-         "--device", "cpu", "--out", str(out)],
+        [
+            "run",
+            "--checkpoint",
+            "random",
+            "--preset",
+            "tiny",
+            "--scheduler",
+            "ddim,no-such-sched",
+            "--steps",
+            "2",
+            "--seeds",
+            "0",
+            "--evaluators",
+            "none",
+            "--no-denoising-figure",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
     )
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "results.json").read_text())["rows"]
@@ -93,15 +112,31 @@ def test_bad_condition_file_is_one_clear_line(runner, tmp_path) -> None:
     bad = tmp_path / "c.json"
     bad.write_text('[["red sphere", "purple dragon"]]')
     result = runner.invoke(
-        cli.main, ["run", "--checkpoint", "random", "--preset", "tiny", "--conditions", str(bad),
-                   "--evaluators", "none", "--device", "cpu", "--out", str(tmp_path / "o")],
+        cli.main,
+        [
+            "run",
+            "--checkpoint",
+            "random",
+            "--preset",
+            "tiny",
+            "--conditions",
+            str(bad),
+            "--evaluators",
+            "none",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "o"),
+        ],
     )
     assert result.exit_code == 2
     assert "purple dragon" in result.output and "c.json" in result.output
     assert "Traceback" not in result.output
 
 
-def test_a_folder_in_the_real_layout_trains_and_runs_without_conversion(runner, tmp_path, monkeypatch) -> None:
+def test_a_folder_in_the_real_layout_trains_and_runs_without_conversion(
+    runner, tmp_path, monkeypatch
+) -> None:
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     folder = tmp_path / "iclevr"
     assert runner.invoke(cli.main, ["data", "synth", "--out", str(folder), "--scenes", "2"]).exit_code == 0
@@ -111,8 +146,23 @@ def test_a_folder_in_the_real_layout_trains_and_runs_without_conversion(runner, 
     out = tmp_path / "train"
     result = runner.invoke(
         cli.main,
-        ["train", "--data", "iclevr", "--data-root", str(folder), "--preset", "tiny", "--max-steps", "2",
-         "--batch-size", "2", "--device", "cpu", "--out", str(out)],
+        [
+            "train",
+            "--data",
+            "iclevr",
+            "--data-root",
+            str(folder),
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert (out / "checkpoint" / "config.json").exists()
@@ -120,11 +170,28 @@ def test_a_folder_in_the_real_layout_trains_and_runs_without_conversion(runner, 
     shipped = tmp_path / "tiny.safetensors"
     assert runner.invoke(cli.main, ["export", str(out / "checkpoint"), str(shipped)]).exit_code == 0
     conditions = tmp_path / "c.json"
-    assert runner.invoke(cli.main, ["data", "conditions", "--out", str(conditions), "--n", "3"]).exit_code == 0
+    assert (
+        runner.invoke(cli.main, ["data", "conditions", "--out", str(conditions), "--n", "3"]).exit_code == 0
+    )
     result = runner.invoke(
         cli.main,
-        ["run", "--checkpoint", str(shipped), "--conditions", str(conditions), "--scheduler", "dpm++2m",
-         "--steps", "2", "--evaluators", "none", "--device", "cpu", "--out", str(tmp_path / "run")],
+        [
+            "run",
+            "--checkpoint",
+            str(shipped),
+            "--conditions",
+            str(conditions),
+            "--scheduler",
+            "dpm++2m",
+            "--steps",
+            "2",
+            "--evaluators",
+            "none",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "run"),
+        ],
     )
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "run" / "results.json").read_text())["rows"]

@@ -13,8 +13,6 @@ import pytest
 from PIL import Image
 
 from bench.distributed import gather, launched, shard, world
-from bench.runner import shard_seed
-from bench.sampling import image_seed
 
 RUN = [
     "run",
@@ -37,12 +35,27 @@ def test_shards_cover_every_row_once_in_order() -> None:
             assert max(p.stop - p.start for p in parts) - min(p.stop - p.start for p in parts) <= 1
 
 
-def test_shard_seed_gives_each_image_its_one_process_seed() -> None:
-    for seed in (0, 1, 7, 123_456):
-        for first in (0, 1, 32, 999):
-            shifted = shard_seed(seed, first)
-            expected = [image_seed(seed, first + i) for i in range(5)]
-            assert [image_seed(shifted, i) for i in range(5)] == expected
+def test_a_shard_sampled_alone_gives_the_same_images_as_the_whole_run() -> None:
+    import torch
+
+    from bench.noise import noise_config
+    from bench.plugins import get
+    from bench.sampling import SamplingOptions, sample
+
+    torch.manual_seed(0)
+    model = get("models", "ddpm-unet").factory(preset="tiny")
+    conditions = torch.zeros(5, 24)
+    conditions[:, 3] = 1
+    kwargs = dict(
+        train_config=noise_config("cosine"),
+        steps=2,
+        seed=7,
+        device="cpu",
+        options=SamplingOptions.plain(batch_size=5),
+    )
+    whole = sample(model, "ddim", conditions, **kwargs).images
+    tail = sample(model, "ddim", conditions[2:], first_index=2, **kwargs).images
+    assert torch.equal(whole[2:], tail)
 
 
 def test_one_process_is_rank_zero_of_one(monkeypatch: pytest.MonkeyPatch) -> None:

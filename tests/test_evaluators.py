@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import socket
 
-import bench_builtins.evaluators.accuracy as acc_mod
-import bench_builtins.evaluators.fid as fid_mod
 import pytest
 import torch
 import torchvision
-from bench_builtins.evaluators.judge import JudgeError, load_judge
 from torch import nn
 
+import bench_builtins.evaluators.accuracy as acc_mod
+import bench_builtins.evaluators.fid as fid_mod
 from bench.plugins import get_plugins
+from bench_builtins.evaluators.judge import JudgeError, load_judge
 
 
 def course_net(seed: int = 0) -> nn.Module:
