@@ -150,7 +150,8 @@ def run_command(
         **options,
     )
     result = run(config, log=lambda m: click.echo(m, err=True))
-    _print_summary(Path(config.out_dir), result)
+    if result is not None:  # None on the other processes of a multi-process run
+        _print_summary(Path(config.out_dir), result)
 
 
 def _print_summary(out_dir: Path, result) -> None:

@@ -3,7 +3,6 @@ timed, judged and written as result rows. A failing cell records its error and t
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 import traceback
@@ -136,33 +135,49 @@ def _reference_dataset(config: RunConfig, plugins: Plugins):
     return entry.factory(data_root=config.data_root)
 
 
-def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResult:
+@dataclass
+class _Run:
+    """What every cell of one ``bench run`` shares: loaded once, passed as one object."""
+
+    config: RunConfig
+    plugins: Plugins
+    device: str
+    model: Any
+    train_noise: dict[str, Any]
+    meta: dict[str, Any]
+    labels: list[str]
+    sets: list[ConditionSet]
+    conditions: Any  # (N, 24) multi-hot of every set, concatenated
+    spans: dict[str, tuple[int, int]]  # set name -> its rows in ``conditions``
+    options: Any  # resolved SamplingOptions
+    evaluators: dict[str, Any]
+    out_dir: Path
+    log: Any
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResult | None:
     """Run every cell of the matrix and write ``results.json`` into ``config.out_dir``.
 
     Under ``accelerate launch``/``torchrun`` with several processes each process samples its
     contiguous shard of every cell (the same images as one process: seeds are per image) and the
-    main process gathers them, evaluates, writes every file and logs. The other processes leave
-    with ``SystemExit(0)`` once the last cell is sampled, so that only the main process prints.
+    main process gathers them, evaluates, writes every file and returns the result; the other
+    processes return None.
     """
-    import torch
-
-    from bench.images import save_denoising_strip, save_grid, save_images
-    from bench.sampling import SamplingOptions, sample
+    from bench.sampling import SamplingOptions
 
     plugins = plugins or get_plugins()
     device = resolve_device(config.device)
     rank, size = world(device)
     device = process_device(device)
-    main = rank == 0
-    if not main:
-        log = _quiet
-    out_dir = Path(config.out_dir)
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
     labels = load_labels_spec()
     sets = _condition_sets(config, labels)
     model, train_noise, meta = _load_model(config, plugins, device)
-    evaluators = _make_evaluators(config, plugins, device, labels) if main else {}
     options = SamplingOptions(
         dtype=config.dtype,
         channels_last=config.channels_last,
@@ -170,12 +185,30 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         cuda_graphs=config.cuda_graphs,
         batch_size=config.batch_size or 256,
     ).resolved(device)
-    all_conditions = multi_hot([c for s in sets for c in s.conditions], labels)
     spans, start = {}, 0
     for s in sets:
         spans[s.name] = (start, start + len(s.conditions))
         start += len(s.conditions)
-
+    ctx = _Run(
+        config=config,
+        plugins=plugins,
+        device=device,
+        model=model,
+        train_noise=train_noise,
+        meta=meta,
+        labels=labels,
+        sets=sets,
+        conditions=multi_hot([c for s in sets for c in s.conditions], labels),
+        spans=spans,
+        options=options,
+        evaluators=_make_evaluators(config, plugins, device, labels) if rank == 0 else {},
+        out_dir=Path(config.out_dir),
+        log=log if rank == 0 else _quiet,
+        rank=rank,
+        size=size,
+    )
+    if ctx.main:
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
     result = RunResult(
         config={
             **config.to_dict(),
@@ -186,62 +219,27 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         seeds=list(config.seeds),
         environment=environment(device),
     )
-    sample_all = functools.partial(_sample_sharded, sample, rank, size)
-    _warm_up(
-        model, all_conditions[shard(len(all_conditions), rank, size)], train_noise, device, options, sample
-    )
-    cells = list(itertools.product(config.schedulers, config.steps, config.guidance))
-    for scheduler_name, steps, guidance in cells:
+    _warm_up(ctx)
+    for scheduler_name, steps, guidance in itertools.product(
+        config.schedulers, config.steps, config.guidance
+    ):
         for seed in config.seeds:
-            cell_rows = _run_cell(
-                config,
-                plugins,
-                model,
-                train_noise,
-                scheduler_name,
-                steps,
-                guidance,
-                seed,
-                sets,
-                spans,
-                all_conditions,
-                options,
-                evaluators,
-                out_dir,
-                meta,
-                log,
-                device,
-                sample=sample_all,
-                save_images=save_images,
-                save_grid=save_grid,
-                processes=size,
-                main=main,
-            )
-            if main:
-                result.rows.extend(cell_rows)
-                result.write(out_dir / "results.json")  # after every cell: an interrupted run keeps its rows
+            rows = _run_cell(ctx, scheduler_name, steps, guidance, seed)
+            if ctx.main:
+                result.rows.extend(rows)
+                result.write(
+                    ctx.out_dir / "results.json"
+                )  # after every cell: an interrupted run keeps its rows
     if size > 1:
         finish()  # every shard is in: the process group is done
-        if not main:
-            raise SystemExit(0)  # the main process writes the rest and prints
-
+    if not ctx.main:
+        return None  # the main process writes the rest and prints
     if config.denoising_figure:
         try:
-            result.figures["denoising"] = _denoising_figure(
-                model,
-                train_noise,
-                config,
-                plugins,
-                labels,
-                device,
-                out_dir,
-                sample,
-                save_denoising_strip,
-            )
+            result.figures["denoising"] = _denoising_figure(ctx)
         except Exception as error:  # noqa: BLE001 - the figure must not lose the measured rows
             log(f"warning: denoising figure failed: {error}")
-    result.write(out_dir / "results.json")
-    del torch
+    result.write(ctx.out_dir / "results.json")
     return result
 
 
@@ -249,21 +247,24 @@ def _quiet(message: str) -> None:
     """The log of the processes other than the main one."""
 
 
-def _sample_sharded(sample, rank: int, size: int, model, scheduler, conditions, *, seed: int, **kwargs):
-    """``sample`` over all ``conditions``; across ``size`` processes each samples its contiguous
-    shard (with the seeds its images have in one process); the main process gets all images.
-
-    Timing: the processes start together; ``seconds`` is the slowest one's.
+def _sample_all(ctx: _Run, scheduler, *, seed: int, **kwargs):
+    """Sample every row of ``ctx.conditions``; across several processes each samples its
+    contiguous shard (with the seeds its images have in one process) and the main process gets
+    all images. Timing: the processes start together; ``seconds`` is the slowest one's.
     """
-    if size == 1:
-        return sample(model, scheduler, conditions, seed=seed, **kwargs)
     import torch
 
-    part = shard(len(conditions), rank, size)
+    from bench.sampling import sample
+
+    args = dict(train_config=ctx.train_noise, device=ctx.device, options=ctx.options, seed=seed, **kwargs)
+    if ctx.size == 1:
+        return sample(ctx.model, scheduler, ctx.conditions, **args)
+    size = ctx.size
+    part = shard(len(ctx.conditions), ctx.rank, size)
     failure = None
     barrier()
     try:
-        mine = sample(model, scheduler, conditions[part], seed=seed, first_index=part.start, **kwargs)
+        mine = sample(ctx.model, scheduler, ctx.conditions[part], first_index=part.start, **args)
     except Exception as error:  # noqa: BLE001 - every process must reach the gather below
         mine, failure = None, error
     parts = gather(mine if failure is None else f"{type(failure).__name__}: {failure}")
@@ -284,80 +285,65 @@ def _sample_sharded(sample, rank: int, size: int, model, scheduler, conditions, 
     )
 
 
-def _warm_up(model, conditions, train_noise, device, options, sample) -> None:
+def _warm_up(ctx: _Run) -> None:
     """One untimed 1-step pass at the timed batch shape: first-call costs (allocator, kernel
     selection, lazy init) must not land in the first cell's images/s."""
-    batch = conditions[: options.batch_size]
-    sample(model, "ddim", batch, train_config=train_noise, steps=1, device=device, options=options)
+    from bench.sampling import sample
+
+    mine = ctx.conditions[shard(len(ctx.conditions), ctx.rank, ctx.size)]
+    sample(
+        ctx.model,
+        "ddim",
+        mine[: ctx.options.batch_size],
+        train_config=ctx.train_noise,
+        steps=1,
+        device=ctx.device,
+        options=ctx.options,
+    )
 
 
-def _run_cell(
-    config,
-    plugins,
-    model,
-    train_noise,
-    scheduler_name,
-    steps,
-    guidance,
-    seed,
-    sets,
-    spans,
-    all_conditions,
-    options,
-    evaluators,
-    out_dir,
-    meta,
-    log,
-    device,
-    *,
-    sample,
-    save_images,
-    save_grid,
-    processes=1,
-    main=True,
-):
-    rows = []
+def _run_cell(ctx: _Run, scheduler_name: str, steps: int | None, guidance: float, seed: int) -> list[Row]:
+    """One cell: sample every condition set at once, then save, time and judge each set."""
+    from bench.images import save_grid, save_images
+
+    config, rows = ctx.config, []
     base = dict(
         model=config.model,
         scheduler=scheduler_name,
         steps=steps or 0,
         seed=seed,
         guidance=guidance,
-        checkpoint=str(meta.get("checkpoint", "")),
+        checkpoint=str(ctx.meta.get("checkpoint", "")),
     )
     try:
-        entry = plugins.registry("schedulers").get(scheduler_name)
+        entry = ctx.plugins.registry("schedulers").get(scheduler_name)
         steps = steps or getattr(entry.factory, "default_steps", None) or 100
         base["steps"] = steps
-        result = sample(
-            model,
+        result = _sample_all(
+            ctx,
             entry.factory,
-            all_conditions,
-            train_config=train_noise,
-            steps=steps,
             seed=seed,
+            steps=steps,
             guidance=guidance,
-            device=device,
-            options=options,
             allow_schedule_mismatch=config.allow_schedule_mismatch,
         )
     except Exception as error:  # noqa: BLE001 - one failing cell must not stop the matrix
-        log(f"cell {scheduler_name} steps={steps} guidance={guidance} seed={seed} failed: {error}")
-        for s in sets:
-            rows.append(
-                Row(
-                    **base,
-                    condition_set=s.name,
-                    n_images=len(s.conditions),
-                    error=f"{type(error).__name__}: {error}",
-                )
-            )
+        ctx.log(f"cell {scheduler_name} steps={steps} guidance={guidance} seed={seed} failed: {error}")
         if os.environ.get("BENCH_DEBUG"):
             traceback.print_exc()
-        return rows
-    if not main:
+        return [
+            Row(
+                **base,
+                condition_set=s.name,
+                n_images=len(s.conditions),
+                error=f"{type(error).__name__}: {error}",
+            )
+            for s in ctx.sets
+        ]
+    if not ctx.main:
         return rows  # the main process saves, evaluates and keeps the rows
     n_total = result.images.shape[0]
+    options = ctx.options
     speed = {
         "images_per_s": n_total / result.seconds if result.seconds else None,
         "s_per_image": result.seconds / n_total,
@@ -365,25 +351,25 @@ def _run_cell(
         "peak_memory_mb": result.peak_memory_mb,
         "batch_size": options.batch_size,
         "dtype": options.dtype,
-        "device": device,
+        "device": ctx.device,
         "compile": options.compile,
         "cuda_graphs": options.cuda_graphs,
         "warmup_seconds": result.warmup_seconds,
         "total_images": n_total,
         "seconds": result.seconds,
-        "processes": processes,
+        "processes": ctx.size,
     }
-    cell_dir = out_dir / "images" / f"{scheduler_name}-{steps}-g{guidance:g}" / f"seed{seed}"
-    for s in sets:
-        lo, hi = spans[s.name]
-        images, conditions = result.images[lo:hi], all_conditions[lo:hi]
+    cell_dir = ctx.out_dir / "images" / f"{scheduler_name}-{steps}-g{guidance:g}" / f"seed{seed}"
+    for s in ctx.sets:
+        lo, hi = ctx.spans[s.name]
+        images, conditions = result.images[lo:hi], ctx.conditions[lo:hi]
         row = Row(**base, condition_set=s.name, n_images=hi - lo, speed=speed)
         if config.save_images:
             save_images(images, cell_dir / s.name)
             save_grid(images, cell_dir / f"{s.name}_grid.png", nrow=8)
-            row.images_dir = str((cell_dir / s.name).relative_to(out_dir))
-            row.grid = str((cell_dir / f"{s.name}_grid.png").relative_to(out_dir))
-        for name, evaluator in evaluators.items():
+            row.images_dir = str((cell_dir / s.name).relative_to(ctx.out_dir))
+            row.grid = str((cell_dir / f"{s.name}_grid.png").relative_to(ctx.out_dir))
+        for name, evaluator in ctx.evaluators.items():
             try:
                 row.metrics.update(evaluator(images, conditions))
             except Exception as error:  # noqa: BLE001 - keep the other metrics
@@ -392,26 +378,26 @@ def _run_cell(
     return rows
 
 
-def _denoising_figure(
-    model, train_noise, config, plugins, labels, device, out_dir, sample, save_strip
-) -> str:
-    from bench.sampling import SamplingOptions
+def _denoising_figure(ctx: _Run) -> str:
+    """x_t from noise to image, 10 frames in one row, for the reference condition."""
+    from bench.images import save_denoising_strip
+    from bench.sampling import SamplingOptions, sample
 
-    entry = plugins.registry("schedulers").get(config.schedulers[0])
-    conditions = multi_hot([DENOISING_CONDITION], labels)
+    config = ctx.config
+    entry = ctx.plugins.registry("schedulers").get(config.schedulers[0])
     result = sample(
-        model,
+        ctx.model,
         entry.factory,
-        conditions,
-        train_config=train_noise,
+        multi_hot([DENOISING_CONDITION], ctx.labels),
+        train_config=ctx.train_noise,
         steps=config.steps[0],
         seed=config.seeds[0],
         guidance=config.guidance[0],
-        device=device,
+        device=ctx.device,
         options=SamplingOptions.plain(batch_size=1),
         record_frames=9,
         allow_schedule_mismatch=config.allow_schedule_mismatch,
     )
-    path = out_dir / "denoising.png"
-    save_strip(result.frames[:, 0], path)  # frames: (F, N, 3, H, W); one image, F frames
-    return str(path.relative_to(out_dir))
+    path = ctx.out_dir / "denoising.png"
+    save_denoising_strip(result.frames[:, 0], path)  # frames: (F, N, 3, H, W); one image, F frames
+    return str(path.relative_to(ctx.out_dir))
