@@ -249,9 +249,13 @@ def build_model(model_name: str, model_config: dict[str, Any]) -> Any:
         ) from error
 
 
-def load_state_checked(model: Any, state: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict`` that names missing, unexpected and wrongly shaped keys when they differ."""
-    expected = model.state_dict()
+def state_dict_mismatch(expected: dict[str, Any], state: dict[str, Any]) -> list[str]:
+    """How ``state`` fails to fit a module whose state_dict is ``expected``: shape mismatches,
+    missing and unexpected keys, each listed (at most 8 names); empty when it fits."""
+
+    def listing(items: list[str]) -> str:
+        return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
+
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = [
@@ -259,18 +263,21 @@ def load_state_checked(model: Any, state: dict[str, torch.Tensor], source: str) 
         for k in expected
         if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
     ]
-    if missing or unexpected or shapes:
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {listing(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {listing(unexpected)}")
+    if shapes:
+        parts.append(f"shape mismatches: {listing(shapes)}")
+    return parts
 
-        def listing(items: list[str]) -> str:
-            return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
 
-        parts = []
-        if shapes:
-            parts.append(f"shape mismatches: {listing(shapes)}")
-        if missing:
-            parts.append(f"missing keys: {listing(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {listing(unexpected)}")
+def load_state_checked(model: Any, state: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict`` that names missing, unexpected and wrongly shaped keys when they differ."""
+    expected = model.state_dict()
+    parts = state_dict_mismatch(expected, state)
+    if parts:
         preset = (
             getattr(model, "config", {}).get("preset")
             if isinstance(getattr(model, "config", None), dict)

@@ -125,7 +125,9 @@ def test_judge_load_errors(course_ckpt, tmp_path):
     del wrong["layer4.1.bn2.bias"]
     bad = tmp_path / "wrong.pth"
     torch.save({"model": wrong}, bad)
-    with pytest.raises(JudgeError, match=r"missing keys.*layer4\.1\.bn2\.bias.*wrong shapes.*fc\.0\.weight"):
+    with pytest.raises(
+        JudgeError, match=r"missing keys.*layer4\.1\.bn2\.bias.*shape mismatches.*fc\.0\.weight"
+    ):
         load_judge(bad)
     other = tmp_path / "other.pth"
     torch.save({"model": {"linear.weight": torch.zeros(2, 2)}, "epoch": 3}, other)

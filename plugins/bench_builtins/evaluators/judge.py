@@ -103,22 +103,10 @@ def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def _check_keys(net: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:6])}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:6])}")
-        if wrong:
-            parts.append(f"wrong shapes (found != expected): {'; '.join(wrong[:6])}")
+    from bench.checkpoints import state_dict_mismatch
+
+    parts = state_dict_mismatch(net.state_dict(), state)
+    if parts:
         raise JudgeError(
             f"judge checkpoint {path} does not fit the judge architecture (torchvision resnet18 with "
             f"fc = Sequential(Linear(512, 24), Sigmoid())): " + " | ".join(parts)
