@@ -353,6 +353,12 @@ def train_judge_command(
 @click.option("--scenes", type=int, default=None, help="Synthetic scenes (default 6003 = 18,009 images).")
 @click.option("--out", "out_dir", default="runs/train", show_default=True, type=click.Path(file_okay=False))
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+@click.option(
+    "--init-from",
+    default=None,
+    type=click.Path(exists=True),
+    help="Start from these weights (checkpoint dir or .safetensors) with a fresh optimizer.",
+)
 def train_command(recipe, data, data_root, scenes, **options) -> None:
     """Train a model on a dataset; checkpoints, EMA, resume, loss curve."""
     from bench.training import TrainConfig, train

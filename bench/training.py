@@ -74,6 +74,7 @@ class TrainConfig:
     device: str | None = None  # default: the accelerator's device, else cuda if available, else cpu
     num_workers: int = 2  # DataLoader workers, for datasets without images_uint8()
     recipe: str = "default"
+    init_from: str | None = None  # start from these weights (a checkpoint or shipped file): fine-tuning
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -243,6 +244,11 @@ class _Trainer:
         torch.manual_seed(_mix(config.seed, 0x1417))  # the initial weights: same on every process
         self.model = build_model(config.model, {"preset": config.preset, **config.model_options})
         self.model_config = dict(self.model.config)
+        if config.init_from and not config.resume:
+            from bench.checkpoints import load_model, load_state_checked
+
+            start, _, _ = load_model(config.init_from)  # EMA weights when it has them, fp32
+            load_state_checked(self.model, start.state_dict(), str(config.init_from))
         self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)

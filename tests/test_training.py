@@ -182,3 +182,26 @@ def test_two_processes_train_and_sample(tmp_path: Path) -> None:
     one = load_checkpoint(tmp_path / "one" / "checkpoint").model_state
     for key in one:
         torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=1e-4)
+
+
+def test_init_from_starts_from_the_given_weights_and_refuses_other_presets(tmp_path: Path) -> None:
+    from bench.checkpoints import CheckpointError, export_weights, load_model
+
+    first = train(config(tmp_path / "a", max_steps=2), dataset(), show_progress=False)
+    shipped = export_weights(first.checkpoint, tmp_path / "a.safetensors", dtype="fp32")
+    source, _, _ = load_model(shipped)
+    # lr 0 and no EMA: the one step changes nothing, so the checkpoint holds the starting weights
+    tuned = train(
+        config(tmp_path / "b", max_steps=1, lr=0.0, warmup_steps=0, ema_decay=None, init_from=str(shipped)),
+        dataset(),
+        show_progress=False,
+    )
+    start, _, _ = load_model(tuned.checkpoint, use_ema=False)
+    for (name, a), (_, b) in zip(source.state_dict().items(), start.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(CheckpointError, match="do not fit"):
+        train(
+            config(tmp_path / "c", preset="small", init_from=str(shipped), max_steps=1),
+            dataset(),
+            show_progress=False,
+        )
