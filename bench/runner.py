@@ -331,14 +331,13 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int | None, guidance: float
         ctx.log(f"cell {scheduler_name} steps={steps} guidance={guidance} seed={seed} failed: {error}")
         if os.environ.get("BENCH_DEBUG"):
             traceback.print_exc()
+        message = f"{type(error).__name__}: {error}"
+        if type(error).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
+            batch = ctx.options.batch_size
+            message = f"out of GPU memory at --batch-size {batch}: try --batch-size {max(1, batch // 2)} ({message})"
+            _release_gpu_memory()
         return [
-            Row(
-                **base,
-                condition_set=s.name,
-                n_images=len(s.conditions),
-                error=f"{type(error).__name__}: {error}",
-            )
-            for s in ctx.sets
+            Row(**base, condition_set=s.name, n_images=len(s.conditions), error=message) for s in ctx.sets
         ]
     if not ctx.main:
         return rows  # the main process saves, evaluates and keeps the rows
@@ -376,6 +375,13 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int | None, guidance: float
                 row.metrics[f"{name}_error"] = f"{type(error).__name__}: {error}"
         rows.append(row)
     return rows
+
+
+def _release_gpu_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the next cell starts from a clean allocator
 
 
 def _denoising_figure(ctx: _Run) -> str:

@@ -208,3 +208,45 @@ def test_data_show_draws_a_contact_sheet(runner, tmp_path) -> None:
     from PIL import Image
 
     assert Image.open(sheet).size[0] > 64
+
+
+def test_out_of_memory_in_a_cell_names_a_batch_size_to_try(runner, tmp_path, monkeypatch) -> None:
+    import torch
+
+    import bench.sampling
+
+    real = bench.sampling.sample
+
+    def sample(*args, steps=None, **kwargs):
+        if steps != 1:  # let the 1-step warm-up through
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, steps=steps, **kwargs)
+
+    monkeypatch.setattr(bench.sampling, "sample", sample)
+    out = tmp_path / "run"
+    result = runner.invoke(
+        cli.main,
+        [
+            "run",
+            "--checkpoint",
+            "random",
+            "--preset",
+            "tiny",
+            "--scheduler",
+            "ddim",
+            "--steps",
+            "2",
+            "--batch-size",
+            "64",
+            "--evaluators",
+            "none",
+            "--no-denoising-figure",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert rows and all("try --batch-size 32" in r["error"] for r in rows)
