@@ -15,12 +15,14 @@ NGPU=$(python3 -c 'import torch; print(torch.cuda.device_count())')
 SECOND=$(( NGPU > 1 ? 1 : 0 ))
 echo "gpus: $NGPU; training ${MIN} min, judge ${JUDGE_MIN} min"
 
-CUDA_VISIBLE_DEVICES=0 python3 -m bench train-judge --max-minutes "$JUDGE_MIN" \
+# The judge's learning rate follows its epoch count (JUDGE_EPOCHS; ~1.4 s an epoch on one H200):
+# pick epochs that fit JUDGE_MIN, which is only a safety cap.
+CUDA_VISIBLE_DEVICES=0 python3 -m bench train-judge --max-minutes "$JUDGE_MIN" --epochs "${JUDGE_EPOCHS:-30}" \
     --out "$OUT/judge-synthetic.safetensors" > "$OUT/judge.log" 2>&1 &
 CUDA_VISIBLE_DEVICES=0 python3 -m bench train --preset small --scheduler cosine --max-minutes "$MIN" \
-    --max-steps 1000000 --out "$OUT/small-cosine" > "$OUT/small-cosine.log" 2>&1 &
+    --max-steps 1000000 --no-compile --out "$OUT/small-cosine" > "$OUT/small-cosine.log" 2>&1 &
 CUDA_VISIBLE_DEVICES=$SECOND python3 -m bench train --preset small --scheduler linear --max-minutes "$MIN" \
-    --max-steps 1000000 --out "$OUT/small-linear" > "$OUT/small-linear.log" 2>&1 &
+    --max-steps 1000000 --no-compile --out "$OUT/small-linear" > "$OUT/small-linear.log" 2>&1 &
 wait
 tail -n 3 "$OUT"/*.log
 
