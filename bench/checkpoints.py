@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.atomic import atomic_write, atomic_write_json
+from bench.jsonfile import read_json
 from bench.weights import WEIGHTS_DIR, WeightsError, sha256_of, shipped_weights
 
 if TYPE_CHECKING:
@@ -172,10 +173,7 @@ def _read_config(path: Path) -> dict[str, Any]:
             f"{path} is not a bench checkpoint: {CONFIG_FILE} is missing (a checkpoint is a directory "
             f"written by `bench train`, or a single .safetensors file made by export_weights)"
         )
-    try:
-        return json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{config_file} is corrupt ({error})") from error
+    return read_json(config_file, CheckpointError)
 
 
 def _verify_files(path: Path, meta: dict[str, Any], names: list[str]) -> None:

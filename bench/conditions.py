@@ -8,12 +8,13 @@ position (condition index, item index) and says what to do instead.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from bench.jsonfile import read_json
 
 if TYPE_CHECKING:
     import torch
@@ -125,13 +126,7 @@ def load_condition_set(
         raise ConditionError(f"condition file {p} not found; expected a JSON list like test.json")
     if p.is_dir():
         raise ConditionError(f"condition file {p} is a folder; expected a JSON file like test.json")
-    text = p.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConditionError(
-            f"{p}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
-        ) from None
+    data = read_json(p, ConditionError)
     conditions = validate_conditions(data, labels, str(p))
     if not conditions:
         raise ConditionError(f"{p}: the condition list is empty; expected at least one condition")
@@ -159,12 +154,7 @@ def labels_from_objects_json(path: str | os.PathLike, spec_labels: Sequence[str]
         raise ConditionError(
             f"objects.json {p} not found; expected a JSON object mapping the 24 label names to 0-23"
         )
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ConditionError(
-            f"{p}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
-        ) from None
+    data = read_json(p, ConditionError)
     if not isinstance(data, dict) or not all(
         isinstance(v, int) and not isinstance(v, bool) for v in data.values()
     ):

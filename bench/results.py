@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
-import json
 import platform
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.atomic import atomic_write_json
+from bench.jsonfile import read_json
 
 SCHEMA = "bench.results/1"
 LIBRARIES = ("bench", "torch", "diffusers", "torchvision", "torchmetrics", "accelerate", "pluggy", "click")
@@ -123,12 +123,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ResultsError(f"results file {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ResultsError(
-            f"results file {path} is not valid JSON: line {e.lineno} column {e.colno}: {e.msg}"
-        ) from e
+    data = read_json(path, ResultsError)
     if not isinstance(data, dict):
         raise ResultsError(f"results file {path} holds a {type(data).__name__}, expected an object")
     return data

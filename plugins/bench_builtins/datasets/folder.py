@@ -9,11 +9,11 @@ under the cache dir, keyed by the folder's contents, so a second load takes a se
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 from bench.conditions import ConditionError, labels_from_objects_json, load_labels_spec, validate_conditions
+from bench.jsonfile import read_json
 from bench.progress import progress
 from bench_builtins.datasets.base import (
     ImageConditionDataset,
@@ -72,12 +72,7 @@ def resolve_paths(
 
 
 def read_train_json(path: Path, labels: list[str]) -> tuple[list[str], list[list[str]]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DatasetError(
-            f"{path}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
-        ) from None
+    data = read_json(path, DatasetError)
     if not isinstance(data, dict) or not data:
         raise DatasetError(
             f'{path}: expected a JSON object "image file name" -> [label names], got '
