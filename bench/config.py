@@ -39,15 +39,23 @@ def read_config_file(path: str | Path, command: str) -> dict[str, Any]:
 
 def _apply_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     if value:
-        known = {p.name for p in ctx.command.params}
+        # A key is an option as typed on the command line (``scheduler``, ``batch-size``) or its
+        # parameter name (``schedulers``); both reach the same parameter.
+        names = {p.name: p.name for p in ctx.command.params if p.name and p.name != "config"}
+        for param in ctx.command.params:
+            for opt in getattr(param, "opts", []):
+                if opt.startswith("--") and param.name != "config":
+                    names[opt[2:].replace("-", "_")] = param.name
         defaults = read_config_file(value, ctx.command.name or "")
-        unknown = sorted(set(defaults) - known)
+        unknown = sorted(set(defaults) - set(names))
         if unknown:
             raise click.BadParameter(
-                f"unknown option(s) in {value}: {', '.join(unknown)} (known: {', '.join(sorted(known - {'config'}))})",
+                f"unknown option(s) in {value}: {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(k.replace('_', '-') for k in names))})",
                 param_hint="--config",
             )
-        ctx.default_map = {**(ctx.default_map or {}), **defaults}
+        mapped = {names[k]: v for k, v in defaults.items()}
+        ctx.default_map = {**(ctx.default_map or {}), **mapped}
     return value
 
 

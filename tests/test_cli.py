@@ -250,3 +250,18 @@ def test_out_of_memory_in_a_cell_names_a_batch_size_to_try(runner, tmp_path, mon
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert rows and all("try --batch-size 32" in r["error"] for r in rows)
+
+
+def test_run_options_from_a_config_file_use_their_command_line_names(runner, tmp_path) -> None:
+    path = tmp_path / "run.toml"
+    out = tmp_path / "run"
+    path.write_text(
+        "[run]\n"
+        'scheduler = ["ddim", "euler"]\nsteps = 2\nseeds = "0-1"\ncheckpoint = "random"\npreset = "tiny"\n'
+        f'evaluators = "none"\nno-denoising-figure = true\ndevice = "cpu"\nout = "{out}"\n'
+    )
+    result = runner.invoke(cli.main, ["run", "--config", str(path), "--seeds", "3"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {r["scheduler"] for r in rows} == {"ddim", "euler"}
+    assert {r["seed"] for r in rows} == {3}  # the flag wins over the file
