@@ -220,16 +220,17 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         environment=environment(device),
     )
     _warm_up(ctx)
-    for scheduler_name, steps, guidance in itertools.product(
-        config.schedulers, config.steps, config.guidance
-    ):
-        for seed in config.seeds:
-            rows = _run_cell(ctx, scheduler_name, steps, guidance, seed)
-            if ctx.main:
-                result.rows.extend(rows)
-                result.write(
-                    ctx.out_dir / "results.json"
-                )  # after every cell: an interrupted run keeps its rows
+    cells = list(itertools.product(config.schedulers, config.steps, config.guidance, config.seeds))
+    n = len(ctx.conditions)
+    for i, (scheduler_name, steps, guidance, seed) in enumerate(cells):
+        ctx.log(
+            f"[{i + 1}/{len(cells)}] sampling {n} images: {scheduler_name}, "
+            f"{steps or 'default'} steps, guidance {guidance:g}, seed {seed}"
+        )
+        rows = _run_cell(ctx, scheduler_name, steps, guidance, seed)
+        if ctx.main:
+            result.rows.extend(rows)
+            result.write(ctx.out_dir / "results.json")  # after every cell: an interrupted run keeps its rows
     if size > 1:
         finish()  # every shard is in: the process group is done
     if not ctx.main:
