@@ -12,8 +12,6 @@ from bench.config import config_option, parse_float_list, parse_int_list, parse_
 from bench.plugins import KINDS, PluginLoadError, get_plugins
 from bench.registry import RegistryError
 
-SHIPPED_CONDITIONS = Path(__file__).resolve().parent.parent / "plugins" / "bench_builtins" / "conditions"
-
 
 class BenchGroup(click.Group):
     """Turns the errors a user can act on into one clear line and exit code 2."""
