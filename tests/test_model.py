@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from bench.plugins import get
-from bench.weights import WeightsError
 from bench_builtins.models.ddpm_unet import PRESETS, SEED_PARAMETERS, make_ddpm_unet
 
 torch.set_num_threads(1)  # 2 shared cores: OpenMP threads fighting other processes is far slower
@@ -43,12 +42,7 @@ def test_registered_as_a_model_plugin() -> None:
     entry = get("models", "ddpm-unet")
     assert entry.factory is make_ddpm_unet
     assert set(entry.factory.presets) == {"seed", "small", "base", "tiny"} == set(PRESETS)
-    try:
-        path = entry.factory.default_checkpoint()
-    except WeightsError as error:  # not shipped yet: a clear message
-        assert "ddpm-unet-small-synthetic" in str(error)
-    else:
-        assert path.name == "ddpm-unet-small-synthetic.safetensors"
+    assert entry.factory.default_checkpoint().name == "ddpm-unet-small-synthetic.safetensors"
 
 
 def test_forward_and_config_round_trip() -> None:
