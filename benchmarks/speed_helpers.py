@@ -29,6 +29,15 @@ def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+def env_modes(name: str, known: list[str] | tuple[str, ...]) -> list[str]:
+    """The modes ``$name`` selects (default: all ``known``), in ``known``'s order; unknown ones are an error."""
+    asked = env_list(name, ",".join(known))
+    unknown = sorted(set(asked) - set(known))
+    if unknown:
+        raise ValueError(f"{name}: unknown mode(s) {unknown}; known: {','.join(known)}")
+    return [m for m in known if m in asked]
+
+
 def env_ints(name: str, default: str) -> list[int]:
     return [int(item) for item in env_list(name, default)]
 

@@ -24,7 +24,7 @@ from speed_helpers import (
     RoundLog,
     env_int,
     env_ints,
-    env_list,
+    env_modes,
     make_conditions,
     make_model,
     record_sampling,
@@ -42,11 +42,8 @@ GPU_BATCHES = env_ints("BENCH_SPEED_BATCH", "256")
 GPU_STEPS = env_int("BENCH_SPEED_STEPS", 100)
 GPU_ROUNDS = env_int("BENCH_SPEED_ROUNDS", 3)
 REF_IMAGES = env_int("BENCH_SPEED_REF_IMAGES", 2)
-_MODES = env_list("BENCH_SPEED_MODES", ",".join(GPU_MODES))
-_UNKNOWN = sorted(set(_MODES) - set(GPU_MODES))
-if _UNKNOWN:
-    raise ValueError(f"BENCH_SPEED_MODES: unknown mode(s) {_UNKNOWN}; known: {','.join(GPU_MODES)}")
-BATCHED_MODES = [m for m in GPU_MODES if m in _MODES and m != "reference"]
+_MODES = env_modes("BENCH_SPEED_MODES", GPU_MODES)
+BATCHED_MODES = [m for m in _MODES if m != "reference"]
 
 # mode -> (label, options factory, dtype, compile, cuda_graphs)
 _GPU_OPTIONS: dict[str, tuple[str, Any, str, bool, bool]] = {

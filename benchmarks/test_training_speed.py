@@ -21,7 +21,7 @@ from speed_helpers import (
     device_name,
     env_int,
     env_ints,
-    env_list,
+    env_modes,
     random_dataset,
     requires_cuda,
 )
@@ -35,11 +35,7 @@ GPU_BATCHES = env_ints("BENCH_TRAIN_BATCH", "128,256")
 GPU_STEPS = env_int("BENCH_TRAIN_STEPS", 20)
 GPU_WARMUP = env_int("BENCH_TRAIN_WARMUP", 5)
 LOSS_STEPS = env_int("BENCH_TRAIN_LOSS_STEPS", 5)
-_MODES = env_list("BENCH_TRAIN_MODES", ",".join(TRAIN_MODES))
-_UNKNOWN = sorted(set(_MODES) - set(TRAIN_MODES))
-if _UNKNOWN:
-    raise ValueError(f"BENCH_TRAIN_MODES: unknown mode(s) {_UNKNOWN}; known: {','.join(TRAIN_MODES)}")
-GPU_MODES = [m for m in TRAIN_MODES if m in _MODES]
+GPU_MODES = env_modes("BENCH_TRAIN_MODES", TRAIN_MODES)
 # bf16 compiled vs bf16 eager: the same arithmetic up to kernel fusion, so losses stay close.
 LOSS_TOLERANCE = float(os.environ.get("BENCH_TRAIN_LOSS_TOL", "0.05"))
 

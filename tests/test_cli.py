@@ -17,6 +17,14 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
+# An untrained tiny model on the CPU, no evaluators: the fixed part of every `bench run` test below.
+TINY_RUN = ["run", "--checkpoint", "random", "--preset", "tiny", "--evaluators", "none", "--device", "cpu"]
+
+
+def tiny_run(runner: CliRunner, *args: str):
+    return runner.invoke(cli.main, [*TINY_RUN, *args])
+
+
 def test_matrix_values_parse_ranges_and_lists() -> None:
     assert parse_int_list("0-4") == [0, 1, 2, 3, 4]
     assert parse_int_list("25,100") == [25, 100]
@@ -76,29 +84,10 @@ def test_unknown_key_in_config_file_is_an_error(runner, tmp_path) -> None:
 
 def test_unknown_scheduler_in_matrix_records_an_error_row_and_the_rest_run(runner, tmp_path) -> None:
     out = tmp_path / "run"
-    result = runner.invoke(
-        cli.main,
-        [
-            "run",
-            "--checkpoint",
-            "random",
-            "--preset",
-            "tiny",
-            "--scheduler",
-            "ddim,no-such-sched",
-            "--steps",
-            "2",
-            "--seeds",
-            "0",
-            "--evaluators",
-            "none",
-            "--no-denoising-figure",
-            "--device",
-            "cpu",
-            "--out",
-            str(out),
-        ],
-    )
+    result = tiny_run(
+        runner, "--scheduler", "ddim,no-such-sched", "--steps", "2", "--seeds", "0", "--no-denoising-figure",
+        "--out", str(out),
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "results.json").read_text())["rows"]
     ok = [r for r in rows if r["scheduler"] == "ddim"]
@@ -111,24 +100,7 @@ def test_unknown_scheduler_in_matrix_records_an_error_row_and_the_rest_run(runne
 def test_bad_condition_file_is_one_clear_line(runner, tmp_path) -> None:
     bad = tmp_path / "c.json"
     bad.write_text('[["red sphere", "purple dragon"]]')
-    result = runner.invoke(
-        cli.main,
-        [
-            "run",
-            "--checkpoint",
-            "random",
-            "--preset",
-            "tiny",
-            "--conditions",
-            str(bad),
-            "--evaluators",
-            "none",
-            "--device",
-            "cpu",
-            "--out",
-            str(tmp_path / "o"),
-        ],
-    )
+    result = tiny_run(runner, "--conditions", str(bad), "--out", str(tmp_path / "o"))
     assert result.exit_code == 2
     assert "purple dragon" in result.output and "c.json" in result.output
     assert "Traceback" not in result.output
@@ -224,29 +196,10 @@ def test_out_of_memory_in_a_cell_names_a_batch_size_to_try(runner, tmp_path, mon
 
     monkeypatch.setattr(bench.sampling, "sample", sample)
     out = tmp_path / "run"
-    result = runner.invoke(
-        cli.main,
-        [
-            "run",
-            "--checkpoint",
-            "random",
-            "--preset",
-            "tiny",
-            "--scheduler",
-            "ddim",
-            "--steps",
-            "2",
-            "--batch-size",
-            "64",
-            "--evaluators",
-            "none",
-            "--no-denoising-figure",
-            "--device",
-            "cpu",
-            "--out",
-            str(out),
-        ],
-    )
+    result = tiny_run(
+        runner, "--scheduler", "ddim", "--steps", "2", "--batch-size", "64", "--no-denoising-figure",
+        "--out", str(out),
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert rows and all("try --batch-size 32" in r["error"] for r in rows)
