@@ -329,6 +329,13 @@ def train_judge_command(
 @click.option("--preset", default=None, help="Model preset: seed, base, small, tiny.")
 @click.option("--scheduler", default=None, help="Training noise schedule: cosine or linear.")
 @click.option("--timesteps", "num_train_timesteps", type=int, default=None, help="Training timesteps.")
+@click.option(
+    "--prediction",
+    "prediction_type",
+    type=click.Choice(["epsilon", "v_prediction"]),
+    default=None,
+    help="What the network predicts (default epsilon, as the reference).",
+)
 @click.option("--lr", type=float, default=None)
 @click.option("--batch-size", type=int, default=None, help="Global batch size.")
 @click.option("--epochs", type=int, default=None)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 ALLOW_MISMATCH_FLAG = "--allow-schedule-mismatch"
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 class ScheduleMismatchError(Exception):
@@ -33,12 +34,19 @@ def noise_config(
     num_train_timesteps: int = 1000,
     *,
     timestep_spacing: str = "trailing",
+    prediction_type: str = "epsilon",
 ) -> dict[str, Any]:
     """The training noise-schedule config for a scheduler that defines one (``cosine``, ``linear``).
 
     ``timestep_spacing="trailing"`` makes few-step samplers start from the last (pure-noise)
-    timestep; every sampler built with ``from_config`` inherits it.
+    timestep; every sampler built with ``from_config`` inherits it. ``prediction_type`` is what
+    the network outputs: ``epsilon`` (the noise) or ``v_prediction`` (v = sqrt(a) eps - sqrt(1-a) x0);
+    every diffusers sampler reads it from this config.
     """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"prediction type must be one of {', '.join(PREDICTION_TYPES)}, not {prediction_type!r}"
+        )
     name, factory = _factory(scheduler)
     schedule = getattr(factory, "noise_schedule", None)
     if not schedule:
@@ -50,7 +58,7 @@ def noise_config(
 
     config = DDPMScheduler(
         num_train_timesteps=int(num_train_timesteps),
-        prediction_type="epsilon",
+        prediction_type=prediction_type,
         timestep_spacing=timestep_spacing,
         **schedule,
     ).config

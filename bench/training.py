@@ -51,6 +51,10 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)  # overrides of the preset
     scheduler: str = "cosine"  # the training noise schedule (a scheduler with noise_schedule)
     num_train_timesteps: int = 1000
+    # What the network predicts: "epsilon" (the reference) or "v_prediction". v keeps the target
+    # well scaled at low SNR, where an epsilon model's x0 = (x_t - sqrt(1-a) eps) / sqrt(a) turns
+    # tiny errors in the noise's image mean into tinted backgrounds (seen on the `small` preset).
+    prediction_type: str = "epsilon"
     lr: float = 2e-4
     lr_schedule: str = "constant"  # "constant" or "cosine" (decay to 0 over the step budget) after warmup
     warmup_steps: int = 500
@@ -235,7 +239,9 @@ class _Trainer:
                 "use a smaller --batch-size"
             )
         self.steps_per_epoch = self.data.n // config.batch_size  # the last partial batch is dropped
-        self.noise_config = noise_config(config.scheduler, config.num_train_timesteps)
+        self.noise_config = noise_config(
+            config.scheduler, config.num_train_timesteps, prediction_type=config.prediction_type
+        )
         from diffusers import DDPMScheduler
 
         alphas = DDPMScheduler.from_config(self.noise_config).alphas_cumprod.to(self.device, torch.float32)
@@ -321,7 +327,11 @@ class _Trainer:
             noisy = noisy.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             pred = self.net(noisy, t, conds)
-        return F.mse_loss(pred.float(), noise)
+        if self.config.prediction_type == "v_prediction":
+            target = self.sqrt_ab[t][:, None, None, None] * noise - self.sqrt_1mab[t][:, None, None, None] * images
+        else:
+            target = noise
+        return F.mse_loss(pred.float(), target)
 
     def train_step(self, images: torch.Tensor, conds: torch.Tensor) -> torch.Tensor:
         """One optimisation step; returns the (device) loss without a host sync."""

@@ -205,3 +205,31 @@ def test_init_from_starts_from_the_given_weights_and_refuses_other_presets(tmp_p
             dataset(),
             show_progress=False,
         )
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_loss_target_follows_the_prediction_type(tmp_path: Path, prediction_type: str) -> None:
+    from diffusers import DDPMScheduler
+
+    data = dataset(8)
+    trainer = training._Trainer(config(tmp_path, batch_size=8, hflip=False, prediction_type=prediction_type), data)
+    assert trainer.noise_config["prediction_type"] == prediction_type
+    images, conds = next(trainer.data.batches([list(range(8))], 0))
+    seen = {}
+
+    def zero_net(noisy, t, cond):  # records what the network was given, predicts 0
+        seen["noisy"], seen["t"] = noisy.float(), t
+        return torch.zeros_like(noisy)
+
+    trainer.net = zero_net
+    loss = trainer._loss(images, conds, step=3).item()
+    reference = DDPMScheduler.from_config(trainer.noise_config)
+    ab = reference.alphas_cumprod[seen["t"]][:, None, None, None]
+    noise = (seen["noisy"] - ab.sqrt() * images) / (1 - ab).sqrt()
+    target = reference.get_velocity(images, noise, seen["t"]) if prediction_type == "v_prediction" else noise
+    assert loss == pytest.approx(target.pow(2).mean().item(), rel=1e-4)
+
+
+def test_unknown_prediction_type_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="prediction type must be one of"):
+        training._Trainer(config(tmp_path, prediction_type="x0"), dataset(8))
