@@ -322,13 +322,14 @@ class _Trainer:
         flip = (torch.rand(b, device=self.device, generator=g) < (0.5 if config.hflip else 0.0))[mine]
         images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         conds = conds * (~drop)[:, None]
-        noisy = self.sqrt_ab[t][:, None, None, None] * images + self.sqrt_1mab[t][:, None, None, None] * noise
+        signal, sigma = self.sqrt_ab[t][:, None, None, None], self.sqrt_1mab[t][:, None, None, None]
+        noisy = signal * images + sigma * noise
         if self.channels_last:
             noisy = noisy.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             pred = self.net(noisy, t, conds)
         if self.config.prediction_type == "v_prediction":
-            target = self.sqrt_ab[t][:, None, None, None] * noise - self.sqrt_1mab[t][:, None, None, None] * images
+            target = signal * noise - sigma * images
         else:
             target = noise
         return F.mse_loss(pred.float(), target)

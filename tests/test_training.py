@@ -212,7 +212,9 @@ def test_loss_target_follows_the_prediction_type(tmp_path: Path, prediction_type
     from diffusers import DDPMScheduler
 
     data = dataset(8)
-    trainer = training._Trainer(config(tmp_path, batch_size=8, hflip=False, prediction_type=prediction_type), data)
+    trainer = training._Trainer(
+        config(tmp_path, batch_size=8, hflip=False, prediction_type=prediction_type), data
+    )
     assert trainer.noise_config["prediction_type"] == prediction_type
     images, conds = next(trainer.data.batches([list(range(8))], 0))
     seen = {}
