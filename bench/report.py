@@ -357,13 +357,18 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
         tables.append(Table(title, headers, rows))
         objects = sorted({k for r in recs for k in r["metrics"].get("acc_by_objects", {})}, key=_sort_int)
         if objects:
-            heads = ["model", "scheduler", "steps"] + [f"acc@{k} obj {UP}" for k in objects]
+            # The same identifying columns as the main table, or its rows could not be told apart.
+            heads = ["model"] + (["checkpoint"] if show_ckpt else []) + ["scheduler", "steps"]
+            heads += (["guidance"] if show_guidance else []) + [f"acc@{k} obj {UP}" for k in objects]
             body = []
             for r in recs:
                 by = r["metrics"].get("acc_by_objects")
                 if by:
                     body.append(
-                        [r.get("model", ""), r.get("scheduler", ""), r.get("steps", "")]
+                        [r.get("model", "")]
+                        + ([r.get("checkpoint", "")] if show_ckpt else [])
+                        + [r.get("scheduler", ""), r.get("steps", "")]
+                        + ([r.get("guidance", "")] if show_guidance else [])
                         + [
                             f"{_fmt(by[k]['mean'])} ± {_fmt(by[k]['std'])}" if k in by else ""
                             for k in objects

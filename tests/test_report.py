@@ -171,8 +171,15 @@ def test_config_header_and_images(results_file: Path) -> None:
 
 
 def test_accuracy_by_objects_table(results_file: Path) -> None:
-    table = _table(load_report([results_file]), "by number of objects")
+    report = load_report([results_file])
+    table = _table(report, "by number of objects")
     assert table.headers[-2:] == ["acc@1 obj ↑", "acc@2 obj ↑"]
+    # Its rows carry the main table's identifying columns (guidance too, when it varies).
+    main = _table(report, "condition set: test")
+    ids = table.headers[:-2]
+    assert ids == main.headers[: len(ids)] and "steps" in ids
+    keyed = [tuple(r[: len(ids)]) for r in table.rows]
+    assert keyed == [tuple(r[: len(ids)]) for r in main.rows if r[main.headers.index("acc ↑")]]
 
 
 def test_pytest_benchmark_rows(benchmark_file: Path) -> None:
