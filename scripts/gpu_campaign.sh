@@ -6,6 +6,8 @@
 #   GPU 2: ddpm-unet `seed`, our default recipe
 #   GPU 3: ddpm-unet `seed`, the reference recipe (same wall time), and the judge beside it
 # then exports the small models (fp16 safetensors) and samples + judges everything with the new judge.
+# The trainings follow the `default` recipe, v-prediction since the first run of this script (which
+# trained epsilon models: TRAINING.md gives those exact commands).
 # Usage: scripts/gpu_campaign.sh OUT_DIR [TRAIN_MINUTES] ; env JUDGE_EPOCHS (default 150).
 # Writes OUT_DIR/DONE at the end; logs are OUT_DIR/*.log.
 set -uo pipefail
