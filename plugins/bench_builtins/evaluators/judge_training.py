@@ -130,9 +130,10 @@ def augment(x: torch.Tensor, gen: torch.Generator, rng: random.Random | None = N
     return x.clamp(-1, 1)
 
 
-def _scores(
+def score_uint8_images(
     net: torch.nn.Module, images_u8: torch.Tensor, device: torch.device, transform=None, batch_size: int = 512
 ) -> torch.Tensor:
+    """The judge's (N, 24) scores for uint8 images (N, 3, 64, 64), optionally transformed in [-1, 1]."""
     import torch
 
     from .judge import judge_features, judge_logits
@@ -168,7 +169,7 @@ def heldout_metrics(
     }
     out: dict[str, Any] = {"heldout_n": int(images_u8.shape[0])}
     for name, transform in variants.items():
-        scores = _scores(net, images_u8, device, transform)
+        scores = score_uint8_images(net, images_u8, device, transform)
         out[f"heldout_acc_{name}"] = pooled_accuracy(scores, conditions)
         if name == "clean":
             out["heldout_acc_by_objects"] = {
