@@ -334,7 +334,7 @@ def train_judge_command(
     "prediction_type",
     type=click.Choice(["epsilon", "v_prediction"]),
     default=None,
-    help="What the network predicts (default epsilon, as the reference).",
+    help="What the network predicts; default: the recipe's (default: v_prediction, reference: epsilon).",
 )
 @click.option("--lr", type=float, default=None)
 @click.option("--batch-size", type=int, default=None, help="Global batch size.")

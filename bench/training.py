@@ -395,9 +395,10 @@ class _Trainer:
             )
         if ckpt.noise_config != self.noise_config:
             raise TrainingError(
-                f"cannot resume from {path}: it was trained with another noise schedule; resume with "
-                f"--scheduler {ckpt.train_config.get('scheduler')} "
-                f"--num-train-timesteps {ckpt.noise_config.get('num_train_timesteps')}"
+                f"cannot resume from {path}: it was trained with another noise schedule or prediction "
+                f"target; resume with --scheduler {ckpt.train_config.get('scheduler')} "
+                f"--timesteps {ckpt.noise_config.get('num_train_timesteps')} "
+                f"--prediction {ckpt.noise_config.get('prediction_type', 'epsilon')}"
             )
         if ckpt.training_state is None:
             raise CheckpointError(f"{path} holds no optimizer state ({'optimizer.pt'}); it cannot be resumed")
