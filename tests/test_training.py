@@ -235,3 +235,10 @@ def test_loss_target_follows_the_prediction_type(tmp_path: Path, prediction_type
 def test_unknown_prediction_type_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="prediction type must be one of"):
         training._Trainer(config(tmp_path, prediction_type="x0"), dataset(8))
+
+
+def test_resume_with_another_prediction_target_is_refused(tmp_path: Path) -> None:
+    data = dataset()
+    train(config(tmp_path, max_steps=3, prediction_type="epsilon"), data, show_progress=False)
+    with pytest.raises(TrainingError, match="--timesteps 100 --prediction epsilon"):
+        train(config(tmp_path, resume=True, prediction_type="v_prediction"), data, show_progress=False)
