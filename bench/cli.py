@@ -9,6 +9,7 @@ import click
 
 from bench import __version__
 from bench.config import config_option, parse_float_list, parse_int_list, parse_list
+from bench.noise import PREDICTION_TYPES
 from bench.plugins import KINDS, PluginLoadError, get_plugins
 from bench.registry import RegistryError
 
@@ -332,7 +333,7 @@ def train_judge_command(
 @click.option(
     "--prediction",
     "prediction_type",
-    type=click.Choice(["epsilon", "v_prediction"]),
+    type=click.Choice(PREDICTION_TYPES),
     default=None,
     help="What the network predicts; default: the recipe's (default: v_prediction, reference: epsilon).",
 )

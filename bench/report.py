@@ -335,15 +335,15 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
         )
         speed_cols = [c for c in SPEED_COLUMNS if any(c[0] in r["speed"] for r in recs)]
         has_error = any(r.get("error") or r.get("metric_errors") for r in recs)
-        headers = ["model"] + (["checkpoint"] if show_ckpt else []) + ["scheduler", "steps"]
-        headers += (["guidance"] if show_guidance else []) + ["seeds"]
+        # The columns that tell rows apart; the by-object-count table repeats them.
+        id_keys = ["model"] + (["checkpoint"] if show_ckpt else []) + ["scheduler", "steps"]
+        id_keys += ["guidance"] if show_guidance else []
+        headers = [*id_keys, "seeds"]
         headers += [title for _, title, _ in speed_cols] + [_metric_title(m) for m in metrics]
         headers += ["error"] if has_error else []
         rows = []
         for r in recs:
-            row: list[Any] = [r.get("model", "")] + ([r.get("checkpoint", "")] if show_ckpt else [])
-            row += [r.get("scheduler", ""), r.get("steps", "")]
-            row += [r.get("guidance", "")] if show_guidance else []
+            row: list[Any] = [r.get(key, "") for key in id_keys]
             seeds = [s for s in r.get("seeds", []) if s is not None]
             row.append(",".join(str(s) for s in seeds) if seeds else "")
             row += [_fmt(r["speed"].get(key), digits) for key, _, digits in speed_cols]
@@ -357,23 +357,13 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
         tables.append(Table(title, headers, rows))
         objects = sorted({k for r in recs for k in r["metrics"].get("acc_by_objects", {})}, key=_sort_int)
         if objects:
-            # The same identifying columns as the main table, or its rows could not be told apart.
-            heads = ["model"] + (["checkpoint"] if show_ckpt else []) + ["scheduler", "steps"]
-            heads += (["guidance"] if show_guidance else []) + [f"acc@{k} obj {UP}" for k in objects]
-            body = []
-            for r in recs:
-                by = r["metrics"].get("acc_by_objects")
-                if by:
-                    body.append(
-                        [r.get("model", "")]
-                        + ([r.get("checkpoint", "")] if show_ckpt else [])
-                        + [r.get("scheduler", ""), r.get("steps", "")]
-                        + ([r.get("guidance", "")] if show_guidance else [])
-                        + [
-                            f"{_fmt(by[k]['mean'])} ± {_fmt(by[k]['std'])}" if k in by else ""
-                            for k in objects
-                        ]
-                    )
+            heads = id_keys + [f"acc@{k} obj {UP}" for k in objects]
+            body = [
+                [r.get(key, "") for key in id_keys]
+                + [f"{_fmt(by[k]['mean'])} ± {_fmt(by[k]['std'])}" if k in by else "" for k in objects]
+                for r in recs
+                if (by := r["metrics"].get("acc_by_objects"))
+            ]
             tables.append(Table(f"condition set: {cond}, accuracy by number of objects", heads, body))
     return tables
 
