@@ -10,13 +10,13 @@ Determinism: every image has its own generator seeded from (seed, image index), 
 initial noise and for the noise of stochastic steps, so an image depends on its seed and index,
 not on the batch size or its neighbours (up to kernel numerics, which may differ with batch shape).
 
-Host syncs: the timesteps are copied to the host once per chunk; the model gets the device
-copy, ``step`` gets host scalars so that DDIM/Euler/Heun/DPM-Solver++/UniPC index their own
-(CPU) tables without a device sync. ``set_begin_index(0)`` skips the ``nonzero().item()``
-lookup sigma schedulers do at their first step. What remains: diffusers' ``DDPMScheduler``
-(``ddpm``, ``cosine``, ``linear``) finds the previous timestep with ``nonzero()`` on its device
-timesteps, one sync per step; and with per-image generators, stochastic steps draw their noise
-with one small kernel per image.
+Host syncs: none inside the loop. The scheduler's timesteps and tables stay on the host
+(``set_timesteps`` without a device); the model gets a device copy of the timesteps, sent once
+per chunk; ``step`` gets host scalars, so DDPM's previous-timestep search and the sigma lookups
+of DDIM/Euler/Heun/DPM-Solver++/UniPC are host work and their coefficients reach the GPU as
+scalars. ``set_begin_index(0)`` skips the lookup sigma schedulers do at their first step. What
+remains per step: with per-image generators, stochastic steps draw their noise with one small
+kernel per image.
 """
 
 from __future__ import annotations
@@ -179,11 +179,13 @@ def _run_chunk(
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     device = call.device
     scheduler = factory(train_config, **scheduler_options)  # fresh: multistep state per run
-    scheduler.set_timesteps(steps, device=device)
+    # The scheduler's tables stay on the host: its lookups (DDPM's previous-timestep search,
+    # sigma indexing) are then host work, and its coefficients reach the GPU as scalars.
+    scheduler.set_timesteps(steps)
     if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(0)  # no timestep lookup (a host sync) at the first step
-    timesteps = scheduler.timesteps.to(device)
-    host_timesteps = timesteps.cpu()  # the one sync per chunk
+        scheduler.set_begin_index(0)  # no timestep lookup at the first step
+    host_timesteps = scheduler.timesteps.cpu()
+    timesteps = host_timesteps.to(device)  # the model's copy, sent once per chunk
     # Noise for stochastic steps from the per-image generators (UniPC's step takes none).
     step_kwargs = {} if type(scheduler).__name__ in _DETERMINISTIC else {"generator": generators}
 

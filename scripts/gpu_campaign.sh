@@ -2,17 +2,19 @@
 # Everything the project trains and measures on GPUs, in one go, on a machine with 1-4 CUDA GPUs
 # (jobs are spread over GPU index mod the GPU count; with 4 GPUs each training has a card).
 #   GPU 0: ddpm-unet `small`, cosine (the shipped CPU default), then its sampler matrix
-#   GPU 1: ddpm-unet `small`, linear (cosine-vs-linear), then the speed benchmarks (scripts/speed.sh)
+#   GPU 1: ddpm-unet `small`, linear (cosine-vs-linear)
 #   GPU 2: ddpm-unet `seed`, our default recipe
-#   GPU 3: ddpm-unet `seed`, the reference recipe (same wall time), and the judge beside it
+#   GPU 3: ddpm-unet `seed`, the reference recipe (same wall time), and the judge beside it;
+#          then the speed benchmarks (scripts/speed.sh) while the others evaluate
 # then exports the small models (fp16 safetensors) and samples + judges everything with the new judge.
 # The trainings follow the `default` recipe, v-prediction since the first run of this script (which
 # trained epsilon models: TRAINING.md gives those exact commands).
 # Usage: scripts/gpu_campaign.sh OUT_DIR [TRAIN_MINUTES] ; env JUDGE_EPOCHS (default 150).
+# Env BENCH_SPEED_BATCH etc. pass through to scripts/speed.sh.
 # Writes OUT_DIR/DONE at the end; logs are OUT_DIR/*.log.
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_campaign.sh OUT_DIR [TRAIN_MINUTES]}
-MIN=${2:-13}
+MIN=${2:-15}
 JUDGE_EPOCHS=${JUDGE_EPOCHS:-150}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -29,9 +31,9 @@ bench data cache --split heldout --scenes 400 --max-objects 5 >> "$OUT/render.lo
 echo "$(date +%T) renders cached"
 
 LONG=(--max-minutes "$MIN" --max-steps 100000000 --epochs 1000000)
-CUDA_VISIBLE_DEVICES=$(gpu 0) bench train --preset small --scheduler cosine --ema 0.9995 --no-compile \
+CUDA_VISIBLE_DEVICES=$(gpu 0) bench train --preset small --scheduler cosine --ema 0.9995 --compile \
     "${LONG[@]}" --out "$OUT/small-cosine" > "$OUT/train-small-cosine.log" 2>&1 &
-CUDA_VISIBLE_DEVICES=$(gpu 1) bench train --preset small --scheduler linear --ema 0.9995 --no-compile \
+CUDA_VISIBLE_DEVICES=$(gpu 1) bench train --preset small --scheduler linear --ema 0.9995 --compile \
     "${LONG[@]}" --out "$OUT/small-linear" > "$OUT/train-small-linear.log" 2>&1 &
 CUDA_VISIBLE_DEVICES=$(gpu 2) bench train --recipe default --preset seed --batch-size 128 --compile \
     --checkpoint-every 2000 "${LONG[@]}" --out "$OUT/seed-default" > "$OUT/train-seed-default.log" 2>&1 &
@@ -49,22 +51,23 @@ done
 JUDGE=(--judge "$OUT/judge-synthetic.safetensors" --ref-n 2000)
 (
   CUDA_VISIBLE_DEVICES=$(gpu 0) bench run --checkpoint "$OUT/ddpm-unet-small-cosine.safetensors" "${JUDGE[@]}" \
-      --scheduler cosine --seeds 0-4 --guidance 1,2,3 --no-compile --out "$OUT/run-small-cosine"
+      --scheduler cosine --seeds 0-4 --guidance 1,2,3,4 --no-compile --out "$OUT/run-small-cosine"
   CUDA_VISIBLE_DEVICES=$(gpu 0) bench run --checkpoint "$OUT/ddpm-unet-small-cosine.safetensors" "${JUDGE[@]}" \
-      --scheduler ddim,dpm++2m,unipc --steps 10,25,50 --seeds 0-2 --guidance 1,2 --no-compile \
+      --scheduler ddim,dpm++2m,unipc --steps 10,25,50 --seeds 0-2 --guidance 1,3 --no-compile \
       --no-denoising-figure --out "$OUT/run-small-samplers"
 ) > "$OUT/run-small-cosine.log" 2>&1 &
 (
   CUDA_VISIBLE_DEVICES=$(gpu 1) bench run --checkpoint "$OUT/ddpm-unet-small-linear.safetensors" "${JUDGE[@]}" \
-      --scheduler linear --seeds 0-4 --guidance 1,2,3 --no-compile --out "$OUT/run-small-linear"
-  CUDA_VISIBLE_DEVICES=$(gpu 1) scripts/speed.sh "$OUT/speed"
+      --scheduler linear --seeds 0-4 --guidance 1,2,3,4 --no-compile --out "$OUT/run-small-linear"
 ) > "$OUT/run-small-linear.log" 2>&1 &
 CUDA_VISIBLE_DEVICES=$(gpu 2) bench run --checkpoint "$OUT/seed-default/checkpoint" "${JUDGE[@]}" \
-    --scheduler cosine --seeds 0-4 --guidance 1,2,3 --no-compile --out "$OUT/run-seed-default" \
+    --scheduler cosine --seeds 0-4 --guidance 1,2,3,4 --no-compile --out "$OUT/run-seed-default" \
     > "$OUT/run-seed-default.log" 2>&1 &
-CUDA_VISIBLE_DEVICES=$(gpu 3) bench run --checkpoint "$OUT/seed-reference/checkpoint" "${JUDGE[@]}" \
-    --scheduler cosine --seeds 0-4 --no-compile --out "$OUT/run-seed-reference" \
-    > "$OUT/run-seed-reference.log" 2>&1 &
+(
+  CUDA_VISIBLE_DEVICES=$(gpu 3) bench run --checkpoint "$OUT/seed-reference/checkpoint" "${JUDGE[@]}" \
+      --scheduler cosine --seeds 0-4 --no-compile --out "$OUT/run-seed-reference"
+  CUDA_VISIBLE_DEVICES=$(gpu 3) scripts/speed.sh "$OUT/speed"
+) > "$OUT/run-seed-reference.log" 2>&1 &
 wait
 echo "$(date +%T) evaluations done"
 tail -n 12 "$OUT"/run-*.log

@@ -26,7 +26,16 @@ from bench_builtins.datasets.synthetic.export import (
     write_synthetic_folder,
 )
 from bench_builtins.datasets.synthetic.render import render_scenes
-from bench_builtins.datasets.synthetic.scene import COLOURS, COLOURS_SRGB, SIZES, _project, sample_scenes
+from bench_builtins.datasets.synthetic.scene import (
+    COLOURS,
+    COLOURS_SRGB,
+    MIN_PIXELS,
+    MIN_VISIBLE,
+    SIZES,
+    _project,
+    _visibility,
+    sample_scenes,
+)
 
 LABELS = load_labels_spec()
 SHIPPED = Path(__file__).resolve().parent.parent / "plugins" / "bench_builtins" / "conditions"
@@ -231,6 +240,18 @@ def test_scene_sampling_rules():
     assert sample_scenes(2, seed=0) == sample_scenes(2, seed=0)
     assert sample_scenes(2, seed=0, split="heldout") != sample_scenes(2, seed=0)
     assert sample_scenes(3, seed=0)[3:6] == sample_scenes(1, seed=0, start=1)  # scene i independent of n
+
+
+def test_every_object_is_visible_enough_to_be_told_apart():
+    # 5-object scenes are the most crowded; small objects far back are the smallest on screen.
+    frames = [f for f in sample_scenes(40, seed=3, max_objects=5, split="heldout") if f["frame"] == 4]
+    pixels = []
+    for f in frames:
+        fractions, px = _visibility(f["camera"], f["objects"])
+        assert (fractions >= MIN_VISIBLE).all() and (px >= MIN_PIXELS).all()
+        pixels += px.tolist()
+    assert min(pixels) < 2 * MIN_PIXELS  # the rule binds: small far objects still occur
+    assert any(o["size"] == "small" for f in frames for o in f["objects"])
 
 
 def test_render_deterministic():

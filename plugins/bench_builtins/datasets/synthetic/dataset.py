@@ -20,7 +20,7 @@ from bench_builtins.datasets.base import (
 from bench_builtins.datasets.synthetic.render import render_scenes
 from bench_builtins.datasets.synthetic.scene import sample_scenes, scene_labels
 
-RENDER_VERSION = 3  # bump when scene sampling or the renderer changes, so old caches are not reused
+RENDER_VERSION = 4  # bump when scene sampling or the renderer changes, so old caches are not reused
 
 
 def frame_file_name(scene: dict) -> str:
