@@ -12,11 +12,17 @@ It is written into a hidden sibling ``.<name>.tmp-XXXX`` and renamed into place 
 complete; the previous checkpoint stays in place until then, so an interrupted save never
 loses the last good one. Shipped weights are ONE ``.safetensors`` file (fp16/bf16 tensors)
 whose metadata key ``bench`` holds the same config JSON; ``export_weights`` makes one.
+
+A shipped file may also recommend how to sample it: the metadata key ``sampling_defaults``
+holds JSON such as ``{"guidance": 3.0, "guidance_interval": [300, 1000]}`` (``bench export
+--guidance 3 --guidance-interval 300,1000``). ``load_model`` checks it and returns it as
+``meta["sampling_defaults"]``; ``bench run`` uses it when ``--guidance`` is not given.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -25,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.atomic import atomic_write, atomic_write_json
+from bench.guidance import GuidanceIntervalError, check_interval, format_interval
 from bench.jsonfile import read_json
 from bench.weights import WEIGHTS_DIR, WeightsError, sha256_of, shipped_weights
 
@@ -37,6 +44,7 @@ EMA_FILE = "ema.safetensors"
 STATE_FILE = "optimizer.pt"
 CONFIG_FILE = "config.json"
 METADATA_KEY = "bench"
+SAMPLING_DEFAULTS_KEY = "sampling_defaults"
 
 
 class CheckpointError(Exception):
@@ -290,6 +298,66 @@ def load_state_checked(model: Any, state: dict[str, torch.Tensor], source: str) 
     model.load_state_dict(state)
 
 
+def make_sampling_defaults(
+    guidance: float | None = None, guidance_interval: Any = None, source: str = "the export options"
+) -> dict[str, Any] | None:
+    """The ``sampling_defaults`` a checkpoint recommends: ``{"guidance": g}`` plus
+    ``"guidance_interval": [lo, hi]`` when given; None when neither is given."""
+    if guidance is None and guidance_interval is None:
+        return None
+    if guidance is None:
+        raise CheckpointError(
+            f"{source}: a guidance interval without a guidance scale has no effect; "
+            "give the guidance too (bench export --guidance 3 --guidance-interval 300,1000)"
+        )
+    if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not math.isfinite(guidance):
+        raise CheckpointError(f"{source}: the recommended guidance {guidance!r} is not a finite number")
+    if guidance < 0:
+        raise CheckpointError(
+            f"{source}: the recommended guidance {guidance:g} is negative; 1 means off, 3 is typical"
+        )
+    defaults: dict[str, Any] = {"guidance": float(guidance)}
+    try:
+        interval = check_interval(guidance_interval, "the recommended guidance interval")
+    except GuidanceIntervalError as error:
+        raise CheckpointError(f"{source}: {error}") from error
+    if interval is not None:
+        defaults["guidance_interval"] = list(interval)
+    return defaults
+
+
+def check_sampling_defaults(value: Any, source: str) -> dict[str, Any]:
+    """A checkpoint's ``sampling_defaults`` (a dict, or its JSON text), checked; keys bench does
+    not know are kept and ignored (a newer bench may write more)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise CheckpointError(
+                f"the {SAMPLING_DEFAULTS_KEY!r} metadata of {source} is not JSON ({error}); "
+                "re-export the weights with bench export --guidance ..."
+            ) from error
+    if not isinstance(value, dict):
+        raise CheckpointError(
+            f"the {SAMPLING_DEFAULTS_KEY!r} of {source} must be a JSON object such as "
+            f'{{"guidance": 3.0, "guidance_interval": [300, 1000]}}, not {value!r}'
+        )
+    checked = make_sampling_defaults(
+        value.get("guidance"), value.get("guidance_interval"), f"the {SAMPLING_DEFAULTS_KEY!r} of {source}"
+    )
+    return {**value, **(checked or {})}
+
+
+def describe_sampling_defaults(defaults: dict[str, Any] | None) -> str:
+    """``"guidance 3, interval 300-1000"``; ``""`` without defaults."""
+    if not defaults or defaults.get("guidance") is None:
+        return ""
+    text = f"guidance {defaults['guidance']:g}"
+    if defaults.get("guidance_interval") is not None:
+        text += f", interval {format_interval(defaults['guidance_interval'])}"
+    return text
+
+
 def _single_file_meta(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if path.resolve().parent == WEIGHTS_DIR.resolve():
         try:
@@ -303,9 +371,12 @@ def _single_file_meta(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
             "made by export_weights, so bench cannot tell which model it belongs to"
         )
     try:
-        return tensors, json.loads(metadata[METADATA_KEY])
+        meta = json.loads(metadata[METADATA_KEY])
     except json.JSONDecodeError as error:
         raise CheckpointError(f"the bench config in {path}'s metadata is corrupt ({error})") from error
+    if SAMPLING_DEFAULTS_KEY in metadata:
+        meta[SAMPLING_DEFAULTS_KEY] = metadata[SAMPLING_DEFAULTS_KEY]
+    return tensors, meta
 
 
 def load_model(
@@ -315,6 +386,7 @@ def load_model(
 
     Returns ``(model, noise_config, meta)``; weights are loaded in float32 (shipped fp16/bf16
     files are upcast). ``use_ema`` picks the EMA weights when the checkpoint has them.
+    ``meta["sampling_defaults"]`` (checked) is there when the checkpoint recommends sampling settings.
     """
     import torch
 
@@ -336,6 +408,8 @@ def load_model(
             raise CheckpointError(
                 f"{source}: the checkpoint config lacks {key!r}; it is not a bench checkpoint"
             )
+    if meta.get(SAMPLING_DEFAULTS_KEY) is not None:
+        meta[SAMPLING_DEFAULTS_KEY] = check_sampling_defaults(meta[SAMPLING_DEFAULTS_KEY], source)
     model = build_model(meta["model_name"], meta["model_config"])
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     load_state_checked(model, state, source)
@@ -345,40 +419,57 @@ def load_model(
 
 
 def export_weights(
-    checkpoint_dir: str | os.PathLike,
+    checkpoint: str | os.PathLike,
     out_file: str | os.PathLike,
     dtype: torch.dtype | str = "fp16",
     use_ema: bool = True,
+    guidance: float | None = None,
+    guidance_interval: Any = None,
 ) -> Path:
     """Write one shipped ``.safetensors`` file (fp16/bf16 weights + config metadata) from a checkpoint.
 
-    Takes the EMA weights when the checkpoint has them (unless ``use_ema=False``). Record the
-    file's sha256 (``bench.weights.sha256_of``) in the weights folder's SHA256SUMS to ship it.
+    ``checkpoint`` is a training checkpoint directory, whose EMA weights are taken when it has them
+    (unless ``use_ema=False``), or an exported ``.safetensors`` file, re-written (another dtype, new
+    sampling defaults; without new ones its own are kept). Record the file's sha256
+    (``bench.weights.sha256_of``) in the weights folder's SHA256SUMS to ship it.
+    ``guidance`` (and ``guidance_interval``, ``(lo, hi)`` training timesteps) are written as the
+    file's recommended sampling settings (metadata ``sampling_defaults``), which ``bench run``
+    uses when ``--guidance`` is not given.
     """
     import torch
     from safetensors.torch import save_file
 
+    defaults = make_sampling_defaults(guidance, guidance_interval)
+
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     dtype = dtypes[dtype] if isinstance(dtype, str) else dtype
-    checkpoint = load_checkpoint(checkpoint_dir)
-    state = checkpoint.ema_state if use_ema and checkpoint.ema_state is not None else checkpoint.model_state
+    source = Path(checkpoint)
+    if source.is_file():
+        state, meta = _single_file_meta(source)
+        previous = meta.pop(SAMPLING_DEFAULTS_KEY, None)
+        if defaults is None and previous is not None:
+            defaults = check_sampling_defaults(previous, str(source))
+        meta = {**meta, "dtype": str(dtype).replace("torch.", "")}
+    else:
+        loaded = load_checkpoint(source)
+        ema = use_ema and loaded.ema_state is not None
+        state = loaded.ema_state if ema else loaded.model_state
+        meta = {
+            "format": "bench-weights",
+            "format_version": FORMAT_VERSION,
+            "model_name": loaded.model_name,
+            "model_config": loaded.model_config,
+            "noise_config": loaded.noise_config,
+            "train_config": loaded.train_config,
+            "step": loaded.step,
+            "epoch": loaded.epoch,
+            "weights": "ema" if ema else "model",
+            "dtype": str(dtype).replace("torch.", ""),
+        }
     # Check the weights fit the model before shipping them.
-    load_state_checked(
-        build_model(checkpoint.model_name, checkpoint.model_config), state, str(checkpoint.path)
-    )
+    load_state_checked(build_model(meta["model_name"], meta["model_config"]), state, str(source))
     state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
-    meta = {
-        "format": "bench-weights",
-        "format_version": FORMAT_VERSION,
-        "model_name": checkpoint.model_name,
-        "model_config": checkpoint.model_config,
-        "noise_config": checkpoint.noise_config,
-        "train_config": checkpoint.train_config,
-        "step": checkpoint.step,
-        "epoch": checkpoint.epoch,
-        "weights": "ema" if use_ema and checkpoint.ema_state is not None else "model",
-        "dtype": str(dtype).replace("torch.", ""),
-    }
-    return atomic_write(
-        out_file, lambda p: save_file(state, str(p), metadata={METADATA_KEY: json.dumps(meta)})
-    )
+    metadata = {METADATA_KEY: json.dumps(meta)}
+    if defaults is not None:
+        metadata[SAMPLING_DEFAULTS_KEY] = json.dumps(defaults)
+    return atomic_write(out_file, lambda p: save_file(state, str(p), metadata=metadata))

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from bench import __version__
-from bench.config import config_option, parse_float_list, parse_int_list, parse_list
+from bench.config import INTERVAL, config_option, parse_float_list, parse_int_list, parse_list
 from bench.noise import PREDICTION_TYPES
 from bench.plugins import KINDS, PluginLoadError, get_plugins
 from bench.registry import RegistryError
@@ -96,7 +96,18 @@ def _bool_flag(name: str, help: str):
 )
 @click.option("--seeds", default="0", show_default=True, help="Seeds: 0-4 or 0,3,7.")
 @click.option(
-    "--guidance", default="1", show_default=True, help="Classifier-free guidance scale(s); 1 = off."
+    "--guidance",
+    default=None,
+    help="Classifier-free guidance scale(s); 1 = off. Default: the checkpoint's recommended guidance "
+    "(its sampling defaults), else 1.",
+)
+@click.option(
+    "--guidance-interval",
+    type=INTERVAL,
+    default=None,
+    help="Guide only the steps with LO <= t <= HI (training timesteps, e.g. 300,1000); the other steps "
+    "run the model once, unguided. Default: the checkpoint's recommended interval with its guidance, "
+    "else every step.",
 )
 @click.option(
     "--conditions",
@@ -118,7 +129,7 @@ def _bool_flag(name: str, help: str):
 @click.option("--fid-weights", default=None, help="Local Inception weights for standard FID.")
 @click.option("--ref-n", default=500, show_default=True, help="Reference images for FID/KID.")
 @click.option(
-    "--batch-size", type=int, default=None, help="Sampling batch size (default: all images at once, chunked)."
+    "--batch-size", type=int, default=None, help="Sampling chunk size (default: 256 on GPU, 32 on CPU)."
 )
 @click.option("--device", default="auto", show_default=True)
 @click.option(
@@ -142,7 +153,7 @@ def run_command(
         schedulers=parse_list(schedulers),
         steps=parse_int_list(steps, "steps") if steps else [None],
         seeds=parse_int_list(seeds, "seed"),
-        guidance=parse_float_list(guidance, "guidance"),
+        guidance=parse_float_list(guidance, "guidance") if guidance is not None else None,
         evaluators=[] if evaluators.strip().lower() == "none" else parse_list(evaluators),
         condition_files=list(condition_files),
         denoising_figure=not no_denoising_figure,
@@ -388,13 +399,31 @@ def train_command(recipe, data, data_root, scenes, **options) -> None:
 @click.argument("checkpoint", type=click.Path(exists=True))
 @click.argument("out_file", type=click.Path(dir_okay=False))
 @click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", show_default=True)
-def export_command(checkpoint, out_file, dtype) -> None:
-    """Write a training checkpoint's EMA weights as one .safetensors file (the shipped format)."""
-    from bench.checkpoints import export_weights
+@click.option(
+    "--guidance",
+    type=float,
+    default=None,
+    help="Recommended guidance scale, written into the file; `bench run` uses it when --guidance is not given.",
+)
+@click.option(
+    "--guidance-interval",
+    type=INTERVAL,
+    default=None,
+    help="Recommended guidance interval LO,HI (training timesteps), written with --guidance.",
+)
+def export_command(checkpoint, out_file, dtype, guidance, guidance_interval) -> None:
+    """Write a training checkpoint's EMA weights as one .safetensors file (the shipped format),
+    or re-write an exported file (another dtype, new sampling defaults)."""
+    from bench.checkpoints import describe_sampling_defaults, export_weights, make_sampling_defaults
     from bench.weights import sha256_of
 
-    path = export_weights(checkpoint, out_file, dtype=dtype)
+    path = export_weights(
+        checkpoint, out_file, dtype=dtype, guidance=guidance, guidance_interval=guidance_interval
+    )
     click.echo(f"wrote {path} sha256 {sha256_of(path)}")
+    if guidance is not None:
+        defaults = make_sampling_defaults(guidance, guidance_interval)
+        click.echo(f"sampling defaults: {describe_sampling_defaults(defaults)}")
 
 
 if __name__ == "__main__":

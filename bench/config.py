@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from bench.guidance import GuidanceIntervalError, parse_interval
+
 
 def read_config_file(path: str | Path, command: str) -> dict[str, Any]:
     """The option defaults for ``command`` from a TOML file (keys normalised to underscores)."""
@@ -103,3 +105,20 @@ def parse_float_list(value: str | None, what: str = "value") -> list[float]:
         except ValueError:
             raise click.BadParameter(f"{what} {item!r} is not a number") from None
     return out
+
+
+class IntervalParam(click.ParamType):
+    """``LO,HI`` -> ``(lo, hi)`` training timesteps (``--guidance-interval 300,1000``)."""
+
+    name = "LO,HI"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or isinstance(value, tuple):
+            return value
+        try:
+            return parse_interval(value)
+        except GuidanceIntervalError as error:
+            self.fail(str(error), param, ctx)
+
+
+INTERVAL = IntervalParam()

@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.guidance import format_interval
 from bench.results import ResultsError, load_results
 
 UP, DOWN = "↑", "↓"
-CONFIG_KEYS = ("model", "checkpoint", "scheduler", "steps", "guidance", "condition_set")
+CONFIG_KEYS = ("model", "checkpoint", "scheduler", "steps", "guidance", "guidance_interval", "condition_set")
+# Identifying columns whose header is not the row key itself.
+ID_TITLES = {"guidance_interval": "guidance interval"}
 # Metric families where smaller is better; everything accuracy-like is larger-is-better.
 LOWER_IS_BETTER = ("fid", "kid", "lpips", "loss")
 
@@ -70,6 +73,7 @@ def _benchmark_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
             "images_per_s": ips,
             "s_per_image": extra.get("s_per_image") or (1.0 / ips if ips else None),
             "nfe": extra.get("nfe"),
+            "guided_nfe": extra.get("guided_nfe"),
             "peak_memory_mb": extra.get("peak_memory_mb"),
             "batch_size": batch,
             "dtype": extra.get("dtype"),
@@ -85,6 +89,7 @@ def _benchmark_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "scheduler": extra.get("scheduler") or params.get("scheduler") or bench.get("name", "?"),
                 "steps": extra.get("steps") or params.get("steps") or "",
                 "guidance": extra.get("guidance", params.get("guidance", "")),
+                "guidance_interval": extra.get("guidance_interval", params.get("guidance_interval")),
                 "seed": extra.get("seed"),
                 "condition_set": extra.get("condition_set", ""),
                 "n_images": extra.get("n_images", 0),
@@ -160,8 +165,16 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _id_text(row: dict[str, Any], key: str) -> str:
+    """A config value as shown and grouped: a guidance interval as ``300-1000``, none as ``""``."""
+    value = row.get(key, "")
+    if key == "guidance_interval":
+        return format_interval(value) if isinstance(value, list | tuple) and len(value) == 2 else ""
+    return str(value)
+
+
 def _config_key(row: dict[str, Any]) -> tuple:
-    return tuple(str(row.get(k, "")) for k in CONFIG_KEYS)
+    return tuple(_id_text(row, k) for k in CONFIG_KEYS)
 
 
 def _quality_metrics(rows: Iterable[dict[str, Any]]) -> list[str]:
@@ -237,7 +250,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _aggregate_speed(members: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in ("images_per_s", "s_per_image", "nfe"):
+    for key in ("images_per_s", "s_per_image", "nfe", "guided_nfe"):
         values = [v for m in members if (v := _num((m.get("speed") or {}).get(key))) is not None]
         if values:
             out[key] = statistics.fmean(values)
@@ -311,6 +324,7 @@ SPEED_COLUMNS = (
     ("images_per_s", f"images/s {UP}", 2),
     ("s_per_image", f"s/image {DOWN}", 4),
     ("nfe", f"NFE {DOWN}", 0),
+    ("guided_nfe", f"guided NFE {DOWN}", 0),  # shown only beside a guidance interval
     ("peak_memory_mb", f"peak MB {DOWN}", 0),
 )
 
@@ -333,17 +347,24 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
         show_guidance = len({str(r.get("guidance")) for r in recs}) > 1 or any(
             _num(r.get("guidance")) not in (None, 1.0) for r in recs
         )
-        speed_cols = [c for c in SPEED_COLUMNS if any(c[0] in r["speed"] for r in recs)]
+        show_interval = any(_id_text(r, "guidance_interval") for r in recs)
+        speed_cols = [
+            c
+            for c in SPEED_COLUMNS
+            if any(c[0] in r["speed"] for r in recs) and (c[0] != "guided_nfe" or show_interval)
+        ]
         has_error = any(r.get("error") or r.get("metric_errors") for r in recs)
         # The columns that tell rows apart; the by-object-count table repeats them.
         id_keys = ["model"] + (["checkpoint"] if show_ckpt else []) + ["scheduler", "steps"]
         id_keys += ["guidance"] if show_guidance else []
-        headers = [*id_keys, "seeds"]
+        id_keys += ["guidance_interval"] if show_interval else []
+        id_titles = [ID_TITLES.get(key, key) for key in id_keys]
+        headers = [*id_titles, "seeds"]
         headers += [title for _, title, _ in speed_cols] + [_metric_title(m) for m in metrics]
         headers += ["error"] if has_error else []
         rows = []
         for r in recs:
-            row: list[Any] = [r.get(key, "") for key in id_keys]
+            row: list[Any] = [_id_cell(r, key) for key in id_keys]
             seeds = [s for s in r.get("seeds", []) if s is not None]
             row.append(",".join(str(s) for s in seeds) if seeds else "")
             row += [_fmt(r["speed"].get(key), digits) for key, _, digits in speed_cols]
@@ -357,15 +378,20 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
         tables.append(Table(title, headers, rows))
         objects = sorted({k for r in recs for k in r["metrics"].get("acc_by_objects", {})}, key=_sort_int)
         if objects:
-            heads = id_keys + [f"acc@{k} obj {UP}" for k in objects]
+            heads = id_titles + [f"acc@{k} obj {UP}" for k in objects]
             body = [
-                [r.get(key, "") for key in id_keys]
+                [_id_cell(r, key) for key in id_keys]
                 + [f"{_fmt(by[k]['mean'])} ± {_fmt(by[k]['std'])}" if k in by else "" for k in objects]
                 for r in recs
                 if (by := r["metrics"].get("acc_by_objects"))
             ]
             tables.append(Table(f"condition set: {cond}, accuracy by number of objects", heads, body))
     return tables
+
+
+def _id_cell(record: dict[str, Any], key: str) -> Any:
+    """An identifying cell: the value as in the record (numbers stay numbers), intervals as text."""
+    return _id_text(record, key) if key == "guidance_interval" else record.get(key, "")
 
 
 def _points(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -381,6 +407,8 @@ def _points(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         label = f"{r['scheduler']}/{r['steps']}"
         if len(guidances) > 1:
             label += f" w={r['guidance']}"
+        if _id_text(r, "guidance_interval"):
+            label += f" [{_id_text(r, 'guidance_interval')}]"
         series = str(r.get("condition_set") or "")
         if len(models) > 1:
             series = f"{r.get('model')} {series}".strip()
@@ -396,6 +424,7 @@ def _points(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "scheduler": r.get("scheduler"),
                 "steps": r.get("steps"),
                 "guidance": r.get("guidance"),
+                "guidance_interval": r.get("guidance_interval"),
             }
         )
     return points
@@ -428,7 +457,10 @@ def load_report(paths: Sequence[str | Path]) -> Report:
                 grid = (base / row["grid"]).resolve()
                 row["grid"] = str(grid)
                 label = f"{row.get('model', '')} {row.get('scheduler', '')}/{row.get('steps', '')}"
-                label += f" w={row.get('guidance')} {row.get('condition_set', '')} seed {row.get('seed')}"
+                label += f" w={row.get('guidance')}"
+                if _id_text(row, "guidance_interval"):
+                    label += f" [{_id_text(row, 'guidance_interval')}]"
+                label += f" {row.get('condition_set', '')} seed {row.get('seed')}"
                 report.grids.append((" ".join(label.split()), grid))
             rows.append(row)
     report.records = aggregate(rows)

@@ -32,9 +32,10 @@ class Row:
     seed: int
     condition_set: str
     guidance: float = 1.0
+    guidance_interval: list[float] | None = None  # [lo, hi] timesteps guided; None: every step
     checkpoint: str = ""
     n_images: int = 0
-    # speed: images_per_s, s_per_image, nfe, peak_memory_mb, batch_size, dtype, device
+    # speed: images_per_s, s_per_image, nfe, guided_nfe, peak_memory_mb, batch_size, dtype, device
     speed: dict[str, Any] = field(default_factory=dict)
     # quality: metric name -> number; a count that belongs to a metric is "<metric>_n"
     metrics: dict[str, Any] = field(default_factory=dict)

@@ -1,5 +1,8 @@
 """``bench run``: every cell of the matrix (scheduler x steps x guidance x seed), sampled,
-timed, judged and written as result rows. A failing cell records its error and the rest go on."""
+timed, judged and written as result rows. A failing cell records its error and the rest go on.
+
+Guidance not given: the checkpoint's recommended sampling settings (``sampling_defaults`` in
+its metadata: guidance and guidance interval), else 1 (off)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from typing import Any
 
 from bench.conditions import ConditionSet, load_condition_set, load_labels_spec, multi_hot
 from bench.distributed import barrier, finish, gather, process_device, shard, world
+from bench.guidance import GuidanceIntervalError, check_interval, format_interval
 from bench.plugins import Plugins, get_plugins
 from bench.results import Row, RunResult, environment
 
@@ -34,7 +38,11 @@ class RunConfig:
     schedulers: list[str] = field(default_factory=lambda: ["cosine"])
     steps: list[int | None] = field(default_factory=lambda: [None])  # None: the scheduler's default
     seeds: list[int] = field(default_factory=lambda: [0])
-    guidance: list[float] = field(default_factory=lambda: [1.0])
+    # None: not given, the checkpoint's recommended guidance (its sampling defaults), else [1.0]
+    guidance: list[float] | None = None
+    # (lo, hi) training timesteps where guidance applies; None: the checkpoint's recommended
+    # interval when its guidance is used, else every step
+    guidance_interval: tuple[float, float] | None = None
     condition_files: list[str] = field(default_factory=list)
     data: str = "synthetic"
     data_root: str | None = None
@@ -108,6 +116,56 @@ def _load_model(config: RunConfig, plugins: Plugins, device: str):
     return model.eval(), noise, meta
 
 
+@dataclass
+class GuidanceChoice:
+    """The guidance a run uses, and where it came from."""
+
+    guidance: list[float]
+    interval: tuple[float, float] | None
+    source: str  # "option" (--guidance), "checkpoint" (its sampling defaults), "default" (off)
+    note: str | None = None  # a line for the user, when the checkpoint decided or an option is moot
+
+
+def resolve_guidance(config: RunConfig, meta: dict[str, Any]) -> GuidanceChoice:
+    """``--guidance`` when given; else the checkpoint's ``sampling_defaults`` (guidance, and its
+    interval unless ``--guidance-interval`` is given); else 1 (off)."""
+    try:
+        interval = check_interval(config.guidance_interval, "--guidance-interval")
+    except GuidanceIntervalError as error:
+        raise RunError(str(error)) from error
+    defaults = meta.get("sampling_defaults") or {}
+    if config.guidance is not None:
+        choice = GuidanceChoice(list(config.guidance), interval, "option")
+    elif defaults.get("guidance") is not None:
+        guidance = float(defaults["guidance"])
+        own = interval is not None
+        if not own and defaults.get("guidance_interval") is not None:
+            interval = check_interval(defaults["guidance_interval"])
+        choice = GuidanceChoice([guidance], interval, "checkpoint")
+        if guidance != 1.0:
+            if interval is None:
+                choice.note = f"guidance {guidance:g} from the checkpoint's sampling defaults"
+            elif own:
+                choice.note = (
+                    f"guidance {guidance:g} from the checkpoint's sampling defaults "
+                    f"(interval {format_interval(interval)} from --guidance-interval)"
+                )
+            else:
+                choice.note = (
+                    f"guidance {guidance:g} and interval {format_interval(interval)} "
+                    "from the checkpoint's sampling defaults"
+                )
+            choice.note += "; --guidance 1 turns guidance off"
+    else:
+        choice = GuidanceChoice([1.0], interval, "default")
+    if config.guidance_interval is not None and choice.guidance and all(g == 1.0 for g in choice.guidance):
+        choice.note = (
+            f"--guidance-interval {format_interval(interval)} has no effect: guidance is 1 (off); "
+            "pass --guidance 3 (or another scale) to guide"
+        )
+    return choice
+
+
 def _make_evaluators(config: RunConfig, plugins: Plugins, device: str, labels: list[str]):
     evaluators = {}
     reference = None
@@ -147,6 +205,7 @@ class _Run:
     meta: dict[str, Any]
     labels: list[str]
     sets: list[ConditionSet]
+    guidance: GuidanceChoice
     conditions: Any  # (N, 24) multi-hot of every set, concatenated
     spans: dict[str, tuple[int, int]]  # set name -> its rows in ``conditions``
     options: Any  # resolved SamplingOptions
@@ -178,12 +237,15 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     labels = load_labels_spec()
     sets = _condition_sets(config, labels)
     model, train_noise, meta = _load_model(config, plugins, device)
+    guidance = resolve_guidance(config, meta)
+    if guidance.note and rank == 0:
+        log(guidance.note)
     options = SamplingOptions(
         dtype=config.dtype,
         channels_last=config.channels_last,
         compile=config.compile,
         cuda_graphs=config.cuda_graphs,
-        batch_size=config.batch_size or 256,
+        batch_size=config.batch_size,
     ).resolved(device)
     spans, start = {}, 0
     for s in sets:
@@ -198,6 +260,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         meta=meta,
         labels=labels,
         sets=sets,
+        guidance=guidance,
         conditions=multi_hot([c for s in sets for c in s.conditions], labels),
         spans=spans,
         options=options,
@@ -212,6 +275,10 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     result = RunResult(
         config={
             **config.to_dict(),
+            # what the cells used (the checkpoint's sampling defaults fill what was not given)
+            "guidance": guidance.guidance,
+            "guidance_interval": list(guidance.interval) if guidance.interval else None,
+            "guidance_from": guidance.source,
             "model_meta": meta,
             "train_noise_schedule": train_noise,
             "sampling": asdict(options),
@@ -220,14 +287,17 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         environment=environment(device),
     )
     _warm_up(ctx)
-    cells = list(itertools.product(config.schedulers, config.steps, config.guidance, config.seeds))
+    cells = list(itertools.product(config.schedulers, config.steps, guidance.guidance, config.seeds))
     n = len(ctx.conditions)
-    for i, (scheduler_name, steps, guidance, seed) in enumerate(cells):
+    for i, (scheduler_name, steps, scale, seed) in enumerate(cells):
+        interval = _interval(ctx, scale)
         ctx.log(
             f"[{i + 1}/{len(cells)}] sampling {n} images: {scheduler_name}, "
-            f"{steps or 'default'} steps, guidance {guidance:g}, seed {seed}"
+            f"{steps or 'default'} steps, guidance {scale:g}"
+            + (f" (interval {format_interval(interval)})" if interval else "")
+            + f", seed {seed}"
         )
-        rows = _run_cell(ctx, scheduler_name, steps, guidance, seed)
+        rows = _run_cell(ctx, scheduler_name, steps, scale, seed)
         if ctx.main:
             result.rows.extend(rows)
             result.write(ctx.out_dir / "results.json")  # after every cell: an interrupted run keeps its rows
@@ -246,6 +316,11 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
 
 def _quiet(message: str) -> None:
     """The log of the processes other than the main one."""
+
+
+def _interval(ctx: _Run, guidance: float) -> tuple[float, float] | None:
+    """The guidance interval of a cell: none without guidance (it would change nothing)."""
+    return ctx.guidance.interval if guidance != 1.0 else None
 
 
 def _sample_all(ctx: _Run, scheduler, *, seed: int, **kwargs):
@@ -308,12 +383,14 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int | None, guidance: float
     from bench.images import save_grid, save_images
 
     config, rows = ctx.config, []
+    interval = _interval(ctx, guidance)
     base = dict(
         model=config.model,
         scheduler=scheduler_name,
         steps=steps or 0,
         seed=seed,
         guidance=guidance,
+        guidance_interval=list(interval) if interval else None,
         checkpoint=str(ctx.meta.get("checkpoint", "")),
     )
     try:
@@ -326,6 +403,7 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int | None, guidance: float
             seed=seed,
             steps=steps,
             guidance=guidance,
+            guidance_interval=interval,
             allow_schedule_mismatch=config.allow_schedule_mismatch,
         )
     except Exception as error:  # noqa: BLE001 - one failing cell must not stop the matrix
@@ -348,6 +426,7 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int | None, guidance: float
         "images_per_s": n_total / result.seconds if result.seconds else None,
         "s_per_image": result.seconds / n_total,
         "nfe": result.nfe,
+        "guided_nfe": result.extra.get("guided_nfe"),
         "peak_memory_mb": result.peak_memory_mb,
         "batch_size": options.batch_size,
         "dtype": options.dtype,
@@ -359,7 +438,8 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int | None, guidance: float
         "seconds": result.seconds,
         "processes": ctx.size,
     }
-    cell_dir = ctx.out_dir / "images" / f"{scheduler_name}-{steps}-g{guidance:g}" / f"seed{seed}"
+    cell = f"{scheduler_name}-{steps}-g{guidance:g}" + (f"-i{format_interval(interval)}" if interval else "")
+    cell_dir = ctx.out_dir / "images" / cell / f"seed{seed}"
     for s in ctx.sets:
         lo, hi = ctx.spans[s.name]
         images, conditions = result.images[lo:hi], ctx.conditions[lo:hi]
@@ -399,7 +479,8 @@ def _denoising_figure(ctx: _Run) -> str:
         train_config=ctx.train_noise,
         steps=config.steps[0],
         seed=config.seeds[0],
-        guidance=config.guidance[0],
+        guidance=ctx.guidance.guidance[0],
+        guidance_interval=_interval(ctx, ctx.guidance.guidance[0]),
         device=ctx.device,
         options=SamplingOptions.plain(batch_size=1),
         record_frames=9,

@@ -6,6 +6,12 @@ For each chunk of conditions: a fresh scheduler (multistep schedulers keep state
 (conditions + null conditions = zeros). Every model call is counted (NFE): Heun calls the model
 twice per step (2 * steps - 1 calls: its last step is first order).
 
+Guidance interval: with ``guidance_interval=(lo, hi)`` (training timesteps) only the steps with
+``lo <= t <= hi`` run the doubled batch; the others run the model once on the conditions alone
+(guidance scale 1 there). The choice is host work (the timesteps are host tensors). A single
+call and a doubled call each count as one model call; ``extra["guided_nfe"]`` counts the doubled
+ones.
+
 Determinism: every image has its own generator seeded from (seed, image index), for the
 initial noise and for the noise of stochastic steps, so an image depends on its seed and index,
 not on the batch size or its neighbours (up to kernel numerics, which may differ with batch shape).
@@ -28,6 +34,7 @@ from typing import Any
 
 import torch
 
+from bench.guidance import check_interval, in_interval
 from bench.noise import check_schedule_compatible
 
 # Schedulers whose ``step`` draws no noise (with their default options): no generators passed.
@@ -45,15 +52,16 @@ class SamplingOptions:
     """How fast the loop runs; ``None`` picks the default for the device.
 
     Defaults: on CUDA bf16 autocast, channels_last, torch.compile with CUDA graphs
-    (``mode="reduce-overhead"``); on CPU plain fp32 with channels_last (measured faster on CPU,
-    numerically the same) and no compile. Each part can be switched on or off by itself.
+    (``mode="reduce-overhead"``), chunks of 256 images; on CPU plain fp32 with channels_last
+    (measured faster on CPU, numerically the same), no compile, chunks of 32. Each part can be
+    switched on or off by itself.
     """
 
     dtype: str | None = None  # "bf16" (autocast) or "fp32"
     channels_last: bool | None = None
     compile: bool | None = None
     cuda_graphs: bool | None = None  # with compile: "reduce-overhead", else "max-autotune-no-cudagraphs"
-    batch_size: int = 256  # images per chunk (guidance doubles the model batch)
+    batch_size: int | None = None  # images per chunk (guidance doubles the model batch)
 
     def resolved(self, device: torch.device | str) -> SamplingOptions:
         """These options with every ``None`` replaced by the default for ``device``."""
@@ -61,14 +69,18 @@ class SamplingOptions:
         dtype = self.dtype or ("bf16" if cuda else "fp32")
         if dtype not in ("bf16", "fp32"):
             raise ValueError(f"sampling dtype must be 'bf16' or 'fp32', not {dtype!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"sampling batch_size must be at least 1, not {self.batch_size}")
+        # CPU: small chunks stay in cache. On 2 cores a 128-image forward of the `small` preset
+        # costs 2.6x a 64-image one, and guidance-3 sampling of 64 images took 140 s in chunks of
+        # 32 against 168 s in one chunk (same images: noise is per image).
+        batch_size = (256 if cuda else 32) if self.batch_size is None else self.batch_size
+        if batch_size < 1:
+            raise ValueError(f"sampling batch_size must be at least 1, not {batch_size}")
         compile_ = cuda if self.compile is None else self.compile
         cuda_graphs = (cuda and compile_) if self.cuda_graphs is None else self.cuda_graphs
         if cuda_graphs and not cuda:
             raise ValueError("cuda_graphs needs a CUDA device")
         channels_last = True if self.channels_last is None else self.channels_last
-        return SamplingOptions(dtype, channels_last, compile_, cuda_graphs, self.batch_size)
+        return SamplingOptions(dtype, channels_last, compile_, cuda_graphs, batch_size)
 
     @classmethod
     def plain(cls, batch_size: int = 256) -> SamplingOptions:
@@ -89,8 +101,10 @@ class SampleResult:
     options: SamplingOptions | None = None
     steps: int = 0
     guidance: float = 1.0
+    # (lo, hi) training timesteps where guidance applied; None: every step (or guidance off)
+    guidance_interval: tuple[float, float] | None = None
     scheduler: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # "guided_nfe": calls on the doubled batch
 
     @property
     def images_per_second(self) -> float:
@@ -133,6 +147,7 @@ class _ModelCall:
         else:
             self.forward = model
         self.calls = 0
+        self.guided_calls = 0  # calls on the doubled (conditional + null) batch
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
         if guidance != 1.0:
@@ -146,6 +161,7 @@ class _ModelCall:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.forward(x, t, cond)
         self.calls += 1
+        self.guided_calls += int(guidance != 1.0)
         # A CUDA-graph output buffer is overwritten by the next replay; multistep schedulers keep
         # past outputs, so take a private copy.
         out = out.float().clone() if self.cuda_graphs else out.float()
@@ -174,6 +190,7 @@ def _run_chunk(
     generators: list[torch.Generator],
     steps: int,
     guidance: float,
+    interval: tuple[float, float] | None,
     shape: tuple[int, int, int],
     record_frames: int,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -198,7 +215,9 @@ def _run_chunk(
     for i in range(len(timesteps)):
         t_host = host_timesteps[i]
         model_input = scheduler.scale_model_input(x, t_host)
-        eps = call(model_input, timesteps[i], cond, guidance)
+        # Guidance inside the interval only: a host decision, no device sync.
+        scale = guidance if in_interval(float(t_host), interval) else 1.0
+        eps = call(model_input, timesteps[i], cond, scale)
         x = scheduler.step(eps, t_host, x, return_dict=False, **step_kwargs)[0]
         if i + 1 in keep:
             if i + 1 == len(timesteps):
@@ -218,6 +237,7 @@ def sample(
     train_config: dict[str, Any],
     steps: int | None = None,
     guidance: float = 1.0,
+    guidance_interval: tuple[float, float] | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     options: SamplingOptions | None = None,
@@ -237,10 +257,14 @@ def sample(
     ``scheduler`` is a registered name or a factory ``factory(train_config, **options)``;
     ``train_config`` is the checkpoint's noise-schedule config. ``steps`` defaults to the
     factory's ``default_steps`` (else 50). ``guidance`` is the CFG scale (1.0 = off, no
-    doubled batch). ``record_frames=N`` also returns N+1 frames of x_t from noise to image.
+    doubled batch). ``guidance_interval=(lo, hi)`` limits guidance to the steps whose timestep
+    ``t`` (training timesteps) has ``lo <= t <= hi``; elsewhere the model runs once, unguided.
+    None guides every step. ``record_frames=N`` also returns N+1 frames of x_t from noise to image.
     The model is used in place (eval mode; channels_last converts its weights' layout).
     """
     name, factory = _resolve_factory(scheduler)
+    interval = check_interval(guidance_interval)
+    interval = interval if guidance != 1.0 else None  # without guidance it has no effect
     check_schedule_compatible(train_config, factory, allow_schedule_mismatch)
     steps = int(steps or getattr(factory, "default_steps", 50))
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -273,15 +297,19 @@ def sample(
     with torch.inference_mode():
         if opts.compile:
             # Compile and capture before the clock starts: three calls cover CUDA-graph recording.
+            # With an interval the loop runs both batch shapes (doubled inside, single outside):
+            # two compiled shapes, two captured graphs, both warmed here.
             _sync(device)
             start = time.perf_counter()
             dummy_x = torch.zeros((batch, *shape), device=device)
             dummy_t = torch.zeros((), device=device, dtype=torch.long)
-            for _ in range(3):
-                call(dummy_x, dummy_t, conditions[:1].expand(batch, -1).contiguous(), guidance)
+            dummy_c = conditions[:1].expand(batch, -1).contiguous()
+            for scale in [guidance] if interval is None else [guidance, 1.0]:
+                for _ in range(3):
+                    call(dummy_x, dummy_t, dummy_c, scale)
             _sync(device)
             warmup = time.perf_counter() - start
-            call.calls = 0
+            call.calls = call.guided_calls = 0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         _sync(device)
@@ -302,6 +330,7 @@ def sample(
                 gens,
                 steps,
                 guidance,
+                interval,
                 shape,
                 record_frames,
             )
@@ -323,7 +352,9 @@ def sample(
         options=opts,
         steps=steps,
         guidance=guidance,
+        guidance_interval=interval,
         scheduler=name,
+        extra={"guided_nfe": call.guided_calls // n_chunks},
     )
 
 

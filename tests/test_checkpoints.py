@@ -65,6 +65,24 @@ def test_round_trip_and_export(tmp_path: Path, model: torch.nn.Module) -> None:
     torch.testing.assert_close(single.cond_embed.weight, ema.cond_embed.weight, atol=1e-3, rtol=1e-3)
 
 
+def test_an_exported_file_is_rewritten_with_new_sampling_defaults(
+    tmp_path: Path, model: torch.nn.Module
+) -> None:
+    _save(tmp_path / "ck", model, step=7)
+    first = export_weights(tmp_path / "ck", tmp_path / "a.safetensors", dtype="fp16")
+    second = export_weights(first, tmp_path / "b.safetensors", guidance=3, guidance_interval=(400, 900))
+    third = export_weights(second, tmp_path / "c.safetensors", dtype="bf16")  # keeps the defaults
+    a, _, meta_a = load_model(first)
+    b, noise_b, meta_b = load_model(second)
+    c, _, meta_c = load_model(third)
+    assert "sampling_defaults" not in meta_a and meta_b["step"] == 7 and noise_b["num_train_timesteps"] == 100
+    assert meta_b["sampling_defaults"] == {"guidance": 3.0, "guidance_interval": [400.0, 900.0]}
+    assert meta_c["sampling_defaults"] == meta_b["sampling_defaults"] and meta_c["dtype"] == "bfloat16"
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+
+
 def test_interrupted_save_keeps_the_previous_checkpoint(
     tmp_path: Path, model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -113,3 +131,27 @@ def test_unknown_model_name(tmp_path: Path, model: torch.nn.Module) -> None:
     _save(tmp_path / "ck", model, name="ddpm-unt")
     with pytest.raises(CheckpointError, match="no installed plugin provides.*ddpm-unet"):
         load_model(tmp_path / "ck")
+
+
+def test_sampling_defaults_are_checked_on_load(tmp_path: Path, model: torch.nn.Module) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    _save(tmp_path / "ck", model)
+    plain = export_weights(tmp_path / "ck", tmp_path / "plain.safetensors")
+    assert "sampling_defaults" not in load_model(plain)[2]
+    shipped = export_weights(tmp_path / "ck", tmp_path / "w.safetensors", guidance=2.5)
+    assert load_model(shipped)[2]["sampling_defaults"] == {"guidance": 2.5}
+    with safe_open(str(shipped), "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    for bad, message in [
+        ("{not json", "not JSON"),
+        ('{"guidance": "3"}', "not a finite number"),
+        ('{"guidance": 3, "guidance_interval": [900, 300]}', "lower end 900"),
+        ('{"guidance_interval": [300, 1000]}', "without a guidance scale"),
+    ]:
+        save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={**metadata, "sampling_defaults": bad})
+        with pytest.raises(CheckpointError, match=message):
+            load_model(tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError, match="negative"):
+        export_weights(tmp_path / "ck", tmp_path / "neg.safetensors", guidance=-1)

@@ -218,3 +218,124 @@ def test_run_options_from_a_config_file_use_their_command_line_names(runner, tmp
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert {r["scheduler"] for r in rows} == {"ddim", "euler"}
     assert {r["seed"] for r in rows} == {3}  # the flag wins over the file
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("5", "is not LO,HI"),
+        ("a,b", "'a' is not a number"),
+        ("800,300", "lower end 800 is above the upper end 300"),
+        ("-5,100", "timesteps are 0 or more"),
+        ("1,2,3", "is not LO,HI"),
+    ],
+)
+def test_bad_guidance_interval_is_one_clear_line(runner, tmp_path, value, message) -> None:
+    result = tiny_run(runner, "--guidance-interval", value, "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2
+    assert "--guidance-interval" in result.output and message in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+
+
+def _rows_and_config(out) -> tuple[list[dict], dict]:
+    data = json.loads((out / "results.json").read_text())
+    return data["rows"], data["config"]
+
+
+def test_export_writes_sampling_defaults_and_run_uses_them(runner, tmp_path) -> None:
+    import torch
+    from safetensors import safe_open
+
+    from bench.checkpoints import save_checkpoint
+    from bench.noise import noise_config
+    from bench_builtins.models.ddpm_unet import make_ddpm_unet
+
+    torch.manual_seed(0)
+    model = make_ddpm_unet("tiny")
+    ck = save_checkpoint(tmp_path / "ck", model_name="ddpm-unet", model=model, model_config=model.config,
+                         noise_config=noise_config("cosine", 1000))  # fmt: skip
+    shipped = tmp_path / "tiny.safetensors"
+    args = ["export", str(ck), str(shipped), "--guidance", "3", "--guidance-interval", "300,1000"]
+    result = runner.invoke(cli.main, args)
+    assert result.exit_code == 0, result.output
+    assert "sampling defaults: guidance 3, interval 300-1000" in result.output
+    with safe_open(str(shipped), "pt") as f:
+        assert json.loads(f.metadata()["sampling_defaults"]) == {
+            "guidance": 3.0,
+            "guidance_interval": [300, 1000],
+        }
+
+    conditions = tmp_path / "c.json"
+    conditions.write_text('[["red sphere"], ["cyan cube", "gray cylinder"]]')
+    base = ["run", "--checkpoint", str(shipped), "--conditions", str(conditions), "--scheduler", "ddim",
+            "--steps", "2", "--evaluators", "none", "--device", "cpu", "--no-denoising-figure"]  # fmt: skip
+
+    def run(name: str, *extra: str):
+        out = tmp_path / name
+        invoked = runner.invoke(cli.main, [*base, "--out", str(out), *extra])
+        assert invoked.exit_code == 0, invoked.output
+        return invoked.output, *_rows_and_config(out)
+
+    # No --guidance: the checkpoint's guidance and interval (ddim 2 steps: t = 999 and 499, both inside).
+    output, rows, config = run("defaults")
+    assert "guidance 3 and interval 300-1000 from the checkpoint's sampling defaults" in output
+    assert "--guidance 1 turns guidance off" in output
+    assert [(r["guidance"], r["guidance_interval"], r["speed"]["guided_nfe"]) for r in rows] == [
+        (3.0, [300.0, 1000.0], 2)
+    ]
+    assert config["guidance_from"] == "checkpoint" and config["guidance"] == [3.0]
+    assert config["model_meta"]["sampling_defaults"]["guidance"] == 3.0
+    # An explicit --guidance wins, and the checkpoint's interval goes with its guidance.
+    output, rows, config = run("explicit", "--guidance", "1")
+    assert "sampling defaults" not in output
+    assert [(r["guidance"], r["guidance_interval"], r["speed"]["guided_nfe"]) for r in rows] == [
+        (1.0, None, 0)
+    ]
+    assert config["guidance_from"] == "option" and config["guidance_interval"] is None
+    output, rows, _ = run("explicit-3", "--guidance", "3")
+    assert [(r["guidance"], r["guidance_interval"]) for r in rows] == [(3.0, None)]
+    # --guidance-interval alone keeps the checkpoint's guidance with the given interval.
+    output, rows, _ = run("own-interval", "--guidance-interval", "900,1000")
+    assert "(interval 900-1000 from --guidance-interval)" in output
+    assert [(r["guidance_interval"], r["speed"]["guided_nfe"], r["speed"]["nfe"]) for r in rows] == [
+        ([900.0, 1000.0], 1, 2)
+    ]
+    report = runner.invoke(
+        cli.main, ["report", str(tmp_path / "own-interval" / "results.json"), "--format", "plain"]
+    )
+    assert "guidance interval" in report.output and "900-1000" in report.output, report.output
+
+
+def test_export_refuses_an_interval_without_guidance(runner, tmp_path) -> None:
+    import torch
+
+    from bench.checkpoints import save_checkpoint
+    from bench.noise import noise_config
+    from bench_builtins.models.ddpm_unet import make_ddpm_unet
+
+    torch.manual_seed(0)
+    model = make_ddpm_unet("tiny")
+    ck = save_checkpoint(tmp_path / "ck", model_name="ddpm-unet", model=model, model_config=model.config,
+                         noise_config=noise_config("cosine", 1000))  # fmt: skip
+    out = tmp_path / "w.safetensors"
+    result = runner.invoke(cli.main, ["export", str(ck), str(out), "--guidance-interval", "300,1000"])
+    assert result.exit_code == 2 and "give the guidance too" in result.output and not out.exists()
+    result = runner.invoke(cli.main, ["export", str(ck), str(out), "--guidance-interval", "3"])
+    assert result.exit_code == 2 and "is not LO,HI" in result.output
+
+
+def test_random_weights_have_no_sampling_defaults(runner, tmp_path) -> None:
+    out = tmp_path / "run"
+    result = tiny_run(
+        runner, "--scheduler", "ddim", "--steps", "1", "--no-denoising-figure", "--out", str(out)
+    )
+    assert result.exit_code == 0, result.output
+    rows, config = _rows_and_config(out)
+    assert {(r["guidance"], r["guidance_interval"]) for r in rows} == {(1.0, None)}
+    assert config["guidance_from"] == "default" and config["guidance"] == [1.0]
+    # An interval without guidance changes nothing, and says so.
+    result = tiny_run(runner, "--scheduler", "ddim", "--steps", "1", "--no-denoising-figure",
+                      "--guidance-interval", "300,1000", "--out", str(out))  # fmt: skip
+    assert result.exit_code == 0 and "has no effect: guidance is 1 (off)" in result.output
+    rows, _ = _rows_and_config(out)
+    assert {r["guidance_interval"] for r in rows} == {None}

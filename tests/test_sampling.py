@@ -85,6 +85,63 @@ def test_guidance_is_one_doubled_batch(model: torch.nn.Module, cosine: dict) -> 
     assert counting.batches == [2, 2, 2]
 
 
+def test_guidance_interval_limits_the_doubled_batch(model: torch.nn.Module, cosine: dict) -> None:
+    """DDPM at 4 steps visits t = 999, 749, 499, 249: an interval guides exactly the steps in it."""
+    cond = conditions(5)
+    run = dict(train_config=cosine, steps=4, seed=3, options=PLAIN)  # stochastic DDPM steps
+    guided = sample(model, "ddpm", cond, guidance=3.0, **run)
+    unguided = sample(model, "ddpm", cond, guidance=1.0, **run)
+    assert guided.guidance_interval is None and guided.extra["guided_nfe"] == 4
+    for everywhere in [(0, 999), (249, 999), (0, 1000)]:  # every step inside: plain guidance
+        same = sample(model, "ddpm", cond, guidance=3.0, guidance_interval=everywhere, **run)
+        assert torch.equal(same.images, guided.images), everywhere
+    for nowhere in [(500, 700), (1000, 2000), (0, 248)]:  # no step inside: no guidance at all
+        none = sample(model, "ddpm", cond, guidance=3.0, guidance_interval=nowhere, **run)
+        assert torch.equal(none.images, unguided.images), nowhere
+        assert none.extra["guided_nfe"] == 0 and none.nfe == 4
+
+    counting = CountingModel(model)
+    part = sample(counting, "ddpm", cond, guidance=3.0, guidance_interval=(600, 1000), **run)
+    assert counting.batches == [10, 10, 5, 5]  # 999 and 749 doubled, 499 and 249 single
+    assert part.nfe == 4 and part.extra["guided_nfe"] == 2
+    assert part.guidance_interval == (600.0, 1000.0) and part.guidance == 3.0
+    assert not torch.allclose(part.images, guided.images)
+    assert not torch.allclose(part.images, unguided.images)
+    counting.batches.clear()
+    # Bounds are inclusive; Heun visits 749 and 499 twice each (7 model calls for 4 steps).
+    heun = sample(counting, "heun", cond, guidance=3.0, guidance_interval=(499, 749), **run)
+    assert counting.batches == [5, 10, 10, 10, 10, 5, 5] and heun.extra["guided_nfe"] == 4
+    # Without guidance an interval changes nothing and is not recorded.
+    off = sample(model, "ddpm", cond, guidance=1.0, guidance_interval=(600, 1000), **run)
+    assert torch.equal(off.images, unguided.images) and off.guidance_interval is None
+
+
+@pytest.mark.parametrize("bad", [(800, 300), (-5, 100), (1, 2, 3), (0, float("nan")), "300,1000"])
+def test_guidance_interval_must_be_two_ordered_timesteps(model: torch.nn.Module, cosine: dict, bad) -> None:
+    with pytest.raises(ValueError, match="guidance interval"):
+        sample(model, "ddim", conditions(1), train_config=cosine, steps=1, guidance=3.0,
+               guidance_interval=bad, options=PLAIN)  # fmt: skip
+
+
+def test_compile_warm_up_covers_both_batch_shapes(
+    model: torch.nn.Module, cosine: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With an interval the loop runs the doubled and the single batch: both are compiled (and
+    captured, with CUDA graphs) before the clock starts. torch.compile itself is stubbed out here."""
+    import bench.sampling
+
+    monkeypatch.setattr(bench.sampling, "_compiled", lambda module, mode: module)
+    counting = CountingModel(model)
+    options = SamplingOptions(dtype="fp32", channels_last=False, compile=True, batch_size=5)
+    result = sample(counting, "ddim", conditions(5), train_config=cosine, steps=4, guidance=3.0,
+                    guidance_interval=(600, 1000), options=options)  # fmt: skip
+    assert counting.batches[:6] == [10, 10, 10, 5, 5, 5]  # warm-up: three calls per shape
+    assert counting.batches[6:] == [10, 10, 5, 5] and result.nfe == 4 and result.extra["guided_nfe"] == 2
+    counting.batches.clear()
+    sample(counting, "ddim", conditions(5), train_config=cosine, steps=4, guidance=3.0, options=options)
+    assert counting.batches == [10] * 7  # no interval: one shape, as before
+
+
 def test_seeds_are_per_image(model: torch.nn.Module, cosine: dict) -> None:
     cond = conditions(5)
     a = sample(model, "ddpm", cond, train_config=cosine, steps=3, seed=1, options=PLAIN)
@@ -158,7 +215,10 @@ def test_noise_config_needs_a_schedule() -> None:
 
 def test_options_resolve_per_device() -> None:
     cpu = SamplingOptions().resolved("cpu")
-    assert cpu.dtype == "fp32" and not cpu.compile and not cpu.cuda_graphs
+    assert cpu.dtype == "fp32" and not cpu.compile and not cpu.cuda_graphs and cpu.batch_size == 32
+    assert SamplingOptions(batch_size=7).resolved("cpu").batch_size == 7
+    with pytest.raises(ValueError, match="at least 1"):
+        SamplingOptions(batch_size=0).resolved("cpu")
     with pytest.raises(ValueError, match="bf16"):
         SamplingOptions(dtype="fp16").resolved("cpu")
     with pytest.raises(ValueError, match="CUDA"):
