@@ -362,20 +362,23 @@ def _sample_all(ctx: _Run, scheduler, *, seed: int, **kwargs):
 
 
 def _warm_up(ctx: _Run) -> None:
-    """One untimed 1-step pass at the timed batch shape: first-call costs (allocator, kernel
-    selection, lazy init) must not land in the first cell's images/s."""
+    """Untimed 1-step passes at the timed batch shapes (the doubled one too when a cell is
+    guided): first-call costs (allocator, kernel selection, lazy init) must not land in the
+    first cell's images/s."""
     from bench.sampling import sample
 
     mine = ctx.conditions[shard(len(ctx.conditions), ctx.rank, ctx.size)]
-    sample(
-        ctx.model,
-        "ddim",
-        mine[: ctx.options.batch_size],
-        train_config=ctx.train_noise,
-        steps=1,
-        device=ctx.device,
-        options=ctx.options,
-    )
+    for guidance in sorted({1.0, max(ctx.guidance.guidance)}):
+        sample(
+            ctx.model,
+            "ddim",
+            mine[: ctx.options.batch_size],
+            train_config=ctx.train_noise,
+            steps=1,
+            guidance=guidance,
+            device=ctx.device,
+            options=ctx.options,
+        )
 
 
 def _run_cell(ctx: _Run, scheduler_name: str, steps: int | None, guidance: float, seed: int) -> list[Row]:
