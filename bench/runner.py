@@ -228,7 +228,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     main process gathers them, evaluates, writes every file and returns the result; the other
     processes return None.
     """
-    from bench.sampling import SamplingOptions
+    from bench.sampling import SamplingOptions, resolve_steps
 
     plugins = plugins or get_plugins()
     device = resolve_device(config.device)
@@ -293,7 +293,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         interval = _interval(ctx, scale)
         ctx.log(
             f"[{i + 1}/{len(cells)}] sampling {n} images: {scheduler_name}, "
-            f"{steps or 'default'} steps, guidance {scale:g}"
+            f"{resolve_steps(scheduler_name, steps)} steps, guidance {scale:g}"
             + (f" (interval {format_interval(interval)})" if interval else "")
             + f", seed {seed}"
         )

@@ -125,6 +125,11 @@ def _resolve_factory(scheduler: str | Callable) -> tuple[str, Callable]:
     return getattr(scheduler, "__name__", type(scheduler).__name__), scheduler
 
 
+def resolve_steps(scheduler: str | Callable, steps: int | None = None) -> int:
+    """``steps``, or the scheduler's ``default_steps`` when not given (else 50)."""
+    return int(steps or getattr(_resolve_factory(scheduler)[1], "default_steps", 50))
+
+
 def _compiled(model: torch.nn.Module, mode: str) -> Callable:
     """torch.compile(model) once per (model, mode); fixed shapes (the last chunk is padded)."""
     cache = model.__dict__.setdefault("_bench_compiled", {})  # a dict attribute: not a submodule
@@ -266,7 +271,7 @@ def sample(
     interval = check_interval(guidance_interval)
     interval = interval if guidance != 1.0 else None  # without guidance it has no effect
     check_schedule_compatible(train_config, factory, allow_schedule_mismatch)
-    steps = int(steps or getattr(factory, "default_steps", 50))
+    steps = resolve_steps(factory, steps)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     opts = (options or SamplingOptions()).resolved(device)
     shape = image_shape or _image_shape(model)
@@ -391,4 +396,5 @@ __all__: Sequence[str] = (
     "plain_reference_loop",
     "image_seed",
     "with_batch_size",
+    "resolve_steps",
 )
