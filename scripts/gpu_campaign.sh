@@ -5,7 +5,8 @@
 #   GPU 1: ddpm-unet `small`, linear (cosine-vs-linear)
 #   GPU 2: ddpm-unet `seed`, our default recipe
 #   GPU 3: ddpm-unet `seed`, the reference recipe (same wall time), and the judge beside it;
-#          then the speed benchmarks (scripts/speed.sh) while the others evaluate
+#          then the speed benchmarks (scripts/speed.sh) and a kernel profile of the sampling loop
+#          (scripts/profile_sampling.py) while the others evaluate
 # then exports the small models (fp16 safetensors) and samples + judges everything with the new judge.
 # The trainings follow the `default` recipe, v-prediction since the first run of this script (which
 # trained epsilon models: TRAINING.md gives those exact commands).
@@ -67,6 +68,7 @@ CUDA_VISIBLE_DEVICES=$(gpu 2) bench run --checkpoint "$OUT/seed-default/checkpoi
   CUDA_VISIBLE_DEVICES=$(gpu 3) bench run --checkpoint "$OUT/seed-reference/checkpoint" "${JUDGE[@]}" \
       --scheduler cosine --seeds 0-4 --no-compile --out "$OUT/run-seed-reference"
   CUDA_VISIBLE_DEVICES=$(gpu 3) scripts/speed.sh "$OUT/speed"
+  CUDA_VISIBLE_DEVICES=$(gpu 3) python3 scripts/profile_sampling.py "$OUT/profile"
 ) > "$OUT/run-seed-reference.log" 2>&1 &
 wait
 echo "$(date +%T) evaluations done"

@@ -66,3 +66,21 @@ def test_cpu_benchmarks_run_and_report(tmp_path: Path) -> None:
     for name in SCHEDULERS:
         assert f"| {name} " in table, (name, table)
     assert "images/s" in table
+
+
+def test_the_sampling_profiler_splits_the_time_by_op_family(tmp_path: Path) -> None:
+    """scripts/profile_sampling.py on the CPU, tiny preset: the table and the family shares exist."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
+    args = ["--preset", "tiny", "--batch", "4", "--steps", "2", "--guidance", "2"]
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "profile_sampling.py"), str(tmp_path), *args],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    summary = json.loads((tmp_path / "profile.json").read_text())
+    shares = {name: family["share"] for name, family in summary["families"].items()}
+    assert summary["device"] == "cpu" and summary["steps"] == 2 and summary["guidance"] == 2.0
+    assert sum(shares.values()) == pytest.approx(1.0) and shares["convolution"] > 0
+    assert "aten::" in (tmp_path / "profile.txt").read_text()

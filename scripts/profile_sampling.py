@@ -1,0 +1,132 @@
+"""Where the sampling loop's time goes: torch.profiler over a few steps of the fast path.
+
+Profiles ``bench.sampling.sample`` (the one loop every run uses) on a random-weight ``ddpm-unet``
+after an untimed warm-up, and writes:
+
+- ``OUT_DIR/profile.txt``: the ops with the most self time on the device (CUDA), or on the CPU
+  without one, as torch.profiler's table;
+- ``OUT_DIR/profile.json``: the same time summed by op family (convolution, matmul, attention,
+  normalisation, elementwise, copies, random numbers, other), each with its share, plus the
+  setting and the wall time per step.
+
+CUDA graphs are off by default: a captured graph replays as one launch and hides its kernels from
+the profiler; ``--cuda-graphs`` profiles the default fast path as it runs (then expect the kernels
+to be missing and the host gaps between replays to be what is left).
+
+Usage: python scripts/profile_sampling.py OUT_DIR [--preset seed] [--batch 256] [--steps 10]
+       [--scheduler cosine] [--guidance 1] [--no-compile] [--cuda-graphs] [--dtype bf16|fp32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench.conditions import load_condition_set, load_labels_spec, multi_hot
+from bench.noise import noise_config
+from bench.plugins import get
+from bench.runner import DEFAULT_CONDITION_FILES
+from bench.sampling import SamplingOptions, sample
+
+# Op families, by substrings of profiler event names (first match wins; lower case).
+FAMILIES = (
+    ("attention", ("attention", "flash", "sdpa", "softmax", "fmha")),
+    ("convolution", ("conv", "cudnn", "implicit_gemm", "winograd", "xmma_fprop", "sm90_xmma")),
+    ("matmul", ("gemm", "mm", "matmul", "linear", "cutlass")),
+    ("random numbers", ("normal_", "randn", "philox", "random")),  # before "norm": normal_ is RNG
+    ("normalisation", ("norm", "welford")),
+    ("copies", ("copy", "cat", "contiguous", "to_copy", "memcpy", "memset", "clone")),
+    ("elementwise", ("elementwise", "triton", "add", "mul", "silu", "sigmoid", "div", "sub", "fused")),
+)
+
+
+def family(name: str) -> str:
+    low = name.lower()
+    for fam, keys in FAMILIES:
+        if any(k in low for k in keys):
+            return fam
+    return "other"
+
+
+def conditions_for(batch: int) -> torch.Tensor:
+    """The shipped test + new_test conditions, repeated to ``batch`` rows (real label mixes)."""
+    labels = load_labels_spec()
+    rows = [c for f in DEFAULT_CONDITION_FILES for c in load_condition_set(f, labels).conditions]
+    return multi_hot([rows[i % len(rows)] for i in range(batch)], labels)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="output folder")
+    parser.add_argument("--preset", default="seed")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=10, help="sampling steps profiled")
+    parser.add_argument("--scheduler", default="cosine")
+    parser.add_argument("--guidance", type=float, default=1.0)
+    parser.add_argument("--dtype", choices=("bf16", "fp32"), default=None)
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--cuda-graphs", action="store_true")
+    parser.add_argument("--rows", type=int, default=30, help="ops in profile.txt")
+    args = parser.parse_args()
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    torch.manual_seed(0)
+    model = get("models", "ddpm-unet").factory(preset=args.preset).eval().to(device)
+    options = SamplingOptions(
+        dtype=args.dtype,
+        compile=not args.no_compile and cuda,
+        cuda_graphs=args.cuda_graphs and cuda,
+        batch_size=args.batch,
+    )
+    conds = conditions_for(args.batch)
+    train_config = noise_config(args.scheduler if args.scheduler in ("cosine", "linear") else "cosine")
+    kwargs = dict(train_config=train_config, steps=args.steps, guidance=args.guidance, options=options)
+
+    sample(model, args.scheduler, conds, **kwargs)  # warm-up: compile, autotune, allocator
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        result = sample(model, args.scheduler, conds, **kwargs)
+        wall = time.perf_counter() - start
+
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    total = sum(getattr(e, key) for e in events) or 1.0
+    by_family: dict[str, float] = {}
+    for e in events:
+        by_family[family(e.key)] = by_family.get(family(e.key), 0.0) + getattr(e, key)
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = prof.key_averages().table(sort_by=key, row_limit=args.rows)
+    (args.out / "profile.txt").write_text(table)
+    summary = {
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "torch": torch.__version__,
+        "preset": args.preset,
+        "batch": args.batch,
+        "steps": args.steps,
+        "scheduler": args.scheduler,
+        "guidance": args.guidance,
+        "options": {k: getattr(result.options, k) for k in ("dtype", "channels_last", "compile", "cuda_graphs")},
+        "images_per_s": result.images_per_second,
+        "wall_s_per_step": wall / args.steps,
+        "time_basis": key,
+        "total_ms": total / 1e3,
+        "families": {
+            fam: {"ms": t / 1e3, "share": t / total} for fam, t in sorted(by_family.items(), key=lambda kv: -kv[1])
+        },
+    }
+    (args.out / "profile.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{summary['device']}: {summary['images_per_s']:.1f} images/s, {1e3 * summary['wall_s_per_step']:.1f} ms/step")
+    for fam, v in summary["families"].items():
+        print(f"  {fam:15s} {v['ms']:10.1f} ms  {100 * v['share']:5.1f} %")
+    print(f"wrote {args.out / 'profile.txt'} and {args.out / 'profile.json'}")
+
+
+if __name__ == "__main__":
+    main()
