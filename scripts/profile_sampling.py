@@ -112,17 +112,22 @@ def main() -> None:
         "steps": args.steps,
         "scheduler": args.scheduler,
         "guidance": args.guidance,
-        "options": {k: getattr(result.options, k) for k in ("dtype", "channels_last", "compile", "cuda_graphs")},
+        "options": {
+            k: getattr(result.options, k) for k in ("dtype", "channels_last", "compile", "cuda_graphs")
+        },
         "images_per_s": result.images_per_second,
         "wall_s_per_step": wall / args.steps,
         "time_basis": key,
         "total_ms": total / 1e3,
         "families": {
-            fam: {"ms": t / 1e3, "share": t / total} for fam, t in sorted(by_family.items(), key=lambda kv: -kv[1])
+            fam: {"ms": t / 1e3, "share": t / total}
+            for fam, t in sorted(by_family.items(), key=lambda kv: -kv[1])
         },
     }
     (args.out / "profile.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"{summary['device']}: {summary['images_per_s']:.1f} images/s, {1e3 * summary['wall_s_per_step']:.1f} ms/step")
+    print(
+        f"{summary['device']}: {summary['images_per_s']:.1f} images/s, {1e3 * summary['wall_s_per_step']:.1f} ms/step"
+    )
     for fam, v in summary["families"].items():
         print(f"  {fam:15s} {v['ms']:10.1f} ms  {100 * v['share']:5.1f} %")
     print(f"wrote {args.out / 'profile.txt'} and {args.out / 'profile.json'}")
