@@ -245,8 +245,10 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         channels_last=config.channels_last,
         compile=config.compile,
         cuda_graphs=config.cuda_graphs,
-        batch_size=config.batch_size,
     ).resolved(device)
+    # The chunk size stays as given (None: sample() picks it per cell, guided cells on the CPU
+    # take half as many images), so the result rows record the size each cell ran with.
+    options = replace(options, batch_size=config.batch_size)
     spans, start = {}, 0
     for s in sets:
         spans[s.name] = (start, start + len(s.conditions))
@@ -372,7 +374,7 @@ def _warm_up(ctx: _Run) -> None:
         sample(
             ctx.model,
             "ddim",
-            mine[: ctx.options.batch_size],
+            mine[: ctx.options.resolved(ctx.device).batch_size],
             train_config=ctx.train_noise,
             steps=1,
             guidance=guidance,
@@ -415,7 +417,7 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int | None, guidance: float
             traceback.print_exc()
         message = f"{type(error).__name__}: {error}"
         if type(error).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
-            batch = ctx.options.batch_size
+            batch = ctx.options.resolved(ctx.device, guided=guidance != 1.0).batch_size
             message = f"out of GPU memory at --batch-size {batch}: try --batch-size {max(1, batch // 2)} ({message})"
             _release_gpu_memory()
         return [
@@ -424,7 +426,7 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int | None, guidance: float
     if not ctx.main:
         return rows  # the main process saves, evaluates and keeps the rows
     n_total = result.images.shape[0]
-    options = ctx.options
+    options = result.options or ctx.options
     speed = {
         "images_per_s": n_total / result.seconds if result.seconds else None,
         "s_per_image": result.seconds / n_total,

@@ -339,3 +339,18 @@ def test_random_weights_have_no_sampling_defaults(runner, tmp_path) -> None:
     assert result.exit_code == 0 and "has no effect: guidance is 1 (off)" in result.output
     rows, _ = _rows_and_config(out)
     assert {r["guidance_interval"] for r in rows} == {None}
+
+
+def test_cpu_rows_record_the_chunk_each_cell_ran_with(runner, tmp_path) -> None:
+    """No --batch-size: on the CPU unguided cells run 32 images a chunk, guided ones 16 (the
+    model still sees 32); a given --batch-size is kept for both."""
+    out = tmp_path / "run"
+    result = tiny_run(runner, "--scheduler", "ddim", "--steps", "1", "--guidance", "1,2",
+                      "--no-denoising-figure", "--out", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows, _ = _rows_and_config(out)
+    assert {(r["guidance"], r["speed"]["batch_size"]) for r in rows} == {(1.0, 32), (2.0, 16)}
+    result = tiny_run(runner, "--scheduler", "ddim", "--steps", "1", "--guidance", "1,2", "--batch-size", "8",
+                      "--no-denoising-figure", "--out", str(out))  # fmt: skip
+    rows, _ = _rows_and_config(out)
+    assert {r["speed"]["batch_size"] for r in rows} == {8}

@@ -216,7 +216,8 @@ def test_noise_config_needs_a_schedule() -> None:
 def test_options_resolve_per_device() -> None:
     cpu = SamplingOptions().resolved("cpu")
     assert cpu.dtype == "fp32" and not cpu.compile and not cpu.cuda_graphs and cpu.batch_size == 32
-    assert SamplingOptions(batch_size=7).resolved("cpu").batch_size == 7
+    assert SamplingOptions().resolved("cpu", guided=True).batch_size == 16  # guidance doubles the batch
+    assert SamplingOptions(batch_size=7).resolved("cpu", guided=True).batch_size == 7
     with pytest.raises(ValueError, match="at least 1"):
         SamplingOptions(batch_size=0).resolved("cpu")
     with pytest.raises(ValueError, match="bf16"):
