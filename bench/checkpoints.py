@@ -348,6 +348,15 @@ def check_sampling_defaults(value: Any, source: str) -> dict[str, Any]:
     return {**value, **(checked or {})}
 
 
+def sampling_defaults_of(file: str | os.PathLike) -> dict[str, Any] | None:
+    """The checked ``sampling_defaults`` an exported ``.safetensors`` carries (its header only)."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        raw = (f.metadata() or {}).get(SAMPLING_DEFAULTS_KEY)
+    return None if raw is None else check_sampling_defaults(raw, str(file))
+
+
 def describe_sampling_defaults(defaults: dict[str, Any] | None) -> str:
     """``"guidance 3, interval 300-1000"``; ``""`` without defaults."""
     if not defaults or defaults.get("guidance") is None:

@@ -414,15 +414,15 @@ def train_command(recipe, data, data_root, scenes, **options) -> None:
 def export_command(checkpoint, out_file, dtype, guidance, guidance_interval) -> None:
     """Write a training checkpoint's EMA weights as one .safetensors file (the shipped format),
     or re-write an exported file (another dtype, new sampling defaults)."""
-    from bench.checkpoints import describe_sampling_defaults, export_weights, make_sampling_defaults
+    from bench.checkpoints import describe_sampling_defaults, export_weights, sampling_defaults_of
     from bench.weights import sha256_of
 
     path = export_weights(
         checkpoint, out_file, dtype=dtype, guidance=guidance, guidance_interval=guidance_interval
     )
     click.echo(f"wrote {path} sha256 {sha256_of(path)}")
-    if guidance is not None:
-        defaults = make_sampling_defaults(guidance, guidance_interval)
+    defaults = sampling_defaults_of(path)  # what the file carries: given now, or kept from it
+    if defaults:
         click.echo(f"sampling defaults: {describe_sampling_defaults(defaults)}")
 
 

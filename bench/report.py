@@ -394,6 +394,12 @@ def _id_cell(record: dict[str, Any], key: str) -> Any:
     return _id_text(record, key) if key == "guidance_interval" else record.get(key, "")
 
 
+def _interval_label(row: dict[str, Any]) -> str:
+    """`` [300-1000]`` for a plot or grid label when the row has a guidance interval, else ``""``."""
+    text = _id_text(row, "guidance_interval")
+    return f" [{text}]" if text else ""
+
+
 def _points(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One point per config with both accuracy and speed: accuracy against images/s."""
     usable = [
@@ -407,8 +413,7 @@ def _points(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         label = f"{r['scheduler']}/{r['steps']}"
         if len(guidances) > 1:
             label += f" w={r['guidance']}"
-        if _id_text(r, "guidance_interval"):
-            label += f" [{_id_text(r, 'guidance_interval')}]"
+        label += _interval_label(r)
         series = str(r.get("condition_set") or "")
         if len(models) > 1:
             series = f"{r.get('model')} {series}".strip()
@@ -457,9 +462,7 @@ def load_report(paths: Sequence[str | Path]) -> Report:
                 grid = (base / row["grid"]).resolve()
                 row["grid"] = str(grid)
                 label = f"{row.get('model', '')} {row.get('scheduler', '')}/{row.get('steps', '')}"
-                label += f" w={row.get('guidance')}"
-                if _id_text(row, "guidance_interval"):
-                    label += f" [{_id_text(row, 'guidance_interval')}]"
+                label += f" w={row.get('guidance')}{_interval_label(row)}"
                 label += f" {row.get('condition_set', '')} seed {row.get('seed')}"
                 report.grids.append((" ".join(label.split()), grid))
             rows.append(row)

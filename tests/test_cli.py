@@ -242,9 +242,9 @@ def _rows_and_config(out) -> tuple[list[dict], dict]:
     return data["rows"], data["config"]
 
 
-def test_export_writes_sampling_defaults_and_run_uses_them(runner, tmp_path) -> None:
+def _tiny_checkpoint(path):
+    """A training checkpoint of the tiny preset (random weights, cosine, 1000 timesteps)."""
     import torch
-    from safetensors import safe_open
 
     from bench.checkpoints import save_checkpoint
     from bench.noise import noise_config
@@ -252,13 +252,24 @@ def test_export_writes_sampling_defaults_and_run_uses_them(runner, tmp_path) -> 
 
     torch.manual_seed(0)
     model = make_ddpm_unet("tiny")
-    ck = save_checkpoint(tmp_path / "ck", model_name="ddpm-unet", model=model, model_config=model.config,
-                         noise_config=noise_config("cosine", 1000))  # fmt: skip
+    return save_checkpoint(path, model_name="ddpm-unet", model=model, model_config=model.config,
+                           noise_config=noise_config("cosine", 1000))  # fmt: skip
+
+
+def test_export_writes_sampling_defaults_and_run_uses_them(runner, tmp_path) -> None:
+    from safetensors import safe_open
+
+    ck = _tiny_checkpoint(tmp_path / "ck")
     shipped = tmp_path / "tiny.safetensors"
     args = ["export", str(ck), str(shipped), "--guidance", "3", "--guidance-interval", "300,1000"]
     result = runner.invoke(cli.main, args)
     assert result.exit_code == 0, result.output
     assert "sampling defaults: guidance 3, interval 300-1000" in result.output
+    # Re-writing the exported file keeps (and names) the defaults it carries.
+    again = runner.invoke(
+        cli.main, ["export", str(shipped), str(tmp_path / "bf16.safetensors"), "--dtype", "bf16"]
+    )
+    assert again.exit_code == 0 and "sampling defaults: guidance 3, interval 300-1000" in again.output
     with safe_open(str(shipped), "pt") as f:
         assert json.loads(f.metadata()["sampling_defaults"]) == {
             "guidance": 3.0,
@@ -307,16 +318,7 @@ def test_export_writes_sampling_defaults_and_run_uses_them(runner, tmp_path) -> 
 
 
 def test_export_refuses_an_interval_without_guidance(runner, tmp_path) -> None:
-    import torch
-
-    from bench.checkpoints import save_checkpoint
-    from bench.noise import noise_config
-    from bench_builtins.models.ddpm_unet import make_ddpm_unet
-
-    torch.manual_seed(0)
-    model = make_ddpm_unet("tiny")
-    ck = save_checkpoint(tmp_path / "ck", model_name="ddpm-unet", model=model, model_config=model.config,
-                         noise_config=noise_config("cosine", 1000))  # fmt: skip
+    ck = _tiny_checkpoint(tmp_path / "ck")
     out = tmp_path / "w.safetensors"
     result = runner.invoke(cli.main, ["export", str(ck), str(out), "--guidance-interval", "300,1000"])
     assert result.exit_code == 2 and "give the guidance too" in result.output and not out.exists()
