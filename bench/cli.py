@@ -138,6 +138,8 @@ def _bool_flag(name: str, help: str):
 @_bool_flag("compile", "torch.compile the model (default on CUDA).")
 @_bool_flag("cuda-graphs", "CUDA graphs for the step loop (default on CUDA).")
 @_bool_flag("channels-last", "channels_last memory format (default on CUDA).")
+@_bool_flag("cudnn-benchmark", "Time cuDNN's convolution algorithms per shape (default on CUDA).")
+@_bool_flag("autotune", "torch.compile max-autotune: minutes of compile per shape (default off).")
 @click.option(
     "--allow-schedule-mismatch", is_flag=True, help="Sample with a noise schedule other than the trained one."
 )
@@ -361,8 +363,15 @@ def train_judge_command(
     default=None,
     help="Condition dropout for classifier-free guidance (0.1 typical).",
 )
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(["constant", "cosine"]),
+    default=None,
+    help="After warm-up: constant, or cosine decay to 0 at the step budget (--max-steps/--epochs).",
+)
 @click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints.")
 @_bool_flag("compile", "torch.compile the model (default on CUDA).")
+@_bool_flag("autotune", "Compile with max-autotune (minutes of compile; default off).")
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default=None, help="Default: cuda if available, else cpu.")
 @click.option("--data", default="synthetic", show_default=True, help="Dataset plugin.")

@@ -56,6 +56,8 @@ class RunConfig:
     compile: bool | None = None
     cuda_graphs: bool | None = None
     channels_last: bool | None = None
+    cudnn_benchmark: bool | None = None
+    autotune: bool | None = None
     allow_schedule_mismatch: bool = False
     denoising_figure: bool = True
     save_images: bool = True
@@ -245,6 +247,8 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         channels_last=config.channels_last,
         compile=config.compile,
         cuda_graphs=config.cuda_graphs,
+        cudnn_benchmark=config.cudnn_benchmark,
+        autotune=config.autotune,
     ).resolved(device)
     # The chunk size stays as given (None: sample() picks it per cell, guided cells on the CPU
     # take half as many images), so the result rows record the size each cell ran with.
@@ -438,6 +442,8 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int | None, guidance: float
         "device": ctx.device,
         "compile": options.compile,
         "cuda_graphs": options.cuda_graphs,
+        "cudnn_benchmark": options.cudnn_benchmark,
+        "autotune": options.autotune,
         "warmup_seconds": result.warmup_seconds,
         "total_images": n_total,
         "seconds": result.seconds,

@@ -28,7 +28,8 @@ kernel per image.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -52,16 +53,22 @@ class SamplingOptions:
     """How fast the loop runs; ``None`` picks the default for the device.
 
     Defaults: on CUDA bf16 autocast, channels_last, torch.compile with CUDA graphs
-    (``mode="reduce-overhead"``), chunks of 256 images; on CPU plain fp32 with channels_last
-    (measured faster on CPU, numerically the same), no compile, chunks of 32 (16 when guided).
-    Each part can be switched on or off by itself.
+    (``mode="reduce-overhead"``), cuDNN's benchmarked convolution algorithms, chunks of 256
+    images; on CPU plain fp32 with channels_last (measured faster on CPU, numerically the same),
+    no compile, chunks of 32 (16 when guided). Each part can be switched on or off by itself.
     """
 
     dtype: str | None = None  # "bf16" (autocast) or "fp32"
     channels_last: bool | None = None
     compile: bool | None = None
-    cuda_graphs: bool | None = None  # with compile: "reduce-overhead", else "max-autotune-no-cudagraphs"
+    cuda_graphs: bool | None = None  # with compile: CUDA graphs of the whole forward
     batch_size: int | None = None  # images per chunk (guidance doubles the model batch)
+    # cudnn.benchmark: time cuDNN's convolution algorithms once per shape instead of trusting its
+    # heuristics (the loop's shapes are fixed, so the search is paid once). CUDA only.
+    cudnn_benchmark: bool | None = None
+    # torch.compile's max-autotune: Triton templates timed against cuBLAS/cuDNN per shape
+    # (minutes of compile, once per shape). Needs compile.
+    autotune: bool | None = None
 
     def resolved(self, device: torch.device | str, guided: bool = False) -> SamplingOptions:
         """These options with every ``None`` replaced by the default for ``device`` (the chunk
@@ -83,12 +90,25 @@ class SamplingOptions:
         if cuda_graphs and not cuda:
             raise ValueError("cuda_graphs needs a CUDA device")
         channels_last = True if self.channels_last is None else self.channels_last
-        return SamplingOptions(dtype, channels_last, compile_, cuda_graphs, batch_size)
+        cudnn_benchmark = cuda if self.cudnn_benchmark is None else self.cudnn_benchmark
+        autotune = bool(self.autotune)
+        if autotune and not compile_:
+            raise ValueError("autotune is a torch.compile mode: it needs compile")
+        return SamplingOptions(
+            dtype, channels_last, compile_, cuda_graphs, batch_size, cudnn_benchmark and cuda, autotune
+        )
+
+    @property
+    def compile_mode(self) -> str:
+        """The torch.compile mode these options ask for."""
+        if self.autotune:
+            return "max-autotune" if self.cuda_graphs else "max-autotune-no-cudagraphs"
+        return "reduce-overhead" if self.cuda_graphs else "default"
 
     @classmethod
     def plain(cls, batch_size: int = 256) -> SamplingOptions:
-        """fp32, no channels_last, no compile, no CUDA graphs."""
-        return cls("fp32", False, False, False, batch_size)
+        """fp32, no channels_last, no compile, no CUDA graphs, cuDNN's heuristics."""
+        return cls("fp32", False, False, False, batch_size, False, False)
 
 
 @dataclass
@@ -150,8 +170,7 @@ class _ModelCall:
         self.channels_last = options.channels_last
         self.cuda_graphs = bool(options.cuda_graphs)
         if options.compile:
-            mode = "reduce-overhead" if options.cuda_graphs else "max-autotune-no-cudagraphs"
-            self.forward = _compiled(model, mode)
+            self.forward = _compiled(model, options.compile_mode)
         else:
             self.forward = model
         self.calls = 0
@@ -177,6 +196,17 @@ class _ModelCall:
             cond_eps, null_eps = out.chunk(2)
             out = null_eps + guidance * (cond_eps - null_eps)
         return out
+
+
+@contextmanager
+def cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    """``torch.backends.cudnn.benchmark = enabled`` inside the block, the caller's value after."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def _sync(device: torch.device) -> None:
@@ -302,7 +332,7 @@ def sample(
         return cond, gens
 
     warmup = 0.0
-    with torch.inference_mode():
+    with torch.inference_mode(), cudnn_benchmark(opts.cudnn_benchmark):
         if opts.compile:
             # Compile and capture before the clock starts: three calls cover CUDA-graph recording.
             # With an interval the loop runs both batch shapes (doubled inside, single outside):

@@ -69,6 +69,7 @@ class TrainConfig:
     hflip: bool = True  # labels do not depend on left/right
     bf16: bool | None = None  # autocast; default on CUDA
     compile: bool | None = None  # torch.compile the model; default on CUDA
+    autotune: bool = False  # compile with max-autotune (Triton templates timed per shape)
     channels_last: bool | None = None  # default on CUDA
     seed: int = 0
     checkpoint_every: int = 1000  # steps; a checkpoint is also written at the end
@@ -225,6 +226,9 @@ class _Trainer:
             self.device = _pick_device(config)
             self.rank, self.world, self.is_main = 0, 1, True
         cuda = self.device.type == "cuda"
+        # Every batch has the same shape (the last partial one is dropped), so timing cuDNN's
+        # convolution algorithms once beats its heuristics for the rest of the run.
+        torch.backends.cudnn.benchmark = cuda
         self.bf16 = cuda if config.bf16 is None else config.bf16
         self.channels_last = cuda if config.channels_last is None else config.channels_last
         self.use_compile = cuda if config.compile is None else config.compile
@@ -273,8 +277,10 @@ class _Trainer:
         self.net = self.model
         if accelerator is not None and self.world > 1:
             self.net = accelerator.prepare_model(self.model)
+        if config.autotune and not self.use_compile:
+            raise TrainingError("autotune is a torch.compile mode: it needs compile")
         if self.use_compile:
-            self.net = torch.compile(self.net)
+            self.net = torch.compile(self.net, mode="max-autotune-no-cudagraphs" if config.autotune else None)
         self.step = 0
         self.elapsed = 0.0  # training seconds over all resumed runs
 

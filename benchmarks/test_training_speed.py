@@ -138,7 +138,7 @@ def test_training_cpu_tiny(benchmark: Any, tmp_path: Any) -> None:
 @pytest.mark.parametrize("batch", GPU_BATCHES)
 @pytest.mark.parametrize("mode", GPU_MODES)
 def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, batch: int) -> None:
-    compiled = mode == "compile"
+    compiled = mode in ("compile", "autotune")
     dataset = random_dataset(2 * batch)
     config = TrainConfig(
         preset=GPU_PRESET,
@@ -146,6 +146,7 @@ def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, 
         device="cuda",
         bf16=True,
         compile=compiled,
+        autotune=mode == "autotune",
         channels_last=compiled,
         out_dir=str(tmp_path),
     )
@@ -158,16 +159,16 @@ def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, 
         rounds=1,
         iterations=1,
     )
-    variant = ("bf16+cl+compile" if compiled else "bf16 eager") + f" b{batch}"
+    label = {"eager": "bf16 eager", "compile": "bf16+cl+compile", "autotune": "bf16+cl+compile max-autotune"}
+    variant = f"{label[mode]} b{batch}"
     record_training(benchmark, stats, config, variant, GPU_STEPS, gpu_peak)
     torch.cuda.empty_cache()
     if compiled and batch == GPU_BATCHES[0] and LOSS_STEPS > 0:
         # Same seed, same data, same bf16: the compiled path must follow the eager loss curve.
         fast = loss_curve(config, dataset, LOSS_STEPS)
-        eager = loss_curve(replace(config, compile=False, channels_last=False), dataset, LOSS_STEPS)
-        fp32 = loss_curve(
-            replace(config, compile=False, channels_last=False, bf16=False), dataset, LOSS_STEPS
-        )
+        plain = replace(config, compile=False, autotune=False, channels_last=False)
+        eager = loss_curve(plain, dataset, LOSS_STEPS)
+        fp32 = loss_curve(replace(plain, bf16=False), dataset, LOSS_STEPS)
         benchmark.extra_info.update(
             {
                 "loss_compiled": fast,
