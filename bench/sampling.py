@@ -48,6 +48,10 @@ _DETERMINISTIC = {
 }
 
 
+class SamplingOptionsError(ValueError):
+    """Options that cannot run together or on this device (a user error: one clear line)."""
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """How fast the loop runs; ``None`` picks the default for the device.
@@ -76,7 +80,7 @@ class SamplingOptions:
         cuda = torch.device(device).type == "cuda"
         dtype = self.dtype or ("bf16" if cuda else "fp32")
         if dtype not in ("bf16", "fp32"):
-            raise ValueError(f"sampling dtype must be 'bf16' or 'fp32', not {dtype!r}")
+            raise SamplingOptionsError(f"sampling dtype must be 'bf16' or 'fp32', not {dtype!r}")
         # CPU: a model batch of 32 images stays in cache. On 2 cores the `small` preset costs
         # 7.1 ms per image in a 32-image forward, 9.3 in a 64-image one and 14 in a 128-image
         # one; a guided chunk doubles the batch, so guided chunks hold 16 (same images either
@@ -84,16 +88,16 @@ class SamplingOptions:
         default = 256 if cuda else (16 if guided else 32)
         batch_size = default if self.batch_size is None else self.batch_size
         if batch_size < 1:
-            raise ValueError(f"sampling batch_size must be at least 1, not {batch_size}")
+            raise SamplingOptionsError(f"sampling batch_size must be at least 1, not {batch_size}")
         compile_ = cuda if self.compile is None else self.compile
         cuda_graphs = (cuda and compile_) if self.cuda_graphs is None else self.cuda_graphs
         if cuda_graphs and not cuda:
-            raise ValueError("cuda_graphs needs a CUDA device")
+            raise SamplingOptionsError("cuda_graphs needs a CUDA device")
         channels_last = True if self.channels_last is None else self.channels_last
         cudnn_benchmark = cuda if self.cudnn_benchmark is None else self.cudnn_benchmark
         autotune = bool(self.autotune)
         if autotune and not compile_:
-            raise ValueError("autotune is a torch.compile mode: it needs compile")
+            raise SamplingOptionsError("autotune is a torch.compile mode: it needs compile")
         return SamplingOptions(
             dtype, channels_last, compile_, cuda_graphs, batch_size, cudnn_benchmark and cuda, autotune
         )
@@ -424,6 +428,7 @@ def with_batch_size(options: SamplingOptions | None, batch_size: int) -> Samplin
 
 __all__: Sequence[str] = (
     "SamplingOptions",
+    "SamplingOptionsError",
     "SampleResult",
     "sample",
     "plain_reference_loop",

@@ -187,4 +187,16 @@ def record_sampling(
         info["fraction_of_measured_peak"] = tflops / peak["measured_tflops"]
         info["fraction_of_nominal_peak"] = tflops / peak["nominal_tflops"] if peak["nominal_tflops"] else None
     benchmark.extra_info.update(info)
+    print_figure(info)
     return info
+
+
+def print_figure(info: dict[str, Any]) -> None:
+    """One line per benchmark as soon as it is measured: pytest-benchmark writes its JSON only
+    when the session ends, so a run cut short (a time limit) still leaves its figures in the log."""
+    share = info.get("fraction_of_measured_peak")
+    print(
+        f"\n[speed] {info['model']} {info['scheduler']}/{info['steps']}: {info['images_per_s']:.2f} images/s"
+        + (f", {100 * share:.1f} % of measured bf16 peak" if share else ""),
+        flush=True,
+    )

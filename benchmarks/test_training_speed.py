@@ -22,6 +22,7 @@ from speed_helpers import (
     env_int,
     env_ints,
     env_modes,
+    print_figure,
     random_dataset,
     requires_cuda,
 )
@@ -97,6 +98,7 @@ def record_training(
             "peak_memory_mb": stats["peak_memory_mb"],
         }
     )
+    print_figure(benchmark.extra_info)
 
 
 # ---------------------------------------------------------------- CPU, tiny preset

@@ -237,6 +237,16 @@ def test_bad_guidance_interval_is_one_clear_line(runner, tmp_path, value, messag
     assert "Traceback" not in result.output and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [(("--autotune", "--no-compile"), "needs compile"), (("--cuda-graphs",), "needs a CUDA device")],
+)
+def test_impossible_speed_switches_are_one_clear_line(runner, tmp_path, flags, message) -> None:
+    result = tiny_run(runner, *flags, "--device", "cpu", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+
+
 def _rows_and_config(out) -> tuple[list[dict], dict]:
     data = json.loads((out / "results.json").read_text())
     return data["rows"], data["config"]
@@ -356,3 +366,35 @@ def test_cpu_rows_record_the_chunk_each_cell_ran_with(runner, tmp_path) -> None:
                       "--no-denoising-figure", "--out", str(out))  # fmt: skip
     rows, _ = _rows_and_config(out)
     assert {r["speed"]["batch_size"] for r in rows} == {8}
+
+
+def test_cpu_rows_record_the_speed_switches_off(runner, tmp_path) -> None:
+    """cudnn.benchmark is CUDA only: even when asked for, a CPU run records it off, and autotune
+    is off unless asked for."""
+    conditions = tmp_path / "c.json"
+    conditions.write_text('[["red sphere"], ["cyan cube", "gray cylinder"]]')
+    for name, extra in [("default", []), ("asked", ["--cudnn-benchmark"])]:
+        out = tmp_path / name
+        result = tiny_run(runner, "--scheduler", "ddim", "--steps", "1", "--no-denoising-figure",
+                          "--conditions", str(conditions), "--out", str(out), *extra)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        rows, _ = _rows_and_config(out)
+        assert rows and all(r["error"] is None for r in rows)
+        assert {(r["speed"]["cudnn_benchmark"], r["speed"]["autotune"]) for r in rows} == {(False, False)}
+        assert '"cudnn_benchmark": false' in (out / "results.json").read_text()
+
+
+def test_train_cosine_lr_schedule_decays_to_zero_at_the_last_step(runner, tmp_path) -> None:
+    """--lr-schedule reaches the trainer: the reference recipe (no warm-up) with a cosine decay
+    logs lr 0 at the last step (the logged lr is the one after that step's scheduler step)."""
+    out = tmp_path / "train"
+    result = runner.invoke(
+        cli.main,
+        ["train", "--recipe", "reference", "--preset", "tiny", "--lr-schedule", "cosine", "--max-steps", "4",
+         "--batch-size", "2", "--scenes", "1", "--device", "cpu", "--no-compile", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "train_config.json").read_text())["lr_schedule"] == "cosine"
+    rows = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 4
+    assert rows[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # constant would log 1e-05 here

@@ -290,3 +290,85 @@ def test_samplers_read_the_prediction_type(name: str, prediction_type: str) -> N
         options=PLAIN,
     )
     assert (wrong.images - target).abs().max() > 3e-3
+
+
+def test_speed_switches_resolve_on_cpu() -> None:
+    """cudnn.benchmark is CUDA only (an explicit True on the CPU resolves to False); autotune is
+    off by default and is a compile mode, so it is refused without compile."""
+    cpu = SamplingOptions().resolved("cpu")
+    assert cpu.cudnn_benchmark is False and cpu.autotune is False
+    assert SamplingOptions(cudnn_benchmark=True).resolved("cpu").cudnn_benchmark is False
+    assert SamplingOptions(autotune=True, compile=True).resolved("cpu").autotune is True
+    with pytest.raises(ValueError, match="compile"):
+        SamplingOptions(autotune=True, compile=False).resolved("cpu")
+    with pytest.raises(ValueError, match="compile"):
+        SamplingOptions(autotune=True).resolved("cpu")  # compile defaults to off on the CPU
+    plain = SamplingOptions.plain()
+    assert plain.cudnn_benchmark is False and plain.autotune is False
+
+
+@pytest.mark.parametrize(
+    "autotune, cuda_graphs, mode",
+    [
+        (False, False, "default"),
+        (False, True, "reduce-overhead"),
+        (True, False, "max-autotune-no-cudagraphs"),
+        (True, True, "max-autotune"),
+    ],
+)
+def test_compile_mode(autotune: bool, cuda_graphs: bool, mode: str) -> None:
+    options = SamplingOptions(compile=True, cuda_graphs=cuda_graphs, autotune=autotune)
+    assert options.compile_mode == mode
+
+
+def test_compiled_model_gets_the_options_compile_mode(
+    model: torch.nn.Module, cosine: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sample() hands compile_mode to torch.compile (stubbed out here)."""
+    import bench.sampling
+
+    modes = []
+    monkeypatch.setattr(bench.sampling, "_compiled", lambda module, mode: modes.append(mode) or module)
+    options = SamplingOptions(dtype="fp32", channels_last=False, compile=True, autotune=True, batch_size=2)
+    result = sample(model, "ddim", conditions(2), train_config=cosine, steps=1, options=options)
+    assert modes == ["max-autotune-no-cudagraphs"] and result.options.autotune is True
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_cudnn_benchmark_block_restores_the_callers_value(before: bool) -> None:
+    from bench.sampling import cudnn_benchmark
+
+    saved = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = before
+        with cudnn_benchmark(not before):
+            assert torch.backends.cudnn.benchmark is (not before)
+        assert torch.backends.cudnn.benchmark is before
+        with pytest.raises(RuntimeError, match="boom"), cudnn_benchmark(not before):
+            assert torch.backends.cudnn.benchmark is (not before)
+            raise RuntimeError("boom")
+        assert torch.backends.cudnn.benchmark is before
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
+def test_sample_runs_under_the_resolved_cudnn_benchmark(model: torch.nn.Module, cosine: dict) -> None:
+    """On the CPU sample() turns cudnn.benchmark off for its loop and gives the caller's value back."""
+    seen = []
+
+    class Recording(CountingModel):
+        def forward(self, x, t, c):
+            seen.append(torch.backends.cudnn.benchmark)
+            return super().forward(x, t, c)
+
+    saved = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = True
+        options = SamplingOptions(cudnn_benchmark=True, dtype="fp32", channels_last=False)
+        result = sample(
+            Recording(model), "ddim", conditions(2), train_config=cosine, steps=2, options=options
+        )
+        assert seen == [False, False] and result.options.cudnn_benchmark is False
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = saved

@@ -242,3 +242,44 @@ def test_resume_with_another_prediction_target_is_refused(tmp_path: Path) -> Non
     train(config(tmp_path, max_steps=3, prediction_type="epsilon"), data, show_progress=False)
     with pytest.raises(TrainingError, match="--timesteps 100 --prediction epsilon"):
         train(config(tmp_path, resume=True, prediction_type="v_prediction"), data, show_progress=False)
+
+
+def _logged_lrs(out: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
+    return [(r["step"], r["lr"]) for r in rows]
+
+
+def test_cosine_lr_schedule_warms_up_then_decays_to_zero(tmp_path: Path) -> None:
+    """Two warm-up steps, then a cosine decay over the other four: lr 0 at the last step. A row's
+    lr is the one after that step's scheduler step (the next step's lr)."""
+    import math
+
+    lr, warmup, total = 1e-3, 2, 6
+    train(config(tmp_path / "cos", lr_schedule="cosine", checkpoint_every=0), dataset(), show_progress=False)
+    logged = _logged_lrs(tmp_path / "cos")
+    assert [step for step, _ in logged] == [1, 2, 3, 4, 5, 6]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+    assert [v for _, v in logged] == pytest.approx([lr * factor(s) for s in range(1, total + 1)], abs=1e-12)
+    assert max(v for _, v in logged) == pytest.approx(lr)  # the peak is the given lr
+    assert logged[-1][1] == pytest.approx(0.0, abs=1e-12)
+    after_warmup = [v for _, v in logged[1:]]
+    assert all(a > b for a, b in zip(after_warmup, after_warmup[1:], strict=False))  # decays
+    # The constant schedule (the default) stays at the given lr after warm-up.
+    train(config(tmp_path / "const", max_steps=4, checkpoint_every=0), dataset(), show_progress=False)
+    assert [v for _, v in _logged_lrs(tmp_path / "const")] == pytest.approx([lr] * 4)
+
+
+def test_autotune_needs_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(TrainingError, match="needs compile"):
+        training._Trainer(config(tmp_path, autotune=True, compile=False), dataset(8))
+    with pytest.raises(TrainingError, match="needs compile"):
+        training._Trainer(config(tmp_path, autotune=True), dataset(8))  # compile is off by default on CPU
+    # cudnn.benchmark follows the device: off on the CPU whatever it was before.
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    trainer = training._Trainer(config(tmp_path, batch_size=8), dataset(8))
+    assert trainer.use_compile is False and torch.backends.cudnn.benchmark is False
