@@ -363,6 +363,7 @@ def train_judge_command(
     default=None,
     help="Condition dropout for classifier-free guidance (0.1 typical).",
 )
+@click.option("--warmup-steps", type=int, default=None, help="Linear lr warm-up steps (default recipe: 500).")
 @click.option(
     "--lr-schedule",
     type=click.Choice(["constant", "cosine"]),

@@ -232,6 +232,8 @@ class _Trainer:
         self.bf16 = cuda if config.bf16 is None else config.bf16
         self.channels_last = cuda if config.channels_last is None else config.channels_last
         self.use_compile = cuda if config.compile is None else config.compile
+        if config.autotune and not self.use_compile:
+            raise TrainingError("autotune is a torch.compile mode: it needs compile")
         if config.batch_size % self.world:
             raise TrainingError(
                 f"batch size {config.batch_size} does not split over {self.world} processes; "
@@ -277,8 +279,6 @@ class _Trainer:
         self.net = self.model
         if accelerator is not None and self.world > 1:
             self.net = accelerator.prepare_model(self.model)
-        if config.autotune and not self.use_compile:
-            raise TrainingError("autotune is a torch.compile mode: it needs compile")
         if self.use_compile:
             self.net = torch.compile(self.net, mode="max-autotune-no-cudagraphs" if config.autotune else None)
         self.step = 0

@@ -385,16 +385,18 @@ def test_cpu_rows_record_the_speed_switches_off(runner, tmp_path) -> None:
 
 
 def test_train_cosine_lr_schedule_decays_to_zero_at_the_last_step(runner, tmp_path) -> None:
-    """--lr-schedule reaches the trainer: the reference recipe (no warm-up) with a cosine decay
-    logs lr 0 at the last step (the logged lr is the one after that step's scheduler step)."""
+    """--lr-schedule and --warmup-steps reach the trainer: the default recipe (500 warm-up steps)
+    with one warm-up step and a cosine decay logs lr 0 at the last step (the logged lr is the one
+    after that step's scheduler step)."""
     out = tmp_path / "train"
     result = runner.invoke(
         cli.main,
-        ["train", "--recipe", "reference", "--preset", "tiny", "--lr-schedule", "cosine", "--max-steps", "4",
+        ["train", "--preset", "tiny", "--lr-schedule", "cosine", "--warmup-steps", "1", "--max-steps", "4",
          "--batch-size", "2", "--scenes", "1", "--device", "cpu", "--no-compile", "--out", str(out)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "train_config.json").read_text())["lr_schedule"] == "cosine"
+    saved = json.loads((out / "train_config.json").read_text())
+    assert (saved["lr_schedule"], saved["warmup_steps"]) == ("cosine", 1)
     rows = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 4
-    assert rows[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # constant would log 1e-05 here
+    assert rows[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # constant would log 2e-4 here
