@@ -24,7 +24,9 @@ from bench_builtins.evaluators.judge_training import dataset_tensors, heldout_me
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="metrics JSON to write")
-    parser.add_argument("--judge", default=None, help="judge .safetensors or course checkpoint (default: shipped)")
+    parser.add_argument(
+        "--judge", default=None, help="judge .safetensors or course checkpoint (default: shipped)"
+    )
     parser.add_argument("--seed", type=int, default=1, help="render seed (train-judge scores on seed 0)")
     parser.add_argument("--scenes", type=int, default=400)
     parser.add_argument("--max-objects", type=int, default=5)
