@@ -138,7 +138,7 @@ def _bool_flag(name: str, help: str):
 @_bool_flag("compile", "torch.compile the model (default on CUDA).")
 @_bool_flag("cuda-graphs", "CUDA graphs for the step loop (default on CUDA).")
 @_bool_flag("channels-last", "channels_last memory format (default on CUDA).")
-@_bool_flag("cudnn-benchmark", "Time cuDNN's convolution algorithms per shape (default on CUDA).")
+@_bool_flag("cudnn-benchmark", "Time cuDNN's convolution algorithms per shape (CUDA; default off).")
 @_bool_flag("autotune", "torch.compile max-autotune: minutes of compile per shape (default off).")
 @click.option(
     "--allow-schedule-mismatch", is_flag=True, help="Sample with a noise schedule other than the trained one."

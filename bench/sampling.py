@@ -57,8 +57,7 @@ class SamplingOptions:
     """How fast the loop runs; ``None`` picks the default for the device.
 
     Defaults: on CUDA bf16 autocast, channels_last, torch.compile with CUDA graphs
-    (``mode="reduce-overhead"``), cuDNN's benchmarked convolution algorithms, chunks of 256
-    images; on CPU plain fp32 with channels_last (measured faster on CPU, numerically the same),
+    (``mode="reduce-overhead"``), chunks of 256 images; on CPU plain fp32 with channels_last (measured faster on CPU, numerically the same),
     no compile, chunks of 32 (16 when guided). Each part can be switched on or off by itself.
     """
 
@@ -68,7 +67,8 @@ class SamplingOptions:
     cuda_graphs: bool | None = None  # with compile: CUDA graphs of the whole forward
     batch_size: int | None = None  # images per chunk (guidance doubles the model batch)
     # cudnn.benchmark: time cuDNN's convolution algorithms once per shape instead of trusting its
-    # heuristics (the loop's shapes are fixed, so the search is paid once). CUDA only.
+    # heuristics. CUDA only; off by default: on an H100 it bought nothing for the seed UNet
+    # (BENCHMARKS.md), and the heuristics pick the same algorithms on every run.
     cudnn_benchmark: bool | None = None
     # torch.compile's max-autotune: Triton templates timed against cuBLAS/cuDNN per shape
     # (minutes of compile, once per shape). Needs compile.
@@ -94,7 +94,7 @@ class SamplingOptions:
         if cuda_graphs and not cuda:
             raise SamplingOptionsError("cuda_graphs needs a CUDA device")
         channels_last = True if self.channels_last is None else self.channels_last
-        cudnn_benchmark = cuda if self.cudnn_benchmark is None else self.cudnn_benchmark
+        cudnn_benchmark = bool(self.cudnn_benchmark)
         autotune = bool(self.autotune)
         if autotune and not compile_:
             raise SamplingOptionsError("autotune is a torch.compile mode: it needs compile")

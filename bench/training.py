@@ -226,9 +226,6 @@ class _Trainer:
             self.device = _pick_device(config)
             self.rank, self.world, self.is_main = 0, 1, True
         cuda = self.device.type == "cuda"
-        # Every batch has the same shape (the last partial one is dropped), so timing cuDNN's
-        # convolution algorithms once beats its heuristics for the rest of the run.
-        torch.backends.cudnn.benchmark = cuda
         self.bf16 = cuda if config.bf16 is None else config.bf16
         self.channels_last = cuda if config.channels_last is None else config.channels_last
         self.use_compile = cuda if config.compile is None else config.compile
