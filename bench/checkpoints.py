@@ -458,7 +458,6 @@ def export_weights(
         previous = meta.pop(SAMPLING_DEFAULTS_KEY, None)
         if defaults is None and previous is not None:
             defaults = check_sampling_defaults(previous, str(source))
-        meta = {**meta, "dtype": str(dtype).replace("torch.", "")}
     else:
         loaded = load_checkpoint(source)
         ema = use_ema and loaded.ema_state is not None
@@ -473,8 +472,8 @@ def export_weights(
             "step": loaded.step,
             "epoch": loaded.epoch,
             "weights": "ema" if ema else "model",
-            "dtype": str(dtype).replace("torch.", ""),
         }
+    meta["dtype"] = str(dtype).replace("torch.", "")
     # Check the weights fit the model before shipping them.
     load_state_checked(build_model(meta["model_name"], meta["model_config"]), state, str(source))
     state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}

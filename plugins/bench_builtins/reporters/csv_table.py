@@ -6,7 +6,9 @@ import csv
 import io
 from typing import Any
 
-CONFIG = ("model", "checkpoint", "scheduler", "steps", "guidance", "guidance_interval", "condition_set")
+from bench.guidance import format_interval
+from bench.report import CONFIG_KEYS
+
 SPEED = (
     "images_per_s",
     "s_per_image",
@@ -21,9 +23,8 @@ SPEED = (
 
 def flatten(record: dict[str, Any]) -> dict[str, Any]:
     """``metrics.acc = {mean, std, n}`` -> ``acc_mean``, ``acc_std``, ``acc_n_seeds`` columns."""
-    row: dict[str, Any] = {k: record.get(k, "") for k in CONFIG}
-    interval = record.get("guidance_interval")
-    row["guidance_interval"] = f"{interval[0]:g}-{interval[1]:g}" if interval else ""  # 300-1000
+    row: dict[str, Any] = {k: record.get(k, "") for k in CONFIG_KEYS}
+    row["guidance_interval"] = format_interval(record.get("guidance_interval") or None)  # 300-1000
     row["seeds"] = " ".join(str(s) for s in record.get("seeds", []) if s is not None)
     row["n_seeds"] = record.get("n_seeds", "")
     row["n_images"] = record.get("n_images", "")
