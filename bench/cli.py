@@ -368,7 +368,7 @@ def train_judge_command(
     "--lr-schedule",
     type=click.Choice(["constant", "cosine"]),
     default=None,
-    help="After warm-up: constant, or cosine decay to 0 at the step budget (--max-steps/--epochs).",
+    help="After warm-up: constant, or cosine decay to 0 at the end of the run (at --max-steps/--epochs, or at --max-minutes of wall time, whichever comes first).",
 )
 @click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints.")
 @_bool_flag("compile", "torch.compile the model (default on CUDA).")

@@ -31,6 +31,7 @@ from bench.atomic import atomic_write_text
 from bench.checkpoints import CheckpointError, load_checkpoint, save_checkpoint, unwrap_model
 from bench.distributed import accelerate_cpu
 from bench.distributed import launched as _under_accelerate
+from bench.groupnorm import use_group_norm_by_views
 from bench.noise import noise_config
 
 CHECKPOINT_DIR = "checkpoint"
@@ -56,7 +57,9 @@ class TrainConfig:
     # tiny errors in the noise's image mean into tinted backgrounds (seen on the `small` preset).
     prediction_type: str = "epsilon"
     lr: float = 2e-4
-    lr_schedule: str = "constant"  # "constant" or "cosine" (decay to 0 over the step budget) after warmup
+    # after warm-up: "constant", or "cosine": decay to 0 at whichever budget ends the run first,
+    # steps (max_steps/epochs) or wall time (max_minutes)
+    lr_schedule: str = "constant"
     warmup_steps: int = 500
     weight_decay: float = 0.0
     batch_size: int = 128  # global, over all processes
@@ -71,6 +74,7 @@ class TrainConfig:
     compile: bool | None = None  # torch.compile the model; default on CUDA
     autotune: bool = False  # compile with max-autotune (Triton templates timed per shape)
     channels_last: bool | None = None  # default on CUDA
+    group_norm_by_views: bool = False  # bench/groupnorm.py: for torch.compile on channels_last
     seed: int = 0
     checkpoint_every: int = 1000  # steps; a checkpoint is also written at the end
     log_every: int = 25  # steps between loss log lines (and the NaN check)
@@ -260,6 +264,7 @@ class _Trainer:
 
             start, _, _ = load_model(config.init_from)  # EMA weights when it has them, fp32
             load_state_checked(self.model, start.state_dict(), str(config.init_from))
+        use_group_norm_by_views(self.model, config.group_norm_by_views)
         self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -272,6 +277,7 @@ class _Trainer:
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=cuda or None
         )
         self.total_steps = self._total_steps()
+        self.elapsed = 0.0  # training seconds over all resumed runs (the time-based lr reads it)
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.net = self.model
         if accelerator is not None and self.world > 1:
@@ -279,7 +285,6 @@ class _Trainer:
         if self.use_compile:
             self.net = torch.compile(self.net, mode="max-autotune-no-cudagraphs" if config.autotune else None)
         self.step = 0
-        self.elapsed = 0.0  # training seconds over all resumed runs
 
     # -- schedule
 
@@ -299,10 +304,15 @@ class _Trainer:
         warmup = self.config.warmup_steps
         if warmup and step < warmup:
             return (step + 1) / warmup
-        if self.config.lr_schedule == "cosine" and self.total_steps:
-            progress = min((step - warmup) / max(self.total_steps - warmup, 1), 1.0)
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0
+        if self.config.lr_schedule != "cosine":
+            return 1.0
+        progress = 0.0
+        if self.total_steps:
+            progress = (step - warmup) / max(self.total_steps - warmup, 1)
+        if self.config.max_minutes:
+            # A time budget ends the run at an unknown step: decay over the wall time instead.
+            progress = max(progress, self.elapsed / (60 * self.config.max_minutes))
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     # -- one step
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -272,6 +273,28 @@ def test_cosine_lr_schedule_warms_up_then_decays_to_zero(tmp_path: Path) -> None
     # The constant schedule (the default) stays at the given lr after warm-up.
     train(config(tmp_path / "const", max_steps=4, checkpoint_every=0), dataset(), show_progress=False)
     assert [v for _, v in _logged_lrs(tmp_path / "const")] == pytest.approx([lr] * 4)
+
+
+def test_cosine_lr_schedule_follows_the_wall_time_budget(tmp_path: Path) -> None:
+    """With --max-minutes and no step bound the run ends at an unknown step, so the decay follows
+    the training seconds: half the budget gone, half the lr; the budget gone, lr 0."""
+    trainer = training._Trainer(
+        config(tmp_path, lr_schedule="cosine", max_steps=None, max_minutes=2.0, warmup_steps=0), dataset(8)
+    )
+    assert trainer.total_steps is None
+    factors = []
+    for seconds in (0.0, 60.0, 120.0, 500.0):
+        trainer.elapsed = seconds
+        factors.append(trainer._lr_factor(step=3))
+    assert factors == pytest.approx([1.0, 0.5, 0.0, 0.0], abs=1e-12)
+    # Both budgets: whichever is further along sets the lr (the run stops at the first one).
+    both = training._Trainer(
+        config(tmp_path, lr_schedule="cosine", max_steps=10, max_minutes=2.0, warmup_steps=0), dataset(8)
+    )
+    both.elapsed = 30.0  # a quarter of the time, half of the steps
+    assert both._lr_factor(step=5) == pytest.approx(0.5)
+    both.elapsed = 90.0  # three quarters of the time
+    assert both._lr_factor(step=5) == pytest.approx(0.5 * (1 + math.cos(0.75 * math.pi)))
 
 
 def test_autotune_needs_compile(tmp_path: Path) -> None:
