@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from bench.groupnorm import use_group_norm_by_views
 from bench.guidance import check_interval, in_interval
 from bench.noise import check_schedule_compatible
 
@@ -73,6 +74,9 @@ class SamplingOptions:
     # torch.compile's max-autotune: Triton templates timed against cuBLAS/cuDNN per shape
     # (minutes of compile, once per shape). Needs compile.
     autotune: bool | None = None
+    # GroupNorm as channel-splitting views (bench/groupnorm.py), so torch.compile reduces
+    # channels_last activations in place instead of around layout copies.
+    group_norm_by_views: bool | None = None
 
     def resolved(self, device: torch.device | str, guided: bool = False) -> SamplingOptions:
         """These options with every ``None`` replaced by the default for ``device`` (the chunk
@@ -98,8 +102,9 @@ class SamplingOptions:
         autotune = bool(self.autotune)
         if autotune and not compile_:
             raise SamplingOptionsError("autotune is a torch.compile mode: it needs compile")
+        views = bool(self.group_norm_by_views)
         return SamplingOptions(
-            dtype, channels_last, compile_, cuda_graphs, batch_size, cudnn_benchmark and cuda, autotune
+            dtype, channels_last, compile_, cuda_graphs, batch_size, cudnn_benchmark and cuda, autotune, views
         )
 
     @property
@@ -112,7 +117,7 @@ class SamplingOptions:
     @classmethod
     def plain(cls, batch_size: int = 256) -> SamplingOptions:
         """fp32, no channels_last, no compile, no CUDA graphs, cuDNN's heuristics."""
-        return cls("fp32", False, False, False, batch_size, False, False)
+        return cls("fp32", False, False, False, batch_size, False, False, False)
 
 
 @dataclass
@@ -157,12 +162,13 @@ def resolve_steps(scheduler: str | Callable, steps: int | None = None) -> int:
     return int(steps or getattr(_resolve_factory(scheduler)[1], "default_steps", 50))
 
 
-def _compiled(model: torch.nn.Module, mode: str) -> Callable:
-    """torch.compile(model) once per (model, mode); fixed shapes (the last chunk is padded)."""
+def _compiled(model: torch.nn.Module, mode: str, variant: str = "") -> Callable:
+    """torch.compile(model) once per (model, mode, variant); fixed shapes (the last chunk is padded)."""
     cache = model.__dict__.setdefault("_bench_compiled", {})  # a dict attribute: not a submodule
-    if mode not in cache:
-        cache[mode] = torch.compile(model, mode=mode, dynamic=False)
-    return cache[mode]
+    key = (mode, variant)
+    if key not in cache:
+        cache[key] = torch.compile(model, mode=mode, dynamic=False)
+    return cache[key]
 
 
 class _ModelCall:
@@ -173,8 +179,10 @@ class _ModelCall:
         self.bf16 = options.dtype == "bf16"
         self.channels_last = options.channels_last
         self.cuda_graphs = bool(options.cuda_graphs)
+        use_group_norm_by_views(model, bool(options.group_norm_by_views))
         if options.compile:
-            self.forward = _compiled(model, options.compile_mode)
+            variant = "group-norm-by-views" if options.group_norm_by_views else ""
+            self.forward = _compiled(model, options.compile_mode, variant)
         else:
             self.forward = model
         self.calls = 0

@@ -16,8 +16,18 @@ SEED_GFLOP_PER_IMAGE = 31.0
 NOMINAL_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
 
 CPU_SCHEDULERS = ("cosine", "ddim", "dpm++2m", "unipc", "euler", "heun")
-GPU_MODES = ("reference", "fp32", "bf16", "bf16-cudnn", "compile", "graphs", "autotune")
-TRAIN_MODES = ("eager", "compile", "autotune")
+GPU_MODES = (
+    "reference",
+    "fp32",
+    "bf16",
+    "bf16-cudnn",
+    "compile",
+    "graphs",
+    "graphs-nchw",
+    "graphs-views",
+    "autotune",
+)
+TRAIN_MODES = ("eager", "compile", "compile-views", "autotune")
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -77,6 +77,20 @@ _GPU_OPTIONS: dict[str, tuple[str, Any, str, bool, bool]] = {
         True,
         True,
     ),
+    "graphs-nchw": (
+        "bf16+compile+graphs (NCHW)",
+        lambda b: SamplingOptions("bf16", False, True, True, b),
+        "bf16",
+        True,
+        True,
+    ),
+    "graphs-views": (
+        "bf16+cl+compile+graphs, GroupNorm by views",
+        lambda b: SamplingOptions("bf16", True, True, True, b, group_norm_by_views=True),
+        "bf16",
+        True,
+        True,
+    ),
     "autotune": (
         "bf16+cl+compile+graphs max-autotune",
         lambda b: SamplingOptions("bf16", True, True, True, b, autotune=True),

@@ -140,7 +140,7 @@ def test_training_cpu_tiny(benchmark: Any, tmp_path: Any) -> None:
 @pytest.mark.parametrize("batch", GPU_BATCHES)
 @pytest.mark.parametrize("mode", GPU_MODES)
 def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, batch: int) -> None:
-    compiled = mode in ("compile", "autotune")
+    compiled = mode in ("compile", "compile-views", "autotune")
     dataset = random_dataset(2 * batch)
     config = TrainConfig(
         preset=GPU_PRESET,
@@ -150,6 +150,7 @@ def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, 
         compile=compiled,
         autotune=mode == "autotune",
         channels_last=compiled,
+        group_norm_by_views=mode == "compile-views",
         out_dir=str(tmp_path),
     )
     if compiled:
@@ -161,14 +162,19 @@ def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, 
         rounds=1,
         iterations=1,
     )
-    label = {"eager": "bf16 eager", "compile": "bf16+cl+compile", "autotune": "bf16+cl+compile max-autotune"}
+    label = {
+        "eager": "bf16 eager",
+        "compile": "bf16+cl+compile",
+        "compile-views": "bf16+cl+compile, GroupNorm by views",
+        "autotune": "bf16+cl+compile max-autotune",
+    }
     variant = f"{label[mode]} b{batch}"
     record_training(benchmark, stats, config, variant, GPU_STEPS, gpu_peak)
     torch.cuda.empty_cache()
     if compiled and batch == GPU_BATCHES[0] and LOSS_STEPS > 0:
         # Same seed, same data, same bf16: the compiled path must follow the eager loss curve.
         fast = loss_curve(config, dataset, LOSS_STEPS)
-        plain = replace(config, compile=False, autotune=False, channels_last=False)
+        plain = replace(config, compile=False, autotune=False, channels_last=False, group_norm_by_views=False)
         eager = loss_curve(plain, dataset, LOSS_STEPS)
         fp32 = loss_curve(replace(plain, bf16=False), dataset, LOSS_STEPS)
         benchmark.extra_info.update(

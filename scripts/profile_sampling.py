@@ -13,8 +13,12 @@ CUDA graphs are off by default: a captured graph replays as one launch and hides
 the profiler; ``--cuda-graphs`` profiles the default fast path as it runs (then expect the kernels
 to be missing and the host gaps between replays to be what is left).
 
+The unprofiled images/s (a second, unprofiled run after the warm-up) is reported beside the
+profiled one: the profiler itself slows the host side.
+
 Usage: python scripts/profile_sampling.py OUT_DIR [--preset seed] [--batch 256] [--steps 10]
        [--scheduler cosine] [--guidance 1] [--no-compile] [--cuda-graphs] [--dtype bf16|fp32]
+       [--no-channels-last] [--group-norm-by-views] [--inductor KEY=VALUE ...] [--no-profile]
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ FAMILIES = (
     ("convolution", ("conv", "cudnn", "implicit_gemm", "winograd", "xmma_fprop", "sm90_xmma")),
     ("matmul", ("gemm", "mm", "matmul", "linear", "cutlass")),
     ("random numbers", ("normal_", "randn", "philox", "random")),  # before "norm": normal_ is RNG
-    ("normalisation", ("norm", "welford")),
+    ("normalisation", ("norm", "welford", "var_mean")),
     ("copies", ("copy", "cat", "contiguous", "to_copy", "memcpy", "memset", "clone")),
     ("elementwise", ("elementwise", "triton", "add", "mul", "silu", "sigmoid", "div", "sub", "fused")),
 )
@@ -71,8 +75,23 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default=None)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--cuda-graphs", action="store_true")
+    parser.add_argument("--no-channels-last", action="store_true")
+    parser.add_argument("--group-norm-by-views", action="store_true")
+    parser.add_argument(
+        "--inductor",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a torch._inductor.config setting",
+    )
+    parser.add_argument("--no-profile", action="store_true", help="time only (no profiler run)")
     parser.add_argument("--rows", type=int, default=30, help="ops in profile.txt")
     args = parser.parse_args()
+    inductor = {}
+    for item in args.inductor:
+        key, _, value = item.partition("=")
+        inductor[key] = json.loads(value)
+        setattr(torch._inductor.config, key, inductor[key])
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -83,12 +102,39 @@ def main() -> None:
         compile=not args.no_compile and cuda,
         cuda_graphs=args.cuda_graphs and cuda,
         batch_size=args.batch,
+        channels_last=not args.no_channels_last,
+        group_norm_by_views=args.group_norm_by_views,
     )
     conds = conditions_for(args.batch)
     train_config = noise_config(args.scheduler if args.scheduler in ("cosine", "linear") else "cosine")
     kwargs = dict(train_config=train_config, steps=args.steps, guidance=args.guidance, options=options)
 
     sample(model, args.scheduler, conds, **kwargs)  # warm-up: compile, autotune, allocator
+    unprofiled = sample(model, args.scheduler, conds, **kwargs)
+    setting = {
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "torch": torch.__version__,
+        "preset": args.preset,
+        "batch": args.batch,
+        "steps": args.steps,
+        "scheduler": args.scheduler,
+        "guidance": args.guidance,
+        "options": {
+            k: getattr(unprofiled.options, k)
+            for k in ("dtype", "channels_last", "compile", "cuda_graphs", "group_norm_by_views")
+        },
+        "inductor": inductor,
+        "images_per_s_unprofiled": unprofiled.images_per_second,
+        "ms_per_step_unprofiled": 1e3 * unprofiled.seconds / args.steps,
+    }
+    print(
+        f"{setting['device']} {setting['options']} {inductor}: {unprofiled.images_per_second:.1f} images/s "
+        f"unprofiled, {setting['ms_per_step_unprofiled']:.1f} ms/step"
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.no_profile:
+        (args.out / "timing.json").write_text(json.dumps(setting, indent=2) + "\n")
+        return
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         start = time.perf_counter()
@@ -101,20 +147,10 @@ def main() -> None:
     by_family: dict[str, float] = {}
     for e in events:
         by_family[family(e.key)] = by_family.get(family(e.key), 0.0) + getattr(e, key)
-    args.out.mkdir(parents=True, exist_ok=True)
     table = prof.key_averages().table(sort_by=key, row_limit=args.rows)
     (args.out / "profile.txt").write_text(table)
     summary = {
-        "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "torch": torch.__version__,
-        "preset": args.preset,
-        "batch": args.batch,
-        "steps": args.steps,
-        "scheduler": args.scheduler,
-        "guidance": args.guidance,
-        "options": {
-            k: getattr(result.options, k) for k in ("dtype", "channels_last", "compile", "cuda_graphs")
-        },
+        **setting,
         "images_per_s": result.images_per_second,
         "wall_s_per_step": wall / args.steps,
         "time_basis": key,

@@ -130,7 +130,7 @@ def test_compile_warm_up_covers_both_batch_shapes(
     captured, with CUDA graphs) before the clock starts. torch.compile itself is stubbed out here."""
     import bench.sampling
 
-    monkeypatch.setattr(bench.sampling, "_compiled", lambda module, mode: module)
+    monkeypatch.setattr(bench.sampling, "_compiled", lambda module, mode, variant="": module)
     counting = CountingModel(model)
     options = SamplingOptions(dtype="fp32", channels_last=False, compile=True, batch_size=5)
     result = sample(counting, "ddim", conditions(5), train_config=cosine, steps=4, guidance=3.0,
@@ -328,7 +328,7 @@ def test_compiled_model_gets_the_options_compile_mode(
     import bench.sampling
 
     modes = []
-    monkeypatch.setattr(bench.sampling, "_compiled", lambda module, mode: modes.append(mode) or module)
+    monkeypatch.setattr(bench.sampling, "_compiled", lambda module, mode, variant="": modes.append(mode) or module)
     options = SamplingOptions(dtype="fp32", channels_last=False, compile=True, autotune=True, batch_size=2)
     result = sample(model, "ddim", conditions(2), train_config=cosine, steps=1, options=options)
     assert modes == ["max-autotune-no-cudagraphs"] and result.options.autotune is True
@@ -372,3 +372,24 @@ def test_sample_runs_under_the_resolved_cudnn_benchmark(model: torch.nn.Module, 
         assert torch.backends.cudnn.benchmark is True
     finally:
         torch.backends.cudnn.benchmark = saved
+
+
+def test_group_norm_by_views_samples_the_same_images_and_switches_back(
+    model: torch.nn.Module, cosine: dict
+) -> None:
+    from torch import nn
+
+    from bench.groupnorm import GroupNormByViews
+
+    kwargs = dict(train_config=cosine, steps=3, guidance=2.0, seed=4)
+    plain = sample(model, "cosine", conditions(3), options=SamplingOptions(group_norm_by_views=False), **kwargs)
+    views = sample(model, "cosine", conditions(3), options=SamplingOptions(group_norm_by_views=True), **kwargs)
+    norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms and all(type(m) is GroupNormByViews for m in norms)
+    assert views.options.group_norm_by_views
+    # fp32 rounding of the statistics differs (two-pass vs Welford); a random net amplifies a few
+    # pixels, the bulk is identical.
+    diff = (views.images - plain.images).abs()
+    assert diff.mean() < 1e-4 and diff.max() < 2e-2
+    sample(model, "cosine", conditions(1), options=SamplingOptions(), **kwargs)  # default: off
+    assert all(type(m) is nn.GroupNorm for m in norms)

@@ -1,0 +1,64 @@
+"""GroupNormByViews: the same numbers as nn.GroupNorm, in either memory format, switchable in place."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bench.groupnorm import GroupNormByViews, use_group_norm_by_views
+
+
+def _norm(channels: int = 32, groups: int = 8) -> nn.GroupNorm:
+    torch.manual_seed(0)
+    norm = nn.GroupNorm(groups, channels, eps=1e-6)
+    with torch.no_grad():  # not the identity affine of a fresh module
+        norm.weight.normal_()
+        norm.bias.normal_()
+    return norm
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_matches_nn_group_norm_in_either_memory_format(channels_last: bool) -> None:
+    norm = _norm()
+    x = torch.randn(3, 32, 9, 7) * 3 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    expected = norm(x)
+    use_group_norm_by_views(norm)
+    assert isinstance(norm, GroupNormByViews)
+    got = norm(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert got.dtype == x.dtype
+    # Gradients too (training uses it under compile): to the input and to the affine parameters.
+    x.requires_grad_(True)
+    got = norm(x)
+    (grad_x,) = torch.autograd.grad((got * got.detach()).sum(), x)
+    use_group_norm_by_views(norm, False)
+    x_ref = x.detach().clone().requires_grad_(True)
+    ref = norm(x_ref)
+    (grad_ref,) = torch.autograd.grad((ref * ref.detach()).sum(), x_ref)
+    torch.testing.assert_close(grad_x, grad_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_input_gives_bf16_output_with_fp32_statistics() -> None:
+    norm = _norm()
+    x = (torch.randn(2, 32, 8, 8) * 50 + 200).to(torch.bfloat16)  # a large mean: fp32 stats matter
+    expected = nn.functional.group_norm(x.float(), 8, norm.weight, norm.bias, norm.eps)
+    use_group_norm_by_views(norm)
+    got = norm(x)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected, rtol=1e-2, atol=2e-2)
+
+
+def test_switching_a_model_keeps_its_parameters_and_state_dict() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), _norm(16, 4), nn.SiLU(), nn.Conv2d(16, 16, 1), _norm(16, 2))
+    keys, weight = list(model.state_dict()), model[1].weight
+    x = torch.randn(2, 3, 10, 10)
+    before = model(x)
+    assert use_group_norm_by_views(model) == 2
+    assert type(model[1]) is GroupNormByViews and type(model[4]) is GroupNormByViews
+    assert model[1].weight is weight and list(model.state_dict()) == keys
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
+    assert use_group_norm_by_views(model, False) == 2
+    assert type(model[1]) is nn.GroupNorm
