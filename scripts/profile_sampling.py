@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from bench.conditions import load_condition_set, load_labels_spec, multi_hot
@@ -39,6 +40,9 @@ from bench.sampling import SamplingOptions, sample
 
 # Op families, by substrings of profiler event names (first match wins; lower case).
 FAMILIES = (
+    # Inductor's generated kernels carry the names of every op they fused ("..._convolution_
+    # native_group_norm_silu..."): a family of their own, before any op-name match.
+    ("fused by inductor (norms, activations, adds)", ("triton_",)),
     ("attention", ("attention", "flash", "sdpa", "softmax", "fmha")),
     ("convolution", ("conv", "cudnn", "implicit_gemm", "winograd", "xmma_fprop", "sm90_xmma")),
     ("matmul", ("gemm", "mm", "matmul", "linear", "cutlass")),
@@ -142,12 +146,16 @@ def main() -> None:
         wall = time.perf_counter() - start
 
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    averages = prof.key_averages()
+    # On CUDA an op row's self device time repeats the time of the kernels it launched, which have
+    # rows of their own: sum the kernel rows only, so nothing is counted twice.
+    kernels = [e for e in averages if getattr(e, "device_type", None) == DeviceType.CUDA]
+    events = [e for e in (kernels or averages) if getattr(e, key, 0) > 0]
     total = sum(getattr(e, key) for e in events) or 1.0
     by_family: dict[str, float] = {}
     for e in events:
         by_family[family(e.key)] = by_family.get(family(e.key), 0.0) + getattr(e, key)
-    table = prof.key_averages().table(sort_by=key, row_limit=args.rows)
+    table = averages.table(sort_by=key, row_limit=args.rows)
     (args.out / "profile.txt").write_text(table)
     summary = {
         **setting,

@@ -328,7 +328,9 @@ def test_compiled_model_gets_the_options_compile_mode(
     import bench.sampling
 
     modes = []
-    monkeypatch.setattr(bench.sampling, "_compiled", lambda module, mode, variant="": modes.append(mode) or module)
+    monkeypatch.setattr(
+        bench.sampling, "_compiled", lambda module, mode, variant="": modes.append(mode) or module
+    )
     options = SamplingOptions(dtype="fp32", channels_last=False, compile=True, autotune=True, batch_size=2)
     result = sample(model, "ddim", conditions(2), train_config=cosine, steps=1, options=options)
     assert modes == ["max-autotune-no-cudagraphs"] and result.options.autotune is True
@@ -382,8 +384,12 @@ def test_group_norm_by_views_samples_the_same_images_and_switches_back(
     from bench.groupnorm import GroupNormByViews
 
     kwargs = dict(train_config=cosine, steps=3, guidance=2.0, seed=4)
-    plain = sample(model, "cosine", conditions(3), options=SamplingOptions(group_norm_by_views=False), **kwargs)
-    views = sample(model, "cosine", conditions(3), options=SamplingOptions(group_norm_by_views=True), **kwargs)
+    plain = sample(
+        model, "cosine", conditions(3), options=SamplingOptions(group_norm_by_views=False), **kwargs
+    )
+    views = sample(
+        model, "cosine", conditions(3), options=SamplingOptions(group_norm_by_views=True), **kwargs
+    )
     norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
     assert norms and all(type(m) is GroupNormByViews for m in norms)
     assert views.options.group_norm_by_views
