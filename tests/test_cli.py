@@ -384,6 +384,39 @@ def test_cpu_rows_record_the_speed_switches_off(runner, tmp_path) -> None:
         assert '"cudnn_benchmark": false' in (out / "results.json").read_text()
 
 
+def test_group_norm_by_views_reaches_sampling_and_training(runner, tmp_path) -> None:
+    """--group-norm-by-views is recorded in the rows of `bench run` and in the train config, and
+    gives the same images as the default (the same numbers up to fp32 rounding)."""
+    conditions = tmp_path / "c.json"
+    conditions.write_text('[["red sphere"], ["cyan cube", "gray cylinder"]]')
+    grids = {}
+    for name, extra in [("native", []), ("views", ["--group-norm-by-views"])]:
+        out = tmp_path / name
+        result = tiny_run(runner, "--scheduler", "ddim", "--steps", "2", "--no-denoising-figure",
+                          "--evaluators", "none", "--conditions", str(conditions), "--out", str(out), *extra)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        rows, _ = _rows_and_config(out)
+        assert {r["speed"]["group_norm_by_views"] for r in rows} == {name == "views"}
+        grids[name] = sorted((out / "images").rglob("*.png"))
+    assert [p.relative_to(tmp_path / "native") for p in grids["native"]] == [
+        p.relative_to(tmp_path / "views") for p in grids["views"]
+    ] and grids["native"]
+    import numpy as np
+    from PIL import Image
+
+    for a, b in zip(grids["native"], grids["views"], strict=True):
+        diff = np.abs(np.asarray(Image.open(a), dtype=float) - np.asarray(Image.open(b), dtype=float))
+        assert diff.mean() < 0.5 and diff.max() <= 8  # 8-bit levels
+    out = tmp_path / "train"
+    result = runner.invoke(
+        cli.main,
+        ["train", "--preset", "tiny", "--group-norm-by-views", "--max-steps", "1", "--batch-size", "2",
+         "--scenes", "1", "--device", "cpu", "--no-compile", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "train_config.json").read_text())["group_norm_by_views"] is True
+
+
 def test_train_cosine_lr_schedule_decays_to_zero_at_the_last_step(runner, tmp_path) -> None:
     """--lr-schedule and --warmup-steps reach the trainer: the default recipe (500 warm-up steps)
     with one warm-up step and a cosine decay logs lr 0 at the last step (the logged lr is the one
