@@ -2,13 +2,16 @@
 
 ``nn.GroupNorm`` reaches ``aten.native_group_norm``, whose reduction reshapes (N, C, H, W) to
 (N, G, C/G * H * W); a channels_last tensor has no such view, so the op (eager or decomposed by
-Inductor) may copy to NCHW and back around every norm. ``GroupNormByViews`` splits the channel
+Inductor) may have to copy to NCHW and back around every norm. ``GroupNormByViews`` splits the channel
 dimension instead, (N, C, H, W) -> (N, G, C/G, H, W), which is a view in either memory format, so
 Inductor reduces in place and fuses the normalisation with the SiLU and the cast that follow.
 
 Numerics: the statistics are computed in fp32 and the output keeps the input's dtype (under bf16
 autocast ``nn.GroupNorm`` would return fp32; the next convolution casts to bf16 anyway).
 Eager, this is several kernels instead of one: use it under torch.compile.
+
+Measured on an H100 with the `seed` UNet (BENCHMARKS.md, session 5): 1.2 % faster sampling, 9 %
+slower compiled training. So it is a switch, off by default, not the fast path.
 
 ``use_group_norm_by_views(model, True)`` switches a model's GroupNorms in place by changing their
 class (parameters, state_dict keys and isinstance checks unchanged); ``False`` switches them back.
