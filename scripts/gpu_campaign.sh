@@ -12,7 +12,8 @@
 # Earlier sessions' versions of this script (TRAINING.md names the commits) trained the judge, the
 # shipped `small` model's first two stages, and the cosine/linear and sampler comparisons.
 # Usage: scripts/gpu_campaign.sh OUT_DIR [TRAIN_MINUTES]
-# Writes OUT_DIR/DONE when every run is judged; logs are OUT_DIR/*.log.
+# Writes OUT_DIR/DONE when every run is judged and OUT_DIR.bundle/ holds what should come back
+# (scripts/bundle_results.sh); logs are OUT_DIR/*.log.
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_campaign.sh OUT_DIR [TRAIN_MINUTES]}
 MIN=${2:-15}
@@ -72,4 +73,6 @@ EVAL+=($!)
 wait "${EVAL[@]}"
 echo "$(date +%T) evaluations done"
 tail -n 12 "$OUT"/run-*.log
+# What comes back: results, logs, grids and the exported small models, in 15 MB parts.
+bash "$(dirname "$0")/bundle_results.sh" "$OUT" "$OUT.bundle"
 touch "$OUT/DONE"

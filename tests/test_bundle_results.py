@@ -1,0 +1,42 @@
+"""scripts/bundle_results.sh: what comes back from a GPU run, in parts small enough to transfer."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bundle_results.sh"
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def test_bundle_keeps_results_grids_and_weights_drops_checkpoints_and_images(tmp_path: Path) -> None:
+    src = tmp_path / "camp"
+    _write(src / "run" / "results.json", b"{}")
+    _write(src / "run" / "images" / "cell" / "seed0" / "test_grid.png", b"grid")
+    _write(src / "run" / "images" / "cell" / "seed0" / "0.png", b"one image")
+    _write(src / "train" / "checkpoint" / "model.safetensors", b"x" * 1000)
+    _write(src / "train" / "loss.jsonl", b"{}\n")
+    weights = os.urandom(2_500_000)  # incompressible: needs three 1 MB parts
+    _write(src / "small.safetensors", weights)
+
+    out = tmp_path / "out"
+    subprocess.run(["bash", str(SCRIPT), str(src), str(out), "1"], check=True, capture_output=True)
+    parts = sorted(out.glob("bundle.tgz.part-*"))
+    assert len(parts) == 3 and all(p.stat().st_size <= 2**20 for p in parts)
+
+    with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts)), mode="r:gz") as tar:
+        names = {Path(n).as_posix().removeprefix("./") for n in tar.getnames() if tar.getmember(n).isfile()}
+        assert tar.extractfile("./small.safetensors").read() == weights
+    assert names == {
+        "run/results.json",
+        "run/images/cell/seed0/test_grid.png",
+        "train/loss.jsonl",
+        "small.safetensors",
+    }
