@@ -70,6 +70,10 @@ def list_plugins() -> None:
         click.echo(tabulate([(e.plugin, e.error) for e in plugins.load_errors], headers=["plugin", "error"]))
 
 
+# One switch, the same on `bench run` and `bench train` (bench/groupnorm.py).
+_GROUP_NORM_BY_VIEWS_HELP = "GroupNorm as channel-splitting views, for torch.compile (default off)."
+
+
 def _bool_flag(name: str, help: str):
     """A tri-state ``--name/--no-name`` flag: unset means "the device's default"."""
     return click.option(f"--{name}/--no-{name}", default=None, help=help)
@@ -140,7 +144,7 @@ def _bool_flag(name: str, help: str):
 @_bool_flag("channels-last", "channels_last memory format (default on CUDA).")
 @_bool_flag("cudnn-benchmark", "Time cuDNN's convolution algorithms per shape (CUDA; default off).")
 @_bool_flag("autotune", "torch.compile max-autotune: minutes of compile per shape (default off).")
-@_bool_flag("group-norm-by-views", "GroupNorm as channel-splitting views, for compile (default off).")
+@_bool_flag("group-norm-by-views", _GROUP_NORM_BY_VIEWS_HELP)
 @click.option(
     "--allow-schedule-mismatch", is_flag=True, help="Sample with a noise schedule other than the trained one."
 )
@@ -374,7 +378,7 @@ def train_judge_command(
 @click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints.")
 @_bool_flag("compile", "torch.compile the model (default on CUDA).")
 @_bool_flag("autotune", "Compile with max-autotune (minutes of compile; default off).")
-@_bool_flag("group-norm-by-views", "GroupNorm as channel-splitting views, for compile (default off).")
+@_bool_flag("group-norm-by-views", _GROUP_NORM_BY_VIEWS_HELP)
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default=None, help="Default: cuda if available, else cpu.")
 @click.option("--data", default="synthetic", show_default=True, help="Dataset plugin.")

@@ -58,8 +58,9 @@ class SamplingOptions:
     """How fast the loop runs; ``None`` picks the default for the device.
 
     Defaults: on CUDA bf16 autocast, channels_last, torch.compile with CUDA graphs
-    (``mode="reduce-overhead"``), chunks of 256 images; on CPU plain fp32 with channels_last (measured faster on CPU, numerically the same),
-    no compile, chunks of 32 (16 when guided). Each part can be switched on or off by itself.
+    (``mode="reduce-overhead"``), chunks of 256 images; on CPU plain fp32 with channels_last
+    (measured faster on CPU, numerically the same), no compile, chunks of 32 (16 when guided).
+    Each part can be switched on or off by itself.
     """
 
     dtype: str | None = None  # "bf16" (autocast) or "fp32"
@@ -98,13 +99,17 @@ class SamplingOptions:
         if cuda_graphs and not cuda:
             raise SamplingOptionsError("cuda_graphs needs a CUDA device")
         channels_last = True if self.channels_last is None else self.channels_last
-        cudnn_benchmark = bool(self.cudnn_benchmark)
-        autotune = bool(self.autotune)
-        if autotune and not compile_:
+        if self.autotune and not compile_:
             raise SamplingOptionsError("autotune is a torch.compile mode: it needs compile")
-        views = bool(self.group_norm_by_views)
         return SamplingOptions(
-            dtype, channels_last, compile_, cuda_graphs, batch_size, cudnn_benchmark and cuda, autotune, views
+            dtype=dtype,
+            channels_last=channels_last,
+            compile=compile_,
+            cuda_graphs=cuda_graphs,
+            batch_size=batch_size,
+            cudnn_benchmark=bool(self.cudnn_benchmark) and cuda,
+            autotune=bool(self.autotune),
+            group_norm_by_views=bool(self.group_norm_by_views),
         )
 
     @property
@@ -117,7 +122,16 @@ class SamplingOptions:
     @classmethod
     def plain(cls, batch_size: int = 256) -> SamplingOptions:
         """fp32, no channels_last, no compile, no CUDA graphs, cuDNN's heuristics."""
-        return cls("fp32", False, False, False, batch_size, False, False, False)
+        return cls(
+            dtype="fp32",
+            channels_last=False,
+            compile=False,
+            cuda_graphs=False,
+            batch_size=batch_size,
+            cudnn_benchmark=False,
+            autotune=False,
+            group_norm_by_views=False,
+        )
 
 
 @dataclass
@@ -181,6 +195,7 @@ class _ModelCall:
         self.cuda_graphs = bool(options.cuda_graphs)
         use_group_norm_by_views(model, bool(options.group_norm_by_views))
         if options.compile:
+            # The GroupNorm variant changes the traced graph: a compiled module of its own.
             variant = "group-norm-by-views" if options.group_norm_by_views else ""
             self.forward = _compiled(model, options.compile_mode, variant)
         else:

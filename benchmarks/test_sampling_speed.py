@@ -45,59 +45,21 @@ REF_IMAGES = env_int("BENCH_SPEED_REF_IMAGES", 2)
 _MODES = env_modes("BENCH_SPEED_MODES", GPU_MODES)
 BATCHED_MODES = [m for m in _MODES if m != "reference"]
 
-# mode -> (label, options factory, dtype, compile, cuda_graphs). Only "bf16-cudnn" times cuDNN's
-# algorithms (cudnn.benchmark); the others keep its heuristics, the default.
-_GPU_OPTIONS: dict[str, tuple[str, Any, str, bool, bool]] = {
-    "fp32": ("fp32", lambda b: SamplingOptions.plain(b), "fp32", False, False),
-    "bf16": (
-        "bf16 eager",
-        lambda b: SamplingOptions("bf16", False, False, False, b, False),
-        "bf16",
-        False,
-        False,
-    ),
+# mode -> (label, the SamplingOptions of that mode but its batch size). Only "bf16-cudnn" times
+# cuDNN's algorithms (cudnn.benchmark); the others keep its heuristics, the default.
+_FAST = dict(dtype="bf16", channels_last=True, compile=True, cuda_graphs=True)  # the GPU default
+_GPU_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "fp32": ("fp32", dict(dtype="fp32", channels_last=False, compile=False, cuda_graphs=False)),
+    "bf16": ("bf16 eager", dict(dtype="bf16", channels_last=False, compile=False, cuda_graphs=False)),
     "bf16-cudnn": (
         "bf16 eager+cudnn.benchmark",
-        lambda b: SamplingOptions("bf16", False, False, False, b, True),
-        "bf16",
-        False,
-        False,
+        dict(dtype="bf16", channels_last=False, compile=False, cuda_graphs=False, cudnn_benchmark=True),
     ),
-    "compile": (
-        "bf16+cl+compile",
-        lambda b: SamplingOptions("bf16", True, True, False, b),
-        "bf16",
-        True,
-        False,
-    ),
-    "graphs": (
-        "bf16+cl+compile+graphs",
-        lambda b: SamplingOptions("bf16", True, True, True, b),
-        "bf16",
-        True,
-        True,
-    ),
-    "graphs-nchw": (
-        "bf16+compile+graphs (NCHW)",
-        lambda b: SamplingOptions("bf16", False, True, True, b),
-        "bf16",
-        True,
-        True,
-    ),
-    "graphs-views": (
-        "bf16+cl+compile+graphs, GroupNorm by views",
-        lambda b: SamplingOptions("bf16", True, True, True, b, group_norm_by_views=True),
-        "bf16",
-        True,
-        True,
-    ),
-    "autotune": (
-        "bf16+cl+compile+graphs max-autotune",
-        lambda b: SamplingOptions("bf16", True, True, True, b, autotune=True),
-        "bf16",
-        True,
-        True,
-    ),
+    "compile": ("bf16+cl+compile", {**_FAST, "cuda_graphs": False}),
+    "graphs": ("bf16+cl+compile+graphs", _FAST),
+    "graphs-nchw": ("bf16+compile+graphs (NCHW)", {**_FAST, "channels_last": False}),
+    "graphs-views": ("bf16+cl+compile+graphs, GroupNorm by views", {**_FAST, "group_norm_by_views": True}),
+    "autotune": ("bf16+cl+compile+graphs max-autotune", {**_FAST, "autotune": True}),
 }
 
 
@@ -193,8 +155,8 @@ def test_sampling_gpu(
     benchmark: Any, gpu_model: torch.nn.Module, cosine_noise: dict, gpu_peak: dict, mode: str, batch: int
 ) -> None:
     """(b) fp32 batched, (c) bf16 eager, (d) + channels_last + compile, (e) + CUDA graphs."""
-    label, make_options, dtype, compile_, graphs = _GPU_OPTIONS[mode]
-    options = make_options(batch)
+    label, settings = _GPU_OPTIONS[mode]
+    options = SamplingOptions(batch_size=batch, **settings).resolved("cuda")
     if not options.channels_last:
         gpu_model.to(memory_format=torch.contiguous_format)  # an earlier variant may have converted it
     conds = make_conditions(batch)
@@ -219,9 +181,9 @@ def test_sampling_gpu(
         preset=GPU_PRESET,
         variant=f"{label} b{batch}",
         device="cuda",
-        compile_=compile_,
-        cuda_graphs=graphs,
-        dtype=dtype,
+        compile_=options.compile,
+        cuda_graphs=options.cuda_graphs,
+        dtype=options.dtype,
         batch_size=batch,
         peak=gpu_peak,
     )

@@ -32,6 +32,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from bench.atomic import atomic_write_json, atomic_write_text
 from bench.conditions import load_condition_set, load_labels_spec, multi_hot
 from bench.noise import noise_config
 from bench.plugins import get
@@ -49,7 +50,7 @@ FAMILIES = (
     ("random numbers", ("normal_", "randn", "philox", "random")),  # before "norm": normal_ is RNG
     ("normalisation", ("norm", "welford", "var_mean")),
     ("copies", ("copy", "cat", "contiguous", "to_copy", "memcpy", "memset", "clone")),
-    ("elementwise", ("elementwise", "triton", "add", "mul", "silu", "sigmoid", "div", "sub", "fused")),
+    ("elementwise", ("elementwise", "add", "mul", "silu", "sigmoid", "div", "sub", "fused")),
 )
 
 
@@ -137,7 +138,7 @@ def main() -> None:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     if args.no_profile:
-        (args.out / "timing.json").write_text(json.dumps(setting, indent=2) + "\n")
+        atomic_write_json(args.out / "timing.json", setting)
         return
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
@@ -154,9 +155,10 @@ def main() -> None:
     total = sum(getattr(e, key) for e in events) or 1.0
     by_family: dict[str, float] = {}
     for e in events:
-        by_family[family(e.key)] = by_family.get(family(e.key), 0.0) + getattr(e, key)
+        fam = family(e.key)
+        by_family[fam] = by_family.get(fam, 0.0) + getattr(e, key)
     table = averages.table(sort_by=key, row_limit=args.rows)
-    (args.out / "profile.txt").write_text(table)
+    atomic_write_text(args.out / "profile.txt", table)
     summary = {
         **setting,
         "images_per_s": result.images_per_second,
@@ -168,7 +170,7 @@ def main() -> None:
             for fam, t in sorted(by_family.items(), key=lambda kv: -kv[1])
         },
     }
-    (args.out / "profile.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(args.out / "profile.json", summary)
     print(
         f"{summary['device']}: {summary['images_per_s']:.1f} images/s, {1e3 * summary['wall_s_per_step']:.1f} ms/step"
     )
