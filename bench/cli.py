@@ -355,6 +355,12 @@ def train_judge_command(
     default=None,
     help="What the network predicts; default: the recipe's (default: v_prediction, reference: epsilon).",
 )
+@click.option(
+    "--min-snr-gamma",
+    type=float,
+    default=None,
+    help="Min-SNR-gamma loss weighting (5 is the paper's choice); default: plain MSE.",
+)
 @click.option("--lr", type=float, default=None)
 @click.option("--batch-size", type=int, default=None, help="Global batch size.")
 @click.option("--epochs", type=int, default=None)

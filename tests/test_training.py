@@ -304,3 +304,39 @@ def test_autotune_needs_compile(tmp_path: Path) -> None:
         training._Trainer(config(tmp_path, autotune=True), dataset(8))  # compile is off by default on CPU
     trainer = training._Trainer(config(tmp_path, batch_size=8), dataset(8))
     assert trainer.use_compile is False
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weights_make_every_target_an_x0_loss_weighted_min_snr_gamma(prediction_type: str) -> None:
+    # The same x0 error, expressed as the network's target, weighs min(SNR, gamma) * |x0 error|^2.
+    g = torch.Generator().manual_seed(0)
+    alpha_bar = torch.tensor([0.02, 0.3, 0.5, 0.9, 0.999])
+    a, s = alpha_bar.sqrt()[:, None], (1 - alpha_bar).sqrt()[:, None]
+    x0, eps = torch.randn(5, 16, generator=g), torch.randn(5, 16, generator=g)
+    x0_hat = x0 + 0.1 * torch.randn(5, 16, generator=g)
+    x_t = a * x0 + s * eps
+    eps_hat = (x_t - a * x0_hat) / s  # the noise that x0_hat implies
+    if prediction_type == "v_prediction":
+        err = (a * eps_hat - s * x0_hat) - (a * eps - s * x0)
+    else:
+        err = eps_hat - eps
+    weight = training.min_snr_weight(alpha_bar, 5.0, prediction_type)
+    snr = alpha_bar / (1 - alpha_bar)
+    expected = snr.clamp(max=5.0) * (x0_hat - x0).square().mean(1)
+    torch.testing.assert_close(weight * err.square().mean(1), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_min_snr_gamma_changes_the_loss_and_trains(tmp_path: Path) -> None:
+    data = dataset(8)
+    plain = training._Trainer(config(tmp_path / "plain", batch_size=8, prediction_type="v_prediction"), data)
+    weighted = training._Trainer(
+        config(tmp_path / "snr", batch_size=8, prediction_type="v_prediction", min_snr_gamma=5.0), data
+    )
+    weighted.model.load_state_dict(plain.model.state_dict())
+    images, conds = next(plain.data.batches([list(range(8))], 0))
+    with torch.no_grad():
+        a, b = plain._loss(images, conds, step=3).item(), weighted._loss(images, conds, step=3).item()
+    assert math.isfinite(b) and b > 0 and abs(a - b) > 1e-4 * a
+    summary = train(config(tmp_path / "run", min_snr_gamma=5.0), data, show_progress=False)
+    losses = [json.loads(line)["loss"] for line in (summary.out_dir / "loss.jsonl").read_text().splitlines()]
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
