@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Wait for a background scripts/gpu_campaign.sh run: return when OUT_DIR/DONE appears or after
+# SECONDS_MAX, print the tail of each log, and once DONE copy OUT_DIR.bundle/* into DEST_DIR.
+# A campaign longer than one command's time limit is then started once and followed by this same
+# command until it reports DONE.
+# Usage: scripts/gpu_wait.sh OUT_DIR DEST_DIR [SECONDS_MAX (default 560)]
+set -uo pipefail
+OUT=${1:?usage: scripts/gpu_wait.sh OUT_DIR DEST_DIR [SECONDS_MAX]}
+DEST=${2:?usage: scripts/gpu_wait.sh OUT_DIR DEST_DIR [SECONDS_MAX]}
+MAX=${3:-560}
+start=$(date +%s)
+while [ ! -f "$OUT/DONE" ] && [ $(( $(date +%s) - start )) -lt "$MAX" ]; do sleep 5; done
+for log in "$OUT"/*.log; do
+  [ -f "$log" ] && { echo "== $log"; tail -n 2 "$log" | cut -c1-300; }
+done
+nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
+if [ -f "$OUT/DONE" ]; then
+  mkdir -p "$DEST" && cp "$OUT.bundle"/* "$DEST"/ && echo "DONE: bundle copied to $DEST"
+else
+  echo "not done after $MAX s"
+fi
