@@ -359,7 +359,7 @@ def train_judge_command(
     "--min-snr-gamma",
     type=float,
     default=None,
-    help="Min-SNR-gamma loss weighting (5 is the paper's choice); default: plain MSE.",
+    help="Min-SNR-gamma loss weighting; 0: plain MSE. Default: the recipe's (default: 5, reference: off).",
 )
 @click.option("--lr", type=float, default=None)
 @click.option("--batch-size", type=int, default=None, help="Global batch size.")

@@ -122,9 +122,12 @@ def test_recipes_and_messages() -> None:
         32,
         200,
     )
-    assert ref.ema_decay is None and ref.cond_drop_prob == 0
+    assert ref.ema_decay is None and ref.cond_drop_prob == 0 and ref.min_snr_gamma is None
     default = TrainConfig.from_recipe("default", batch_size=64)
     assert default.batch_size == 64 and default.ema_decay and default.cond_drop_prob > 0
+    assert (
+        default.min_snr_gamma == 5.0 and not TrainConfig.from_recipe("default", min_snr_gamma=0).min_snr_gamma
+    )
     with pytest.raises(TrainingError, match="unknown training recipe"):
         TrainConfig.from_recipe("fastest")
     with pytest.raises(TrainingError, match="unknown training option"):
