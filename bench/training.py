@@ -147,8 +147,11 @@ def min_snr_weight(alpha_bar: torch.Tensor, gamma: float, prediction_type: str) 
     min(SNR, gamma) / (SNR + 1) for v.
     """
     snr = alpha_bar / (1 - alpha_bar)
-    clipped = snr.clamp(max=gamma)
-    return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
+    if prediction_type == "v_prediction":
+        return snr.clamp(max=gamma) / (snr + 1)
+    # min(SNR, gamma) / SNR written so that a zero-SNR timestep (zero-terminal-SNR schedules) gets
+    # weight 1, not 0 / 0.
+    return (gamma / snr).clamp(max=1.0)
 
 
 @dataclass

@@ -327,6 +327,9 @@ def test_min_snr_weights_make_every_target_an_x0_loss_weighted_min_snr_gamma(pre
     snr = alpha_bar / (1 - alpha_bar)
     expected = snr.clamp(max=5.0) * (x0_hat - x0).square().mean(1)
     torch.testing.assert_close(weight * err.square().mean(1), expected, rtol=1e-4, atol=1e-6)
+    # The ends of a schedule: pure noise (zero SNR) and a clean image (infinite SNR) stay finite.
+    ends = training.min_snr_weight(torch.tensor([0.0, 1.0]), 5.0, prediction_type)
+    assert torch.isfinite(ends).all() and ends[1] == 0
 
 
 def test_min_snr_gamma_changes_the_loss_and_trains(tmp_path: Path) -> None:
