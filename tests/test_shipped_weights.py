@@ -45,7 +45,7 @@ def test_the_shipped_model_rebuilds_from_its_file_alone() -> None:
     assert noise["beta_schedule"] == "squaredcos_cap_v2"
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(10.0e6, rel=0.01)
     # The first README command samples with what the file recommends (TRAINING.md says why).
-    assert meta["sampling_defaults"] == {"guidance": 4.0}
+    assert meta["sampling_defaults"] == {"guidance": 5.0}
 
 
 def test_the_shipped_judge_reads_unseen_renders(tmp_path: Path) -> None:
