@@ -59,7 +59,7 @@ class TrainConfig:
     # Min-SNR-gamma loss weighting (Hang et al. 2023): each timestep's loss is weighted as if the
     # target were x0 with weight min(SNR, gamma), so the many nearly clean timesteps stop pulling
     # the shared weights away from the noisy ones where the layout of a scene is decided.
-    # None: the plain MSE on the target.
+    # None (or 0): the plain MSE on the target.
     min_snr_gamma: float | None = None
     lr: float = 2e-4
     # after warm-up: "constant", or "cosine": decay to 0 at whichever budget ends the run first,
@@ -277,6 +277,12 @@ class _Trainer:
 
         alphas = DDPMScheduler.from_config(self.noise_config).alphas_cumprod.to(self.device, torch.float32)
         self.sqrt_ab, self.sqrt_1mab = alphas.sqrt(), (1 - alphas).sqrt()
+        # Per-timestep loss weights, like the tables above: None is the plain MSE.
+        self.loss_weight = (
+            min_snr_weight(alphas, config.min_snr_gamma, config.prediction_type)
+            if config.min_snr_gamma
+            else None
+        )
 
         torch.manual_seed(_mix(config.seed, 0x1417))  # the initial weights: same on every process
         self.model = build_model(config.model, {"preset": config.preset, **config.model_options})
@@ -369,11 +375,10 @@ class _Trainer:
             target = signal * noise - sigma * images
         else:
             target = noise
-        if not config.min_snr_gamma:
+        if self.loss_weight is None:
             return F.mse_loss(pred.float(), target)
         per_image = (pred.float() - target).square().mean(dim=(1, 2, 3))
-        weight = min_snr_weight(signal.flatten() ** 2, config.min_snr_gamma, config.prediction_type)
-        return (weight * per_image).mean()
+        return (self.loss_weight[t] * per_image).mean()
 
     def train_step(self, images: torch.Tensor, conds: torch.Tensor) -> torch.Tensor:
         """One optimisation step; returns the (device) loss without a host sync."""
