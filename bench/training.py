@@ -217,8 +217,13 @@ class _Data:
         self, order: list[list[int]], num_workers: int
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.images is not None:
+            # One upload for the whole order: a blocking host-to-device copy per step would make the
+            # host wait for the GPU every step, so it could never queue the next step ahead.
+            flat = torch.tensor([i for idx in order for i in idx], dtype=torch.long, device=self.device)
+            start = 0
             for idx in order:
-                index = torch.tensor(idx, device=self.device)
+                index = flat[start : start + len(idx)]
+                start += len(idx)
                 yield self.images[index].float().div_(127.5).sub_(1.0), self.conditions[index]
             return
         loader = torch.utils.data.DataLoader(

@@ -65,6 +65,30 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tmp_path: Path) -> None:
     assert after < before
 
 
+def test_device_resident_batches_follow_the_order(tmp_path: Path) -> None:
+    data = dataset(16)
+    trainer = training._Trainer(config(tmp_path, device="cpu"), data)
+    order = [[3, 1, 4, 15], [9, 2, 6, 5], [0, 8]]  # a short last batch too
+    batches = list(trainer.data.batches(order, 0))
+    assert [len(images) for images, _ in batches] == [4, 4, 2]
+    for idx, (images, conds) in zip(order, batches, strict=True):
+        expected = torch.stack([data[i][0] for i in idx])
+        torch.testing.assert_close(images, expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(conds, torch.stack([data[i][1] for i in idx]).float())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_resident_batches_do_not_wait_for_the_gpu(tmp_path: Path) -> None:
+    trainer = training._Trainer(config(tmp_path, device="cuda", compile=False), dataset(16))
+    batches = trainer.data.batches([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]], 0)
+    next(batches)  # the order's one upload
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        next(batches), next(batches)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_resume_continues_exactly(tmp_path: Path) -> None:
     data = dataset()
     straight = train(config(tmp_path / "a"), data, show_progress=False)
