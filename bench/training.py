@@ -306,6 +306,14 @@ class _Trainer:
             import copy
 
             self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        # Tensor lists walked every step, gathered once (each .parameters() walks every module);
+        # the detached aliases share storage, so they follow the optimizer's in-place updates.
+        self.params = list(self.model.parameters())
+        self.params_detached = [p.detach() for p in self.params]
+        self.ema_params = list(self.ema.parameters()) if self.ema is not None else []
+        self.ema_buffer_pairs = (
+            list(zip(self.ema.buffers(), self.model.buffers(), strict=True)) if self.ema is not None else []
+        )
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=cuda or None
         )
@@ -392,15 +400,14 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         self.optimizer.step()
         self.lr_schedule.step()
         if self.ema is not None:
             # Warm-up of the decay so early EMA weights are not dominated by the random init.
             decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
-            ema_params = list(self.ema.parameters())
-            torch._foreach_lerp_(ema_params, [p.detach() for p in self.model.parameters()], 1 - decay)
-            for e_buf, m_buf in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+            torch._foreach_lerp_(self.ema_params, self.params_detached, 1 - decay)
+            for e_buf, m_buf in self.ema_buffer_pairs:
                 e_buf.copy_(m_buf)
         self.step += 1
         return loss.detach()

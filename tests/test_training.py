@@ -65,6 +65,22 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tmp_path: Path) -> None:
     assert after < before
 
 
+def test_ema_follows_the_trained_weights_step_by_step(tmp_path: Path) -> None:
+    trainer = training._Trainer(config(tmp_path, ema_decay=0.9, warmup_steps=0, lr=1e-2), dataset(8))
+    images, conds = next(trainer.data.batches([list(range(4))], 0))
+    expected = [p.detach().clone() for p in trainer.model.parameters()]
+    for step in range(3):
+        trainer.train_step(images, conds)
+        decay = min(0.9, (1 + step) / (10 + step))
+        for e, p in zip(expected, trainer.model.parameters(), strict=True):
+            e.lerp_(p.detach(), 1 - decay)
+    moved = 0
+    for e, got, start in zip(expected, trainer.ema.parameters(), trainer.params_detached, strict=True):
+        torch.testing.assert_close(got, e)
+        moved += int(not torch.equal(got, start))
+    assert moved > 0  # the EMA differs from the live weights: it really averages
+
+
 def test_device_resident_batches_follow_the_order(tmp_path: Path) -> None:
     data = dataset(16)
     trainer = training._Trainer(config(tmp_path, device="cpu"), data)
