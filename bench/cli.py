@@ -384,6 +384,11 @@ def train_judge_command(
 @click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints.")
 @_bool_flag("compile", "torch.compile the model (default on CUDA).")
 @_bool_flag("autotune", "Compile with max-autotune (minutes of compile; default off).")
+@_bool_flag(
+    "cuda-graphs",
+    "Compile with CUDA graphs of the forward and backward (one launch each instead of a launch per "
+    "kernel; default off).",
+)
 @_bool_flag("group-norm-by-views", _GROUP_NORM_BY_VIEWS_HELP)
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default=None, help="Default: cuda if available, else cpu.")

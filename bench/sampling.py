@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from bench.compile_mode import compile_mode
 from bench.groupnorm import use_group_norm_by_views
 from bench.guidance import check_interval, in_interval
 from bench.noise import check_schedule_compatible
@@ -115,9 +116,7 @@ class SamplingOptions:
     @property
     def compile_mode(self) -> str:
         """The torch.compile mode these options ask for."""
-        if self.autotune:
-            return "max-autotune" if self.cuda_graphs else "max-autotune-no-cudagraphs"
-        return "reduce-overhead" if self.cuda_graphs else "default"
+        return compile_mode(autotune=self.autotune, cuda_graphs=bool(self.cuda_graphs))
 
     @classmethod
     def plain(cls, batch_size: int = 256) -> SamplingOptions:

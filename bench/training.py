@@ -78,6 +78,7 @@ class TrainConfig:
     bf16: bool | None = None  # autocast; default on CUDA
     compile: bool | None = None  # torch.compile the model; default on CUDA
     autotune: bool = False  # compile with max-autotune (Triton templates timed per shape)
+    cuda_graphs: bool = False  # compile with CUDA graphs of the forward and backward graphs
     channels_last: bool | None = None  # default on CUDA
     group_norm_by_views: bool = False  # bench/groupnorm.py: for torch.compile on channels_last
     seed: int = 0
@@ -262,6 +263,8 @@ class _Trainer:
         self.use_compile = cuda if config.compile is None else config.compile
         if config.autotune and not self.use_compile:
             raise TrainingError("autotune is a torch.compile mode: it needs compile")
+        if config.cuda_graphs and not (self.use_compile and cuda):
+            raise TrainingError("cuda_graphs needs compile and a CUDA device")
         if config.batch_size % self.world:
             raise TrainingError(
                 f"batch size {config.batch_size} does not split over {self.world} processes; "
@@ -324,7 +327,10 @@ class _Trainer:
         if accelerator is not None and self.world > 1:
             self.net = accelerator.prepare_model(self.model)
         if self.use_compile:
-            self.net = torch.compile(self.net, mode="max-autotune-no-cudagraphs" if config.autotune else None)
+            from bench.compile_mode import compile_mode
+
+            mode = compile_mode(autotune=config.autotune, cuda_graphs=config.cuda_graphs)
+            self.net = torch.compile(self.net, mode=mode)
         self.step = 0
 
     # -- schedule
@@ -396,6 +402,8 @@ class _Trainer:
     def train_step(self, images: torch.Tensor, conds: torch.Tensor) -> torch.Tensor:
         """One optimisation step; returns the (device) loss without a host sync."""
         self.model.train()
+        if self.config.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: the last one's graph outputs are done
         loss = self._loss(images, conds, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -94,7 +94,7 @@ def record_training(
             "device": device_name(device),
             "compile": bool(config.compile),
             "channels_last": bool(config.channels_last),
-            "cuda_graphs": False,
+            "cuda_graphs": bool(config.cuda_graphs),
             "peak_memory_mb": stats["peak_memory_mb"],
         }
     )
@@ -140,7 +140,7 @@ def test_training_cpu_tiny(benchmark: Any, tmp_path: Any) -> None:
 @pytest.mark.parametrize("batch", GPU_BATCHES)
 @pytest.mark.parametrize("mode", GPU_MODES)
 def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, batch: int) -> None:
-    compiled = mode in ("compile", "compile-views", "autotune")
+    compiled = mode in ("compile", "compile-graphs", "compile-views", "autotune")
     dataset = random_dataset(2 * batch)
     config = TrainConfig(
         preset=GPU_PRESET,
@@ -149,6 +149,7 @@ def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, 
         bf16=True,
         compile=compiled,
         autotune=mode == "autotune",
+        cuda_graphs=mode == "compile-graphs",
         channels_last=compiled,
         group_norm_by_views=mode == "compile-views",
         out_dir=str(tmp_path),
@@ -165,6 +166,7 @@ def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, 
     label = {
         "eager": "bf16 eager",
         "compile": "bf16+cl+compile",
+        "compile-graphs": "bf16+cl+compile+CUDA graphs",
         "compile-views": "bf16+cl+compile, GroupNorm by views",
         "autotune": "bf16+cl+compile max-autotune",
     }
@@ -174,7 +176,14 @@ def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, 
     if compiled and batch == GPU_BATCHES[0] and LOSS_STEPS > 0:
         # Same seed, same data, same bf16: the compiled path must follow the eager loss curve.
         fast = loss_curve(config, dataset, LOSS_STEPS)
-        plain = replace(config, compile=False, autotune=False, channels_last=False, group_norm_by_views=False)
+        plain = replace(
+            config,
+            compile=False,
+            autotune=False,
+            cuda_graphs=False,
+            channels_last=False,
+            group_norm_by_views=False,
+        )
         eager = loss_curve(plain, dataset, LOSS_STEPS)
         fp32 = loss_curve(replace(plain, bf16=False), dataset, LOSS_STEPS)
         benchmark.extra_info.update(

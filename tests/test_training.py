@@ -81,6 +81,21 @@ def test_ema_follows_the_trained_weights_step_by_step(tmp_path: Path) -> None:
     assert moved > 0  # the EMA differs from the live weights: it really averages
 
 
+@pytest.mark.parametrize("autotune, mode", [(False, "default"), (True, "max-autotune-no-cudagraphs")])
+def test_compiled_training_gets_its_compile_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autotune: bool, mode: str
+) -> None:
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: modes.append(mode) or module)
+    training._Trainer(config(tmp_path, compile=True, autotune=autotune), dataset(8))
+    assert modes == [mode]
+
+
+def test_cuda_graphs_need_compile_and_cuda(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="cuda_graphs needs compile and a CUDA device"):
+        training._Trainer(config(tmp_path, compile=True, cuda_graphs=True), dataset(8))
+
+
 def test_device_resident_batches_follow_the_order(tmp_path: Path) -> None:
     data = dataset(16)
     trainer = training._Trainer(config(tmp_path, device="cpu"), data)
