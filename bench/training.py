@@ -265,6 +265,8 @@ class _Trainer:
             raise TrainingError("autotune is a torch.compile mode: it needs compile")
         if config.cuda_graphs and not (self.use_compile and cuda):
             raise TrainingError("cuda_graphs needs compile and a CUDA device")
+        if config.cuda_graphs and self.world > 1:
+            raise TrainingError("cuda_graphs is for one process; train several processes without it")
         if config.batch_size % self.world:
             raise TrainingError(
                 f"batch size {config.batch_size} does not split over {self.world} processes; "
@@ -318,7 +320,7 @@ class _Trainer:
             list(zip(self.ema.buffers(), self.model.buffers(), strict=True)) if self.ema is not None else []
         )
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=cuda or None
+            self.params, lr=config.lr, weight_decay=config.weight_decay, fused=cuda or None
         )
         self.total_steps = self._total_steps()
         self.elapsed = 0.0  # training seconds over all resumed runs (the time-based lr reads it)
