@@ -77,20 +77,6 @@ def make_conditions(n: int, num_labels: int = 24, seed: int = 0) -> torch.Tensor
     return conds
 
 
-def random_dataset(n: int, size: int = 64, seed: int = 0) -> Any:
-    """A tiny random uint8 ``ImageConditionDataset`` (throughput does not depend on content)."""
-    from bench.conditions import BUILTIN_LABELS
-    from bench_builtins.datasets.base import ImageConditionDataset
-
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
-    labels = list(BUILTIN_LABELS)
-    conditions = [
-        [labels[int(i)] for i in torch.randperm(len(labels), generator=g)[: 1 + row % 3]] for row in range(n)
-    ]
-    return ImageConditionDataset(images, conditions, labels, source="random (benchmarks)")
-
-
 # ---------------------------------------------------------------- device facts
 
 

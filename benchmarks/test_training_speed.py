@@ -23,11 +23,11 @@ from speed_helpers import (
     env_ints,
     env_modes,
     print_figure,
-    random_dataset,
     requires_cuda,
 )
 
 from bench.training import TrainConfig, measure_throughput
+from bench_builtins.datasets.base import random_dataset
 
 CPU_TRAIN_BATCH = env_int("BENCH_CPU_TRAIN_BATCH", 8)
 CPU_TRAIN_STEPS = env_int("BENCH_CPU_TRAIN_STEPS", 4)

@@ -68,19 +68,44 @@ def test_cpu_benchmarks_run_and_report(tmp_path: Path) -> None:
     assert "images/s" in table
 
 
-def test_the_sampling_profiler_splits_the_time_by_op_family(tmp_path: Path) -> None:
-    """scripts/profile_sampling.py on the CPU, tiny preset: the table and the family shares exist."""
+def run_script(name: str, out: Path, *args: str) -> None:
+    """``python scripts/NAME OUT ARGS`` with bench and the built-in plugins importable."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
-    args = ["--preset", "tiny", "--batch", "4", "--steps", "2", "--guidance", "2"]
     subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "profile_sampling.py"), str(tmp_path), *args],
+        [sys.executable, str(ROOT / "scripts" / name), str(out), *args],
         check=True,
         env=env,
         capture_output=True,
         timeout=300,
     )
+
+
+def test_the_sampling_profiler_splits_the_time_by_op_family(tmp_path: Path) -> None:
+    """scripts/profile_sampling.py on the CPU, tiny preset: the table and the family shares exist."""
+    run_script(
+        "profile_sampling.py", tmp_path, "--preset", "tiny", "--batch", "4", "--steps", "2", "--guidance", "2"
+    )
     summary = json.loads((tmp_path / "profile.json").read_text())
     shares = {name: family["share"] for name, family in summary["families"].items()}
     assert summary["device"] == "cpu" and summary["steps"] == 2 and summary["guidance"] == 2.0
     assert sum(shares.values()) == pytest.approx(1.0) and shares["convolution"] > 0
+    assert 0 < summary["device_busy_share"] <= 1.0 + 1e-6
     assert "aten::" in (tmp_path / "profile.txt").read_text()
+    assert "aten::" in (tmp_path / "host.txt").read_text()
+
+
+def test_the_training_profiler_times_and_splits_a_training_step(tmp_path: Path) -> None:
+    """scripts/profile_training.py on the CPU, tiny preset: the step's time, its families, both tables."""
+    run_script(
+        "profile_training.py", tmp_path, "--preset", "tiny", "--batch", "4", "--steps", "2", "--warmup", "1"
+    )
+    summary = json.loads((tmp_path / "profile.json").read_text())
+    shares = {name: family["share"] for name, family in summary["families"].items()}
+    assert summary["device"] == "cpu" and summary["batch"] == 4 and summary["compile"] is False
+    assert summary["ms_per_step_unprofiled"] > 0 and summary["images_per_s_unprofiled"] > 0
+    assert summary["images_per_s_unprofiled"] == pytest.approx(4e3 / summary["ms_per_step_unprofiled"])
+    assert sum(shares.values()) == pytest.approx(1.0) and shares["convolution"] > 0
+    assert 0 < summary["device_busy_share"] <= 1.0 + 1e-6
+    # the step's backward and optimizer ran under the profiler, not only a forward
+    host = (tmp_path / "host.txt").read_text()
+    assert "convolution_backward" in host and "aten::" in host

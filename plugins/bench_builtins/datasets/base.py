@@ -119,3 +119,16 @@ def load_cached(path: Path) -> dict[str, Any] | None:
     if not isinstance(payload, dict) or payload.get("images") is None:
         return None
     return payload
+
+
+def random_dataset(n: int, size: int = 64, seed: int = 0) -> ImageConditionDataset:
+    """``n`` random uint8 images with 1-3 random labels each: for speed runs, which do not depend on content."""
+    from bench.conditions import BUILTIN_LABELS
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    labels = list(BUILTIN_LABELS)
+    conditions = [
+        [labels[int(i)] for i in torch.randperm(len(labels), generator=g)[: 1 + row % 3]] for row in range(n)
+    ]
+    return ImageConditionDataset(images, conditions, labels, source="random (speed runs)")

@@ -1,0 +1,144 @@
+"""Reading a torch.profiler run: the busiest ops, time by op family, and how busy the device was.
+
+``scripts/profile_sampling.py`` and ``scripts/profile_training.py`` profile a few steps of the
+sampling loop and of the training step; both summarise their profiler run here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+from bench.atomic import atomic_write_json, atomic_write_text
+
+# Op families, by substrings of profiler event names (first match wins; lower case).
+FAMILIES = (
+    # Inductor's generated kernels carry the names of every op they fused ("..._convolution_
+    # native_group_norm_silu..."): a family of their own, before any op-name match.
+    ("fused by inductor (norms, activations, adds)", ("triton_",)),
+    ("attention", ("attention", "flash", "sdpa", "softmax", "fmha")),
+    ("convolution", ("conv", "cudnn", "implicit_gemm", "winograd", "xmma_fprop", "sm90_xmma")),
+    ("matmul", ("gemm", "mm", "matmul", "linear", "cutlass")),
+    ("random numbers", ("normal_", "randn", "philox", "random")),  # before "norm": normal_ is RNG
+    ("normalisation", ("norm", "welford", "var_mean")),
+    ("copies", ("copy", "cat", "contiguous", "to_copy", "memcpy", "memset", "clone")),
+    ("elementwise", ("elementwise", "add", "mul", "silu", "sigmoid", "div", "sub", "fused")),
+)
+
+
+def family(name: str) -> str:
+    """The op family of a profiler event name ("other" when none matches)."""
+    low = name.lower()
+    for fam, keys in FAMILIES:
+        if any(k in low for k in keys):
+            return fam
+    return "other"
+
+
+def summarise(prof: Any, steps: int, wall_seconds: float, rows: int = 30) -> tuple[str, str, dict[str, Any]]:
+    """``(device table, host table, summary)`` of a profiler run over ``steps`` steps.
+
+    The device table lists the ops with the most self time on the GPU (on the CPU without one);
+    the host table the ops with the most self CPU time, which is what the host spends a step on.
+    The summary has the time per step by op family and ``device_busy_share``: device time over
+    wall time. Well under 1 means the device waited, on the host or on a sync.
+    """
+    averages = prof.key_averages()
+    # On CUDA an op row's self device time repeats the time of the kernels it launched, which have
+    # rows of their own: sum the kernel rows only, so nothing is counted twice.
+    kernels = [e for e in averages if getattr(e, "device_type", None) == DeviceType.CUDA]
+    key = "self_device_time_total" if kernels else "self_cpu_time_total"
+    events = [e for e in (kernels or averages) if getattr(e, key, 0) > 0]
+    total_us = sum(getattr(e, key) for e in events) or 1.0
+    by_family: dict[str, float] = {}
+    for e in events:
+        fam = family(e.key)
+        by_family[fam] = by_family.get(fam, 0.0) + getattr(e, key)
+    summary = {
+        "time_basis": key,
+        "wall_ms_per_step": 1e3 * wall_seconds / steps,
+        "device_ms_per_step": total_us / 1e3 / steps,
+        "device_busy_share": (total_us / 1e6) / wall_seconds if wall_seconds > 0 else None,
+        "families": {
+            fam: {"ms_per_step": t / 1e3 / steps, "share": t / total_us}
+            for fam, t in sorted(by_family.items(), key=lambda kv: -kv[1])
+        },
+    }
+    device_table = averages.table(sort_by=key, row_limit=rows)
+    host_table = averages.table(sort_by="self_cpu_time_total", row_limit=rows)
+    return device_table, host_table, summary
+
+
+def profile_arguments(
+    description: str, *, batch: int, steps: int, steps_help: str
+) -> argparse.ArgumentParser:
+    """The arguments both profiling scripts take: OUT, --preset, --batch, --steps, --no-profile, --rows."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("out", type=Path, help="output folder")
+    parser.add_argument("--preset", default="seed")
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--steps", type=int, default=steps, help=steps_help)
+    parser.add_argument("--no-profile", action="store_true", help="time only (no profiler run)")
+    parser.add_argument("--rows", type=int, default=30, help="ops in the tables")
+    return parser
+
+
+def run_setting(args: argparse.Namespace) -> dict[str, Any]:
+    """The head of a profile's setting: the device, torch, and the shared arguments."""
+    return {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "preset": args.preset,
+        "batch": args.batch,
+        "steps": args.steps,
+    }
+
+
+def profile_to(
+    out: Path,
+    setting: dict[str, Any],
+    run: Callable[[], Any],
+    steps: int,
+    *,
+    timing_only: bool,
+    rows: int = 30,
+) -> None:
+    """Write ``out/timing.json`` (``setting``) when ``timing_only``; else run ``run`` (``steps``
+    steps) once under torch.profiler and write ``profile.txt``, ``host.txt`` and ``profile.json``
+    (``setting`` with the summary of ``summarise``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if timing_only:
+        atomic_write_json(out / "timing.json", setting)
+        return
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        run()
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    device_table, host_table, summary = summarise(prof, steps, wall, rows=rows)
+    atomic_write_text(out / "profile.txt", device_table)
+    atomic_write_text(out / "host.txt", host_table)
+    atomic_write_json(out / "profile.json", {**setting, **summary})
+    print_summary(summary)
+    print(f"wrote {out / 'profile.txt'}, {out / 'host.txt'} and {out / 'profile.json'}")
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The families and the busy share, one line each."""
+    busy = summary["device_busy_share"]
+    print(
+        f"  {summary['wall_ms_per_step']:.1f} ms per step (profiled), device busy "
+        f"{summary['device_ms_per_step']:.1f} ms ({100 * busy:.0f} %)"
+    )
+    for fam, v in summary["families"].items():
+        print(f"  {fam:45s} {v['ms_per_step']:9.2f} ms/step  {100 * v['share']:5.1f} %")
