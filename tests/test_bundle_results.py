@@ -16,11 +16,12 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def test_bundle_keeps_results_grids_and_weights_drops_checkpoints_and_images(tmp_path: Path) -> None:
+def test_bundle_keeps_results_seed0_grids_and_weights_drops_checkpoints_and_images(tmp_path: Path) -> None:
     src = tmp_path / "camp"
     _write(src / "run" / "results.json", b"{}")
     _write(src / "run" / "images" / "cell" / "seed0" / "test_grid.png", b"grid")
     _write(src / "run" / "images" / "cell" / "seed0" / "0.png", b"one image")
+    _write(src / "run" / "images" / "cell" / "seed1" / "test_grid.png", b"seed 1's grid")
     _write(src / "train" / "checkpoint" / "model.safetensors", b"x" * 1000)
     _write(src / "train" / "loss.jsonl", b"{}\n")
     weights = os.urandom(2_500_000)  # incompressible: needs three 1 MB parts
