@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from bench.atomic import atomic_write_text
 from bench.checkpoints import CheckpointError, load_checkpoint, save_checkpoint, unwrap_model
+from bench.compile_mode import compile_mode
 from bench.distributed import accelerate_cpu
 from bench.distributed import launched as _under_accelerate
 from bench.groupnorm import use_group_norm_by_views
@@ -311,10 +312,8 @@ class _Trainer:
             import copy
 
             self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
-        # Tensor lists walked every step, gathered once (each .parameters() walks every module);
-        # the detached aliases share storage, so they follow the optimizer's in-place updates.
+        # Tensor lists walked every step, gathered once (each .parameters() walks every module).
         self.params = list(self.model.parameters())
-        self.params_detached = [p.detach() for p in self.params]
         self.ema_params = list(self.ema.parameters()) if self.ema is not None else []
         self.ema_buffer_pairs = (
             list(zip(self.ema.buffers(), self.model.buffers(), strict=True)) if self.ema is not None else []
@@ -329,8 +328,6 @@ class _Trainer:
         if accelerator is not None and self.world > 1:
             self.net = accelerator.prepare_model(self.model)
         if self.use_compile:
-            from bench.compile_mode import compile_mode
-
             mode = compile_mode(autotune=config.autotune, cuda_graphs=config.cuda_graphs)
             self.net = torch.compile(self.net, mode=mode)
         self.step = 0
@@ -416,11 +413,26 @@ class _Trainer:
         if self.ema is not None:
             # Warm-up of the decay so early EMA weights are not dominated by the random init.
             decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
-            torch._foreach_lerp_(self.ema_params, self.params_detached, 1 - decay)
-            for e_buf, m_buf in self.ema_buffer_pairs:
-                e_buf.copy_(m_buf)
+            with torch.no_grad():
+                torch._foreach_lerp_(self.ema_params, self.params, 1 - decay)
+                for e_buf, m_buf in self.ema_buffer_pairs:
+                    e_buf.copy_(m_buf)
         self.step += 1
         return loss.detach()
+
+    def repeating_batches(self, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches for ``steps`` steps from epoch 0's order, repeated as often as needed (speed runs)."""
+        return self.data.batches(self._batch_order(0, 0) * (1 + steps // self.steps_per_epoch), 0)
+
+    def timed_steps(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int) -> float:
+        """Seconds for ``steps`` training steps, from a synchronised start to a synchronised end."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            loss = self.train_step(*next(batches))
+        loss.item()  # waits for the last step
+        return time.perf_counter() - start
 
     # -- checkpoints
 
@@ -668,9 +680,7 @@ def measure_throughput(
 ) -> dict[str, float | None]:
     """Training images/s over ``steps`` steps after ``warmup`` (compile included there); writes nothing."""
     trainer = _Trainer(replace(config, resume=False), dataset, accelerator)
-    batches = trainer.data.batches(
-        trainer._batch_order(0, 0) * (1 + (steps + warmup) // trainer.steps_per_epoch), 0
-    )
+    batches = trainer.repeating_batches(steps + warmup)
     device = trainer.device
     try:
         for _ in range(warmup):
@@ -678,11 +688,7 @@ def measure_throughput(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            loss = trainer.train_step(*next(batches))
-        loss.item()  # waits for the last step
-        seconds = time.perf_counter() - start
+        seconds = trainer.timed_steps(batches, steps)
     except torch.cuda.OutOfMemoryError as error:
         raise TrainingError(_oom_message(config)) from error
     return {

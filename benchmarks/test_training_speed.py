@@ -46,8 +46,7 @@ def loss_curve(config: TrainConfig, dataset: Any, steps: int) -> list[float]:
     from bench.training import _Trainer
 
     trainer = _Trainer(replace(config, resume=False), dataset)
-    order = trainer._batch_order(0, 0) * (1 + steps // trainer.steps_per_epoch)
-    batches = trainer.data.batches(order, 0)
+    batches = trainer.repeating_batches(steps)
     losses = [trainer.train_step(*next(batches)) for _ in range(steps)]
     values = [float(loss) for loss in losses]  # one host sync at the end
     del trainer

@@ -16,26 +16,11 @@ Usage: python scripts/profile_training.py OUT_DIR [--preset seed] [--batch 128] 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-
 import torch
 
 from bench.profiling import profile_arguments, profile_to, run_setting
 from bench.training import TrainConfig, _Trainer
 from bench_builtins.datasets.base import random_dataset
-
-
-def timed_steps(trainer: _Trainer, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int) -> float:
-    """Seconds for ``steps`` training steps, from a synchronised start to a synchronised end."""
-    cuda = trainer.device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(trainer.device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = trainer.train_step(*next(batches))
-    loss.item()  # waits for the last step
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -49,7 +34,6 @@ def main() -> None:
     args = parser.parse_args()
 
     cuda = torch.cuda.is_available()
-    steps_needed = args.warmup + 2 * args.steps
     dataset = random_dataset(2 * args.batch)
     config = TrainConfig.from_recipe(
         args.recipe,
@@ -61,11 +45,10 @@ def main() -> None:
         out_dir=str(args.out / "unused"),  # the trainer writes nothing there; only train() would
     )
     trainer = _Trainer(config, dataset)
-    order = trainer._batch_order(0, 0) * (1 + steps_needed // trainer.steps_per_epoch)
-    batches = trainer.data.batches(order, 0)
+    batches = trainer.repeating_batches(args.warmup + 2 * args.steps)
     for _ in range(args.warmup):
         trainer.train_step(*next(batches))
-    seconds = timed_steps(trainer, batches, args.steps)
+    seconds = trainer.timed_steps(batches, args.steps)
     setting = {
         **run_setting(args),
         "recipe": args.recipe,
@@ -84,7 +67,7 @@ def main() -> None:
     profile_to(
         args.out,
         setting,
-        lambda: timed_steps(trainer, batches, args.steps),
+        lambda: trainer.timed_steps(batches, args.steps),
         args.steps,
         timing_only=args.no_profile,
         rows=args.rows,

@@ -75,7 +75,7 @@ def test_ema_follows_the_trained_weights_step_by_step(tmp_path: Path) -> None:
         for e, p in zip(expected, trainer.model.parameters(), strict=True):
             e.lerp_(p.detach(), 1 - decay)
     moved = 0
-    for e, got, start in zip(expected, trainer.ema.parameters(), trainer.params_detached, strict=True):
+    for e, got, start in zip(expected, trainer.ema.parameters(), trainer.params, strict=True):
         torch.testing.assert_close(got, e)
         moved += int(not torch.equal(got, start))
     assert moved > 0  # the EMA differs from the live weights: it really averages
