@@ -387,7 +387,7 @@ def train_judge_command(
 @_bool_flag(
     "cuda-graphs",
     "Compile with CUDA graphs of the forward and backward (one launch each instead of a launch per "
-    "kernel; default off).",
+    "kernel; default on when compiling on one CUDA GPU).",
 )
 @_bool_flag("group-norm-by-views", _GROUP_NORM_BY_VIEWS_HELP)
 @click.option("--seed", type=int, default=None)

@@ -79,7 +79,10 @@ class TrainConfig:
     bf16: bool | None = None  # autocast; default on CUDA
     compile: bool | None = None  # torch.compile the model; default on CUDA
     autotune: bool = False  # compile with max-autotune (Triton templates timed per shape)
-    cuda_graphs: bool = False  # compile with CUDA graphs of the forward and backward graphs
+    # CUDA graphs of the compiled forward and backward (one launch each, so the step no longer waits
+    # on the host launching kernels); default on when compiling on one CUDA GPU (BENCHMARKS.md,
+    # session 8: 1,715 against 1,522 images/s for the seed preset at batch 128 on an H100)
+    cuda_graphs: bool | None = None
     channels_last: bool | None = None  # default on CUDA
     group_norm_by_views: bool = False  # bench/groupnorm.py: for torch.compile on channels_last
     seed: int = 0
@@ -198,6 +201,20 @@ def _pick_device(config: TrainConfig) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_cuda_graphs(
+    asked: bool | None, *, compiled: bool, cuda: bool, processes: int, autotune: bool
+) -> bool:
+    """Whether a training run uses CUDA graphs: ``asked`` if given (checked), else on when it
+    compiles on one CUDA GPU (max-autotune keeps its own no-graphs mode)."""
+    if asked and not (compiled and cuda):
+        raise TrainingError("cuda_graphs needs compile and a CUDA device")
+    if asked and processes > 1:
+        raise TrainingError("cuda_graphs is for one process; train several processes without it")
+    if asked is None:
+        return compiled and cuda and processes == 1 and not autotune
+    return asked
+
+
 class _Data:
     """Batches of (images float in [-1, 1], conditions) for a list of dataset indices."""
 
@@ -264,10 +281,13 @@ class _Trainer:
         self.use_compile = cuda if config.compile is None else config.compile
         if config.autotune and not self.use_compile:
             raise TrainingError("autotune is a torch.compile mode: it needs compile")
-        if config.cuda_graphs and not (self.use_compile and cuda):
-            raise TrainingError("cuda_graphs needs compile and a CUDA device")
-        if config.cuda_graphs and self.world > 1:
-            raise TrainingError("cuda_graphs is for one process; train several processes without it")
+        self.cuda_graphs = resolve_cuda_graphs(
+            config.cuda_graphs,
+            compiled=self.use_compile,
+            cuda=cuda,
+            processes=self.world,
+            autotune=config.autotune,
+        )
         if config.batch_size % self.world:
             raise TrainingError(
                 f"batch size {config.batch_size} does not split over {self.world} processes; "
@@ -328,7 +348,7 @@ class _Trainer:
         if accelerator is not None and self.world > 1:
             self.net = accelerator.prepare_model(self.model)
         if self.use_compile:
-            mode = compile_mode(autotune=config.autotune, cuda_graphs=config.cuda_graphs)
+            mode = compile_mode(autotune=config.autotune, cuda_graphs=self.cuda_graphs)
             self.net = torch.compile(self.net, mode=mode)
         self.step = 0
 
@@ -401,7 +421,7 @@ class _Trainer:
     def train_step(self, images: torch.Tensor, conds: torch.Tensor) -> torch.Tensor:
         """One optimisation step; returns the (device) loss without a host sync."""
         self.model.train()
-        if self.config.cuda_graphs:
+        if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # a new step: the last one's graph outputs are done
         loss = self._loss(images, conds, self.step)
         self.optimizer.zero_grad(set_to_none=True)

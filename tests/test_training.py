@@ -96,6 +96,37 @@ def test_cuda_graphs_need_compile_and_cuda(tmp_path: Path) -> None:
         training._Trainer(config(tmp_path, compile=True, cuda_graphs=True), dataset(8))
 
 
+@pytest.mark.parametrize(
+    "asked, compiled, cuda, processes, autotune, expected",
+    [
+        (None, True, True, 1, False, True),  # the default where it was measured: compiled, one GPU
+        (None, False, True, 1, False, False),  # eager
+        (None, True, False, 1, False, False),  # CPU
+        (None, True, True, 2, False, False),  # several processes
+        (None, True, True, 1, True, False),  # max-autotune keeps its no-graphs mode
+        (False, True, True, 1, False, False),  # --no-cuda-graphs
+        (True, True, True, 1, True, True),  # asked for with max-autotune
+    ],
+)
+def test_cuda_graphs_default_on_for_compiled_training_on_one_gpu(
+    asked: bool | None, compiled: bool, cuda: bool, processes: int, autotune: bool, expected: bool
+) -> None:
+    got = training.resolve_cuda_graphs(
+        asked, compiled=compiled, cuda=cuda, processes=processes, autotune=autotune
+    )
+    assert got is expected
+
+
+def test_cuda_graphs_asked_for_several_processes_is_refused() -> None:
+    with pytest.raises(TrainingError, match="for one process"):
+        training.resolve_cuda_graphs(True, compiled=True, cuda=True, processes=2, autotune=False)
+
+
+def test_cpu_training_runs_without_cuda_graphs(tmp_path: Path) -> None:
+    trainer = training._Trainer(config(tmp_path, compile=False), dataset(8))
+    assert trainer.cuda_graphs is False
+
+
 def test_device_resident_batches_follow_the_order(tmp_path: Path) -> None:
     data = dataset(16)
     trainer = training._Trainer(config(tmp_path, device="cpu"), data)
