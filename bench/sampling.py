@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from bench.compile_mode import compile_mode
+from bench.compile_mode import compile_mode, quiet_known_compile_warnings
 from bench.groupnorm import use_group_norm_by_views
 from bench.guidance import check_interval, in_interval
 from bench.noise import check_schedule_compatible
@@ -180,6 +180,7 @@ def _compiled(model: torch.nn.Module, mode: str, variant: str = "") -> Callable:
     cache = model.__dict__.setdefault("_bench_compiled", {})  # a dict attribute: not a submodule
     key = (mode, variant)
     if key not in cache:
+        quiet_known_compile_warnings()
         cache[key] = torch.compile(model, mode=mode, dynamic=False)
     return cache[key]
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from bench.atomic import atomic_write_text
 from bench.checkpoints import CheckpointError, load_checkpoint, save_checkpoint, unwrap_model
-from bench.compile_mode import compile_mode
+from bench.compile_mode import compile_mode, quiet_known_compile_warnings
 from bench.distributed import accelerate_cpu
 from bench.distributed import launched as _under_accelerate
 from bench.groupnorm import use_group_norm_by_views
@@ -349,6 +349,7 @@ class _Trainer:
             self.net = accelerator.prepare_model(self.model)
         if self.use_compile:
             mode = compile_mode(autotune=config.autotune, cuda_graphs=self.cuda_graphs)
+            quiet_known_compile_warnings()
             self.net = torch.compile(self.net, mode=mode)
         self.step = 0
 

@@ -336,6 +336,23 @@ def test_compiled_model_gets_the_options_compile_mode(
     assert modes == ["max-autotune-no-cudagraphs"] and result.options.autotune is True
 
 
+def test_compiling_silences_only_dynamos_lru_cache_note() -> None:
+    import warnings
+
+    from bench.compile_mode import quiet_known_compile_warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_known_compile_warnings()
+        warnings.warn(
+            "Dynamo detected a call to a `functools.lru_cache`-wrapped function at 'upsampling.py:156'.",
+            UserWarning,
+            stacklevel=1,
+        )
+        warnings.warn("Dynamo detected something else", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["Dynamo detected something else"]
+
+
 @pytest.mark.parametrize("before", [True, False])
 def test_cudnn_benchmark_block_restores_the_callers_value(before: bool) -> None:
     from bench.sampling import cudnn_benchmark
