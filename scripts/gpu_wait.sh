@@ -11,7 +11,12 @@ MAX=${3:-560}
 start=$(date +%s)
 while [ ! -f "$OUT/DONE" ] && [ $(( $(date +%s) - start )) -lt "$MAX" ]; do sleep 5; done
 for log in "$OUT"/*.log; do
-  [ -f "$log" ] && { echo "== $log"; tail -n 2 "$log" | cut -c1-300; }
+  # The last two lines that say something (not a warning's traceback), progress bars' \r included.
+  [ -f "$log" ] && { echo "== $log"; tr '\r' '\n' < "$log" | grep -v -e '^\s*$' -e 'Warning' -e 'warn' \
+      -e '^\s*File "' -e '^\s*This call originates' -e '^\s*if ' | tail -n 2 | cut -c1-300; }
+done
+for loss in "$OUT"/*/loss.jsonl; do  # each training's last logged step: step, loss, images/s
+  [ -f "$loss" ] && echo "== $loss: $(tail -n 1 "$loss" | cut -c1-200)"
 done
 nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
 if [ -f "$OUT/DONE" ]; then

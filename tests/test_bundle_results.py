@@ -57,3 +57,15 @@ def test_gpu_wait_copies_the_bundle_only_once_the_campaign_is_done(tmp_path: Pat
     done = subprocess.run(["bash", str(WAIT), str(out), str(dest), "600"], capture_output=True, text=True)
     assert done.returncode == 0 and "DONE" in done.stdout
     assert (dest / "bundle.tgz.part-aa").read_bytes() == b"part"
+
+
+def test_gpu_wait_shows_progress_not_warning_tracebacks(tmp_path: Path) -> None:
+    out = tmp_path / "camp"
+    log = b'training 10%\rtraining 50% loss 0.1\nUserWarning: Dynamo detected a call\n  File "x.py"\n'
+    _write(out / "train-a.log", log + b"  torch._dynamo.utils.warn_once(msg)\n")
+    _write(out / "seed-a" / "loss.jsonl", b'{"step": 25, "loss": 0.5}\n{"step": 50, "loss": 0.4}\n')
+    shown = subprocess.run(
+        ["bash", str(WAIT), str(out), str(tmp_path / "dest"), "0"], capture_output=True, text=True
+    )
+    assert "training 50% loss 0.1" in shown.stdout and '"step": 50' in shown.stdout
+    assert "Dynamo" not in shown.stdout and "warn_once" not in shown.stdout
