@@ -176,6 +176,8 @@ class TrainSummary:
     stopped_by: str = ""
     is_main_process: bool = True  # False on the other processes of a multi-process run
     processes: int = 1
+    # What the run resolved its device defaults to (config.json keeps None for "the default").
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -441,6 +443,16 @@ class _Trainer:
         self.step += 1
         return loss.detach()
 
+    def settings(self) -> dict[str, Any]:
+        """The device defaults as resolved for this run."""
+        return {
+            "device": str(self.device),
+            "bf16": self.bf16,
+            "channels_last": self.channels_last,
+            "compile": self.use_compile,
+            "cuda_graphs": self.cuda_graphs,
+        }
+
     def repeating_batches(self, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches for ``steps`` steps from epoch 0's order, repeated as often as needed (speed runs)."""
         return self.data.batches(self._batch_order(0, 0) * (1 + steps // self.steps_per_epoch), 0)
@@ -686,6 +698,7 @@ def train(
         stopped_by=stopped_by,
         is_main_process=trainer.is_main,
         processes=trainer.world,
+        settings=trainer.settings(),
     )
 
 

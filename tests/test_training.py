@@ -122,9 +122,17 @@ def test_cuda_graphs_asked_for_several_processes_is_refused() -> None:
         training.resolve_cuda_graphs(True, compiled=True, cuda=True, processes=2, autotune=False)
 
 
-def test_cpu_training_runs_without_cuda_graphs(tmp_path: Path) -> None:
+def test_cpu_training_runs_without_cuda_graphs_and_says_so(tmp_path: Path) -> None:
     trainer = training._Trainer(config(tmp_path, compile=False), dataset(8))
     assert trainer.cuda_graphs is False
+    summary = train(config(tmp_path / "run", max_steps=1), dataset(8), show_progress=False)
+    assert summary.settings == {
+        "device": "cpu",
+        "bf16": False,
+        "channels_last": False,
+        "compile": False,
+        "cuda_graphs": False,
+    }
 
 
 def test_device_resident_batches_follow_the_order(tmp_path: Path) -> None:
