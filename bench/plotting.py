@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-# ---------------------------------------------------------------- scatter plot (Pareto)
+# ---------------------------------------------------------------- fonts, ticks, labels (both plots)
 
 _SCATTER_COLORS = (
     (31, 119, 180),
@@ -19,7 +19,7 @@ _SCATTER_COLORS = (
 _PARETO_COLOR = (255, 127, 14)
 
 
-def _scatter_font(size: int):
+def _font(size: int):
     from PIL import ImageFont
 
     try:
@@ -28,7 +28,7 @@ def _scatter_font(size: int):
         return ImageFont.load_default()
 
 
-def _scatter_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
+def _nice_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
     """Round tick values (1, 2, 5 x 10^k) covering [lo, hi]."""
     import math
 
@@ -46,7 +46,7 @@ def _scatter_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
     return ticks
 
 
-def _scatter_log_ticks(lo: float, hi: float) -> list[float]:
+def _log_ticks(lo: float, hi: float) -> list[float]:
     """1-2-5 ticks per decade for a log axis, thinned to at most ~8."""
     import math
 
@@ -61,7 +61,7 @@ def _scatter_log_ticks(lo: float, hi: float) -> list[float]:
     return ticks
 
 
-def _scatter_tick_label(value: float) -> str:
+def _tick_label(value: float) -> str:
     if value == 0:
         return "0"
     if abs(value) >= 1000:
@@ -69,6 +69,21 @@ def _scatter_tick_label(value: float) -> str:
     if abs(value) >= 10 or value == int(value):
         return f"{value:g}"
     return f"{value:.3g}"
+
+
+def _paste_y_label(image: Any, text: str, font: Any, top: float, bottom: float) -> None:
+    """The y-axis label, rotated, centred on [top, bottom] at the left edge (drawn on its own image,
+    then pasted: Pillow draws no rotated text)."""
+    from PIL import Image, ImageDraw
+
+    width = int(ImageDraw.Draw(image).textlength(text, font=font)) + 4
+    label = Image.new("RGB", (width, 22), "white")
+    ImageDraw.Draw(label).text((2, 2), text, fill="black", font=font)
+    label = label.rotate(90, expand=True)
+    image.paste(label, (8, int(top + (bottom - top - width) / 2)))
+
+
+# ---------------------------------------------------------------- scatter plot (Pareto)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -128,19 +143,14 @@ def scatter_plot(
     width, height = size
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
-    font, small, big = _scatter_font(15), _scatter_font(13), _scatter_font(18)
+    font, small, big = _font(15), _font(13), _font(18)
     left, right, top, bottom = 84, 24, 48, 66
     plot_box = (left, top, width - right, height - bottom)
     if title:
         tw = draw.textlength(title, font=big)
         draw.text(((width - tw) / 2, 14), title, fill="black", font=big)
-    # y label, rotated: drawn on its own image then pasted
     if ylabel:
-        lw = int(draw.textlength(ylabel, font=font)) + 4
-        label_img = Image.new("RGB", (lw, 22), "white")
-        ImageDraw.Draw(label_img).text((2, 2), ylabel, fill="black", font=font)
-        label_img = label_img.rotate(90, expand=True)
-        image.paste(label_img, (8, int(top + (plot_box[3] - top - lw) / 2)))
+        _paste_y_label(image, ylabel, font, top, plot_box[3])
     if xlabel:
         xw = draw.textlength(xlabel, font=font)
         draw.text((left + (plot_box[2] - left - xw) / 2, height - 28), xlabel, fill="black", font=font)
@@ -162,16 +172,16 @@ def scatter_plot(
         lx0, lx1 = math.log10(min(xs)), math.log10(max(xs))
         pad = (lx1 - lx0) * 0.08 or 0.3
         x0, x1 = 10 ** (lx0 - pad), 10 ** (lx1 + pad)
-        xticks = _scatter_log_ticks(x0, x1)
+        xticks = _log_ticks(x0, x1)
     else:
         pad = (max(xs) - min(xs)) * 0.08 or max(abs(max(xs)) * 0.1, 0.5)
         x0, x1 = max(0.0, min(xs) - pad) if min(xs) >= 0 else min(xs) - pad, max(xs) + pad
-        xticks = _scatter_ticks(x0, x1)
+        xticks = _nice_ticks(x0, x1)
     pad = (hi_y - lo_y) * 0.1 or 0.05
     y0, y1 = lo_y - pad, hi_y + pad
     if 0 <= lo_y and hi_y <= 1:  # accuracy: stay inside [0, 1]
         y0, y1 = max(0.0, y0), min(1.0, y1) if hi_y < 1 else 1.0 + pad / 2
-    yticks = _scatter_ticks(y0, y1)
+    yticks = _nice_ticks(y0, y1)
     y0, y1 = min(y0, yticks[0]), max(y1, yticks[-1])
     if not log_x:
         x0, x1 = min(x0, xticks[0]), max(x1, xticks[-1])
@@ -191,7 +201,7 @@ def scatter_plot(
         x = px(t)
         draw.line([(x, top + 1), (x, plot_box[3] - 1)], fill=grid_color)
         draw.line([(x, plot_box[3]), (x, plot_box[3] + 5)], fill="black")
-        text = _scatter_tick_label(t)
+        text = _tick_label(t)
         draw.text(
             (x - draw.textlength(text, font=small) / 2, plot_box[3] + 8), text, fill=tick_color, font=small
         )
@@ -199,7 +209,7 @@ def scatter_plot(
         y = py(t)
         draw.line([(left + 1, y), (plot_box[2] - 1, y)], fill=grid_color)
         draw.line([(left - 5, y), (left, y)], fill="black")
-        text = _scatter_tick_label(t)
+        text = _tick_label(t)
         draw.text((left - 9 - draw.textlength(text, font=small), y - 8), text, fill=tick_color, font=small)
     draw.rectangle(plot_box, outline="black", width=1)
 
@@ -299,29 +309,6 @@ def scatter_plot(
 # ---------------------------------------------------------------- line plot (loss curve)
 
 
-def _line_font():
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=13)
-    except TypeError:  # Pillow < 10.1: the bitmap font
-        return ImageFont.load_default()
-
-
-def _line_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    if hi <= lo:
-        return [lo]
-    return [lo + (hi - lo) * i / (count - 1) for i in range(count)]
-
-
-def _line_label(value: float) -> str:
-    if value == 0:
-        return "0"
-    if abs(value) >= 1e4 or abs(value) < 1e-3:
-        return f"{value:.1e}"
-    return f"{value:.3g}"
-
-
 def line_plot(
     xs: Sequence[float],
     ys: Sequence[float],
@@ -333,7 +320,8 @@ def line_plot(
     log_y: bool = False,
     size: tuple[int, int] = (800, 500),
 ) -> Path:
-    """Draw ``ys`` against ``xs`` as one line (e.g. the training loss curve) to a PNG, atomically."""
+    """Draw ``ys`` against ``xs`` as one line (e.g. the training loss curve) to a PNG, atomically.
+    ``log_y``: a log scale, for a loss that falls over decades (non-positive values are left out)."""
     import math
 
     from PIL import Image, ImageDraw
@@ -346,52 +334,61 @@ def line_plot(
         if math.isfinite(float(x)) and math.isfinite(float(y)) and (not log_y or float(y) > 0)
     ]
     width, height = size
-    left, right, top, bottom = 100, 20, 40, 60
+    left, right, top, bottom = 84, 28, 40, 56
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
-    font = _line_font()
+    font = _font(13)
     draw.text((width // 2, 12), title, fill="black", font=font, anchor="mt")
-    draw.text((width // 2, height - 14), xlabel, fill="black", font=font, anchor="mb")
-    draw.text((8, height // 2), ylabel, fill="black", font=font, anchor="lm")
+    draw.text(((left + width - right) // 2, height - 12), xlabel, fill="black", font=font, anchor="mb")
     box = (left, top, width - right, height - bottom)
+    _paste_y_label(image, ylabel, font, box[1], box[3])
     draw.rectangle(box, outline="black")
-    if points:
-        fy = (lambda v: math.log10(v)) if log_y else (lambda v: v)
-        x_lo, x_hi = min(p[0] for p in points), max(p[0] for p in points)
-        y_lo, y_hi = min(fy(p[1]) for p in points), max(fy(p[1]) for p in points)
-        x_hi = x_hi if x_hi > x_lo else x_lo + 1
-        pad = (y_hi - y_lo) * 0.05 or 1.0
-        y_lo, y_hi = y_lo - pad, y_hi + pad
-
-        def to_px(x: float, y: float) -> tuple[float, float]:
-            px = box[0] + (x - x_lo) / (x_hi - x_lo) * (box[2] - box[0])
-            py = box[3] - (fy(y) - y_lo) / (y_hi - y_lo) * (box[3] - box[1])
-            return px, py
-
-        for tick in _line_ticks(x_lo, x_hi):
-            px = to_px(tick, points[0][1])[0]
-            draw.line([(px, box[3]), (px, box[3] + 5)], fill="black")
-            draw.text((px, box[3] + 8), _line_label(tick), fill="black", font=font, anchor="mt")
-        for tick in _line_ticks(y_lo, y_hi):
-            py = box[3] - (tick - y_lo) / (y_hi - y_lo) * (box[3] - box[1])
-            draw.line([(box[0] - 5, py), (box[0], py)], fill="black")
-            draw.line([(box[0], py), (box[2], py)], fill=(230, 230, 230))
-            draw.text(
-                (box[0] - 8, py),
-                _line_label(10**tick if log_y else tick),
-                fill="black",
-                font=font,
-                anchor="rm",
-            )
-        pixels = [to_px(x, y) for x, y in points]
-        if len(pixels) == 1:
-            px, py = pixels[0]
-            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=(31, 119, 180))
-        else:
-            draw.line(pixels, fill=(31, 119, 180), width=2)
-        draw.rectangle(box, outline="black")  # again: the grid lines drew over it
-    else:
+    if not points:
         draw.text(
             ((box[0] + box[2]) // 2, (box[1] + box[3]) // 2), "no data", fill="gray", font=font, anchor="mm"
         )
+        return atomic_write(out_path, lambda p: image.save(p, format="PNG"))
+
+    fy = math.log10 if log_y else (lambda v: v)
+    x_lo, x_hi = min(p[0] for p in points), max(p[0] for p in points)
+    x_hi = x_hi if x_hi > x_lo else x_lo + 1
+    y_min, y_max = min(p[1] for p in points), max(p[1] for p in points)
+    if log_y:
+        y_lo, y_hi = math.log10(y_min), math.log10(y_max)
+        pad = (y_hi - y_lo) * 0.05 or 0.1
+        y_lo, y_hi = y_lo - pad, y_hi + pad
+        yticks = _log_ticks(10**y_lo, 10**y_hi)
+        if len(yticks) < 2:  # less than a decade: plain round values, still on the log scale
+            yticks = [t for t in _nice_ticks(10**y_lo, 10**y_hi, 4) if t > 0]
+    else:
+        pad = (y_max - y_min) * 0.05 or 1.0
+        y_lo, y_hi = y_min - pad, y_max + pad
+        if y_min >= 0:
+            y_lo = max(y_lo, 0.0)  # a loss is never negative: no axis below 0
+        yticks = _nice_ticks(y_lo, y_hi, 5)
+    xticks = [t for t in _nice_ticks(x_lo, x_hi, 6) if x_lo <= t <= x_hi]
+
+    def to_px(x: float, y: float) -> tuple[float, float]:
+        px = box[0] + (x - x_lo) / (x_hi - x_lo) * (box[2] - box[0])
+        py = box[3] - (fy(y) - y_lo) / (y_hi - y_lo) * (box[3] - box[1])
+        return px, py
+
+    for tick in xticks:
+        px = to_px(tick, y_max)[0]
+        draw.line([(px, box[3]), (px, box[3] + 5)], fill="black")
+        draw.text((px, box[3] + 8), _tick_label(tick), fill="black", font=font, anchor="mt")
+    for tick in yticks:
+        py = to_px(x_lo, tick)[1]
+        if not box[1] <= py <= box[3]:
+            continue
+        draw.line([(box[0] - 5, py), (box[0], py)], fill="black")
+        draw.line([(box[0], py), (box[2], py)], fill=(230, 230, 230))
+        draw.text((box[0] - 8, py), _tick_label(tick), fill="black", font=font, anchor="rm")
+    pixels = [to_px(x, y) for x, y in points]
+    if len(pixels) == 1:
+        px, py = pixels[0]
+        draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=(31, 119, 180))
+    else:
+        draw.line(pixels, fill=(31, 119, 180), width=2)
+    draw.rectangle(box, outline="black")  # again: the grid lines drew over it
     return atomic_write(out_path, lambda p: image.save(p, format="PNG"))

@@ -680,7 +680,8 @@ def train(
             out_dir / LOSS_PLOT,
             f"training loss ({config.model} {config.preset}, {config.scheduler})",
             "step",
-            "MSE on predicted noise",
+            _loss_name(config),
+            log_y=True,  # the loss falls over decades: a linear axis shows only its first steps
         )
     seconds = time.perf_counter() - run_start
     run_steps = trainer.step - (resumed_from or 0)
@@ -700,6 +701,13 @@ def train(
         processes=trainer.world,
         settings=trainer.settings(),
     )
+
+
+def _loss_name(config: TrainConfig) -> str:
+    """What the logged loss is, for the plot's axis."""
+    target = "v" if config.prediction_type == "v_prediction" else "noise"
+    weighting = f", Min-SNR-{config.min_snr_gamma:g} weighted" if config.min_snr_gamma else ""
+    return f"MSE on the predicted {target}{weighting}"
 
 
 def _checkpoint_step(path: Path) -> int | None:

@@ -440,3 +440,23 @@ def test_min_snr_gamma_changes_the_loss_and_trains(tmp_path: Path) -> None:
     summary = train(config(tmp_path / "run", min_snr_gamma=5.0), data, show_progress=False)
     losses = [json.loads(line)["loss"] for line in (summary.out_dir / "loss.jsonl").read_text().splitlines()]
     assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
+
+
+def test_the_loss_plot_names_the_loss_it_shows() -> None:
+    assert training._loss_name(TrainConfig(prediction_type="epsilon")) == "MSE on the predicted noise"
+    v_snr = TrainConfig(prediction_type="v_prediction", min_snr_gamma=5.0)
+    assert training._loss_name(v_snr) == "MSE on the predicted v, Min-SNR-5 weighted"
+
+
+def test_log_scale_line_plot_leaves_out_what_it_cannot_draw(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from bench.plotting import line_plot
+
+    out = line_plot(
+        [0, 1, 2, 3], [0.2, 0.0, 0.01, 0.001], tmp_path / "loss.png", "t", "step", "loss", log_y=True
+    )
+    with Image.open(out) as image:
+        assert image.size == (800, 500) and image.format == "PNG"
+        # the curve (blue) is drawn: three positive points make a line
+        assert any(pixel == (31, 119, 180) for pixel in image.convert("RGB").getdata())
