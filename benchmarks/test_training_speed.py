@@ -139,7 +139,7 @@ def test_training_cpu_tiny(benchmark: Any, tmp_path: Any) -> None:
 @pytest.mark.parametrize("batch", GPU_BATCHES)
 @pytest.mark.parametrize("mode", GPU_MODES)
 def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, batch: int) -> None:
-    compiled = mode in ("compile", "compile-graphs", "compile-views", "autotune")
+    compiled = mode in ("compile", "compile-graphs", "compile-views", "compile-graphs-views", "autotune")
     dataset = random_dataset(2 * batch)
     config = TrainConfig(
         preset=GPU_PRESET,
@@ -148,9 +148,9 @@ def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, 
         bf16=True,
         compile=compiled,
         autotune=mode == "autotune",
-        cuda_graphs=mode == "compile-graphs",
+        cuda_graphs=mode in ("compile-graphs", "compile-graphs-views"),
         channels_last=compiled,
-        group_norm_by_views=mode == "compile-views",
+        group_norm_by_views=mode in ("compile-views", "compile-graphs-views"),
         out_dir=str(tmp_path),
     )
     if compiled:
@@ -167,9 +167,15 @@ def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, 
         "compile": "bf16+cl+compile",
         "compile-graphs": "bf16+cl+compile+CUDA graphs",
         "compile-views": "bf16+cl+compile, GroupNorm by views",
+        "compile-graphs-views": "bf16+cl+compile+CUDA graphs, GroupNorm by views",
         "autotune": "bf16+cl+compile max-autotune",
     }
-    variant = f"{label[mode]} b{batch}"
+    # TORCHINDUCTOR_FORCE_LAYOUT_OPT=1 gives the backward graph Inductor's channels_last layout
+    # optimisation too (BENCHMARKS.md, session 8): a variant of its own in the tables.
+    import torch._inductor.config as inductor_config
+
+    forced = " (layout opt forced)" if inductor_config.force_layout_optimization else ""
+    variant = f"{label[mode]}{forced} b{batch}"
     record_training(benchmark, stats, config, variant, GPU_STEPS, gpu_peak)
     torch.cuda.empty_cache()
     if compiled and batch == GPU_BATCHES[0] and LOSS_STEPS > 0:
