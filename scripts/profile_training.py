@@ -53,7 +53,7 @@ def main() -> None:
         **run_setting(args),
         "recipe": args.recipe,
         "compile": trainer.use_compile,
-        "cuda_graphs": config.cuda_graphs,
+        "cuda_graphs": trainer.cuda_graphs,
         "bf16": trainer.bf16,
         "channels_last": trainer.channels_last,
         "ms_per_step_unprofiled": 1e3 * seconds / args.steps,
