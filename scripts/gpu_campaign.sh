@@ -75,7 +75,7 @@ wait "${TRAIN[@]}"
 echo "$(date +%T) trainings done"
 tail -n 3 "$OUT"/train-*.log
 
-JUDGE=(--ref-n 2000 --no-compile)  # the shipped judge
+JUDGE=(--ref-n 2000 --no-compile)  # the shipped judge; FID-judge against 2,000 renders; eager bf16 sampling (no compile wait)
 EVAL=()
 for run in seed-minsnr:0 seed-b256-graphs:2; do
   name=${run%%:*}
