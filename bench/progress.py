@@ -12,10 +12,19 @@ import click
 T = TypeVar("T")
 
 
+LOG_EVERY_SECONDS = 60.0
+
+
 def progress(
     items: Iterable[T], label: str, length: int | None = None, status: Callable[[], str] | None = None
 ) -> Iterator[T]:
-    """Yield ``items`` while drawing a bar; ``status()`` adds live text (loss, images/s)."""
+    """Yield ``items`` while drawing a bar; ``status()`` adds live text (loss, images/s).
+
+    Where stderr is not a terminal (a log file, a batch job), a bar cannot redraw, so a line is
+    written every ``LOG_EVERY_SECONDS`` instead: what is done, the status, the time so far."""
+    if not sys.stderr.isatty():
+        yield from _progress_lines(items, label, length, status)
+        return
     with click.progressbar(
         items,
         length=length,
@@ -26,6 +35,27 @@ def progress(
         item_show_func=(lambda _item: status()) if status else None,
     ) as bar:
         yield from bar
+
+
+def _progress_lines(
+    items: Iterable[T], label: str, length: int | None, status: Callable[[], str] | None
+) -> Iterator[T]:
+    start = last = time.perf_counter()
+    done = 0
+    print(f"{label}: 0/{length}" if length else f"{label}: 0", file=sys.stderr, flush=True)
+    for item in items:
+        yield item
+        done += 1
+        now = time.perf_counter()
+        if now - last >= LOG_EVERY_SECONDS:
+            last = now
+            position = f"{done}/{length} ({100 * done / length:.0f}%)" if length else f"{done}"
+            text = status() if status else ""
+            print(
+                f"{label}: {position} {text} [{now - start:.0f} s]".replace("  ", " "),
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 class Rate:
