@@ -739,6 +739,9 @@ def measure_throughput(
         "batch_size": config.batch_size,
         "processes": trainer.world,
         "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        # CUDA graphs keep their memory in a pool allocated during warm-up, which the allocated
+        # peak above (reset after warm-up) leaves out; the reserved peak holds it.
+        "peak_reserved_mb": torch.cuda.max_memory_reserved(device) / 2**20 if device.type == "cuda" else None,
     }
 
 

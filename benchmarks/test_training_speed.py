@@ -95,6 +95,7 @@ def record_training(
             "channels_last": bool(config.channels_last),
             "cuda_graphs": bool(config.cuda_graphs),
             "peak_memory_mb": stats["peak_memory_mb"],
+            "peak_reserved_mb": stats["peak_reserved_mb"],
         }
     )
     print_figure(benchmark.extra_info)

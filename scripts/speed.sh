@@ -55,7 +55,7 @@ def fmt(value, spec):
     return format(value, spec) if isinstance(value, int | float) else "-"
 
 
-rows = [("benchmark", "sampler", "images/s", "median", "peak MB", "TFLOP/s", "%meas", "%nominal", "loss diff")]
+rows = [("benchmark", "sampler", "images/s", "median", "peak MB", "reserved MB", "TFLOP/s", "%meas", "%nominal", "loss diff")]
 for bench in data["benchmarks"]:
     e = bench["extra_info"]
     rows.append(
@@ -65,6 +65,7 @@ for bench in data["benchmarks"]:
             fmt(e.get("images_per_s"), ".1f"),
             fmt(e.get("images_per_s_median"), ".1f"),
             fmt(e.get("peak_memory_mb"), ".0f"),
+            fmt(e.get("peak_reserved_mb"), ".0f"),
             fmt(e.get("achieved_tflops"), ".1f"),
             fmt(100 * e["fraction_of_measured_peak"], ".1f") if e.get("fraction_of_measured_peak") else "-",
             fmt(100 * e["fraction_of_nominal_peak"], ".1f") if e.get("fraction_of_nominal_peak") else "-",

@@ -232,6 +232,7 @@ def test_recipes_and_messages() -> None:
 def test_measure_throughput(tmp_path: Path) -> None:
     result = measure_throughput(config(tmp_path), dataset(), steps=2, warmup=1)
     assert result["images_per_second"] > 0 and result["processes"] == 1
+    assert result["peak_memory_mb"] is None and result["peak_reserved_mb"] is None  # no CUDA memory
     assert not (tmp_path / "checkpoint").exists()
 
 
