@@ -390,6 +390,11 @@ def train_judge_command(
     "kernel; default on when compiling on one CUDA GPU).",
 )
 @_bool_flag("group-norm-by-views", _GROUP_NORM_BY_VIEWS_HELP)
+@_bool_flag(
+    "group-norm-channels-last",
+    "Keep GroupNorm's output channels_last, so the compiled backward's convolutions get one layout "
+    "(default off; its GPU speed is not measured yet).",
+)
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default=None, help="Default: cuda if available, else cpu.")
 @click.option("--data", default="synthetic", show_default=True, help="Dataset plugin.")

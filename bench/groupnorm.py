@@ -13,8 +13,16 @@ Eager, this is several kernels instead of one: use it under torch.compile.
 Measured on an H100 with the `seed` UNet (BENCHMARKS.md, session 5): 1.2 % faster sampling, 9 %
 slower compiled training. So it is a switch, off by default, not the fast path.
 
-``use_group_norm_by_views(model, True)`` switches a model's GroupNorms in place by changing their
-class (parameters, state_dict keys and isinstance checks unchanged); ``False`` switches them back.
+``GroupNormChannelsLast`` keeps ``nn.GroupNorm``'s arithmetic and only hands back a channels_last
+input's layout. As torch.compile traces it, ``native_group_norm`` returns NCHW whatever it is given,
+so in a training step's backward graph 80 of the `seed` UNet's 96 convolution gradients got a
+channels_last gradient and weight beside an NCHW saved input: a layout conversion for cuDNN each
+(``scripts/conv_layouts.py``; 20 of 96 with either variant here). For training; its speed on a GPU
+is not measured yet (BENCHMARKS.md, session 8).
+
+``use_group_norm(model, kind)`` switches a model's GroupNorms in place by changing their class
+(parameters, state_dict keys and isinstance checks unchanged): ``native``, ``views`` or
+``channels-last``; ``use_group_norm_by_views(model, enabled)`` is the views switch.
 """
 
 from __future__ import annotations
@@ -38,12 +46,37 @@ class GroupNormByViews(nn.GroupNorm):
         return y.to(x.dtype)
 
 
-def use_group_norm_by_views(model: nn.Module, enabled: bool = True) -> int:
-    """Switch every ``nn.GroupNorm`` of ``model`` to ``GroupNormByViews`` (or back); returns how many."""
-    target = GroupNormByViews if enabled else nn.GroupNorm
+class GroupNormChannelsLast(nn.GroupNorm):
+    """``nn.GroupNorm`` whose output has a channels_last input's layout (same arithmetic). Under
+    torch.compile the layout should become that of the norm kernel's output, not a copy of its own
+    (not yet checked on a GPU); eager it is one more copy."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return y.contiguous(memory_format=torch.channels_last)
+        return y
+
+
+GROUP_NORMS: dict[str, type[nn.GroupNorm]] = {
+    "native": nn.GroupNorm,
+    "views": GroupNormByViews,
+    "channels-last": GroupNormChannelsLast,
+}
+
+
+def use_group_norm(model: nn.Module, kind: str) -> int:
+    """Switch every GroupNorm of ``model`` to the ``kind`` of ``GROUP_NORMS``; returns how many."""
+    if kind not in GROUP_NORMS:
+        raise ValueError(f"unknown GroupNorm kind {kind!r}; known: {', '.join(GROUP_NORMS)}")
     count = 0
     for module in model.modules():
         if isinstance(module, nn.GroupNorm):
-            module.__class__ = target
+            module.__class__ = GROUP_NORMS[kind]
             count += 1
     return count
+
+
+def use_group_norm_by_views(model: nn.Module, enabled: bool = True) -> int:
+    """Switch every ``nn.GroupNorm`` of ``model`` to ``GroupNormByViews`` (or back); returns how many."""
+    return use_group_norm(model, "views" if enabled else "native")

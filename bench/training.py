@@ -32,7 +32,7 @@ from bench.checkpoints import CheckpointError, load_checkpoint, save_checkpoint,
 from bench.compile_mode import compile_mode, quiet_known_compile_warnings
 from bench.distributed import accelerate_cpu
 from bench.distributed import launched as _under_accelerate
-from bench.groupnorm import use_group_norm_by_views
+from bench.groupnorm import use_group_norm
 from bench.noise import noise_config
 
 CHECKPOINT_DIR = "checkpoint"
@@ -85,6 +85,9 @@ class TrainConfig:
     cuda_graphs: bool | None = None
     channels_last: bool | None = None  # default on CUDA
     group_norm_by_views: bool = False  # bench/groupnorm.py: for torch.compile on channels_last
+    # GroupNorm's output kept channels_last (bench/groupnorm.py), so the backward graph's
+    # convolutions get one layout; off until measured on a GPU
+    group_norm_channels_last: bool = False
     seed: int = 0
     checkpoint_every: int = 1000  # steps; a checkpoint is also written at the end
     log_every: int = 25  # steps between loss log lines (and the NaN check)
@@ -325,7 +328,16 @@ class _Trainer:
 
             start, _, _ = load_model(config.init_from)  # EMA weights when it has them, fp32
             load_state_checked(self.model, start.state_dict(), str(config.init_from))
-        use_group_norm_by_views(self.model, config.group_norm_by_views)
+        if config.group_norm_by_views and config.group_norm_channels_last:
+            raise TrainingError("choose one of group_norm_by_views and group_norm_channels_last")
+        use_group_norm(
+            self.model,
+            "views"
+            if config.group_norm_by_views
+            else "channels-last"
+            if config.group_norm_channels_last
+            else "native",
+        )
         self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)

@@ -140,7 +140,7 @@ def test_training_cpu_tiny(benchmark: Any, tmp_path: Any) -> None:
 @pytest.mark.parametrize("batch", GPU_BATCHES)
 @pytest.mark.parametrize("mode", GPU_MODES)
 def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, batch: int) -> None:
-    compiled = mode in ("compile", "compile-graphs", "compile-views", "compile-graphs-views", "autotune")
+    compiled = mode != "eager"
     dataset = random_dataset(2 * batch)
     config = TrainConfig(
         preset=GPU_PRESET,
@@ -149,9 +149,10 @@ def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, 
         bf16=True,
         compile=compiled,
         autotune=mode == "autotune",
-        cuda_graphs=mode in ("compile-graphs", "compile-graphs-views"),
+        cuda_graphs=mode.startswith("compile-graphs"),
         channels_last=compiled,
         group_norm_by_views=mode in ("compile-views", "compile-graphs-views"),
+        group_norm_channels_last=mode == "compile-graphs-gn-cl",
         out_dir=str(tmp_path),
     )
     if compiled:
@@ -169,6 +170,7 @@ def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, 
         "compile-graphs": "bf16+cl+compile+CUDA graphs",
         "compile-views": "bf16+cl+compile, GroupNorm by views",
         "compile-graphs-views": "bf16+cl+compile+CUDA graphs, GroupNorm by views",
+        "compile-graphs-gn-cl": "bf16+cl+compile+CUDA graphs, GroupNorm output channels_last",
         "autotune": "bf16+cl+compile max-autotune",
     }
     # TORCHINDUCTOR_FORCE_LAYOUT_OPT=1 gives the backward graph Inductor's channels_last layout
@@ -189,6 +191,7 @@ def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, 
             cuda_graphs=False,
             channels_last=False,
             group_norm_by_views=False,
+            group_norm_channels_last=False,
         )
         eager = loss_curve(plain, dataset, LOSS_STEPS)
         fp32 = loss_curve(replace(plain, bf16=False), dataset, LOSS_STEPS)

@@ -12,7 +12,7 @@ with a copy.
 
 Writes ``OUT_DIR/conv_layouts.json`` and prints the table.
 
-Usage: python scripts/conv_layouts.py OUT_DIR [--preset seed] [--group-norm-by-views]
+Usage: python scripts/conv_layouts.py OUT_DIR [--preset seed] [--group-norm native|views|channels-last]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 
 from bench.atomic import atomic_write_json
 from bench.checkpoints import build_model
-from bench.groupnorm import use_group_norm_by_views
+from bench.groupnorm import GROUP_NORMS, use_group_norm
 
 
 def layout(node: Any) -> str:
@@ -41,7 +41,7 @@ def layout(node: Any) -> str:
     return "NCHW" if nchw else "channels_last" if last else str(tuple(value.stride()))
 
 
-def backward_conv_layouts(preset: str, group_norm_by_views: bool, batch: int = 2) -> Counter:
+def backward_conv_layouts(preset: str, group_norm: str, batch: int = 2) -> Counter:
     """(gradient, input, weight) layouts -> number of ``convolution_backward`` calls in one step."""
     from torch._dynamo.backends.common import aot_autograd
 
@@ -58,7 +58,7 @@ def backward_conv_layouts(preset: str, group_norm_by_views: bool, batch: int = 2
 
     torch.manual_seed(0)
     model = build_model("ddpm-unet", {"preset": preset})
-    use_group_norm_by_views(model, group_norm_by_views)
+    use_group_norm(model, group_norm)
     model.to(memory_format=torch.channels_last)
     compiled = torch.compile(
         model, backend=aot_autograd(fw_compiler=forward_compiler, bw_compiler=backward_compiler)
@@ -76,9 +76,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="output folder")
     parser.add_argument("--preset", default="seed")
-    parser.add_argument("--group-norm-by-views", action="store_true")
+    parser.add_argument(
+        "--group-norm", choices=tuple(GROUP_NORMS), default="native", help="bench/groupnorm.py"
+    )
     args = parser.parse_args()
-    seen = backward_conv_layouts(args.preset, args.group_norm_by_views)
+    seen = backward_conv_layouts(args.preset, args.group_norm)
     mixed = sum(n for kinds, n in seen.items() if {"NCHW", "channels_last"} <= set(kinds))
     rows = [
         {"grad_output": g, "input": i, "weight": w, "calls": n}
@@ -86,7 +88,7 @@ def main() -> None:
     ]
     summary = {
         "preset": args.preset,
-        "group_norm_by_views": args.group_norm_by_views,
+        "group_norm": args.group_norm,
         "torch": torch.__version__,
         "convolution_backward_calls": sum(seen.values()),
         "mixed_layout_calls": mixed,
@@ -95,7 +97,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "conv_layouts.json", summary)
     print(
-        f"{args.preset}, GroupNorm by views {args.group_norm_by_views}: {summary['convolution_backward_calls']} "
+        f"{args.preset}, GroupNorm {args.group_norm}: {summary['convolution_backward_calls']} "
         f"convolution_backward calls, {mixed} mixing channels_last and NCHW"
     )
     for row in rows:

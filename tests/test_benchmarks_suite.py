@@ -111,14 +111,17 @@ def test_the_training_profiler_times_and_splits_a_training_step(tmp_path: Path) 
     assert "convolution_backward" in host and "aten::" in host
 
 
-def test_conv_layouts_counts_the_backward_convolutions_and_what_views_change(tmp_path: Path) -> None:
+def test_conv_layouts_counts_the_backward_convolutions_and_what_each_group_norm_changes(
+    tmp_path: Path,
+) -> None:
     """scripts/conv_layouts.py, tiny preset: every convolution_backward of the step is counted, and
-    GroupNorm by views (channels_last in eager too) leaves fewer calls mixing layouts."""
-    run_script("conv_layouts.py", tmp_path / "plain", "--preset", "tiny")
-    run_script("conv_layouts.py", tmp_path / "views", "--preset", "tiny", "--group-norm-by-views")
-    plain = json.loads((tmp_path / "plain" / "conv_layouts.json").read_text())
-    views = json.loads((tmp_path / "views" / "conv_layouts.json").read_text())
-    for summary in (plain, views):
+    both GroupNorm variants that keep channels_last leave fewer calls mixing layouts."""
+    summaries = {}
+    for kind in ("native", "views", "channels-last"):
+        run_script("conv_layouts.py", tmp_path / kind, "--preset", "tiny", "--group-norm", kind)
+        summaries[kind] = json.loads((tmp_path / kind / "conv_layouts.json").read_text())
+    for summary in summaries.values():
         assert summary["convolution_backward_calls"] == sum(row["calls"] for row in summary["layouts"]) > 0
-    assert plain["convolution_backward_calls"] == views["convolution_backward_calls"]
-    assert views["mixed_layout_calls"] < plain["mixed_layout_calls"]
+        assert summary["convolution_backward_calls"] == summaries["native"]["convolution_backward_calls"]
+    for kind in ("views", "channels-last"):
+        assert summaries[kind]["mixed_layout_calls"] < summaries["native"]["mixed_layout_calls"]

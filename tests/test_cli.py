@@ -415,6 +415,14 @@ def test_group_norm_by_views_reaches_sampling_and_training(runner, tmp_path) -> 
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads((out / "train_config.json").read_text())["group_norm_by_views"] is True
+    out = tmp_path / "train-cl"
+    result = runner.invoke(
+        cli.main,
+        ["train", "--preset", "tiny", "--group-norm-channels-last", "--max-steps", "1", "--batch-size", "2",
+         "--scenes", "1", "--device", "cpu", "--no-compile", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "train_config.json").read_text())["group_norm_channels_last"] is True
 
 
 def test_train_cosine_lr_schedule_decays_to_zero_at_the_last_step(runner, tmp_path) -> None:

@@ -1,4 +1,5 @@
-"""GroupNormByViews: the same numbers as nn.GroupNorm, in either memory format, switchable in place."""
+"""GroupNormByViews and GroupNormChannelsLast: the same numbers as nn.GroupNorm, in either memory
+format, switchable in place."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.groupnorm import GroupNormByViews, use_group_norm_by_views
+from bench.groupnorm import GroupNormByViews, GroupNormChannelsLast, use_group_norm, use_group_norm_by_views
 
 
 def _norm(channels: int = 32, groups: int = 8) -> nn.GroupNorm:
@@ -62,3 +63,22 @@ def test_switching_a_model_keeps_its_parameters_and_state_dict() -> None:
     torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
     assert use_group_norm_by_views(model, False) == 2
     assert type(model[1]) is nn.GroupNorm
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channels_last_variant_keeps_the_input_layout_and_the_numbers(channels_last: bool) -> None:
+    norm = _norm()
+    x = torch.randn(3, 32, 9, 7) * 3 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    expected = norm(x)
+    assert use_group_norm(norm, "channels-last") == 1 and isinstance(norm, GroupNormChannelsLast)
+    got = norm(x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)  # the same kernel: the same numbers
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert got.is_contiguous() != channels_last
+
+
+def test_unknown_group_norm_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown GroupNorm kind 'fast'.*native, views, channels-last"):
+        use_group_norm(_norm(), "fast")

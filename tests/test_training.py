@@ -461,3 +461,18 @@ def test_log_scale_line_plot_leaves_out_what_it_cannot_draw(tmp_path: Path) -> N
         assert image.size == (800, 500) and image.format == "PNG"
         # the curve (blue) is drawn: three positive points make a line
         assert any(pixel == (31, 119, 180) for pixel in image.convert("RGB").getdata())
+
+
+def test_group_norm_channels_last_trains_and_excludes_views(tmp_path: Path) -> None:
+    from bench.groupnorm import GroupNormChannelsLast
+
+    with pytest.raises(TrainingError, match="choose one of"):
+        training._Trainer(
+            config(tmp_path, group_norm_by_views=True, group_norm_channels_last=True), dataset(8)
+        )
+    trainer = training._Trainer(config(tmp_path, group_norm_channels_last=True), dataset(8))
+    assert any(isinstance(m, GroupNormChannelsLast) for m in trainer.model.modules())
+    summary = train(
+        config(tmp_path / "run", group_norm_channels_last=True, max_steps=2), dataset(8), show_progress=False
+    )
+    assert summary.steps == 2 and math.isfinite(summary.final_loss)
