@@ -329,7 +329,10 @@ class _Trainer:
             start, _, _ = load_model(config.init_from)  # EMA weights when it has them, fp32
             load_state_checked(self.model, start.state_dict(), str(config.init_from))
         if config.group_norm_by_views and config.group_norm_channels_last:
-            raise TrainingError("choose one of group_norm_by_views and group_norm_channels_last")
+            raise TrainingError(
+                "group_norm_by_views and group_norm_channels_last (--group-norm-by-views, "
+                "--group-norm-channels-last) are two GroupNorm variants: choose one"
+            )
         use_group_norm(
             self.model,
             "views"

@@ -466,7 +466,7 @@ def test_log_scale_line_plot_leaves_out_what_it_cannot_draw(tmp_path: Path) -> N
 def test_group_norm_channels_last_trains_and_excludes_views(tmp_path: Path) -> None:
     from bench.groupnorm import GroupNormChannelsLast
 
-    with pytest.raises(TrainingError, match="choose one of"):
+    with pytest.raises(TrainingError, match="two GroupNorm variants: choose one"):
         training._Trainer(
             config(tmp_path, group_norm_by_views=True, group_norm_channels_last=True), dataset(8)
         )
