@@ -407,22 +407,15 @@ def test_group_norm_by_views_reaches_sampling_and_training(runner, tmp_path) -> 
     for a, b in zip(grids["native"], grids["views"], strict=True):
         diff = np.abs(np.asarray(Image.open(a), dtype=float) - np.asarray(Image.open(b), dtype=float))
         assert diff.mean() < 0.5 and diff.max() <= 8  # 8-bit levels
-    out = tmp_path / "train"
-    result = runner.invoke(
-        cli.main,
-        ["train", "--preset", "tiny", "--group-norm-by-views", "--max-steps", "1", "--batch-size", "2",
-         "--scenes", "1", "--device", "cpu", "--no-compile", "--out", str(out)],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert json.loads((out / "train_config.json").read_text())["group_norm_by_views"] is True
-    out = tmp_path / "train-cl"
-    result = runner.invoke(
-        cli.main,
-        ["train", "--preset", "tiny", "--group-norm-channels-last", "--max-steps", "1", "--batch-size", "2",
-         "--scenes", "1", "--device", "cpu", "--no-compile", "--out", str(out)],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert json.loads((out / "train_config.json").read_text())["group_norm_channels_last"] is True
+    for flag in ("group-norm-by-views", "group-norm-channels-last"):
+        out = tmp_path / f"train-{flag}"
+        result = runner.invoke(
+            cli.main,
+            ["train", "--preset", "tiny", f"--{flag}", "--max-steps", "1", "--batch-size", "2",
+             "--scenes", "1", "--device", "cpu", "--no-compile", "--out", str(out)],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "train_config.json").read_text())[flag.replace("-", "_")] is True
 
 
 def test_train_cosine_lr_schedule_decays_to_zero_at_the_last_step(runner, tmp_path) -> None:

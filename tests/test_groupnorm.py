@@ -19,12 +19,14 @@ def _norm(channels: int = 32, groups: int = 8) -> nn.GroupNorm:
     return norm
 
 
+def _input(channels_last: bool) -> torch.Tensor:
+    x = torch.randn(3, 32, 9, 7) * 3 + 1
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_matches_nn_group_norm_in_either_memory_format(channels_last: bool) -> None:
-    norm = _norm()
-    x = torch.randn(3, 32, 9, 7) * 3 + 1
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    norm, x = _norm(), _input(channels_last)
     expected = norm(x)
     use_group_norm_by_views(norm)
     assert isinstance(norm, GroupNormByViews)
@@ -67,10 +69,7 @@ def test_switching_a_model_keeps_its_parameters_and_state_dict() -> None:
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_channels_last_variant_keeps_the_input_layout_and_the_numbers(channels_last: bool) -> None:
-    norm = _norm()
-    x = torch.randn(3, 32, 9, 7) * 3 + 1
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    norm, x = _norm(), _input(channels_last)
     expected = norm(x)
     assert use_group_norm(norm, "channels-last") == 1 and isinstance(norm, GroupNormChannelsLast)
     got = norm(x)
