@@ -8,16 +8,6 @@ from typing import Any
 
 # ---------------------------------------------------------------- fonts, ticks, labels (both plots)
 
-_SCATTER_COLORS = (
-    (31, 119, 180),
-    (214, 39, 40),
-    (44, 160, 44),
-    (148, 103, 189),
-    (140, 86, 75),
-    (23, 190, 207),
-)
-_PARETO_COLOR = (255, 127, 14)
-
 
 def _font(size: int):
     from PIL import ImageFont
@@ -84,6 +74,16 @@ def _paste_y_label(image: Any, text: str, font: Any, top: float, bottom: float) 
 
 
 # ---------------------------------------------------------------- scatter plot (Pareto)
+
+_SCATTER_COLORS = (
+    (31, 119, 180),
+    (214, 39, 40),
+    (44, 160, 44),
+    (148, 103, 189),
+    (140, 86, 75),
+    (23, 190, 207),
+)
+_PARETO_COLOR = (255, 127, 14)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

@@ -49,13 +49,9 @@ def _progress_lines(
         now = time.perf_counter()
         if now - last >= LOG_EVERY_SECONDS:
             last = now
-            position = f"{done}/{length} ({100 * done / length:.0f}%)" if length else f"{done}"
-            text = status() if status else ""
-            print(
-                f"{label}: {position} {text} [{now - start:.0f} s]".replace("  ", " "),
-                file=sys.stderr,
-                flush=True,
-            )
+            parts = [f"{done}/{length} ({100 * done / length:.0f}%)" if length else f"{done}"]
+            parts += [status()] if status else []
+            print(f"{label}: {' '.join(parts)} [{now - start:.0f} s]", file=sys.stderr, flush=True)
 
 
 class Rate:

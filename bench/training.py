@@ -220,6 +220,18 @@ def resolve_cuda_graphs(
     return asked
 
 
+def _group_norm_kind(config: TrainConfig) -> str:
+    """The ``bench.groupnorm.GROUP_NORMS`` kind the config's two switches ask for."""
+    if config.group_norm_by_views and config.group_norm_channels_last:
+        raise TrainingError(
+            "group_norm_by_views and group_norm_channels_last (--group-norm-by-views, "
+            "--group-norm-channels-last) are two GroupNorm variants: choose one"
+        )
+    if config.group_norm_by_views:
+        return "views"
+    return "channels-last" if config.group_norm_channels_last else "native"
+
+
 class _Data:
     """Batches of (images float in [-1, 1], conditions) for a list of dataset indices."""
 
@@ -328,19 +340,7 @@ class _Trainer:
 
             start, _, _ = load_model(config.init_from)  # EMA weights when it has them, fp32
             load_state_checked(self.model, start.state_dict(), str(config.init_from))
-        if config.group_norm_by_views and config.group_norm_channels_last:
-            raise TrainingError(
-                "group_norm_by_views and group_norm_channels_last (--group-norm-by-views, "
-                "--group-norm-channels-last) are two GroupNorm variants: choose one"
-            )
-        use_group_norm(
-            self.model,
-            "views"
-            if config.group_norm_by_views
-            else "channels-last"
-            if config.group_norm_channels_last
-            else "native",
-        )
+        use_group_norm(self.model, _group_norm_kind(config))
         self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)

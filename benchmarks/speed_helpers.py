@@ -27,15 +27,6 @@ GPU_MODES = (
     "graphs-views",
     "autotune",
 )
-TRAIN_MODES = (
-    "eager",
-    "compile",
-    "compile-graphs",
-    "compile-views",
-    "compile-graphs-views",
-    "compile-graphs-gn-cl",
-    "autotune",
-)
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

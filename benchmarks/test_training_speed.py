@@ -17,7 +17,6 @@ import pytest
 import torch
 from speed_helpers import (
     SEED_GFLOP_PER_IMAGE,
-    TRAIN_MODES,
     device_name,
     env_int,
     env_ints,
@@ -36,7 +35,34 @@ GPU_BATCHES = env_ints("BENCH_TRAIN_BATCH", "128,256")
 GPU_STEPS = env_int("BENCH_TRAIN_STEPS", 20)
 GPU_WARMUP = env_int("BENCH_TRAIN_WARMUP", 5)
 LOSS_STEPS = env_int("BENCH_TRAIN_LOSS_STEPS", 5)
-GPU_MODES = env_modes("BENCH_TRAIN_MODES", TRAIN_MODES)
+# mode -> (label, the TrainConfig settings of that mode). _PLAIN is eager with every switch off;
+# the compiled modes set what they differ in.
+_PLAIN = dict(
+    compile=False,
+    channels_last=False,
+    cuda_graphs=False,
+    autotune=False,
+    group_norm_by_views=False,
+    group_norm_channels_last=False,
+)
+_COMPILED = {**_PLAIN, "compile": True, "channels_last": True}
+_GRAPHS = {**_COMPILED, "cuda_graphs": True}
+TRAIN_VARIANTS: dict[str, tuple[str, dict[str, bool]]] = {
+    "eager": ("bf16 eager", _PLAIN),
+    "compile": ("bf16+cl+compile", _COMPILED),
+    "compile-graphs": ("bf16+cl+compile+CUDA graphs", _GRAPHS),
+    "compile-views": ("bf16+cl+compile, GroupNorm by views", {**_COMPILED, "group_norm_by_views": True}),
+    "compile-graphs-views": (
+        "bf16+cl+compile+CUDA graphs, GroupNorm by views",
+        {**_GRAPHS, "group_norm_by_views": True},
+    ),
+    "compile-graphs-gn-cl": (
+        "bf16+cl+compile+CUDA graphs, GroupNorm output channels_last",
+        {**_GRAPHS, "group_norm_channels_last": True},
+    ),
+    "autotune": ("bf16+cl+compile max-autotune", {**_COMPILED, "autotune": True}),
+}
+GPU_MODES = env_modes("BENCH_TRAIN_MODES", tuple(TRAIN_VARIANTS))
 # bf16 compiled vs bf16 eager: the same arithmetic up to kernel fusion, so losses stay close.
 LOSS_TOLERANCE = float(os.environ.get("BENCH_TRAIN_LOSS_TOL", "0.05"))
 
@@ -140,19 +166,15 @@ def test_training_cpu_tiny(benchmark: Any, tmp_path: Any) -> None:
 @pytest.mark.parametrize("batch", GPU_BATCHES)
 @pytest.mark.parametrize("mode", GPU_MODES)
 def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, batch: int) -> None:
-    compiled = mode != "eager"
+    label, settings = TRAIN_VARIANTS[mode]
+    compiled = settings["compile"]
     dataset = random_dataset(2 * batch)
     config = TrainConfig(
         preset=GPU_PRESET,
         batch_size=batch,
         device="cuda",
         bf16=True,
-        compile=compiled,
-        autotune=mode == "autotune",
-        cuda_graphs=mode.startswith("compile-graphs"),
-        channels_last=compiled,
-        group_norm_by_views=mode in ("compile-views", "compile-graphs-views"),
-        group_norm_channels_last=mode == "compile-graphs-gn-cl",
+        **settings,
         out_dir=str(tmp_path),
     )
     if compiled:
@@ -164,35 +186,18 @@ def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, 
         rounds=1,
         iterations=1,
     )
-    label = {
-        "eager": "bf16 eager",
-        "compile": "bf16+cl+compile",
-        "compile-graphs": "bf16+cl+compile+CUDA graphs",
-        "compile-views": "bf16+cl+compile, GroupNorm by views",
-        "compile-graphs-views": "bf16+cl+compile+CUDA graphs, GroupNorm by views",
-        "compile-graphs-gn-cl": "bf16+cl+compile+CUDA graphs, GroupNorm output channels_last",
-        "autotune": "bf16+cl+compile max-autotune",
-    }
     # TORCHINDUCTOR_FORCE_LAYOUT_OPT=1 gives the backward graph Inductor's channels_last layout
     # optimisation too (BENCHMARKS.md, session 8): a variant of its own in the tables.
     import torch._inductor.config as inductor_config
 
     forced = " (layout opt forced)" if inductor_config.force_layout_optimization else ""
-    variant = f"{label[mode]}{forced} b{batch}"
+    variant = f"{label}{forced} b{batch}"
     record_training(benchmark, stats, config, variant, GPU_STEPS, gpu_peak)
     torch.cuda.empty_cache()
     if compiled and batch == GPU_BATCHES[0] and LOSS_STEPS > 0:
         # Same seed, same data, same bf16: the compiled path must follow the eager loss curve.
         fast = loss_curve(config, dataset, LOSS_STEPS)
-        plain = replace(
-            config,
-            compile=False,
-            autotune=False,
-            cuda_graphs=False,
-            channels_last=False,
-            group_norm_by_views=False,
-            group_norm_channels_last=False,
-        )
+        plain = replace(config, **_PLAIN)
         eager = loss_curve(plain, dataset, LOSS_STEPS)
         fp32 = loss_curve(replace(plain, bf16=False), dataset, LOSS_STEPS)
         benchmark.extra_info.update(
