@@ -389,11 +389,16 @@ def train_judge_command(
     "Compile with CUDA graphs of the forward and backward (one launch each instead of a launch per "
     "kernel; default on when compiling on one CUDA GPU).",
 )
+@_bool_flag(
+    "force-layout-opt",
+    "Force Inductor's channels_last layout optimisation onto the compiled backward graph too, instead "
+    "of layout copies around its convolutions (default on).",
+)
 @_bool_flag("group-norm-by-views", _GROUP_NORM_BY_VIEWS_HELP)
 @_bool_flag(
     "group-norm-channels-last",
     "Keep GroupNorm's output channels_last, so the compiled backward's convolutions get one layout "
-    "(default off; its GPU speed is not measured yet).",
+    "(default off; measured only without the forced layout, BENCHMARKS.md).",
 )
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default=None, help="Default: cuda if available, else cpu.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 
 def compile_mode(*, autotune: bool, cuda_graphs: bool) -> str:
@@ -11,6 +12,23 @@ def compile_mode(*, autotune: bool, cuda_graphs: bool) -> str:
     if autotune:
         return "max-autotune" if cuda_graphs else "max-autotune-no-cudagraphs"
     return "reduce-overhead" if cuda_graphs else "default"
+
+
+def compile_options(*, autotune: bool, cuda_graphs: bool, force_layout_opt: bool) -> dict[str, Any]:
+    """torch.compile's ``options`` for that mode (Inductor settings scoped to this one compile).
+
+    ``force_layout_opt``: Inductor's channels_last layout optimisation for every graph. Inductor
+    decides it per graph by counting forward convolutions, so a training step's backward graph,
+    which has none, runs without it and converts layouts around each ``convolution_backward``
+    (BENCHMARKS.md, session 9: 17 ms of copies a step at batch 128, and 22-24 % more images/s
+    for the seed preset on an H100 with it forced).
+    """
+    from torch._inductor import list_mode_options  # here: importing bench must not import Inductor
+
+    options = dict(list_mode_options(compile_mode(autotune=autotune, cuda_graphs=cuda_graphs)))
+    if force_layout_opt:
+        options["force_layout_optimization"] = True
+    return options
 
 
 def quiet_known_compile_warnings() -> None:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from bench.atomic import atomic_write_text
 from bench.checkpoints import CheckpointError, load_checkpoint, save_checkpoint, unwrap_model
-from bench.compile_mode import compile_mode, quiet_known_compile_warnings
+from bench.compile_mode import compile_options, quiet_known_compile_warnings
 from bench.distributed import accelerate_cpu
 from bench.distributed import launched as _under_accelerate
 from bench.groupnorm import use_group_norm
@@ -83,10 +83,13 @@ class TrainConfig:
     # on the host launching kernels); default on when compiling on one CUDA GPU (BENCHMARKS.md,
     # session 8: 1,715 against 1,522 images/s for the seed preset at batch 128 on an H100)
     cuda_graphs: bool | None = None
+    # Inductor's channels_last layout optimisation forced onto the backward graph too
+    # (bench/compile_mode.py; with compile only)
+    force_layout_opt: bool = True
     channels_last: bool | None = None  # default on CUDA
     group_norm_by_views: bool = False  # bench/groupnorm.py: for torch.compile on channels_last
     # GroupNorm's output kept channels_last (bench/groupnorm.py), so the backward graph's
-    # convolutions get one layout; off until measured on a GPU
+    # convolutions get one layout; off: measured without force_layout_opt only (BENCHMARKS.md)
     group_norm_channels_last: bool = False
     seed: int = 0
     checkpoint_every: int = 1000  # steps; a checkpoint is also written at the end
@@ -365,9 +368,13 @@ class _Trainer:
         if accelerator is not None and self.world > 1:
             self.net = accelerator.prepare_model(self.model)
         if self.use_compile:
-            mode = compile_mode(autotune=config.autotune, cuda_graphs=self.cuda_graphs)
+            options = compile_options(
+                autotune=config.autotune,
+                cuda_graphs=self.cuda_graphs,
+                force_layout_opt=config.force_layout_opt,
+            )
             quiet_known_compile_warnings()
-            self.net = torch.compile(self.net, mode=mode)
+            self.net = torch.compile(self.net, options=options)
         self.step = 0
 
     # -- schedule
@@ -466,6 +473,7 @@ class _Trainer:
             "channels_last": self.channels_last,
             "compile": self.use_compile,
             "cuda_graphs": self.cuda_graphs,
+            "force_layout_opt": self.use_compile and self.config.force_layout_opt,
         }
 
     def repeating_batches(self, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -41,16 +41,19 @@ _PLAIN = dict(
     compile=False,
     channels_last=False,
     cuda_graphs=False,
+    force_layout_opt=False,
     autotune=False,
     group_norm_by_views=False,
     group_norm_channels_last=False,
 )
-_COMPILED = {**_PLAIN, "compile": True, "channels_last": True}
+_COMPILED = {**_PLAIN, "compile": True, "channels_last": True, "force_layout_opt": True}
 _GRAPHS = {**_COMPILED, "cuda_graphs": True}
+# The label says "(layout opt forced)" itself where a mode forces it (see test_training_gpu).
 TRAIN_VARIANTS: dict[str, tuple[str, dict[str, bool]]] = {
     "eager": ("bf16 eager", _PLAIN),
     "compile": ("bf16+cl+compile", _COMPILED),
     "compile-graphs": ("bf16+cl+compile+CUDA graphs", _GRAPHS),
+    "compile-graphs-no-layout-opt": ("bf16+cl+compile+CUDA graphs", {**_GRAPHS, "force_layout_opt": False}),
     "compile-views": ("bf16+cl+compile, GroupNorm by views", {**_COMPILED, "group_norm_by_views": True}),
     "compile-graphs-views": (
         "bf16+cl+compile+CUDA graphs, GroupNorm by views",
@@ -186,11 +189,12 @@ def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, 
         rounds=1,
         iterations=1,
     )
-    # TORCHINDUCTOR_FORCE_LAYOUT_OPT=1 gives the backward graph Inductor's channels_last layout
-    # optimisation too (BENCHMARKS.md, session 8): a variant of its own in the tables.
+    # Inductor's layout optimisation forced onto the backward graph (TrainConfig.force_layout_opt,
+    # or TORCHINDUCTOR_FORCE_LAYOUT_OPT=1 for every compile) is a variant of its own in the tables.
     import torch._inductor.config as inductor_config
 
-    forced = " (layout opt forced)" if inductor_config.force_layout_optimization else ""
+    forced_layout = config.force_layout_opt or inductor_config.force_layout_optimization
+    forced = " (layout opt forced)" if compiled and forced_layout else ""
     variant = f"{label}{forced} b{batch}"
     record_training(benchmark, stats, config, variant, GPU_STEPS, gpu_peak)
     torch.cuda.empty_cache()

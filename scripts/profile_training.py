@@ -11,7 +11,8 @@ warm-up (compile, autotune, allocator), and writes:
   A busy share well under 1 says the GPU waited on the host: launches, Python, or a sync.
 
 Usage: python scripts/profile_training.py OUT_DIR [--preset seed] [--batch 128] [--steps 5]
-       [--warmup 3] [--recipe default] [--no-compile] [--cuda-graphs] [--no-profile] [--rows 30]
+       [--warmup 3] [--recipe default] [--no-compile] [--cuda-graphs] [--no-force-layout-opt]
+       [--no-profile] [--rows 30]
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ def main() -> None:
     parser.add_argument("--recipe", default="default", help="training recipe (bench.training.RECIPES)")
     parser.add_argument("--no-compile", action="store_true", help="eager (compile is the CUDA default)")
     parser.add_argument("--cuda-graphs", action="store_true", help="compile with CUDA graphs")
+    parser.add_argument(
+        "--no-force-layout-opt",
+        action="store_true",
+        help="leave Inductor's layout optimisation of the backward graph to Inductor (forced by default)",
+    )
     args = parser.parse_args()
 
     cuda = torch.cuda.is_available()
@@ -42,6 +48,7 @@ def main() -> None:
         device="cuda" if cuda else "cpu",
         compile=cuda and not args.no_compile,  # compiling on the CPU builds C++ for minutes
         cuda_graphs=args.cuda_graphs,
+        force_layout_opt=not args.no_force_layout_opt,
         out_dir=str(args.out / "unused"),  # the trainer writes nothing there; only train() would
     )
     trainer = _Trainer(config, dataset)
@@ -54,6 +61,7 @@ def main() -> None:
         "recipe": args.recipe,
         "compile": trainer.use_compile,
         "cuda_graphs": trainer.cuda_graphs,
+        "force_layout_opt": trainer.settings()["force_layout_opt"],
         "bf16": trainer.bf16,
         "channels_last": trainer.channels_last,
         "ms_per_step_unprofiled": 1e3 * seconds / args.steps,

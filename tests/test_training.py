@@ -81,14 +81,70 @@ def test_ema_follows_the_trained_weights_step_by_step(tmp_path: Path) -> None:
     assert moved > 0  # the EMA differs from the live weights: it really averages
 
 
-@pytest.mark.parametrize("autotune, mode", [(False, "default"), (True, "max-autotune-no-cudagraphs")])
-def test_compiled_training_gets_its_compile_mode(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autotune: bool, mode: str
+@pytest.mark.parametrize(
+    "autotune, force_layout_opt, options",
+    [
+        (False, True, {"force_layout_optimization": True}),  # the default
+        (False, False, {}),
+        (
+            True,
+            True,
+            {"max_autotune": True, "coordinate_descent_tuning": True, "force_layout_optimization": True},
+        ),
+    ],
+)
+def test_compiled_training_gets_its_compile_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autotune: bool, force_layout_opt: bool, options: dict
 ) -> None:
-    modes = []
-    monkeypatch.setattr(torch, "compile", lambda module, mode=None: modes.append(mode) or module)
-    training._Trainer(config(tmp_path, compile=True, autotune=autotune), dataset(8))
-    assert modes == [mode]
+    given = []
+    monkeypatch.setattr(torch, "compile", lambda module, options=None: given.append(options) or module)
+    cfg = config(tmp_path, compile=True, autotune=autotune, force_layout_opt=force_layout_opt)
+    trainer = training._Trainer(cfg, dataset(8))
+    assert given == [options]
+    assert trainer.settings()["force_layout_opt"] is force_layout_opt
+
+
+def test_forced_layout_reaches_the_backward_graph_of_that_compile_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Inductor decides its channels_last layout per graph; a backward graph has no forward
+    convolution to count, so it runs without it unless forced. The option must reach the backward
+    graph (compiled after the forward, outside torch.compile's call) and leave other compiles alone."""
+    import torch._inductor.config as inductor_config
+    import torch._inductor.graph as inductor_graph
+
+    from bench.compile_mode import compile_options
+
+    decided: list[tuple[bool, bool]] = []  # (forced at that point, layout optimised)
+    decide = inductor_graph.GraphLowering.decide_layout_opt
+
+    def spy(gm: torch.fx.GraphModule, *, is_inference: bool) -> bool:
+        chosen = decide(gm, is_inference=is_inference)
+        decided.append((inductor_config.force_layout_optimization, chosen))
+        return chosen
+
+    monkeypatch.setattr(inductor_graph.GraphLowering, "decide_layout_opt", staticmethod(spy))
+    # A compile found in Inductor's on-disk caches skips the decision: compile afresh.
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
+
+    def train_step(force: bool) -> None:
+        torch._dynamo.reset()
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1),
+            torch.nn.GroupNorm(2, 8),
+            torch.nn.SiLU(),
+            torch.nn.Conv2d(8, 3, 1),
+        )
+        options = compile_options(autotune=False, cuda_graphs=False, force_layout_opt=force)
+        torch.compile(net, options=options)(torch.randn(2, 3, 8, 8)).square().mean().backward()
+
+    train_step(True)
+    assert decided == [(True, True), (True, True)]  # forward, then backward: both channels_last
+    assert inductor_config.force_layout_optimization is False  # scoped to that compile
+    decided.clear()
+    train_step(False)
+    assert [chosen for _, chosen in decided][-1] is False  # the backward graph, left to decide
 
 
 def test_cuda_graphs_need_compile_and_cuda(tmp_path: Path) -> None:
@@ -132,6 +188,7 @@ def test_cpu_training_runs_without_cuda_graphs_and_says_so(tmp_path: Path) -> No
         "channels_last": False,
         "compile": False,
         "cuda_graphs": False,
+        "force_layout_opt": False,
     }
 
 
