@@ -1,4 +1,4 @@
-"""Which torch.compile mode a sampling or training run asks for, and the compiler's known noise."""
+"""Which torch.compile mode and options a sampling or training run asks for, and the compiler's known noise."""
 
 from __future__ import annotations
 

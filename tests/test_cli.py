@@ -64,6 +64,14 @@ def test_train_flags_override_the_recipe_and_no_compile_is_kept(runner, monkeypa
     assert config.num_train_timesteps == 100  # the rest comes from the reference recipe
 
 
+@pytest.mark.parametrize("args, forced", [([], True), (["--no-force-layout-opt"], False)])
+def test_train_forces_inductors_layout_unless_told_not_to(runner, monkeypatch, args, forced) -> None:
+    seen = _capture_train(monkeypatch)
+    result = runner.invoke(cli.main, ["train", *args])
+    assert result.exit_code == 0, result.output
+    assert seen["config"].force_layout_opt is forced
+
+
 def test_command_line_flag_wins_over_config_file(runner, monkeypatch, tmp_path) -> None:
     seen = _capture_train(monkeypatch)
     path = tmp_path / "train.toml"
