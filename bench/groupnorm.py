@@ -17,8 +17,10 @@ slower compiled training. So it is a switch, off by default, not the fast path.
 input's layout. As torch.compile traces it, ``native_group_norm`` returns NCHW whatever it is given,
 so in a training step's backward graph 80 of the `seed` UNet's 96 convolution gradients got a
 channels_last gradient and weight beside an NCHW saved input: a layout conversion for cuDNN each
-(``scripts/conv_layouts.py``; 20 of 96 with either variant here). For training; its speed on a GPU
-is not measured yet (BENCHMARKS.md, session 8).
+(``scripts/conv_layouts.py``; 20 of 96 with either variant here). For training: +13 % on an H100
+with CUDA graphs at batch 128, but forcing Inductor's layout onto the backward graph
+(``bench/compile_mode.py``, the default) gained more, +22.5 %, and the two were not yet measured
+together (BENCHMARKS.md, session 9), so it stays off.
 
 ``use_group_norm(model, kind)`` switches a model's GroupNorms in place by changing their class
 (parameters, state_dict keys and isinstance checks unchanged): ``native``, ``views`` or
@@ -48,8 +50,8 @@ class GroupNormByViews(nn.GroupNorm):
 
 class GroupNormChannelsLast(nn.GroupNorm):
     """``nn.GroupNorm`` whose output has a channels_last input's layout (same arithmetic). Under
-    torch.compile the layout should become that of the norm kernel's output, not a copy of its own
-    (not yet checked on a GPU); eager it is one more copy."""
+    torch.compile the layout should become that of the norm kernel's output, not a copy of its own;
+    eager it is one more copy."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().forward(x)

@@ -59,11 +59,9 @@ def main() -> None:
     setting = {
         **run_setting(args),
         "recipe": args.recipe,
-        "compile": trainer.use_compile,
-        "cuda_graphs": trainer.cuda_graphs,
-        "force_layout_opt": trainer.settings()["force_layout_opt"],
-        "bf16": trainer.bf16,
-        "channels_last": trainer.channels_last,
+        # compile, cuda_graphs, force_layout_opt, bf16, channels_last as the trainer resolved them
+        # (its "device" is "cuda"; run_setting's names the card)
+        **{k: v for k, v in trainer.settings().items() if k != "device"},
         "ms_per_step_unprofiled": 1e3 * seconds / args.steps,
         "images_per_s_unprofiled": args.steps * args.batch / seconds,
     }
