@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Wait for a background scripts/gpu_campaign.sh run: return when OUT_DIR/DONE appears or after
 # SECONDS_MAX, print the tail of each log, and once DONE copy OUT_DIR.bundle/* into DEST_DIR.
+# Until then each call leaves DEST_DIR/progress.tgz (every log, loss curve and training config so
+# far, a few hundred kB): a machine lost between two calls then still leaves its curves behind.
 # A campaign longer than one command's time limit is then started once and followed by this same
 # command until it reports DONE.
 # Usage: scripts/gpu_wait.sh OUT_DIR DEST_DIR [SECONDS_MAX (default 560)]
@@ -19,8 +21,11 @@ for loss in "$OUT"/*/loss.jsonl; do  # each training's last logged step: step, l
   [ -f "$loss" ] && echo "== $loss: $(tail -n 1 "$loss" | cut -c1-200)"
 done
 nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
+mkdir -p "$DEST"
+(cd "$OUT" && find . -maxdepth 2 -type f \( -name '*.log' -o -name 'loss.jsonl' -o -name '*.json' \) -size -8M \
+    | tar czf "$DEST/progress.tgz" -T -)
 if [ -f "$OUT/DONE" ]; then
-  mkdir -p "$DEST" && cp "$OUT.bundle"/* "$DEST"/ && echo "DONE: bundle copied to $DEST"
+  cp "$OUT.bundle"/* "$DEST"/ && echo "DONE: bundle copied to $DEST"
 else
   echo "not done after $MAX s"
 fi
