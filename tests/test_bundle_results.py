@@ -46,13 +46,16 @@ def test_bundle_keeps_results_seed0_grids_and_weights_drops_checkpoints_and_imag
 WAIT = SCRIPT.parent / "gpu_wait.sh"
 
 
-def test_gpu_wait_copies_the_bundle_only_once_the_campaign_is_done(tmp_path: Path) -> None:
+def test_gpu_wait_brings_progress_always_and_the_bundle_once_done(tmp_path: Path) -> None:
     out, dest = tmp_path / "camp", tmp_path / "dest"
     _write(out / "train-a.log", b"step 10\nstep 20\n")
     _write(Path(f"{out}.bundle") / "bundle.tgz.part-aa", b"part")
     running = subprocess.run(["bash", str(WAIT), str(out), str(dest), "0"], capture_output=True, text=True)
     assert running.returncode == 0 and "not done" in running.stdout and "step 20" in running.stdout
-    assert not dest.exists()
+    # Before DONE only the progress so far comes back: the logs, never the bundle's parts.
+    assert sorted(p.name for p in dest.iterdir()) == ["progress.tgz"]
+    with tarfile.open(dest / "progress.tgz") as progress:
+        assert progress.extractfile("./train-a.log").read() == b"step 10\nstep 20\n"
     (out / "DONE").touch()
     done = subprocess.run(["bash", str(WAIT), str(out), str(dest), "600"], capture_output=True, text=True)
     assert done.returncode == 0 and "DONE" in done.stdout
