@@ -90,18 +90,43 @@ def test_unknown_key_in_config_file_is_an_error(runner, tmp_path) -> None:
     assert "schedulr" in result.output
 
 
-def test_unknown_scheduler_in_matrix_records_an_error_row_and_the_rest_run(runner, tmp_path) -> None:
+def test_unknown_plugin_name_fails_before_any_work(runner, tmp_path) -> None:
+    # A checkpoint that does not exist would be the first error if anything were loaded first.
+    for option, name, hint in (
+        ("--scheduler", "ddim,cosinee", "unknown scheduler 'cosinee'. Did you mean: cosine?"),
+        ("--evaluators", "iclevr-acc,fdi", "unknown evaluator 'fdi'. Did you mean: fid?"),
+    ):
+        out = tmp_path / name
+        result = runner.invoke(
+            cli.main, ["run", option, name, "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(out)]
+        )
+        assert result.exit_code != 0
+        assert hint in result.output and "does not exist" not in result.output
+        assert not out.exists()
+
+
+def test_a_failing_cell_records_its_error_and_the_rest_run(runner, tmp_path, monkeypatch) -> None:
+    from bench import sampling
+
+    real = sampling.sample
+
+    def sample_or_fail(*args, **kwargs):
+        if kwargs["steps"] == 3:
+            raise RuntimeError("out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "sample", sample_or_fail)
     out = tmp_path / "run"
     result = tiny_run(
-        runner, "--scheduler", "ddim,no-such-sched", "--steps", "2", "--seeds", "0", "--no-denoising-figure",
+        runner, "--scheduler", "ddim", "--steps", "3,2", "--seeds", "0", "--no-denoising-figure",
         "--out", str(out),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "results.json").read_text())["rows"]
-    ok = [r for r in rows if r["scheduler"] == "ddim"]
-    bad = [r for r in rows if r["scheduler"] == "no-such-sched"]
+    ok = [r for r in rows if r["steps"] == 2]
+    bad = [r for r in rows if r["steps"] == 3]
     assert ok and all(r["error"] is None and r["speed"]["nfe"] == 2 for r in ok)
-    assert bad and all("unknown scheduler" in r["error"] for r in bad)
+    assert bad and all("out of memory (simulated)" in r["error"] for r in bad)
     assert (out / ok[0]["grid"]).exists()
 
 
