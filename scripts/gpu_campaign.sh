@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the project trains and times on GPUs, in one go, on a machine with 1-4 CUDA GPUs; the
 # jobs below a GPU count the machine lacks are left out, one job per GPU. Session-10 layout, written
-# after session 9's results (session 9 ran this script at commit 8e83a5a, on 4 GPUs):
+# after session 9's results (session 9 ran this script at commit 8e83a5a, on 4 GPUs; session 11 ran
+# this layout at commit cde7884 on 2 GPUs for 18 minutes and lost the machine before the judging):
 #   GPU 0: ddpm-unet `seed`, the recipe session 9 chose with a higher lr (v-prediction, Min-SNR-5
 #          loss weighting, batch 256, lr 8e-4, cosine decay over the wall-time budget; if that run
 #          diverges it starts again at lr 5e-4 for the minutes left), torch.compile with CUDA graphs
