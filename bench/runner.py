@@ -88,7 +88,7 @@ def _condition_sets(config: RunConfig, labels: list[str]) -> list[ConditionSet]:
     return sets
 
 
-def check_names(config: RunConfig, plugins: Plugins) -> None:
+def _check_names(config: RunConfig, plugins: Plugins) -> None:
     """Resolve every plugin name the run asks for: a misspelt one fails at once, with its close
     matches, not after the weights load, the FID reference renders and the other cells sample."""
     for kind, names in (
@@ -247,7 +247,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     from bench.sampling import SamplingOptions, resolve_steps
 
     plugins = plugins or get_plugins()
-    check_names(config, plugins)
+    _check_names(config, plugins)
     device = resolve_device(config.device)
     rank, size = world(device)
     device = process_device(device)
