@@ -144,6 +144,11 @@ def _bool_flag(name: str, help: str):
 @_bool_flag("channels-last", "channels_last memory format (default on CUDA).")
 @_bool_flag("cudnn-benchmark", "Time cuDNN's convolution algorithms per shape (CUDA; default off).")
 @_bool_flag("autotune", "torch.compile max-autotune: minutes of compile per shape (default off).")
+@_bool_flag(
+    "tune-kernels",
+    "Inductor's coordinate-descent tuning of its kernels: minutes more compile per shape, cached "
+    "on disk (default off).",
+)
 @_bool_flag("group-norm-by-views", _GROUP_NORM_BY_VIEWS_HELP)
 @click.option(
     "--allow-schedule-mismatch", is_flag=True, help="Sample with a noise schedule other than the trained one."
@@ -384,6 +389,10 @@ def train_judge_command(
 @click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints.")
 @_bool_flag("compile", "torch.compile the model (default on CUDA).")
 @_bool_flag("autotune", "Compile with max-autotune (minutes of compile; default off).")
+@_bool_flag(
+    "tune-kernels",
+    "Inductor's coordinate-descent tuning of its kernels (minutes more compile; default off).",
+)
 @_bool_flag(
     "cuda-graphs",
     "Compile with CUDA graphs of the forward and backward (one launch each instead of a launch per "

@@ -14,7 +14,9 @@ def compile_mode(*, autotune: bool, cuda_graphs: bool) -> str:
     return "reduce-overhead" if cuda_graphs else "default"
 
 
-def compile_options(*, autotune: bool, cuda_graphs: bool, force_layout_opt: bool) -> dict[str, Any]:
+def compile_options(
+    *, autotune: bool, cuda_graphs: bool, force_layout_opt: bool, tune_kernels: bool = False
+) -> dict[str, Any]:
     """torch.compile's ``options`` for that mode (Inductor settings scoped to this one compile).
 
     ``force_layout_opt``: Inductor's channels_last layout optimisation for every graph. Inductor
@@ -22,12 +24,17 @@ def compile_options(*, autotune: bool, cuda_graphs: bool, force_layout_opt: bool
     which has none, runs without it and converts layouts around each ``convolution_backward``
     (BENCHMARKS.md, session 9: 17 ms of copies a step at batch 128, and 22-24 % more images/s
     for the seed preset on an H100 with it forced).
+
+    ``tune_kernels``: Inductor's coordinate-descent tuning of each generated kernel's launch
+    settings (BENCHMARKS.md, session 13).
     """
     from torch._inductor import list_mode_options  # here: importing bench must not import Inductor
 
     options = dict(list_mode_options(compile_mode(autotune=autotune, cuda_graphs=cuda_graphs)))
     if force_layout_opt:
         options["force_layout_optimization"] = True
+    if tune_kernels:
+        options["coordinate_descent_tuning"] = True
     return options
 
 

@@ -58,6 +58,7 @@ class RunConfig:
     channels_last: bool | None = None
     cudnn_benchmark: bool | None = None
     autotune: bool | None = None
+    tune_kernels: bool | None = None
     group_norm_by_views: bool | None = None
     allow_schedule_mismatch: bool = False
     denoising_figure: bool = True
@@ -264,6 +265,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         cuda_graphs=config.cuda_graphs,
         cudnn_benchmark=config.cudnn_benchmark,
         autotune=config.autotune,
+        tune_kernels=config.tune_kernels,
         group_norm_by_views=config.group_norm_by_views,
     ).resolved(device)
     # The chunk size stays as given (None: sample() picks it per cell, guided cells on the CPU
@@ -460,6 +462,7 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int | None, guidance: float
         "cuda_graphs": options.cuda_graphs,
         "cudnn_benchmark": options.cudnn_benchmark,
         "autotune": options.autotune,
+        "tune_kernels": options.tune_kernels,
         "group_norm_by_views": options.group_norm_by_views,
         "warmup_seconds": result.warmup_seconds,
         "total_images": n_total,

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from bench.compile_mode import compile_mode, quiet_known_compile_warnings
+from bench.compile_mode import compile_options, quiet_known_compile_warnings
 from bench.groupnorm import use_group_norm_by_views
 from bench.guidance import check_interval, in_interval
 from bench.noise import check_schedule_compatible
@@ -76,6 +76,10 @@ class SamplingOptions:
     # torch.compile's max-autotune: Triton templates timed against cuBLAS/cuDNN per shape
     # (minutes of compile, once per shape). Needs compile.
     autotune: bool | None = None
+    # Inductor's coordinate-descent tuning: each generated kernel's launch settings (block sizes,
+    # warps) searched around its heuristic choice. Minutes more compile per shape (cached on disk
+    # after the first run). Needs compile.
+    tune_kernels: bool | None = None
     # GroupNorm as channel-splitting views (bench/groupnorm.py), so torch.compile reduces
     # channels_last activations in place instead of around layout copies.
     group_norm_by_views: bool | None = None
@@ -102,6 +106,8 @@ class SamplingOptions:
         channels_last = True if self.channels_last is None else self.channels_last
         if self.autotune and not compile_:
             raise SamplingOptionsError("autotune is a torch.compile mode: it needs compile")
+        if self.tune_kernels and not compile_:
+            raise SamplingOptionsError("tune_kernels tunes torch.compile's kernels: it needs compile")
         return SamplingOptions(
             dtype=dtype,
             channels_last=channels_last,
@@ -110,13 +116,19 @@ class SamplingOptions:
             batch_size=batch_size,
             cudnn_benchmark=bool(self.cudnn_benchmark) and cuda,
             autotune=bool(self.autotune),
+            tune_kernels=bool(self.tune_kernels),
             group_norm_by_views=bool(self.group_norm_by_views),
         )
 
     @property
-    def compile_mode(self) -> str:
-        """The torch.compile mode these options ask for."""
-        return compile_mode(autotune=self.autotune, cuda_graphs=bool(self.cuda_graphs))
+    def compile_options(self) -> dict[str, Any]:
+        """torch.compile's Inductor options for these options' mode and kernel tuning."""
+        return compile_options(
+            autotune=bool(self.autotune),
+            cuda_graphs=bool(self.cuda_graphs),
+            force_layout_opt=False,
+            tune_kernels=bool(self.tune_kernels),
+        )
 
     @classmethod
     def plain(cls, batch_size: int = 256) -> SamplingOptions:
@@ -129,6 +141,7 @@ class SamplingOptions:
             batch_size=batch_size,
             cudnn_benchmark=False,
             autotune=False,
+            tune_kernels=False,
             group_norm_by_views=False,
         )
 
@@ -175,13 +188,14 @@ def resolve_steps(scheduler: str | Callable, steps: int | None = None) -> int:
     return int(steps or getattr(_resolve_factory(scheduler)[1], "default_steps", 50))
 
 
-def _compiled(model: torch.nn.Module, mode: str, variant: str = "") -> Callable:
-    """torch.compile(model) once per (model, mode, variant); fixed shapes (the last chunk is padded)."""
+def _compiled(model: torch.nn.Module, options: dict[str, Any], variant: str = "") -> Callable:
+    """torch.compile(model) once per (model, Inductor options, variant); fixed shapes (the last
+    chunk is padded)."""
     cache = model.__dict__.setdefault("_bench_compiled", {})  # a dict attribute: not a submodule
-    key = (mode, variant)
+    key = (tuple(sorted(options.items())), variant)
     if key not in cache:
         quiet_known_compile_warnings()
-        cache[key] = torch.compile(model, mode=mode, dynamic=False)
+        cache[key] = torch.compile(model, options=options, dynamic=False)
     return cache[key]
 
 
@@ -197,7 +211,7 @@ class _ModelCall:
         if options.compile:
             # The GroupNorm variant changes the traced graph: a compiled module of its own.
             variant = "group-norm-by-views" if options.group_norm_by_views else ""
-            self.forward = _compiled(model, options.compile_mode, variant)
+            self.forward = _compiled(model, options.compile_options, variant)
         else:
             self.forward = model
         self.calls = 0

@@ -79,6 +79,7 @@ class TrainConfig:
     bf16: bool | None = None  # autocast; default on CUDA
     compile: bool | None = None  # torch.compile the model; default on CUDA
     autotune: bool = False  # compile with max-autotune (Triton templates timed per shape)
+    tune_kernels: bool = False  # Inductor's coordinate-descent tuning of its kernels (with compile)
     # CUDA graphs of the compiled forward and backward (one launch each, so the step no longer waits
     # on the host launching kernels); default on when compiling on one CUDA GPU (BENCHMARKS.md,
     # session 8: 1,715 against 1,522 images/s for the seed preset at batch 128 on an H100)
@@ -301,6 +302,8 @@ class _Trainer:
         self.use_compile = cuda if config.compile is None else config.compile
         if config.autotune and not self.use_compile:
             raise TrainingError("autotune is a torch.compile mode: it needs compile")
+        if config.tune_kernels and not self.use_compile:
+            raise TrainingError("tune_kernels tunes torch.compile's kernels: it needs compile")
         self.cuda_graphs = resolve_cuda_graphs(
             config.cuda_graphs,
             compiled=self.use_compile,
@@ -372,6 +375,7 @@ class _Trainer:
                 autotune=config.autotune,
                 cuda_graphs=self.cuda_graphs,
                 force_layout_opt=config.force_layout_opt,
+                tune_kernels=config.tune_kernels,
             )
             quiet_known_compile_warnings()
             self.net = torch.compile(self.net, options=options)
@@ -474,6 +478,7 @@ class _Trainer:
             "compile": self.use_compile,
             "cuda_graphs": self.cuda_graphs,
             "force_layout_opt": self.use_compile and self.config.force_layout_opt,
+            "tune_kernels": self.use_compile and self.config.tune_kernels,
         }
 
     def repeating_batches(self, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

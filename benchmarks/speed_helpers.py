@@ -26,6 +26,7 @@ GPU_MODES = (
     "graphs-nchw",
     "graphs-views",
     "autotune",
+    "graphs-tuned",
 )
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

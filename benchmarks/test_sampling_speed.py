@@ -60,6 +60,7 @@ _GPU_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "graphs-nchw": ("bf16+compile+graphs (NCHW)", {**_FAST, "channels_last": False}),
     "graphs-views": ("bf16+cl+compile+graphs, GroupNorm by views", {**_FAST, "group_norm_by_views": True}),
     "autotune": ("bf16+cl+compile+graphs max-autotune", {**_FAST, "autotune": True}),
+    "graphs-tuned": ("bf16+cl+compile+graphs, kernels tuned", {**_FAST, "tune_kernels": True}),
 }
 
 

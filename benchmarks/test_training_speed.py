@@ -43,6 +43,7 @@ _PLAIN = dict(
     cuda_graphs=False,
     force_layout_opt=False,
     autotune=False,
+    tune_kernels=False,
     group_norm_by_views=False,
     group_norm_channels_last=False,
 )
@@ -64,6 +65,7 @@ TRAIN_VARIANTS: dict[str, tuple[str, dict[str, bool]]] = {
         {**_GRAPHS, "group_norm_channels_last": True},
     ),
     "autotune": ("bf16+cl+compile max-autotune", {**_COMPILED, "autotune": True}),
+    "compile-graphs-tuned": ("bf16+cl+compile+CUDA graphs, kernels tuned", {**_GRAPHS, "tune_kernels": True}),
 }
 GPU_MODES = env_modes("BENCH_TRAIN_MODES", tuple(TRAIN_VARIANTS))
 # bf16 compiled vs bf16 eager: the same arithmetic up to kernel fusion, so losses stay close.

@@ -417,6 +417,21 @@ def test_cpu_rows_record_the_speed_switches_off(runner, tmp_path) -> None:
         assert '"cudnn_benchmark": false' in (out / "results.json").read_text()
 
 
+def test_tune_kernels_without_compile_is_refused_by_run_and_train(runner, tmp_path) -> None:
+    """Kernel tuning is a torch.compile setting: asking for it without compile is an error that
+    says so, before any sampling or training."""
+    result = tiny_run(runner, "--scheduler", "ddim", "--steps", "1", "--tune-kernels", "--no-compile",
+                      "--evaluators", "none", "--out", str(tmp_path / "run"))  # fmt: skip
+    assert result.exit_code != 0 and "needs compile" in result.output
+    assert not (tmp_path / "run" / "results.json").exists()
+    result = runner.invoke(
+        cli.main,
+        ["train", "--preset", "tiny", "--tune-kernels", "--max-steps", "1", "--batch-size", "2",
+         "--scenes", "1", "--device", "cpu", "--no-compile", "--out", str(tmp_path / "train")],
+    )  # fmt: skip
+    assert result.exit_code != 0 and "needs compile" in result.output
+
+
 def test_group_norm_by_views_reaches_sampling_and_training(runner, tmp_path) -> None:
     """--group-norm-by-views is recorded in the rows of `bench run` and in the train config, and
     gives the same images as the default (the same numbers up to fp32 rounding)."""

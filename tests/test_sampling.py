@@ -130,7 +130,7 @@ def test_compile_warm_up_covers_both_batch_shapes(
     captured, with CUDA graphs) before the clock starts. torch.compile itself is stubbed out here."""
     import bench.sampling
 
-    monkeypatch.setattr(bench.sampling, "_compiled", lambda module, mode, variant="": module)
+    monkeypatch.setattr(bench.sampling, "_compiled", lambda module, options, variant="": module)
     counting = CountingModel(model)
     options = SamplingOptions(dtype="fp32", channels_last=False, compile=True, batch_size=5)
     result = sample(counting, "ddim", conditions(5), train_config=cosine, steps=4, guidance=3.0,
@@ -303,8 +303,11 @@ def test_speed_switches_resolve_on_cpu() -> None:
         SamplingOptions(autotune=True, compile=False).resolved("cpu")
     with pytest.raises(ValueError, match="compile"):
         SamplingOptions(autotune=True).resolved("cpu")  # compile defaults to off on the CPU
+    assert cpu.tune_kernels is False
+    with pytest.raises(ValueError, match="needs compile"):
+        SamplingOptions(tune_kernels=True).resolved("cpu")
     plain = SamplingOptions.plain()
-    assert plain.cudnn_benchmark is False and plain.autotune is False
+    assert plain.cudnn_benchmark is False and plain.autotune is False and plain.tune_kernels is False
 
 
 @pytest.mark.parametrize(
@@ -316,24 +319,39 @@ def test_speed_switches_resolve_on_cpu() -> None:
         (True, True, "max-autotune"),
     ],
 )
-def test_compile_mode(autotune: bool, cuda_graphs: bool, mode: str) -> None:
-    options = SamplingOptions(compile=True, cuda_graphs=cuda_graphs, autotune=autotune)
-    assert options.compile_mode == mode
+@pytest.mark.parametrize("tune_kernels", [False, True])
+def test_compile_options_are_the_modes_plus_kernel_tuning(
+    autotune: bool, cuda_graphs: bool, mode: str, tune_kernels: bool
+) -> None:
+    from torch._inductor import list_mode_options
+
+    options = SamplingOptions(
+        compile=True, cuda_graphs=cuda_graphs, autotune=autotune, tune_kernels=tune_kernels
+    )
+    expected = dict(list_mode_options(mode))
+    if tune_kernels:
+        expected["coordinate_descent_tuning"] = True
+    assert options.compile_options == expected
+    # torch.compile checks option names when it is called: these must all be Inductor settings.
+    torch.compile(torch.nn.Linear(2, 2), options=options.compile_options)
 
 
-def test_compiled_model_gets_the_options_compile_mode(
+def test_compiled_model_gets_the_options_inductor_settings(
     model: torch.nn.Module, cosine: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """sample() hands compile_mode to torch.compile (stubbed out here)."""
+    """sample() hands the options' Inductor settings to torch.compile (stubbed out here)."""
     import bench.sampling
 
-    modes = []
+    seen = []
     monkeypatch.setattr(
-        bench.sampling, "_compiled", lambda module, mode, variant="": modes.append(mode) or module
+        bench.sampling, "_compiled", lambda module, options, variant="": seen.append(options) or module
     )
-    options = SamplingOptions(dtype="fp32", channels_last=False, compile=True, autotune=True, batch_size=2)
+    options = SamplingOptions(
+        dtype="fp32", channels_last=False, compile=True, autotune=True, tune_kernels=True, batch_size=2
+    )
     result = sample(model, "ddim", conditions(2), train_config=cosine, steps=1, options=options)
-    assert modes == ["max-autotune-no-cudagraphs"] and result.options.autotune is True
+    assert seen == [{"max_autotune": True, "coordinate_descent_tuning": True}]
+    assert result.options.autotune is True and result.options.tune_kernels is True
 
 
 def test_compiling_silences_only_dynamos_lru_cache_note() -> None:

@@ -82,26 +82,40 @@ def test_ema_follows_the_trained_weights_step_by_step(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "autotune, force_layout_opt, options",
+    "autotune, force_layout_opt, tune_kernels, options",
     [
-        (False, True, {"force_layout_optimization": True}),  # the default
-        (False, False, {}),
+        (False, True, False, {"force_layout_optimization": True}),  # the default
+        (False, False, False, {}),
+        (False, True, True, {"force_layout_optimization": True, "coordinate_descent_tuning": True}),
         (
             True,
             True,
+            False,
             {"max_autotune": True, "coordinate_descent_tuning": True, "force_layout_optimization": True},
         ),
     ],
 )
 def test_compiled_training_gets_its_compile_options(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autotune: bool, force_layout_opt: bool, options: dict
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    autotune: bool,
+    force_layout_opt: bool,
+    tune_kernels: bool,
+    options: dict,
 ) -> None:
     given = []
     monkeypatch.setattr(torch, "compile", lambda module, options=None: given.append(options) or module)
-    cfg = config(tmp_path, compile=True, autotune=autotune, force_layout_opt=force_layout_opt)
+    cfg = config(
+        tmp_path,
+        compile=True,
+        autotune=autotune,
+        force_layout_opt=force_layout_opt,
+        tune_kernels=tune_kernels,
+    )
     trainer = training._Trainer(cfg, dataset(8))
     assert given == [options]
     assert trainer.settings()["force_layout_opt"] is force_layout_opt
+    assert trainer.settings()["tune_kernels"] is tune_kernels
 
 
 def test_forced_layout_reaches_the_backward_graph_of_that_compile_only(
