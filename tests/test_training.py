@@ -203,6 +203,7 @@ def test_cpu_training_runs_without_cuda_graphs_and_says_so(tmp_path: Path) -> No
         "compile": False,
         "cuda_graphs": False,
         "force_layout_opt": False,
+        "tune_kernels": False,
     }
 
 
