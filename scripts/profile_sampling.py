@@ -17,14 +17,22 @@ to be missing and the host gaps between replays to be what is left).
 The unprofiled time per step and images/s (a second, unprofiled run after the warm-up) are
 reported beside the profiled time per step: the profiler itself slows the host side.
 
+Two settings can compile side by side and still be timed one at a time on the same GPU: each
+run's ``--ready-file`` appears once it has compiled, and ``--time-after FILE`` holds the timed
+run until FILE exists (at most ``--wait-max`` seconds; the setting records whether it came). The
+second run waits for the first one's ``OUT_DIR/timing.json``.
+
 Usage: python scripts/profile_sampling.py OUT_DIR [--preset seed] [--batch 256] [--steps 10]
        [--scheduler cosine] [--guidance 1] [--no-compile] [--cuda-graphs] [--dtype bf16|fp32]
-       [--no-channels-last] [--group-norm-by-views] [--inductor KEY=VALUE ...] [--no-profile]
+       [--no-channels-last] [--group-norm-by-views] [--tune-kernels] [--inductor KEY=VALUE ...]
+       [--no-profile] [--ready-file FILE] [--time-after FILE] [--wait-max SECONDS]
 """
 
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import torch
 
@@ -54,6 +62,14 @@ SDPA_BACKENDS = {
 }
 
 
+def wait_for(path: Path, seconds: float) -> bool:
+    """Block until ``path`` exists or ``seconds`` have passed; whether it came."""
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(1.0)
+    return path.exists()
+
+
 def main() -> None:
     parser = profile_arguments(
         __doc__.splitlines()[0], batch=256, steps=10, steps_help="sampling steps timed, then profiled"
@@ -65,6 +81,10 @@ def main() -> None:
     parser.add_argument("--cuda-graphs", action="store_true")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--group-norm-by-views", action="store_true")
+    parser.add_argument("--tune-kernels", action="store_true", help="Inductor's coordinate-descent tuning")
+    parser.add_argument("--ready-file", type=Path, default=None, help="created once compiled")
+    parser.add_argument("--time-after", type=Path, default=None, help="time only once this file exists")
+    parser.add_argument("--wait-max", type=float, default=600.0, help="the longest wait for --time-after")
     parser.add_argument(
         "--inductor",
         action="append",
@@ -100,12 +120,18 @@ def main() -> None:
         batch_size=args.batch,
         channels_last=not args.no_channels_last,
         group_norm_by_views=args.group_norm_by_views,
+        tune_kernels=args.tune_kernels and not args.no_compile and cuda,
     )
     conds = conditions_for(args.batch)
     train_config = noise_config(args.scheduler if args.scheduler in ("cosine", "linear") else "cosine")
     kwargs = dict(train_config=train_config, steps=args.steps, guidance=args.guidance, options=options)
 
+    start = time.perf_counter()
     sample(model, args.scheduler, conds, **kwargs)  # warm-up: compile, autotune, allocator
+    warmup_seconds = time.perf_counter() - start
+    if args.ready_file:
+        args.ready_file.touch()
+    waited = wait_for(args.time_after, args.wait_max) if args.time_after else None
     unprofiled = sample(model, args.scheduler, conds, **kwargs)
     setting = {
         **run_setting(args),
@@ -113,8 +139,18 @@ def main() -> None:
         "guidance": args.guidance,
         "options": {
             k: getattr(unprofiled.options, k)
-            for k in ("dtype", "channels_last", "compile", "cuda_graphs", "group_norm_by_views")
+            for k in (
+                "dtype",
+                "channels_last",
+                "compile",
+                "cuda_graphs",
+                "group_norm_by_views",
+                "tune_kernels",
+            )
         },
+        "warmup_seconds": warmup_seconds,
+        # None: timed at once; True: after --time-after's file came; False: after --wait-max without it
+        "timed_after_file": waited,
         "inductor": inductor,
         "sdpa": args.sdpa,
         "images_per_s_unprofiled": unprofiled.images_per_second,
