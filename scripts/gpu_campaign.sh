@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything the project trains and times on GPUs, in one go, on a machine with 1-4 CUDA GPUs; the
-# jobs below a GPU count the machine lacks are left out, one job per GPU. Session-12 layout (session-10
-# trainings; GPU 3 now probes sampling speed), written
+# jobs below a GPU count the machine lacks are left out, one job per GPU. Session-13 layout (session-10
+# trainings; GPU 3 times sampling with and without kernel tuning), written
 # after session 9's results (session 9 ran this script at commit 8e83a5a, on 4 GPUs; session 11 ran
 # this layout at commit cde7884 on 2 GPUs for 18 minutes and lost the machine before the judging):
 #   GPU 0: ddpm-unet `seed`, the recipe session 9 chose with a higher lr (v-prediction, Min-SNR-5
@@ -10,7 +10,7 @@
 #          and Inductor's layout forced onto the backward graph (both `bench train` defaults on one GPU)
 #   GPU 1 (2+ GPUs): ddpm-unet `seed`, the reference recipe (same wall time)
 #   GPU 2 (3+ GPUs): `seed`, session 9's chosen recipe (lr 5e-4), now with the forced layout
-#   GPU 3 (4 GPUs): sampling-speed probes of the fast path at batch 512 (Inductor settings)
+#   GPU 3 (4 GPUs): sampling speed of the fast path with and without --tune-kernels
 # then samples + judges every `seed` model with the shipped judge at 100 and 25 DDPM steps, on
 # test, new_test and the two validation condition sets of session 7 (the choice is made on those).
 # Earlier sessions' versions of this script (TRAINING.md names the commits) trained the judge, the
@@ -63,22 +63,19 @@ if [ "$NGPU" -ge 3 ]; then
   EVAL_RUNS+=(seed-lr5e-4:2)
 fi
 
-# Sampling-speed probes, one after another on GPU 3 (the other GPUs train meanwhile): the fast
-# path at batch 512 (20 steps timed after a warm-up), then with Inductor settings not yet measured
-# to the end: 1x1 convolutions as matmuls, then coordinate-descent tuning of Inductor's kernels
-# (session 5 stopped it after 200 s of compile), then both together.
+# Sampling speed on GPU 3 (the other GPUs train meanwhile): the fast path with and without
+# --tune-kernels (Inductor's coordinate-descent tuning; session 12 saw 50.7 ms per step at batch 512
+# on an H200 but lost its baseline's line), compiled side by side and timed one after the other at
+# batch 512 (20 steps), then the 100-step suite at bench run's chunk of 256 with the reference loop
+# as its baseline.
 SPEED=
 if [ "$NGPU" -ge 4 ]; then
   (
     export CUDA_VISIBLE_DEVICES=3
     cd "$REPO"
-    probe() { local name=$1; shift
-      python3 scripts/profile_sampling.py "$OUT/speed-sample/$name" --preset seed --batch 512 --steps 20 \
-          --cuda-graphs --no-profile "$@"; }
-    probe baseline
-    probe conv1x1-mm --inductor conv_1x1_as_mm=true
-    probe coordinate-descent --inductor coordinate_descent_tuning=true
-    probe both --inductor conv_1x1_as_mm=true --inductor coordinate_descent_tuning=true
+    bash scripts/tuning_pair.sh "$OUT/speed-sample/pair-b512" 512 20
+    BENCH_SPEED_MODES=reference,graphs,graphs-tuned BENCH_SPEED_BATCH=256 \
+        BENCH_SPEED_K="sampling and gpu" bash scripts/speed.sh "$OUT/speed-sample/suite-b256"
   ) > "$OUT/speed.log" 2>&1 &
   SPEED=$!
 fi

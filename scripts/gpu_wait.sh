@@ -22,7 +22,7 @@ for loss in "$OUT"/*/loss.jsonl; do  # each training's last logged step: step, l
 done
 nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
 mkdir -p "$DEST"
-(cd "$OUT" && find . -maxdepth 2 -type f \( -name '*.log' -o -name 'loss.jsonl' -o -name '*.json' \) -size -8M \
+(cd "$OUT" && find . -maxdepth 4 -type f \( -name '*.log' -o -name 'loss.jsonl' -o -name '*.json' \) -size -8M \
     | tar czf "$DEST/progress.tgz" -T -)
 if [ -f "$OUT/DONE" ]; then
   cp "$OUT.bundle"/* "$DEST"/ && echo "DONE: bundle copied to $DEST"
