@@ -132,6 +132,7 @@ def main() -> None:
     if args.ready_file:
         args.ready_file.touch()
     waited = wait_for(args.time_after, args.wait_max) if args.time_after else None
+    timed_at = time.time()
     unprofiled = sample(model, args.scheduler, conds, **kwargs)
     setting = {
         **run_setting(args),
@@ -151,6 +152,7 @@ def main() -> None:
         "warmup_seconds": warmup_seconds,
         # None: timed at once; True: after --time-after's file came; False: after --wait-max without it
         "timed_after_file": waited,
+        "timed_at": timed_at,  # wall clock when the unprofiled run began
         "inductor": inductor,
         "sdpa": args.sdpa,
         "images_per_s_unprofiled": unprofiled.images_per_second,

@@ -5,7 +5,7 @@
 # baseline has finished, so the two timings never share the GPU.
 # Writes OUT_DIR/baseline/timing.json and OUT_DIR/tuned/timing.json (scripts/profile_sampling.py,
 # --no-profile) and OUT_DIR/*.log; prints both lines.
-# Usage: scripts/tuning_pair.sh OUT_DIR [BATCH (256)] [STEPS (40)] [WAIT_MAX seconds (900)]
+# Usage: [PRESET=seed] scripts/tuning_pair.sh OUT_DIR [BATCH (256)] [STEPS (40)] [WAIT_MAX seconds (900)]
 set -uo pipefail
 OUT=${1:?usage: scripts/tuning_pair.sh OUT_DIR [BATCH] [STEPS] [WAIT_MAX]}
 BATCH=${2:-256}
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 rm -f "$OUT/tuned.ready" "$OUT/baseline.done"
 export PYTHONUNBUFFERED=1
-common=(--preset seed --batch "$BATCH" --steps "$STEPS" --cuda-graphs --no-profile --wait-max "$WAIT")
+common=(--preset "${PRESET:-seed}" --batch "$BATCH" --steps "$STEPS" --cuda-graphs --no-profile --wait-max "$WAIT")
 # Each wait also ends when the other run exits, so a run that fails does not hold the GPU for WAIT.
 (
   python3 scripts/profile_sampling.py "$OUT/baseline" "${common[@]}" --time-after "$OUT/tuned.ready"
@@ -24,7 +24,7 @@ common=(--preset seed --batch "$BATCH" --steps "$STEPS" --cuda-graphs --no-profi
 (
   python3 scripts/profile_sampling.py "$OUT/tuned" "${common[@]}" --tune-kernels \
       --ready-file "$OUT/tuned.ready" --time-after "$OUT/baseline.done"
-  touch "$OUT/tuned.ready"
+  [ -e "$OUT/tuned.ready" ] || touch "$OUT/tuned.ready"  # it failed before it compiled
 ) > "$OUT/tuned.log" 2>&1
 wait
 grep -h "images/s unprofiled" "$OUT/baseline.log" "$OUT/tuned.log"

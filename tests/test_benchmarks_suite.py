@@ -94,6 +94,26 @@ def test_the_sampling_profiler_splits_the_time_by_op_family(tmp_path: Path) -> N
     assert "aten::" in (tmp_path / "host.txt").read_text()
 
 
+def test_the_tuning_pair_times_its_two_runs_one_after_the_other(tmp_path: Path) -> None:
+    """scripts/tuning_pair.sh on the CPU, tiny preset: both runs write their timing, the baseline
+    timed only once the other had compiled, the tuned run only after the baseline had finished."""
+    env = {**os.environ, "PRESET": "tiny", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
+    subprocess.run(
+        ["bash", str(ROOT / "scripts" / "tuning_pair.sh"), str(tmp_path), "2", "1", "60"],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    baseline, tuned = (
+        json.loads((tmp_path / name / "timing.json").read_text()) for name in ("baseline", "tuned")
+    )
+    assert baseline["timed_after_file"] is True and tuned["timed_after_file"] is True
+    assert tuned["timed_at"] >= (tmp_path / "baseline" / "timing.json").stat().st_mtime
+    assert baseline["timed_at"] >= (tmp_path / "tuned.ready").stat().st_mtime
+    assert baseline["options"]["tune_kernels"] is False and tuned["preset"] == "tiny"
+
+
 def test_the_training_profiler_times_and_splits_a_training_step(tmp_path: Path) -> None:
     """scripts/profile_training.py on the CPU, tiny preset: the step's time, its families, both tables."""
     run_script(
