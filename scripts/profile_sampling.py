@@ -19,8 +19,8 @@ reported beside the profiled time per step: the profiler itself slows the host s
 
 Two settings can compile side by side and still be timed one at a time on the same GPU: each
 run's ``--ready-file`` appears once it has compiled, and ``--time-after FILE`` holds the timed
-run until FILE exists (at most ``--wait-max`` seconds; the setting records whether it came). The
-second run waits for the first one's ``OUT_DIR/timing.json``.
+run until FILE exists (at most ``--wait-max`` seconds; the setting records whether it came).
+``scripts/tuning_pair.sh`` pairs two runs that way.
 
 Usage: python scripts/profile_sampling.py OUT_DIR [--preset seed] [--batch 256] [--steps 10]
        [--scheduler cosine] [--guidance 1] [--no-compile] [--cuda-graphs] [--dtype bf16|fp32]
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -113,14 +114,15 @@ def main() -> None:
     device = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(0)
     model = get("models", "ddpm-unet").factory(preset=args.preset).eval().to(device)
+    compile_ = not args.no_compile and cuda
     options = SamplingOptions(
         dtype=args.dtype,
-        compile=not args.no_compile and cuda,
+        compile=compile_,
         cuda_graphs=args.cuda_graphs and cuda,
         batch_size=args.batch,
         channels_last=not args.no_channels_last,
         group_norm_by_views=args.group_norm_by_views,
-        tune_kernels=args.tune_kernels and not args.no_compile and cuda,
+        tune_kernels=args.tune_kernels and compile_,
     )
     conds = conditions_for(args.batch)
     train_config = noise_config(args.scheduler if args.scheduler in ("cosine", "linear") else "cosine")
@@ -138,17 +140,8 @@ def main() -> None:
         **run_setting(args),
         "scheduler": args.scheduler,
         "guidance": args.guidance,
-        "options": {
-            k: getattr(unprofiled.options, k)
-            for k in (
-                "dtype",
-                "channels_last",
-                "compile",
-                "cuda_graphs",
-                "group_norm_by_views",
-                "tune_kernels",
-            )
-        },
+        # every resolved switch (the batch is the setting's own)
+        "options": {k: v for k, v in asdict(unprofiled.options).items() if k != "batch_size"},
         "warmup_seconds": warmup_seconds,
         # None: timed at once; True: after --time-after's file came; False: after --wait-max without it
         "timed_after_file": waited,

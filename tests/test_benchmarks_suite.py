@@ -68,11 +68,13 @@ def test_cpu_benchmarks_run_and_report(tmp_path: Path) -> None:
     assert "images/s" in table
 
 
-def run_script(name: str, out: Path, *args: str) -> None:
-    """``python scripts/NAME OUT ARGS`` with bench and the built-in plugins importable."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
+def run_script(name: str, out: Path, *args: str, **env: str) -> None:
+    """``python scripts/NAME OUT ARGS`` (``bash`` for a ``.sh``) with bench and the built-in plugins
+    importable and ``env`` added to the environment."""
+    env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
+    runner = ["bash"] if name.endswith(".sh") else [sys.executable]
     subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / name), str(out), *args],
+        [*runner, str(ROOT / "scripts" / name), str(out), *args],
         check=True,
         env=env,
         capture_output=True,
@@ -97,14 +99,7 @@ def test_the_sampling_profiler_splits_the_time_by_op_family(tmp_path: Path) -> N
 def test_the_tuning_pair_times_its_two_runs_one_after_the_other(tmp_path: Path) -> None:
     """scripts/tuning_pair.sh on the CPU, tiny preset: both runs write their timing, the baseline
     timed only once the other had compiled, the tuned run only after the baseline had finished."""
-    env = {**os.environ, "PRESET": "tiny", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
-    subprocess.run(
-        ["bash", str(ROOT / "scripts" / "tuning_pair.sh"), str(tmp_path), "2", "1", "60"],
-        check=True,
-        env=env,
-        capture_output=True,
-        timeout=300,
-    )
+    run_script("tuning_pair.sh", tmp_path, "2", "1", "60", PRESET="tiny")
     baseline, tuned = (
         json.loads((tmp_path / name / "timing.json").read_text()) for name in ("baseline", "tuned")
     )
