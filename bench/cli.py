@@ -366,11 +366,36 @@ def train_judge_command(
     default=None,
     help="Min-SNR-gamma loss weighting; 0: plain MSE. Default: the recipe's (default: 5, reference: off).",
 )
-@click.option("--lr", type=float, default=None)
-@click.option("--batch-size", type=int, default=None, help="Global batch size.")
-@click.option("--epochs", type=int, default=None)
-@click.option("--max-steps", type=int, default=None)
-@click.option("--max-minutes", type=float, default=None, help="Wall-time budget.")
+@click.option(
+    "--lr",
+    type=float,
+    default=None,
+    help="Peak learning rate; default: the recipe's (default: 2e-4, reference: 1e-5).",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="Global batch size; default: the recipe's (default: 128, reference: 32).",
+)
+@click.option(
+    "--epochs",
+    type=int,
+    default=None,
+    help="Stop after this many epochs; default: the recipe's (default: none, reference: 200).",
+)
+@click.option(
+    "--max-steps",
+    type=int,
+    default=None,
+    help="Stop after this many optimizer steps; default: the recipe's (default: 20000, reference: none).",
+)
+@click.option(
+    "--max-minutes",
+    type=float,
+    default=None,
+    help="Wall-time budget (the first of the three limits ends the run).",
+)
 @click.option("--ema", "ema_decay", type=float, default=None, help="EMA decay (0: none).")
 @click.option(
     "--cond-drop",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import click
 import pytest
@@ -10,6 +11,7 @@ from click.testing import CliRunner
 
 from bench import cli
 from bench.config import parse_int_list, read_config_file
+from bench.training import RECIPES
 
 
 @pytest.fixture()
@@ -62,6 +64,36 @@ def test_train_flags_override_the_recipe_and_no_compile_is_kept(runner, monkeypa
     assert config.lr == 3e-4
     assert config.ema_decay is None
     assert config.num_train_timesteps == 100  # the rest comes from the reference recipe
+
+
+@pytest.mark.parametrize(
+    "flag, field",
+    [
+        ("--lr", "lr"),
+        ("--batch-size", "batch_size"),
+        ("--epochs", "epochs"),
+        ("--max-steps", "max_steps"),
+        ("--min-snr-gamma", "min_snr_gamma"),
+        ("--prediction", "prediction_type"),
+    ],
+)
+def test_train_help_states_each_recipes_own_default(runner, flag, field) -> None:
+    """The help text is written by hand (the CLI does not import torch to read RECIPES): it must
+    say what each recipe really uses, "none"/"off" where the recipe leaves the limit unset."""
+    text = " ".join(runner.invoke(cli.main, ["train", "--help"]).output.split())
+    # within the option's own help: no other "--option" between the flag and the text
+    option = re.search(rf"{flag}\b(?:(?! --[a-z]).)*?default: the recipe's \(([^)]*)\)", text, re.IGNORECASE)
+    assert option, f"{flag} does not name the recipes' defaults"
+    stated = dict(part.split(": ") for part in option.group(1).split(", "))
+    assert set(stated) == set(RECIPES)
+    for name, recipe in RECIPES.items():
+        value = getattr(recipe, field)
+        if value is None:
+            assert stated[name] in ("none", "off"), (name, stated[name])
+        elif isinstance(value, str):
+            assert stated[name] == value, (name, stated[name])
+        else:
+            assert float(stated[name]) == value, (name, stated[name], value)
 
 
 @pytest.mark.parametrize("args, forced", [([], True), (["--no-force-layout-opt"], False)])
