@@ -74,6 +74,13 @@ def list_plugins() -> None:
 _GROUP_NORM_BY_VIEWS_HELP = "GroupNorm as channel-splitting views, for torch.compile (default off)."
 
 
+def _recipe_option(*decls: str, what: str, defaults: str, **kwargs):
+    """A `bench train` option whose default comes from the recipe; its help names each recipe's
+    value (written here, not read from RECIPES: the CLI does not import torch to show --help;
+    tests/test_cli.py checks the text against RECIPES)."""
+    return click.option(*decls, default=None, help=f"{what}; default: the recipe's ({defaults}).", **kwargs)
+
+
 def _bool_flag(name: str, help: str):
     """A tri-state ``--name/--no-name`` flag: unset means "the device's default"."""
     return click.option(f"--{name}/--no-{name}", default=None, help=help)
@@ -353,42 +360,29 @@ def train_judge_command(
 @click.option("--preset", default=None, help="Model preset: seed, base, small, tiny.")
 @click.option("--scheduler", default=None, help="Training noise schedule: cosine or linear.")
 @click.option("--timesteps", "num_train_timesteps", type=int, default=None, help="Training timesteps.")
-@click.option(
+@_recipe_option(
     "--prediction",
     "prediction_type",
     type=click.Choice(PREDICTION_TYPES),
-    default=None,
-    help="What the network predicts; default: the recipe's (default: v_prediction, reference: epsilon).",
+    what="What the network predicts",
+    defaults="default: v_prediction, reference: epsilon",
 )
-@click.option(
+@_recipe_option(
     "--min-snr-gamma",
     type=float,
-    default=None,
-    help="Min-SNR-gamma loss weighting; 0: plain MSE. Default: the recipe's (default: 5, reference: off).",
+    what="Min-SNR-gamma loss weighting (0: plain MSE)",
+    defaults="default: 5, reference: off",
 )
-@click.option(
-    "--lr",
-    type=float,
-    default=None,
-    help="Peak learning rate; default: the recipe's (default: 2e-4, reference: 1e-5).",
+@_recipe_option("--lr", type=float, what="Peak learning rate", defaults="default: 2e-4, reference: 1e-5")
+@_recipe_option("--batch-size", type=int, what="Global batch size", defaults="default: 128, reference: 32")
+@_recipe_option(
+    "--epochs", type=int, what="Stop after this many epochs", defaults="default: none, reference: 200"
 )
-@click.option(
-    "--batch-size",
-    type=int,
-    default=None,
-    help="Global batch size; default: the recipe's (default: 128, reference: 32).",
-)
-@click.option(
-    "--epochs",
-    type=int,
-    default=None,
-    help="Stop after this many epochs; default: the recipe's (default: none, reference: 200).",
-)
-@click.option(
+@_recipe_option(
     "--max-steps",
     type=int,
-    default=None,
-    help="Stop after this many optimizer steps; default: the recipe's (default: 20000, reference: none).",
+    what="Stop after this many optimizer steps",
+    defaults="default: 20000, reference: none",
 )
 @click.option(
     "--max-minutes",
