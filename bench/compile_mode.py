@@ -14,6 +14,18 @@ def compile_mode(*, autotune: bool, cuda_graphs: bool) -> str:
     return "reduce-overhead" if cuda_graphs else "default"
 
 
+def compile_only_switch_error(compiled: bool, *, autotune: bool, tune_kernels: bool) -> str | None:
+    """Why these switches cannot run without torch.compile (None when they can): both are settings
+    of the compiler, for sampling and training alike."""
+    if compiled:
+        return None
+    if autotune:
+        return "autotune is a torch.compile mode: it needs compile"
+    if tune_kernels:
+        return "tune_kernels tunes torch.compile's kernels: it needs compile"
+    return None
+
+
 def compile_options(
     *, autotune: bool, cuda_graphs: bool, force_layout_opt: bool, tune_kernels: bool = False
 ) -> dict[str, Any]:

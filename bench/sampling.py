@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from bench.compile_mode import compile_options, quiet_known_compile_warnings
+from bench.compile_mode import compile_only_switch_error, compile_options, quiet_known_compile_warnings
 from bench.groupnorm import use_group_norm_by_views
 from bench.guidance import check_interval, in_interval
 from bench.noise import check_schedule_compatible
@@ -104,10 +104,11 @@ class SamplingOptions:
         if cuda_graphs and not cuda:
             raise SamplingOptionsError("cuda_graphs needs a CUDA device")
         channels_last = True if self.channels_last is None else self.channels_last
-        if self.autotune and not compile_:
-            raise SamplingOptionsError("autotune is a torch.compile mode: it needs compile")
-        if self.tune_kernels and not compile_:
-            raise SamplingOptionsError("tune_kernels tunes torch.compile's kernels: it needs compile")
+        error = compile_only_switch_error(
+            compile_, autotune=bool(self.autotune), tune_kernels=bool(self.tune_kernels)
+        )
+        if error:
+            raise SamplingOptionsError(error)
         return SamplingOptions(
             dtype=dtype,
             channels_last=channels_last,

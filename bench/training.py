@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from bench.atomic import atomic_write_text
 from bench.checkpoints import CheckpointError, load_checkpoint, save_checkpoint, unwrap_model
-from bench.compile_mode import compile_options, quiet_known_compile_warnings
+from bench.compile_mode import compile_only_switch_error, compile_options, quiet_known_compile_warnings
 from bench.distributed import accelerate_cpu
 from bench.distributed import launched as _under_accelerate
 from bench.groupnorm import use_group_norm
@@ -300,10 +300,11 @@ class _Trainer:
         self.bf16 = cuda if config.bf16 is None else config.bf16
         self.channels_last = cuda if config.channels_last is None else config.channels_last
         self.use_compile = cuda if config.compile is None else config.compile
-        if config.autotune and not self.use_compile:
-            raise TrainingError("autotune is a torch.compile mode: it needs compile")
-        if config.tune_kernels and not self.use_compile:
-            raise TrainingError("tune_kernels tunes torch.compile's kernels: it needs compile")
+        error = compile_only_switch_error(
+            self.use_compile, autotune=config.autotune, tune_kernels=config.tune_kernels
+        )
+        if error:
+            raise TrainingError(error)
         self.cuda_graphs = resolve_cuda_graphs(
             config.cuda_graphs,
             compiled=self.use_compile,
