@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything the project trains and times on GPUs, in one go, on a machine with 1-4 CUDA GPUs; the
-# jobs below a GPU count the machine lacks are left out, one job per GPU. Session-13 layout (session-10
-# trainings; GPU 3 times sampling with and without kernel tuning), written
+# jobs below a GPU count the machine lacks are left out, one job per GPU. Session-14 layout (session-10
+# trainings; GPU 3 runs scripts/gpu_speed.sh), written
 # after session 9's results (session 9 ran this script at commit 8e83a5a, on 4 GPUs; session 11 ran
 # this layout at commit cde7884 on 2 GPUs for 18 minutes and lost the machine before the judging):
 #   GPU 0: ddpm-unet `seed`, the recipe session 9 chose with a higher lr (v-prediction, Min-SNR-5
@@ -10,7 +10,7 @@
 #          and Inductor's layout forced onto the backward graph (both `bench train` defaults on one GPU)
 #   GPU 1 (2+ GPUs): ddpm-unet `seed`, the reference recipe (same wall time)
 #   GPU 2 (3+ GPUs): `seed`, session 9's chosen recipe (lr 5e-4), now with the forced layout
-#   GPU 3 (4 GPUs): sampling speed of the fast path with and without --tune-kernels
+#   GPU 3 (4 GPUs): the speed measurements of scripts/gpu_speed.sh
 # then samples + judges every `seed` model with the shipped judge at 100 and 25 DDPM steps, on
 # test, new_test and the two validation condition sets of session 7 (the choice is made on those).
 # Earlier sessions' versions of this script (TRAINING.md names the commits) trained the judge, the
@@ -63,20 +63,13 @@ if [ "$NGPU" -ge 3 ]; then
   EVAL_RUNS+=(seed-lr5e-4:2)
 fi
 
-# Sampling speed on GPU 3 (the other GPUs train meanwhile): the fast path with and without
-# --tune-kernels (Inductor's coordinate-descent tuning; session 12 saw 50.7 ms per step at batch 512
-# on an H200 but lost its baseline's line), compiled side by side and timed one after the other at
-# batch 512 (20 steps), then the 100-step suite at bench run's chunk of 256 with the reference loop
-# as its baseline.
+# Speed on GPU 3 (the other GPUs train meanwhile): scripts/gpu_speed.sh's stages, one after
+# another, until the judging below ends (the training default beside eager and beside the GroupNorm
+# variants; sampling with and without --tune-kernels at batch 512; the 100-step suite with the
+# reference loop; the tuned training).
 SPEED=
 if [ "$NGPU" -ge 4 ]; then
-  (
-    export CUDA_VISIBLE_DEVICES=3
-    cd "$REPO"
-    bash scripts/tuning_pair.sh "$OUT/speed-sample/pair-b512" 512 20
-    BENCH_SPEED_MODES=reference,graphs,graphs-tuned BENCH_SPEED_BATCH=256 \
-        BENCH_SPEED_K="sampling and gpu" bash scripts/speed.sh "$OUT/speed-sample/suite-b256"
-  ) > "$OUT/speed.log" 2>&1 &
+  CUDA_VISIBLE_DEVICES=3 NO_BUNDLE=1 bash "$REPO/scripts/gpu_speed.sh" "$OUT/speed" 512 > "$OUT/speed.log" 2>&1 &
   SPEED=$!
 fi
 
@@ -109,7 +102,8 @@ echo "$(date +%T) evaluations done"
 tail -n 12 "$OUT"/run-*.log
 # The speed suite gets until then; what it has not finished is stopped and left out.
 if [ -n "$SPEED" ] && kill -0 "$SPEED" 2>/dev/null; then
-  kill "$SPEED"; pkill -f 'pytest benchmarks/|scripts/profile_(training|sampling)\.py'
+  kill "$SPEED"  # first, so that it starts no further stage
+  pkill -f 'scripts/(speed|tuning_pair)\.sh|pytest benchmarks/|scripts/profile_(training|sampling)\.py'
   echo "$(date +%T) speed suite stopped unfinished"
 fi
 [ -f "$OUT/speed.log" ] && tail -n 30 "$OUT/speed.log"

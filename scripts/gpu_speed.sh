@@ -12,7 +12,8 @@
 #   4. training with --tune-kernels (coordinate-descent tuning), loss curve checked: its compile is
 #      the longest (over 9 minutes in session 14), so it comes last
 # Usage: scripts/gpu_speed.sh OUT_DIR [BATCH (512)]
-# Writes OUT_DIR/DONE when finished and OUT_DIR.bundle/ (scripts/bundle_results.sh); logs are
+# Writes OUT_DIR/DONE when finished and OUT_DIR.bundle/ (scripts/bundle_results.sh; not with
+# NO_BUNDLE=1); logs are
 # OUT_DIR/*.log. Run it in the background and follow it with scripts/gpu_wait.sh OUT_DIR DEST.
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_speed.sh OUT_DIR [BATCH]}
@@ -38,5 +39,6 @@ stage sample-suite 420 env BENCH_SPEED_MODES=reference,graphs,graphs-tuned BENCH
 # Last: session 14's tuned training compile had not reached its timed steps after 540 s.
 stage train-tuned 1200 env BENCH_TRAIN_MODES=compile-graphs-tuned BENCH_TRAIN_BATCH=256 \
     BENCH_SPEED_K=test_training_gpu bash scripts/speed.sh "$OUT/train-tuned"
-bash scripts/bundle_results.sh "$OUT" "$OUT.bundle"
+# NO_BUNDLE=1 (scripts/gpu_campaign.sh, which bundles its whole folder): no bundle of its own.
+[ "${NO_BUNDLE:-0}" = 1 ] || bash scripts/bundle_results.sh "$OUT" "$OUT.bundle"
 touch "$OUT/DONE"
