@@ -153,8 +153,9 @@ def _bool_flag(name: str, help: str):
 @_bool_flag("autotune", "torch.compile max-autotune: minutes of compile per shape (default off).")
 @_bool_flag(
     "tune-kernels",
-    "Inductor's coordinate-descent tuning of its kernels: minutes more compile per shape, cached "
-    "on disk (default off).",
+    "Inductor's coordinate-descent tuning of its kernels (default off): 1.12x the sampling speed of "
+    "the `seed` preset on an H100 (95.4 against 85.4 images/s at batch 512), for 205 s of compile "
+    "per shape against 47 s; cached on disk, so it pays for large jobs and later runs.",
 )
 @_bool_flag("group-norm-by-views", _GROUP_NORM_BY_VIEWS_HELP)
 @click.option(
