@@ -144,7 +144,10 @@ def _bool_flag(name: str, help: str):
 )
 @click.option("--device", default="auto", show_default=True)
 @click.option(
-    "--dtype", type=click.Choice(["bf16", "fp32"]), default=None, help="Default: bf16 on CUDA, fp32 on CPU."
+    "--dtype",
+    type=click.Choice(["bf16", "fp32"]),
+    default=None,
+    help="Default: bf16 autocast on CUDA and on CPUs with AMX, else fp32.",
 )
 @_bool_flag("compile", "torch.compile the model (default on CUDA).")
 @_bool_flag("cuda-graphs", "CUDA graphs for the step loop (default on CUDA).")

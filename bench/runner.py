@@ -52,7 +52,7 @@ class RunConfig:
     ref_n: int = 500
     batch_size: int | None = None
     device: str = "auto"
-    dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
+    dtype: str | None = None  # None: bf16 on CUDA and on CPUs with AMX, else fp32
     compile: bool | None = None
     cuda_graphs: bool | None = None
     channels_last: bool | None = None

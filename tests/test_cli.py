@@ -472,7 +472,7 @@ def test_group_norm_by_views_reaches_sampling_and_training(runner, tmp_path) -> 
     grids = {}
     for name, extra in [("native", []), ("views", ["--group-norm-by-views"])]:
         out = tmp_path / name
-        result = tiny_run(runner, "--scheduler", "ddim", "--steps", "2", "--no-denoising-figure",
+        result = tiny_run(runner, "--scheduler", "ddim", "--steps", "2", "--no-denoising-figure", "--dtype", "fp32",
                           "--evaluators", "none", "--conditions", str(conditions), "--out", str(out), *extra)  # fmt: skip
         assert result.exit_code == 0, result.output
         rows, _ = _rows_and_config(out)

@@ -7,7 +7,7 @@ import torch
 
 from bench.noise import ScheduleMismatchError, check_schedule_compatible, noise_config
 from bench.plugins import get, get_plugins
-from bench.sampling import SamplingOptions, plain_reference_loop, sample
+from bench.sampling import SamplingOptions, cpu_has_bf16_matmul, plain_reference_loop, sample
 from bench_builtins.models.ddpm_unet import make_ddpm_unet
 
 torch.set_num_threads(1)
@@ -213,7 +213,8 @@ def test_noise_config_needs_a_schedule() -> None:
     assert noise_config("cosine", 100)["num_train_timesteps"] == 100
 
 
-def test_options_resolve_per_device() -> None:
+def test_options_resolve_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     cpu = SamplingOptions().resolved("cpu")
     assert cpu.dtype == "fp32" and not cpu.compile and not cpu.cuda_graphs and cpu.batch_size == 32
     assert SamplingOptions().resolved("cpu", guided=True).batch_size == 16  # guidance doubles the batch
@@ -224,6 +225,19 @@ def test_options_resolve_per_device() -> None:
         SamplingOptions(dtype="fp16").resolved("cpu")
     with pytest.raises(ValueError, match="CUDA"):
         SamplingOptions(cuda_graphs=True, compile=True).resolved("cpu")
+
+
+def test_cpu_dtype_default_follows_bf16_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 autocast by default only where the CPU has AMX; --dtype always wins; CUDA is bf16."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert SamplingOptions().resolved("cpu").dtype == "bf16"
+    assert SamplingOptions(dtype="fp32").resolved("cpu").dtype == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert SamplingOptions().resolved("cpu").dtype == "fp32"
+    assert SamplingOptions(dtype="bf16").resolved("cpu").dtype == "bf16"
+    assert SamplingOptions(compile=False).resolved("cuda").dtype == "bf16"
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a torch without the private check
+    assert cpu_has_bf16_matmul() is False
 
 
 def test_images_grid_and_strip(tmp_path, model: torch.nn.Module, cosine: dict) -> None:
@@ -420,10 +434,18 @@ def test_group_norm_by_views_samples_the_same_images_and_switches_back(
 
     kwargs = dict(train_config=cosine, steps=3, guidance=2.0, seed=4)
     plain = sample(
-        model, "cosine", conditions(3), options=SamplingOptions(group_norm_by_views=False), **kwargs
+        model,
+        "cosine",
+        conditions(3),
+        options=SamplingOptions(dtype="fp32", group_norm_by_views=False),
+        **kwargs,
     )
     views = sample(
-        model, "cosine", conditions(3), options=SamplingOptions(group_norm_by_views=True), **kwargs
+        model,
+        "cosine",
+        conditions(3),
+        options=SamplingOptions(dtype="fp32", group_norm_by_views=True),
+        **kwargs,
     )
     norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
     assert norms and all(type(m) is GroupNormByViews for m in norms)
