@@ -514,3 +514,20 @@ def test_train_cosine_lr_schedule_decays_to_zero_at_the_last_step(runner, tmp_pa
     rows = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 4
     assert rows[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # constant would log 2e-4 here
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_cpu_run_says_when_it_chose_bf16(runner: CliRunner, tmp_path, monkeypatch, amx: bool) -> None:
+    """With AMX the CPU default is bf16 autocast, and the run says so (the images differ from a CPU
+    without it); an explicit --dtype is taken as it is, without the line."""
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    for extra in ([], ["--dtype", "fp32"]):
+        out = tmp_path / f"run{len(extra)}"
+        result = tiny_run(runner, "--steps", "2", "--no-denoising-figure", "--out", str(out), *extra)
+        assert result.exit_code == 0, result.output
+        rows, _ = _rows_and_config(out)
+        chosen = "bf16" if amx and not extra else "fp32"
+        assert {r["speed"]["dtype"] for r in rows} == {chosen}
+        assert ("bf16 autocast: this CPU has AMX" in result.output) == (chosen == "bf16")
