@@ -53,9 +53,10 @@ _DETERMINISTIC = {
 def cpu_has_bf16_matmul() -> bool:
     """Whether this CPU has AMX tiles, which oneDNN uses for bf16 convolutions and matmuls.
 
-    There bf16 autocast samples the shipped `small` model 2.1x faster than fp32 (0.88 against
-    0.42 images/s on this project's 2-core machine, same accuracy over 4 seeds; BENCHMARKS.md).
-    Without AMX (AVX-512 BF16 alone) it was no faster, so fp32 stays the default there.
+    There bf16 autocast samples the shipped `small` model 1.6x faster than fp32 (0.82 against
+    0.51 images/s over 4 seeds, one after the other on this project's 2-core machine), with the
+    same accuracy within a seed's spread (BENCHMARKS.md). Without AMX (AVX-512 BF16 alone) it
+    was no faster, so fp32 stays the default there.
     """
     is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, so looked up with care
     try:
