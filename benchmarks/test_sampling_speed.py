@@ -1,7 +1,7 @@
 """Sampling throughput: every scheduler on the CPU (tiny preset), and the fast path on the GPU.
 
-CPU: ``tiny`` UNet (random weights), each scheduler at each step count, fp32 + channels_last
-(the CPU default of ``SamplingOptions``).
+CPU: ``tiny`` UNet (random weights), each scheduler at each step count, with the CPU default of
+``SamplingOptions``: channels_last, and bf16 autocast on a CPU with AMX, else fp32.
 GPU: the ``seed`` preset (113.7 M parameters, 31 GFLOP per image per forward) at 100 cosine
 steps, from the one-image-at-a-time reference loop to bf16 + channels_last + compile + CUDA
 graphs, with the fraction of the card's dense bf16 peak each variant reaches.
@@ -81,7 +81,7 @@ def test_sampling_cpu_tiny(
     benchmark: Any, tiny_cpu: torch.nn.Module, cosine_noise: dict, scheduler: str, steps: int
 ) -> None:
     conds = make_conditions(CPU_BATCH)
-    options = SamplingOptions(batch_size=CPU_BATCH).resolved("cpu")
+    options = SamplingOptions(batch_size=CPU_BATCH).resolved("cpu")  # the CPU default: bf16 with AMX
     run = RoundLog(
         lambda: sample(
             tiny_cpu, scheduler, conds, train_config=cosine_noise, steps=steps, device="cpu", options=options
@@ -92,11 +92,11 @@ def test_sampling_cpu_tiny(
         benchmark,
         run.results,
         preset="tiny",
-        variant=f"fp32+cl b{CPU_BATCH}",
+        variant=f"{options.dtype}+cl b{CPU_BATCH}",
         device="cpu",
         compile_=False,
         cuda_graphs=False,
-        dtype="fp32",
+        dtype=options.dtype,
         batch_size=CPU_BATCH,
     )
     info["threads"] = torch.get_num_threads()
