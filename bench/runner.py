@@ -52,7 +52,7 @@ class RunConfig:
     ref_n: int = 500
     batch_size: int | None = None
     device: str = "auto"
-    dtype: str | None = None  # None: bf16 on CUDA and on CPUs with AMX, else fp32
+    dtype: str | None = None  # None: the device's default (SamplingOptions.resolved)
     compile: bool | None = None
     cuda_graphs: bool | None = None
     channels_last: bool | None = None

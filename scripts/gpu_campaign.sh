@@ -64,9 +64,9 @@ if [ "$NGPU" -ge 3 ]; then
 fi
 
 # Speed on GPU 3 (the other GPUs train meanwhile): scripts/gpu_speed.sh's stages, one after
-# another, until the judging below ends (the training default beside eager and beside the GroupNorm
-# variants; sampling with and without --tune-kernels at batch 512; the 100-step suite with the
-# reference loop; the tuned training).
+# another, until the judging below ends (the training default beside eager; sampling with and
+# without --tune-kernels at batch 512; the 100-step suite with the reference loop; the tuned
+# training).
 SPEED=
 if [ "$NGPU" -ge 4 ]; then
   CUDA_VISIBLE_DEVICES=3 NO_BUNDLE=1 bash "$REPO/scripts/gpu_speed.sh" "$OUT/speed" 512 > "$OUT/speed.log" 2>&1 &
