@@ -236,8 +236,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     )
 
 
-def build_model(model_name: str, model_config: dict[str, Any]) -> Any:
-    """Build a registered model from its stored config, with a clear error for unknown names."""
+def build_model(model_name: str, model_config: dict[str, Any], *, source: str = "the checkpoint") -> Any:
+    """Build a registered model from its stored config, with a clear error for unknown names;
+    ``source`` names where the config came from in that error."""
     from bench.plugins import get
     from bench.registry import RegistryError
 
@@ -245,14 +246,12 @@ def build_model(model_name: str, model_config: dict[str, Any]) -> Any:
         factory = get("models", model_name).factory
     except RegistryError as error:
         raise CheckpointError(
-            f"the checkpoint needs model {model_name!r}, which no installed plugin provides: {error}"
+            f"{source} needs model {model_name!r}, which no installed plugin provides: {error}"
         ) from error
     try:
         return factory(**model_config)
     except (TypeError, ValueError) as error:
-        raise CheckpointError(
-            f"the checkpoint's config for model {model_name!r} is invalid: {error}"
-        ) from error
+        raise CheckpointError(f"{source}: the config for model {model_name!r} is invalid: {error}") from error
 
 
 def state_dict_mismatch(expected: dict[str, Any], state: dict[str, Any]) -> list[str]:

@@ -54,7 +54,7 @@ def register_schedulers(register: Register) -> None:
     diffusers config keys it fixes (e.g. ``{"beta_schedule": "squaredcos_cap_v2"}``).
     ``bench train --scheduler NAME`` trains with that schedule, and ``bench run`` refuses to
     sample a checkpoint trained with another schedule unless ``--allow-schedule-mismatch``.
-    A factory may set ``factory.default_steps`` (int) for its default number of steps.
+    A factory may set ``factory.default_steps`` (int) for its default number of steps (else 50).
     """
 
 

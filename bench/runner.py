@@ -7,6 +7,7 @@ its metadata: guidance and guidance interval), else 1 (off)."""
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import traceback
 from dataclasses import asdict, dataclass, field, replace
@@ -89,9 +90,18 @@ def _condition_sets(config: RunConfig, labels: list[str]) -> list[ConditionSet]:
     return sets
 
 
-def _check_names(config: RunConfig, plugins: Plugins) -> None:
-    """Resolve every plugin name the run asks for: a misspelt one fails at once, with its close
-    matches, not after the weights load, the FID reference renders and the other cells sample."""
+def _check_request(config: RunConfig, plugins: Plugins) -> None:
+    """Check what the run asks for before any work: a misspelt plugin name fails at once, with its
+    close matches, and so do step counts and guidance scales that mean nothing, not after the
+    weights load, the FID reference renders and the other cells sample."""
+    bad_steps = [s for s in config.steps if s is not None and s < 1]
+    if bad_steps:
+        raise RunError(f"steps must be at least 1, got {bad_steps[0]}")
+    bad_guidance = [g for g in config.guidance or [] if not math.isfinite(g) or g < 0]
+    if bad_guidance:
+        raise RunError(
+            f"guidance {bad_guidance[0]:g} is not a scale: use 0 or more (1 means off, 3-5 is typical)"
+        )
     for kind, names in (
         ("models", [config.model]),
         ("schedulers", config.schedulers),
@@ -248,7 +258,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     from bench.sampling import SamplingOptions, resolve_steps
 
     plugins = plugins or get_plugins()
-    _check_names(config, plugins)
+    _check_request(config, plugins)
     device = resolve_device(config.device)
     rank, size = world(device)
     device = process_device(device)
@@ -411,6 +421,7 @@ def _warm_up(ctx: _Run) -> None:
 def _run_cell(ctx: _Run, scheduler_name: str, steps: int | None, guidance: float, seed: int) -> list[Row]:
     """One cell: sample every condition set at once, then save, time and judge each set."""
     from bench.images import save_grid, save_images
+    from bench.sampling import resolve_steps
 
     config, rows = ctx.config, []
     interval = _interval(ctx, guidance)
@@ -425,7 +436,7 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int | None, guidance: float
     )
     try:
         entry = ctx.plugins.registry("schedulers").get(scheduler_name)
-        steps = steps or getattr(entry.factory, "default_steps", None) or 100
+        steps = resolve_steps(entry.factory, steps)
         base["steps"] = steps
         result = _sample_all(
             ctx,

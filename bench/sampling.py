@@ -202,7 +202,11 @@ def _resolve_factory(scheduler: str | Callable) -> tuple[str, Callable]:
 
 def resolve_steps(scheduler: str | Callable, steps: int | None = None) -> int:
     """``steps``, or the scheduler's ``default_steps`` when not given (else 50)."""
-    return int(steps or getattr(_resolve_factory(scheduler)[1], "default_steps", 50))
+    if steps is None:
+        return int(getattr(_resolve_factory(scheduler)[1], "default_steps", 50))
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    return int(steps)
 
 
 def _compiled(model: torch.nn.Module, options: dict[str, Any], variant: str = "") -> Callable:

@@ -318,13 +318,6 @@ class _Trainer:
                 f"use a multiple of {self.world}"
             )
         self.local_batch = config.batch_size // self.world
-        self.data = _Data(dataset, self.device)
-        if self.data.n < config.batch_size:
-            raise TrainingError(
-                f"the dataset has {self.data.n} images, fewer than one batch ({config.batch_size}); "
-                "use a smaller --batch-size"
-            )
-        self.steps_per_epoch = self.data.n // config.batch_size  # the last partial batch is dropped
         self.noise_config = noise_config(
             config.scheduler, config.num_train_timesteps, prediction_type=config.prediction_type
         )
@@ -340,8 +333,19 @@ class _Trainer:
         )
 
         torch.manual_seed(_mix(config.seed, 0x1417))  # the initial weights: same on every process
-        self.model = build_model(config.model, {"preset": config.preset, **config.model_options})
+        self.model = build_model(
+            config.model, {"preset": config.preset, **config.model_options}, source="the training config"
+        )
         self.model_config = dict(self.model.config)
+        # Only now the data: a misspelt --model, --preset or --scheduler above fails before the
+        # dataset renders or loads (minutes for the synthetic set).
+        self.data = _Data(dataset, self.device)
+        if self.data.n < config.batch_size:
+            raise TrainingError(
+                f"the dataset has {self.data.n} images, fewer than one batch ({config.batch_size}); "
+                "use a smaller --batch-size"
+            )
+        self.steps_per_epoch = self.data.n // config.batch_size  # the last partial batch is dropped
         if config.init_from and not config.resume:
             from bench.checkpoints import load_model, load_state_checked
 

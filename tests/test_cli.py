@@ -137,6 +137,25 @@ def test_unknown_plugin_name_fails_before_any_work(runner, tmp_path) -> None:
         assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--steps", "25,0", "steps must be at least 1, got 0"),
+        ("--guidance", "5,-1", "guidance -1 is not a scale"),
+        ("--guidance", "nan", "guidance nan is not a scale"),
+    ],
+)
+def test_meaningless_steps_or_guidance_fail_before_any_work(runner, tmp_path, option, value, message) -> None:
+    # Step 0 once fell back to the scheduler's default and ran 100 steps under the label "0".
+    out = tmp_path / "o"
+    result = runner.invoke(
+        cli.main, ["run", option, value, "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(out)]
+    )
+    assert result.exit_code != 0
+    assert message in result.output and "does not exist" not in result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
 def test_a_failing_cell_records_its_error_and_the_rest_run(runner, tmp_path, monkeypatch) -> None:
     from bench import sampling
 

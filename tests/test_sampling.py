@@ -7,7 +7,7 @@ import torch
 
 from bench.noise import ScheduleMismatchError, check_schedule_compatible, noise_config
 from bench.plugins import get, get_plugins
-from bench.sampling import SamplingOptions, cpu_has_bf16_matmul, plain_reference_loop, sample
+from bench.sampling import SamplingOptions, cpu_has_bf16_matmul, plain_reference_loop, resolve_steps, sample
 from bench_builtins.models.ddpm_unet import make_ddpm_unet
 
 torch.set_num_threads(1)
@@ -456,3 +456,13 @@ def test_group_norm_by_views_samples_the_same_images_and_switches_back(
     assert diff.mean() < 1e-4 and diff.max() < 2e-2
     sample(model, "cosine", conditions(1), options=SamplingOptions(), **kwargs)  # default: off
     assert all(type(m) is nn.GroupNorm for m in norms)
+
+
+def test_steps_default_to_the_schedulers_and_zero_is_refused() -> None:
+    def no_default(**_):  # a scheduler plugin that names no default_steps
+        raise AssertionError("not called")
+
+    assert resolve_steps("cosine") == 100 and resolve_steps("ddim") == 50 and resolve_steps(no_default) == 50
+    assert resolve_steps("cosine", 7) == 7
+    with pytest.raises(ValueError, match="steps must be at least 1, got 0"):
+        resolve_steps("cosine", 0)

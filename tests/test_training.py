@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from bench import training
-from bench.checkpoints import load_checkpoint
+from bench.checkpoints import CheckpointError, load_checkpoint
+from bench.registry import RegistryError
 from bench.training import RECIPES, TrainConfig, TrainingError, measure_throughput, train
 from bench_builtins.datasets.base import ImageConditionDataset
 
@@ -406,6 +407,31 @@ def test_loss_target_follows_the_prediction_type(tmp_path: Path, prediction_type
 def test_unknown_prediction_type_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="prediction type must be one of"):
         training._Trainer(config(tmp_path, prediction_type="x0"), dataset(8))
+
+
+class _UntouchableDataset:
+    """Fails a test that reads it: the synthetic set renders for minutes on first read."""
+
+    def __len__(self) -> int:
+        raise AssertionError("the dataset was read before the config was checked")
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"the dataset's {name} was read before the config was checked")
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        ({"preset": "huge"}, CheckpointError, "the training config: .*unknown ddpm-unet preset 'huge'"),
+        ({"model": "nope"}, CheckpointError, "the training config needs model 'nope'"),
+        ({"scheduler": "cosinee"}, RegistryError, "unknown scheduler 'cosinee'"),
+    ],
+)
+def test_misspelt_model_or_schedule_fails_before_the_data_is_read(
+    tmp_path: Path, overrides, error, message
+) -> None:
+    with pytest.raises(error, match=message):
+        training._Trainer(config(tmp_path, **overrides), _UntouchableDataset())
 
 
 def test_resume_with_another_prediction_target_is_refused(tmp_path: Path) -> None:
