@@ -115,6 +115,51 @@ class TrainConfig:
             )
         return cls(**data)
 
+    def check(self) -> None:
+        """Refuse values that cannot train, naming the `bench train` option, before any work."""
+
+        def positive(value: float | None) -> bool:
+            return value is None or (math.isfinite(value) and value > 0)
+
+        problems = [
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (math.isfinite(self.lr) and self.lr >= 0, f"--lr must be a number, 0 or more, got {self.lr}"),
+            (self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (
+                self.max_steps is None or self.max_steps >= 1,
+                f"--max-steps must be at least 1, got {self.max_steps}",
+            ),
+            (positive(self.max_minutes), f"--max-minutes must be more than 0, got {self.max_minutes}"),
+            (self.warmup_steps >= 0, f"--warmup-steps must be 0 or more, got {self.warmup_steps}"),
+            (
+                self.num_train_timesteps >= 2,
+                f"--timesteps must be at least 2, got {self.num_train_timesteps}",
+            ),
+            (
+                self.ema_decay is None or 0 <= self.ema_decay < 1,
+                f"--ema must be in [0, 1) (0: no EMA; 0.999 typical), got {self.ema_decay}",
+            ),
+            (
+                0 <= self.cond_drop_prob < 1,
+                f"--cond-drop must be in [0, 1) (0.1 typical), got {self.cond_drop_prob}",
+            ),
+            (
+                self.min_snr_gamma is None or self.min_snr_gamma >= 0,
+                f"--min-snr-gamma must be 0 (off) or more, got {self.min_snr_gamma}",
+            ),
+            (positive(self.grad_clip), f"the gradient clip must be a positive number, got {self.grad_clip}"),
+            (self.weight_decay >= 0, f"the weight decay must be 0 or more, got {self.weight_decay}"),
+            (
+                self.checkpoint_every >= 0,
+                f"--checkpoint-every must be 0 (only at the end) or more, got {self.checkpoint_every}",
+            ),
+            (self.log_every >= 1, f"log_every must be at least 1, got {self.log_every}"),
+            (self.num_workers >= 0, f"num_workers must be 0 or more, got {self.num_workers}"),
+        ]
+        for ok, message in problems:
+            if not ok:
+                raise TrainingError(message)
+
     @classmethod
     def from_recipe(cls, name: str = "default", **overrides: Any) -> TrainConfig:
         """A named recipe (``reference``, ``default``) with ``overrides`` applied."""
@@ -283,6 +328,7 @@ class _Trainer:
     def __init__(self, config: TrainConfig, dataset: Any, accelerator: Any | None = None) -> None:
         from bench.checkpoints import build_model
 
+        config.check()
         self.config = config
         if accelerator is None and _under_accelerate():
             from accelerate import Accelerator
@@ -535,7 +581,7 @@ class _Trainer:
         if ckpt.model_config != self.model_config:
             raise TrainingError(
                 f"cannot resume from {path}: it holds model config {ckpt.model_config}, but this run builds "
-                f"{self.model_config}; resume with the same --preset/options or use another --out-dir"
+                f"{self.model_config}; resume with the same --preset/options or use another --out"
             )
         if ckpt.noise_config != self.noise_config:
             raise TrainingError(
@@ -598,17 +644,18 @@ def train(
     """
     out_dir = Path(config.out_dir)
     ckpt_dir = out_dir / CHECKPOINT_DIR
+    # Before the trainer reads the data and builds the model: these need neither.
+    if config.resume and not ckpt_dir.exists():
+        raise TrainingError(f"--resume: no checkpoint at {ckpt_dir}; start without --resume")
+    if not config.resume and ckpt_dir.exists():
+        raise TrainingError(
+            f"{ckpt_dir} already holds a checkpoint; pass --resume to continue it or choose another --out"
+        )
     trainer = _Trainer(config, dataset, accelerator)
     resumed_from = None
     if config.resume:
-        if not ckpt_dir.exists():
-            raise TrainingError(f"--resume: no checkpoint at {ckpt_dir}; start without --resume")
         trainer.restore(ckpt_dir)
         resumed_from = trainer.step
-    elif ckpt_dir.exists():
-        raise TrainingError(
-            f"{ckpt_dir} already holds a checkpoint; pass --resume to continue it or choose another --out-dir"
-        )
     log_path = out_dir / LOSS_LOG
     log_rows = _read_log(log_path, trainer.step) if config.resume else []
     if trainer.is_main:

@@ -409,6 +409,35 @@ def test_unknown_prediction_type_is_refused(tmp_path: Path) -> None:
         training._Trainer(config(tmp_path, prediction_type="x0"), dataset(8))
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"batch_size": 0}, "--batch-size must be at least 1, got 0"),
+        ({"batch_size": -4}, "--batch-size must be at least 1, got -4"),
+        ({"lr": -1.0}, "--lr must be a number, 0 or more"),
+        ({"lr": float("nan")}, "--lr must be a number, 0 or more"),
+        ({"max_steps": 0}, "--max-steps must be at least 1"),
+        ({"max_minutes": -1.0}, "--max-minutes must be more than 0"),
+        ({"ema_decay": 1.5}, r"--ema must be in \[0, 1\)"),
+        ({"cond_drop_prob": 1.0}, r"--cond-drop must be in \[0, 1\)"),
+        ({"num_train_timesteps": 0}, "--timesteps must be at least 2"),
+        ({"warmup_steps": -3}, "--warmup-steps must be 0 or more"),
+    ],
+)
+def test_values_that_cannot_train_are_refused_before_the_data_is_read(
+    tmp_path: Path, overrides, message
+) -> None:
+    # batch 0 was a ZeroDivisionError deep in the trainer; batch -4 hung; lr -1 was torch's error.
+    with pytest.raises(TrainingError, match=message):
+        train(config(tmp_path, **overrides), _UntouchableDataset(), show_progress=False)
+    assert not tmp_path.joinpath("checkpoint").exists()
+
+
+def test_every_recipe_passes_its_own_check() -> None:
+    for recipe in RECIPES.values():
+        recipe.check()
+
+
 class _UntouchableDataset:
     """Fails a test that reads it: the synthetic set renders for minutes on first read."""
 
