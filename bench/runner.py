@@ -75,6 +75,10 @@ def resolve_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise RunError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RunError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
     return device
@@ -97,6 +101,10 @@ def _check_request(config: RunConfig, plugins: Plugins) -> None:
     bad_steps = [s for s in config.steps if s is not None and s < 1]
     if bad_steps:
         raise RunError(f"steps must be at least 1, got {bad_steps[0]}")
+    if config.batch_size is not None and config.batch_size < 1:
+        raise RunError(f"--batch-size must be at least 1, got {config.batch_size}")
+    if config.ref_n < 2:  # FID's covariance needs two images at least
+        raise RunError(f"--ref-n must be at least 2, got {config.ref_n}")
     bad_guidance = [g for g in config.guidance or [] if not math.isfinite(g) or g < 0]
     if bad_guidance:
         raise RunError(

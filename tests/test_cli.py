@@ -143,9 +143,12 @@ def test_unknown_plugin_name_fails_before_any_work(runner, tmp_path) -> None:
         ("--steps", "25,0", "steps must be at least 1, got 0"),
         ("--guidance", "5,-1", "guidance -1 is not a scale"),
         ("--guidance", "nan", "guidance nan is not a scale"),
+        ("--batch-size", "0", "--batch-size must be at least 1, got 0"),
+        ("--ref-n", "0", "--ref-n must be at least 2, got 0"),
+        ("--device", "bogus", "--device 'bogus' is not a device"),
     ],
 )
-def test_meaningless_steps_or_guidance_fail_before_any_work(runner, tmp_path, option, value, message) -> None:
+def test_meaningless_values_fail_before_any_work(runner, tmp_path, option, value, message) -> None:
     # Step 0 once fell back to the scheduler's default and ran 100 steps under the label "0".
     out = tmp_path / "o"
     result = runner.invoke(
