@@ -9,6 +9,22 @@ from typing import Any
 # ---------------------------------------------------------------- fonts, ticks, labels (both plots)
 
 
+class PlotError(ValueError):
+    """A figure that cannot be written where it was asked for."""
+
+
+def save_figure(image: Any, out_path: str | Path) -> Path:
+    """Write ``image`` atomically (parent folders made), in the format its suffix names."""
+    from PIL import Image
+
+    from bench.atomic import atomic_write
+
+    image_format = Image.registered_extensions().get(Path(out_path).suffix.lower())
+    if image_format is None:
+        raise PlotError(f"{out_path}: not an image file name; end it with .png")
+    return atomic_write(out_path, lambda p: image.save(p, format=image_format))
+
+
 def _font(size: int):
     from PIL import ImageFont
 
@@ -159,8 +175,7 @@ def scatter_plot(
         msg = "no points: results need both acc and images/s"
         mw = draw.textlength(msg, font=font)
         draw.text(((width - mw) / 2, height / 2), msg, fill=(120, 120, 120), font=font)
-        image.save(out_path)
-        return Path(out_path)
+        return save_figure(image, out_path)
 
     xs = [p["x"] for p in pts]
     ys = [p["y"] for p in pts]
@@ -302,8 +317,7 @@ def scatter_plot(
         else:
             draw.ellipse((lx + 10, cy - 5, lx + 20, cy + 5), fill=color, outline="black")
         draw.text((lx + 28, cy - 8), name, fill="black", font=small)
-    image.save(out_path)
-    return Path(out_path)
+    return save_figure(image, out_path)
 
 
 # ---------------------------------------------------------------- line plot (loss curve)
@@ -326,8 +340,6 @@ def line_plot(
 
     from PIL import Image, ImageDraw
 
-    from bench.atomic import atomic_write
-
     points = [
         (float(x), float(y))
         for x, y in zip(xs, ys, strict=False)
@@ -347,7 +359,7 @@ def line_plot(
         draw.text(
             ((box[0] + box[2]) // 2, (box[1] + box[3]) // 2), "no data", fill="gray", font=font, anchor="mm"
         )
-        return atomic_write(out_path, lambda p: image.save(p, format="PNG"))
+        return save_figure(image, out_path)
 
     fy = math.log10 if log_y else (lambda v: v)
     x_lo, x_hi = min(p[0] for p in points), max(p[0] for p in points)
@@ -391,4 +403,4 @@ def line_plot(
     else:
         draw.line(pixels, fill=(31, 119, 180), width=2)
     draw.rectangle(box, outline="black")  # again: the grid lines drew over it
-    return atomic_write(out_path, lambda p: image.save(p, format="PNG"))
+    return save_figure(image, out_path)

@@ -257,6 +257,24 @@ def test_plot_png(results_file: Path, tmp_path: Path) -> None:
         assert image.format == "PNG" and image.size == (800, 600)
 
 
+def test_plot_goes_into_new_folders_in_the_format_its_name_asks(results_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "new" / "dir" / "pareto.jpg"  # the folders did not exist: a traceback once
+    render_report([results_file], "plain", plot=out)
+    with Image.open(out) as image:
+        assert image.format == "JPEG"
+    assert [p.name for p in out.parent.iterdir()] == ["pareto.jpg"]  # no temporary file left
+
+
+def test_plot_with_no_image_suffix_is_refused(results_file: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bench import cli
+
+    result = CliRunner().invoke(cli.main, ["report", str(results_file), "--plot", str(tmp_path / "pareto")])
+    assert result.exit_code == 2 and "not an image file name; end it with .png" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_html_is_one_page(results_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "report.html"
     text = render_report([results_file], "html", out=out)
