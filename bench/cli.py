@@ -166,6 +166,12 @@ def _bool_flag(name: str, help: str):
 )
 @click.option("--no-denoising-figure", is_flag=True, help="Skip the denoising-process figure.")
 @click.option("--out", "out_dir", default="runs/latest", show_default=True, help="Output folder.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Keep the finished cells of --out's results.json (same configuration, machine and code; the "
+    "matrix may grow, e.g. more --seeds) and sample only the others.",
+)
 def run_command(
     schedulers, steps, seeds, guidance, evaluators, condition_files, no_denoising_figure, **options
 ):

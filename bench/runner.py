@@ -19,6 +19,7 @@ from bench.distributed import barrier, finish, gather, process_device, shard, wo
 from bench.guidance import GuidanceIntervalError, check_interval, format_interval
 from bench.plugins import Plugins, get_plugins
 from bench.results import Row, RunResult, environment
+from bench.run_resume import finished_cells
 
 DENOISING_CONDITION = ["red sphere", "cyan cylinder", "cyan cube"]
 SHIPPED_CONDITIONS_DIR = Path(__file__).resolve().parent.parent / "plugins" / "bench_builtins" / "conditions"
@@ -65,6 +66,7 @@ class RunConfig:
     denoising_figure: bool = True
     save_images: bool = True
     out_dir: str = "runs/latest"
+    resume: bool = False  # keep the finished cells of out_dir's results.json (bench/run_resume.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -331,10 +333,24 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         seeds=list(config.seeds),
         environment=environment(device),
     )
-    _warm_up(ctx)
     cells = list(itertools.product(config.schedulers, config.steps, guidance.guidance, config.seeds))
+    keys = [(name, resolve_steps(name, steps), float(scale), seed) for name, steps, scale, seed in cells]
+    done = (
+        finished_cells(
+            ctx.out_dir / "results.json", result.config, result.environment, keys, [s.name for s in sets]
+        )
+        if config.resume
+        else {}
+    )
+    if done:
+        ctx.log(f"--resume: {len(done)} of {len(cells)} cells are in {ctx.out_dir / 'results.json'} already")
+    if len(done) < len(cells):
+        _warm_up(ctx)
     n = len(ctx.conditions)
-    for i, (scheduler_name, steps, scale, seed) in enumerate(cells):
+    for i, ((scheduler_name, steps, scale, seed), key) in enumerate(zip(cells, keys, strict=True)):
+        if key in done:
+            result.rows.extend(done[key])
+            continue
         interval = _interval(ctx, scale)
         ctx.log(
             f"[{i + 1}/{len(cells)}] sampling {n} images: {scheduler_name}, "

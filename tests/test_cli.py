@@ -184,6 +184,92 @@ def test_a_failing_cell_records_its_error_and_the_rest_run(runner, tmp_path, mon
     assert (out / ok[0]["grid"]).exists()
 
 
+def _count_cells(monkeypatch, fail_steps: int | None = None) -> list[int]:
+    """Patch sampling so each timed cell's call is counted (warm-up calls use 1 step) and cells
+    of ``fail_steps`` steps fail."""
+    from bench import sampling
+
+    real, calls = sampling.sample, []
+
+    def counted(*args, **kwargs):
+        if kwargs["steps"] != 1:
+            calls.append(kwargs["steps"])
+            if kwargs["steps"] == fail_steps:
+                raise RuntimeError("out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "sample", counted)
+    return calls
+
+
+def test_resume_keeps_finished_cells_and_samples_the_rest(runner, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "run"
+    args = ["--scheduler", "ddim", "--steps", "2", "--no-denoising-figure", "--out", str(out)]
+    calls = _count_cells(monkeypatch)
+    assert tiny_run(runner, *args, "--seeds", "0").exit_code == 0
+    first, _ = _rows_and_config(out)
+    result = tiny_run(runner, *args, "--seeds", "0-2", "--resume")  # the matrix grows by two seeds
+    assert result.exit_code == 0, result.output
+    assert "1 of 3 cells are in" in result.output
+    rows, config = _rows_and_config(out)
+    assert len(calls) == 3  # seed 0 once, then seeds 1 and 2
+    assert [r["seed"] for r in rows] == [0, 0, 1, 1, 2, 2] and config["seeds"] == [0, 1, 2]
+    assert rows[:2] == first  # kept as measured, not sampled again
+    assert tiny_run(runner, *args, "--seeds", "0-2", "--resume").exit_code == 0
+    assert len(calls) == 3 and _rows_and_config(out)[0] == rows  # nothing left to sample
+
+
+def test_resume_samples_failed_cells_again(runner, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "run"
+    args = [
+        "--scheduler",
+        "ddim",
+        "--steps",
+        "3,2",
+        "--seeds",
+        "0",
+        "--no-denoising-figure",
+        "--out",
+        str(out),
+    ]
+    calls = _count_cells(monkeypatch, fail_steps=3)
+    assert tiny_run(runner, *args).exit_code == 0
+    assert any(r["error"] for r in _rows_and_config(out)[0])
+    monkeypatch.undo()
+    calls = _count_cells(monkeypatch)
+    assert tiny_run(runner, *args, "--resume").exit_code == 0
+    assert calls == [3]
+    assert not any(r["error"] for r in _rows_and_config(out)[0])
+
+
+@pytest.mark.parametrize(
+    "second, message",
+    [
+        (["--seeds", "0", "--batch-size", "8"], "(batch_size, sampling differ)"),
+        (["--seeds", "1"], "holds 1 cell(s) this matrix leaves out (ddim 2 steps g1 seed 0)"),
+    ],
+)
+def test_resume_refuses_another_configuration(runner, tmp_path, second, message) -> None:
+    out = tmp_path / "run"
+    args = ["--scheduler", "ddim", "--steps", "2", "--no-denoising-figure", "--out", str(out)]
+    assert tiny_run(runner, *args, "--seeds", "0").exit_code == 0
+    before = (out / "results.json").read_text()
+    result = tiny_run(runner, *args, *second, "--resume")
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert (out / "results.json").read_text() == before
+
+
+def test_resume_refuses_a_file_from_another_machine(runner, tmp_path) -> None:
+    out = tmp_path / "run"
+    args = ["--scheduler", "ddim", "--steps", "2", "--seeds", "0", "--no-denoising-figure", "--out", str(out)]
+    assert tiny_run(runner, *args).exit_code == 0
+    data = json.loads((out / "results.json").read_text())
+    data["environment"]["cpu_threads"] += 1  # its speeds were measured with other threads
+    (out / "results.json").write_text(json.dumps(data))
+    result = tiny_run(runner, *args, "--resume")
+    assert result.exit_code == 2 and "(environment.cpu_threads differ)" in result.output
+
+
 def test_bad_condition_file_is_one_clear_line(runner, tmp_path) -> None:
     bad = tmp_path / "c.json"
     bad.write_text('[["red sphere", "purple dragon"]]')

@@ -1,0 +1,85 @@
+"""``bench run --resume``: keep the finished cells of an interrupted (or smaller) run.
+
+``bench run`` writes ``results.json`` after every cell. With ``--resume`` the cells already there
+are kept, not sampled again, when they were made by the same configuration on the same machine and
+code; the matrix (schedulers, steps, guidance, seeds) may grow, so more seeds can be added to a run.
+A cell that failed is sampled again. Anything else refuses, naming what differs, so that one
+results file never mixes two machines' speeds or two configurations' images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.results import ResultsError, Row, load_results
+
+CellKey = tuple[str, int, float, int]  # scheduler, steps, guidance, seed
+
+# What may differ between the run that wrote the file and the one resuming it: the matrix (each
+# row names its own cell) and where the folder was named from.
+_MATRIX_KEYS = frozenset({"schedulers", "steps", "seeds", "guidance", "guidance_from", "resume", "out_dir"})
+# What decides the speed and the images besides the configuration.
+_ENVIRONMENT_KEYS = ("device", "gpu", "gpu_count", "cpu_threads", "libraries")
+
+
+class ResumeError(Exception):
+    """The results file in --out was not written by this configuration, machine or code."""
+
+
+def cell_key(row: dict[str, Any]) -> CellKey:
+    return (row["scheduler"], int(row["steps"]), float(row["guidance"]), int(row["seed"]))
+
+
+def _as_json(value: Any) -> Any:
+    """Compare as the file stores it (tuples become lists)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], keys: Any) -> list[str]:
+    return sorted(k for k in keys if old.get(k) != new.get(k))
+
+
+def finished_cells(
+    path: Path,
+    config: dict[str, Any],
+    environment: dict[str, Any],
+    cells: list[CellKey],
+    set_names: list[str],
+) -> dict[CellKey, list[Row]]:
+    """The rows of every cell of ``cells`` that ``path`` holds finished (a row for each condition
+    set, none with an error); {} when there is no file. Raises ResumeError when the file's run
+    differs from this one in anything but its matrix, or holds cells this matrix leaves out."""
+    if not path.exists():
+        return {}
+    try:
+        old = load_results(path)
+    except ResultsError as error:
+        raise ResumeError(f"--resume: {error}; use another --out") from None
+    old_config, new_config = old.get("config", {}), _as_json(config)
+    differs = _differences(old_config, new_config, (set(old_config) | set(new_config)) - _MATRIX_KEYS)
+    old_env, new_env = old.get("environment", {}), _as_json(environment)
+    differs += [f"environment.{k}" for k in _differences(old_env, new_env, _ENVIRONMENT_KEYS)]
+    if old_env.get("git", {}).get("revision") != new_env.get("git", {}).get("revision"):
+        differs.append("environment.git.revision")
+    if differs:
+        raise ResumeError(
+            f"--resume: {path} was written by another configuration or machine "
+            f"({', '.join(differs)} differ); run without --resume to start over, or use another --out"
+        )
+    by_cell: dict[CellKey, list[dict[str, Any]]] = {}
+    for row in old.get("rows", []):
+        by_cell.setdefault(cell_key(row), []).append(row)
+    outside = sorted(set(by_cell) - set(cells))
+    if outside:
+        shown = ", ".join(f"{s} {n} steps g{g:g} seed {seed}" for s, n, g, seed in outside[:4])
+        raise ResumeError(
+            f"--resume: {path} holds {len(outside)} cell(s) this matrix leaves out ({shown}"
+            f"{' ...' if len(outside) > 4 else ''}); add them to the matrix or use another --out"
+        )
+    return {
+        key: [Row(**r) for r in rows]  # the same code wrote them (its git revision was compared)
+        for key, rows in by_cell.items()
+        if sorted(r["condition_set"] for r in rows) == sorted(set_names)
+        and all(r.get("error") is None for r in rows)
+    }
