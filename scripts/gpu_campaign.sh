@@ -11,8 +11,11 @@
 #   GPU 1 (2+ GPUs): ddpm-unet `seed`, the reference recipe (same wall time)
 #   GPU 2 (3+ GPUs): `seed`, session 9's chosen recipe (lr 5e-4), now with the forced layout
 #   GPU 3 (4 GPUs): the speed measurements of scripts/gpu_speed.sh
-# then samples + judges every `seed` model with the shipped judge at 100 and 25 DDPM steps, on
-# test, new_test and the two validation condition sets of session 7 (the choice is made on those).
+# then samples + judges every `seed` model with the shipped judge at 100 and 25 DDPM steps and
+# guidance 4, 5 and 6 (session 16's follow-ups read guidance 6 best on new_test), on test, new_test
+# and the two validation condition sets of session 7 (the choice is made on those). On one H100,
+# session 16 ran it at commit f5bab30 (guidance 4 and 5 only) with 14 training minutes in about
+# 1,210 s of a held machine.
 # Earlier sessions' versions of this script (TRAINING.md names the commits) trained the judge, the
 # shipped `small` model's four stages, and the cosine/linear and sampler comparisons.
 # Usage: scripts/gpu_campaign.sh OUT_DIR [TRAIN_MINUTES]
@@ -87,7 +90,7 @@ EVAL=()
 for run in "${EVAL_RUNS[@]}"; do
   name=${run%%:*}
   CUDA_VISIBLE_DEVICES=${run##*:} bench run --checkpoint "$OUT/$name/checkpoint" "${JUDGE[@]}" \
-      --scheduler cosine --steps 100,25 --seeds 0-4 --guidance 4,5 "${SETS[@]}" --out "$OUT/run-$name" \
+      --scheduler cosine --steps 100,25 --seeds 0-4 --guidance 4,5,6 "${SETS[@]}" --out "$OUT/run-$name" \
       > "$OUT/run-$name.log" 2>&1 &
   EVAL+=($!)
 done
