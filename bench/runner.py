@@ -102,7 +102,7 @@ def _check_request(config: RunConfig, plugins: Plugins) -> None:
     weights load, the FID reference renders and the other cells sample."""
     bad_steps = [s for s in config.steps if s is not None and s < 1]
     if bad_steps:
-        raise RunError(f"steps must be at least 1, got {bad_steps[0]}")
+        raise RunError(f"--steps must be at least 1, got {bad_steps[0]}")
     if config.batch_size is not None and config.batch_size < 1:
         raise RunError(f"--batch-size must be at least 1, got {config.batch_size}")
     if config.ref_n < 2:  # FID's covariance needs two images at least
@@ -110,7 +110,7 @@ def _check_request(config: RunConfig, plugins: Plugins) -> None:
     bad_guidance = [g for g in config.guidance or [] if not math.isfinite(g) or g < 0]
     if bad_guidance:
         raise RunError(
-            f"guidance {bad_guidance[0]:g} is not a scale: use 0 or more (1 means off, 3-5 is typical)"
+            f"--guidance {bad_guidance[0]:g} is not a scale: use 0 or more (1 means off, 3-5 is typical)"
         )
     for kind, names in (
         ("models", [config.model]),

@@ -202,9 +202,17 @@ def _count_cells(monkeypatch, fail_steps: int | None = None) -> list[int]:
     return calls
 
 
+def _two_conditions(tmp_path) -> list[str]:
+    """A condition set of two, so that each resume test samples a few images, not 64."""
+    path = tmp_path / "two.json"
+    path.write_text('[["red sphere"], ["blue cube", "green cylinder"]]')
+    return ["--conditions", str(path)]
+
+
 def test_resume_keeps_finished_cells_and_samples_the_rest(runner, tmp_path, monkeypatch) -> None:
     out = tmp_path / "run"
     args = ["--scheduler", "ddim", "--steps", "2", "--no-denoising-figure", "--out", str(out)]
+    args += _two_conditions(tmp_path)
     calls = _count_cells(monkeypatch)
     assert tiny_run(runner, *args, "--seeds", "0").exit_code == 0
     first, _ = _rows_and_config(out)
@@ -213,8 +221,8 @@ def test_resume_keeps_finished_cells_and_samples_the_rest(runner, tmp_path, monk
     assert "1 of 3 cells are in" in result.output
     rows, config = _rows_and_config(out)
     assert len(calls) == 3  # seed 0 once, then seeds 1 and 2
-    assert [r["seed"] for r in rows] == [0, 0, 1, 1, 2, 2] and config["seeds"] == [0, 1, 2]
-    assert rows[:2] == first  # kept as measured, not sampled again
+    assert [r["seed"] for r in rows] == [0, 1, 2] and config["seeds"] == [0, 1, 2]
+    assert rows[:1] == first  # kept as measured, not sampled again
     assert tiny_run(runner, *args, "--seeds", "0-2", "--resume").exit_code == 0
     assert len(calls) == 3 and _rows_and_config(out)[0] == rows  # nothing left to sample
 
@@ -232,6 +240,7 @@ def test_resume_samples_failed_cells_again(runner, tmp_path, monkeypatch) -> Non
         "--out",
         str(out),
     ]
+    args += _two_conditions(tmp_path)
     calls = _count_cells(monkeypatch, fail_steps=3)
     assert tiny_run(runner, *args).exit_code == 0
     assert any(r["error"] for r in _rows_and_config(out)[0])
@@ -252,6 +261,7 @@ def test_resume_samples_failed_cells_again(runner, tmp_path, monkeypatch) -> Non
 def test_resume_refuses_another_configuration(runner, tmp_path, second, message) -> None:
     out = tmp_path / "run"
     args = ["--scheduler", "ddim", "--steps", "2", "--no-denoising-figure", "--out", str(out)]
+    args += _two_conditions(tmp_path)
     assert tiny_run(runner, *args, "--seeds", "0").exit_code == 0
     before = (out / "results.json").read_text()
     result = tiny_run(runner, *args, *second, "--resume")
@@ -262,6 +272,7 @@ def test_resume_refuses_another_configuration(runner, tmp_path, second, message)
 def test_resume_refuses_a_file_from_another_machine(runner, tmp_path) -> None:
     out = tmp_path / "run"
     args = ["--scheduler", "ddim", "--steps", "2", "--seeds", "0", "--no-denoising-figure", "--out", str(out)]
+    args += _two_conditions(tmp_path)
     assert tiny_run(runner, *args).exit_code == 0
     data = json.loads((out / "results.json").read_text())
     data["environment"]["cpu_threads"] += 1  # its speeds were measured with other threads
