@@ -469,6 +469,13 @@ def train_command(recipe, data, data_root, scenes, **options) -> None:
             {k: str(v) if isinstance(v, Path) else v for k, v in vars(summary).items()}, indent=2, default=str
         )
     )
+    if summary.stopped_by == "interrupted":
+        click.echo(
+            f"interrupted at step {summary.steps}: checkpoint {summary.checkpoint}; the same command "
+            "with --resume goes on from it",
+            err=True,
+        )
+        raise SystemExit(130)  # the shell's code for a run ended by Ctrl-C
 
 
 @main.command("export")

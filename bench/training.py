@@ -33,6 +33,7 @@ from bench.compile_mode import compile_only_switch_error, compile_options, quiet
 from bench.distributed import accelerate_cpu
 from bench.distributed import launched as _under_accelerate
 from bench.groupnorm import use_group_norm
+from bench.interrupt import StopRequest
 from bench.noise import noise_config
 
 CHECKPOINT_DIR = "checkpoint"
@@ -225,7 +226,7 @@ class TrainSummary:
     loss_log: Path | None
     loss_plot: Path | None
     resumed_from_step: int | None = None
-    stopped_by: str = ""
+    stopped_by: str = ""  # "epochs/max_steps", "max_minutes" or "interrupted" (Ctrl-C, SIGTERM)
     is_main_process: bool = True  # False on the other processes of a multi-process run
     processes: int = 1
     # What the run resolved its device defaults to (config.json keeps None for "the default").
@@ -718,38 +719,45 @@ def train(
     if show_progress and trainer.is_main:
         iterator = progress(iterator, label="training", length=length, status=status)
     checkpoint_path: Path | None = ckpt_dir if ckpt_dir.exists() else None
-    try:
-        for _ in iterator:
-            if total is not None and trainer.step >= total:
-                break
+    # Ctrl-C or SIGTERM ends the run at the next step with its checkpoint written. One process
+    # only: under DDP each process would get the signal at its own step; there it stops as before.
+    stop = StopRequest("saving a checkpoint (--resume goes on from it)", enabled=trainer.world == 1)
+    with stop:
+        try:
+            for _ in iterator:
+                if stop.requested:
+                    stopped_by = "interrupted"
+                    break
+                if total is not None and trainer.step >= total:
+                    break
+                trainer.elapsed = elapsed_before + time.perf_counter() - run_start
+                if budget is not None and trainer.elapsed >= budget:
+                    stopped_by = "max_minutes"
+                    break
+                images, conds = next(batches)
+                loss_sum = loss_sum + trainer.train_step(images, conds)
+                loss_count += 1
+                rate.add(config.batch_size)
+                if trainer.step % config.log_every == 0:
+                    flush_log()
+                if config.checkpoint_every and trainer.step % config.checkpoint_every == 0:
+                    flush_log()  # never checkpoint NaN weights
+                    if trainer.is_main:
+                        checkpoint_path = trainer.save(ckpt_dir)
+                    if trainer.accelerator is not None:
+                        trainer.accelerator.wait_for_everyone()
+            flush_log()
+            stopped_by = stopped_by or ("epochs/max_steps" if total is not None else "")
             trainer.elapsed = elapsed_before + time.perf_counter() - run_start
-            if budget is not None and trainer.elapsed >= budget:
-                stopped_by = "max_minutes"
-                break
-            images, conds = next(batches)
-            loss_sum = loss_sum + trainer.train_step(images, conds)
-            loss_count += 1
-            rate.add(config.batch_size)
-            if trainer.step % config.log_every == 0:
-                flush_log()
-            if config.checkpoint_every and trainer.step % config.checkpoint_every == 0:
-                flush_log()  # never checkpoint NaN weights
-                if trainer.is_main:
-                    checkpoint_path = trainer.save(ckpt_dir)
-                if trainer.accelerator is not None:
-                    trainer.accelerator.wait_for_everyone()
-        flush_log()
-        stopped_by = stopped_by or ("epochs/max_steps" if total is not None else "")
-        trainer.elapsed = elapsed_before + time.perf_counter() - run_start
-        if trainer.is_main and (checkpoint_path is None or _checkpoint_step(ckpt_dir) != trainer.step):
-            checkpoint_path = trainer.save(ckpt_dir)
-        if trainer.accelerator is not None:
-            trainer.accelerator.wait_for_everyone()
-    except torch.cuda.OutOfMemoryError as error:
-        raise TrainingError(_oom_message(config)) from error
-    finally:
-        if log_file is not None:
-            log_file.close()
+            if trainer.is_main and (checkpoint_path is None or _checkpoint_step(ckpt_dir) != trainer.step):
+                checkpoint_path = trainer.save(ckpt_dir)
+            if trainer.accelerator is not None:
+                trainer.accelerator.wait_for_everyone()
+        except torch.cuda.OutOfMemoryError as error:
+            raise TrainingError(_oom_message(config)) from error
+        finally:
+            if log_file is not None:
+                log_file.close()
     plot_path = None
     if trainer.is_main and log_rows:
         from bench.plotting import line_plot

@@ -41,12 +41,12 @@ def test_config_file_sections_and_lists(tmp_path) -> None:
     assert read_config_file(path, "run") == {"seeds": "0-1", "scheduler": "cosine,ddim", "batch_size": 8}
 
 
-def _capture_train(monkeypatch) -> dict:
+def _capture_train(monkeypatch, stopped_by: str = "epochs/max_steps") -> dict:
     seen: dict = {}
 
     def fake_train(config, dataset):
         seen["config"] = config
-        return type("S", (), {"steps": 0})()
+        return type("S", (), {"steps": 2, "stopped_by": stopped_by, "checkpoint": "out/checkpoint"})()
 
     monkeypatch.setattr("bench.training.train", fake_train)
     monkeypatch.setattr(cli, "_dataset", lambda *a, **k: None)
@@ -64,6 +64,13 @@ def test_train_flags_override_the_recipe_and_no_compile_is_kept(runner, monkeypa
     assert config.lr == 3e-4
     assert config.ema_decay is None
     assert config.num_train_timesteps == 100  # the rest comes from the reference recipe
+
+
+def test_an_interrupted_training_says_how_to_go_on_and_exits_130(runner, monkeypatch) -> None:
+    _capture_train(monkeypatch, stopped_by="interrupted")
+    result = runner.invoke(cli.main, ["train", "--preset", "tiny"])
+    assert result.exit_code == 130
+    assert "interrupted at step 2: checkpoint out/checkpoint; the same command with --resume" in result.output
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -250,6 +251,34 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert (tmp_path / "b" / "loss.png").stat().st_size > 1000
     assert straight.final_loss == pytest.approx(resumed.final_loss)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_ends_at_the_next_step_with_a_checkpoint_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int
+) -> None:
+    data = dataset()
+    train(config(tmp_path / "a", checkpoint_every=0), data, show_progress=False)
+    real_step = training._Trainer.train_step
+
+    def step_then_signal(self, images, conds):
+        loss = real_step(self, images, conds)
+        if self.step == 2:
+            os.kill(os.getpid(), signum)  # as Ctrl-C or a cluster's time limit would
+        return loss
+
+    monkeypatch.setattr(training._Trainer, "train_step", step_then_signal)
+    handler_before = signal.getsignal(signum)
+    stopped = train(config(tmp_path / "b", checkpoint_every=0), data, show_progress=False)
+    assert stopped.stopped_by == "interrupted" and stopped.steps == 2
+    assert load_checkpoint(tmp_path / "b" / "checkpoint").step == 2  # no checkpoint was due before 6
+    assert signal.getsignal(signum) == handler_before  # given back after the run
+    monkeypatch.undo()
+    resumed = train(config(tmp_path / "b", checkpoint_every=0, resume=True), data, show_progress=False)
+    assert resumed.steps == 6 and resumed.resumed_from_step == 2
+    a, b = load_checkpoint(tmp_path / "a" / "checkpoint"), load_checkpoint(tmp_path / "b" / "checkpoint")
+    for key in a.model_state:
+        assert torch.equal(a.model_state[key], b.model_state[key]), key
 
 
 def test_existing_checkpoint_needs_resume(tmp_path: Path) -> None:

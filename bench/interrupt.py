@@ -1,0 +1,48 @@
+"""Ctrl-C or SIGTERM (a cluster's time limit) as a request to stop at the next step and save.
+
+A long loop runs inside ``StopRequest``: the first SIGINT/SIGTERM sets ``requested`` and the loop
+ends at its next step boundary, keeping what it made (``bench train`` writes its checkpoint, so
+``--resume`` goes on from that step); a second signal interrupts at once, as usual."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from types import FrameType, TracebackType
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequest:
+    """While active (main thread only, where Python delivers signals), holds the first stop
+    signal's name in ``requested``; ``None`` while none came."""
+
+    def __init__(self, what: str, enabled: bool = True) -> None:
+        self.what = what  # "saving a checkpoint", said when the first signal comes
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt  # the second signal: stop now
+        self.requested = signal.Signals(signum).name
+        print(
+            f"\n{self.requested}: stopping after this step and {self.what} (once more to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __enter__(self) -> StopRequest:
+        if self.enabled:
+            for sig in _SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)  # type: ignore[arg-type]
+        self._previous.clear()
