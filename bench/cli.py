@@ -188,7 +188,15 @@ def run_command(
         denoising_figure=not no_denoising_figure,
         **options,
     )
-    result = run(config, log=lambda m: click.echo(m, err=True))
+    try:
+        result = run(config, log=lambda m: click.echo(m, err=True))
+    except KeyboardInterrupt:
+        done = Path(config.out_dir) / "results.json"
+        if done.exists():
+            click.echo(
+                f"\ninterrupted: {done} holds the finished cells; --resume goes on from them", err=True
+            )
+        raise SystemExit(130) from None
     if result is not None:  # None on the other processes of a multi-process run
         _print_summary(Path(config.out_dir), result)
 

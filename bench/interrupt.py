@@ -29,7 +29,7 @@ class StopRequest:
             raise KeyboardInterrupt  # the second signal: stop now
         self.requested = signal.Signals(signum).name
         print(
-            f"\n{self.requested}: stopping after this step and {self.what} (once more to stop at once)",
+            f"\n{self.requested}: stopping after this step and {self.what}; once more stops at once",
             file=sys.stderr,
             flush=True,
         )

@@ -276,6 +276,20 @@ def test_resume_refuses_another_configuration(runner, tmp_path, second, message)
     assert (out / "results.json").read_text() == before
 
 
+def test_an_interrupted_run_points_at_resume(runner, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "run"
+
+    def one_cell_then_ctrl_c(config, **_):
+        (out / "results.json").parent.mkdir(parents=True)
+        (out / "results.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("bench.runner.run", one_cell_then_ctrl_c)
+    result = tiny_run(runner, "--out", str(out))
+    assert result.exit_code == 130
+    assert "results.json holds the finished cells; --resume goes on from them" in result.output
+
+
 def test_resume_refuses_a_file_from_another_machine(runner, tmp_path) -> None:
     out = tmp_path / "run"
     args = ["--scheduler", "ddim", "--steps", "2", "--seeds", "0", "--no-denoising-figure", "--out", str(out)]
