@@ -394,6 +394,8 @@ def _sample_all(ctx: _Run, scheduler, *, seed: int, **kwargs):
     from bench.sampling import sample
 
     args = dict(train_config=ctx.train_noise, device=ctx.device, options=ctx.options, seed=seed, **kwargs)
+    # A bar over the steps where a cell takes minutes (the CPU); on a GPU it would only run ahead.
+    args.setdefault("show_progress", ctx.main and str(ctx.device).startswith("cpu"))
     if ctx.size == 1:
         return sample(ctx.model, scheduler, ctx.conditions, **args)
     size = ctx.size

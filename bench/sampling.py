@@ -28,7 +28,7 @@ kernel per image.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -293,6 +293,7 @@ def _run_chunk(
     interval: tuple[float, float] | None,
     shape: tuple[int, int, int],
     record_frames: int,
+    progress_label: str | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     device = call.device
     scheduler = factory(train_config, **scheduler_options)  # fresh: multistep state per run
@@ -312,7 +313,12 @@ def _run_chunk(
     keep = set(_frame_points(len(timesteps), record_frames)) if record_frames else set()
     if 0 in keep:
         frames.append((x / scheduler.init_noise_sigma).float().cpu())
-    for i in range(len(timesteps)):
+    step_indices: Iterable[int] = range(len(timesteps))
+    if progress_label is not None:
+        from bench.progress import progress
+
+        step_indices = progress(step_indices, label=progress_label, length=len(timesteps))
+    for i in step_indices:
         t_host = host_timesteps[i]
         model_input = scheduler.scale_model_input(x, t_host)
         # Guidance inside the interval only: a host decision, no device sync.
@@ -360,6 +366,8 @@ def sample(
     doubled batch). ``guidance_interval=(lo, hi)`` limits guidance to the steps whose timestep
     ``t`` (training timesteps) has ``lo <= t <= hi``; elsewhere the model runs once, unguided.
     None guides every step. ``record_frames=N`` also returns N+1 frames of x_t from noise to image.
+    ``show_progress`` draws a bar over each chunk's steps (exact on the CPU; on a GPU the loop
+    only queues work, so the bar runs ahead).
     The model is used in place (eval mode; channels_last converts its weights' layout).
     """
     name, factory = _resolve_factory(scheduler)
@@ -415,12 +423,9 @@ def sample(
         _sync(device)
         start = time.perf_counter()
         outputs, frame_chunks, chunks = [], [], range(0, n, batch)
-        if show_progress:
-            from bench.progress import progress
-
-            chunks = progress(chunks, label=f"sampling {name}", length=len(chunks))
-        for first in chunks:
+        for k, first in enumerate(chunks):
             cond, gens = chunk(first)
+            label = "denoising steps" + (f" (chunk {k + 1}/{len(chunks)})" if len(chunks) > 1 else "")
             x, frames = _run_chunk(
                 call,
                 factory,
@@ -433,6 +438,7 @@ def sample(
                 interval,
                 shape,
                 record_frames,
+                progress_label=label if show_progress else None,
             )
             keep = min(batch, n - first)
             outputs.append(x[:keep].clamp(-1, 1).float().cpu())

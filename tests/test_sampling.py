@@ -466,3 +466,12 @@ def test_steps_default_to_the_schedulers_and_zero_is_refused() -> None:
     assert resolve_steps("cosine", 7) == 7
     with pytest.raises(ValueError, match="steps must be at least 1, got 0"):
         resolve_steps("cosine", 0)
+
+
+def test_progress_counts_each_chunks_steps_and_changes_no_image(model, cosine, capsys) -> None:
+    run = dict(train_config=cosine, steps=3, options=SamplingOptions.plain(batch_size=2))
+    quiet = sample(model, "ddim", conditions(3), **run)
+    shown = sample(model, "ddim", conditions(3), show_progress=True, **run)
+    assert torch.equal(quiet.images, shown.images)
+    err = capsys.readouterr().err  # not a terminal here: a first line per chunk, then one a minute
+    assert "denoising steps (chunk 1/2): 0/3" in err and "denoising steps (chunk 2/2): 0/3" in err
