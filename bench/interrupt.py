@@ -19,7 +19,7 @@ class StopRequest:
     signal's name in ``requested``; ``None`` while none came."""
 
     def __init__(self, what: str, enabled: bool = True) -> None:
-        self.what = what  # "saving a checkpoint", said when the first signal comes
+        self.what = what  # what happens now, said when the first signal comes
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.requested: str | None = None
         self._previous: dict[int, object] = {}
@@ -29,7 +29,7 @@ class StopRequest:
             raise KeyboardInterrupt  # the second signal: stop now
         self.requested = signal.Signals(signum).name
         print(
-            f"\n{self.requested}: stopping after this step and {self.what}; once more stops at once",
+            f"\n{self.requested}: {self.what}; once more stops at once",
             file=sys.stderr,
             flush=True,
         )

@@ -721,7 +721,10 @@ def train(
     checkpoint_path: Path | None = ckpt_dir if ckpt_dir.exists() else None
     # Ctrl-C or SIGTERM ends the run at the next step with its checkpoint written. One process
     # only: under DDP each process would get the signal at its own step; there it stops as before.
-    stop = StopRequest("saving a checkpoint (--resume goes on from it)", enabled=trainer.world == 1)
+    stop = StopRequest(
+        "stopping after this step and saving a checkpoint (--resume goes on from it)",
+        enabled=trainer.world == 1,
+    )
     with stop:
         try:
             for _ in iterator:

@@ -337,6 +337,31 @@ def test_train_judge_writes_a_loadable_judge(tmp_path):
     assert 0 <= ev(random_images(3), random_conditions(3))["acc"] <= 1
 
 
+def test_a_stop_signal_ends_judge_training_after_the_epoch_and_still_saves(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from bench_builtins.evaluators import judge_training
+
+    real_augment, calls = judge_training.augment, []
+
+    def augment_then_ctrl_c(*args, **kwargs):  # the first batch of epoch 1 asks to stop
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_augment(*args, **kwargs)
+
+    monkeypatch.setattr(judge_training, "augment", augment_then_ctrl_c)
+    out, lines = tmp_path / "judge.safetensors", []
+    metrics = judge_training.train_judge(
+        TinyDataset(n=12), out, heldout=TinyDataset(n=6), epochs=5, batch_size=4, lr=1e-3, device="cpu",
+        log=lines.append,
+    )  # fmt: skip
+    assert metrics["epochs"] == 1 and metrics["stopped_early"] and len(calls) == 3  # one epoch's batches
+    assert "SIGINT: stopped after epoch 1" in lines
+    assert "heldout_acc_clean" in metrics and load_judge(out) is not None
+
+
 def test_augment_keeps_shape_and_range():
     from bench_builtins.evaluators.judge_training import augment, gaussian_blur
 

@@ -220,6 +220,7 @@ def train_judge(
     import torch.nn.functional as F
 
     from bench.atomic import atomic_write_json
+    from bench.interrupt import StopRequest
     from bench.progress import Rate, progress
 
     from .judge import build_judge, judge_features, judge_logits
@@ -262,37 +263,44 @@ def train_judge(
     rate, step, start, epochs_done = Rate(), 0, time.perf_counter(), 0
     shown = {"loss": float("nan")}  # read by the progress bar's status line
     stopped_early = False
-    for epoch in progress(
-        range(epochs),
-        "judge training",
-        length=epochs,
-        status=lambda: f"loss {shown['loss']:.4f} {rate.per_second:.0f} img/s",
-    ):
-        net.train()
-        order = torch.randperm(n, generator=gen, device=dev)
-        for s in range(steps_per_epoch):
-            idx = order[s * batch_size : (s + 1) * batch_size]
-            x = augment(train_x[idx].float() / 127.5 - 1, gen, rng).contiguous(
-                memory_format=torch.channels_last
-            )
-            y = train_y[idx]
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = judge_logits(net, judge_features(net, x))
-            # BCE on logits (fp32): the same optimum as BCE after the Sigmoid head, numerically safer.
-            loss = F.binary_cross_entropy_with_logits(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            rate.add(idx.shape[0])
-        shown["loss"] = float(loss.detach())
-        epochs_done = epoch + 1
-        if time_limit_s is not None and time.perf_counter() - start > time_limit_s:
-            log(f"time limit {time_limit_s:.0f}s reached after epoch {epoch + 1}")
-            stopped_early = True
-            break
+    # Ctrl-C or SIGTERM: the judge of the epochs so far is still judged and saved.
+    stop = StopRequest("stopping after this epoch, then judging the held-out images and saving the judge")
+    with stop:
+        for epoch in progress(
+            range(epochs),
+            "judge training",
+            length=epochs,
+            status=lambda: f"loss {shown['loss']:.4f} {rate.per_second:.0f} img/s",
+        ):
+            net.train()
+            order = torch.randperm(n, generator=gen, device=dev)
+            for s in range(steps_per_epoch):
+                idx = order[s * batch_size : (s + 1) * batch_size]
+                x = augment(train_x[idx].float() / 127.5 - 1, gen, rng).contiguous(
+                    memory_format=torch.channels_last
+                )
+                y = train_y[idx]
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    logits = judge_logits(net, judge_features(net, x))
+                # BCE on logits (fp32): the same optimum as BCE after the Sigmoid head, numerically safer.
+                loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                rate.add(idx.shape[0])
+            shown["loss"] = float(loss.detach())
+            epochs_done = epoch + 1
+            if stop.requested:
+                log(f"{stop.requested}: stopped after epoch {epoch + 1}")
+                stopped_early = True
+                break
+            if time_limit_s is not None and time.perf_counter() - start > time_limit_s:
+                log(f"time limit {time_limit_s:.0f}s reached after epoch {epoch + 1}")
+                stopped_early = True
+                break
     train_s = time.perf_counter() - start
 
     metrics: dict[str, Any] = {
