@@ -255,10 +255,22 @@ def data_group() -> None:
 
 @data_group.command("synth")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
-@click.option("--scenes", default=6003, show_default=True, help="Scenes; each gives 3 frames (images).")
+@click.option(
+    "--scenes",
+    default=6003,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Scenes; each gives 3 frames (images).",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--split", type=click.Choice(["train", "heldout"]), default="train", show_default=True)
-@click.option("--max-objects", default=3, show_default=True, help="Objects in the last frame of a scene.")
+@click.option(
+    "--max-objects",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 10),
+    help="Objects in the last frame of a scene.",
+)
 @click.option("--device", default="cpu", show_default=True, help="Render on this torch device.")
 def data_synth(out_dir, scenes, seed, split, max_objects, device) -> None:
     """Render a synthetic i-CLEVR folder in the real format (PNGs, train.json, objects.json)."""
@@ -271,10 +283,16 @@ def data_synth(out_dir, scenes, seed, split, max_objects, device) -> None:
 
 
 @data_group.command("cache")
-@click.option("--scenes", default=6003, show_default=True, help="Scenes; each gives max-objects frames.")
+@click.option(
+    "--scenes",
+    default=6003,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Scenes; each gives max-objects frames.",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--split", type=click.Choice(["train", "heldout"]), default="train", show_default=True)
-@click.option("--max-objects", default=3, show_default=True)
+@click.option("--max-objects", default=3, show_default=True, type=click.IntRange(1, 10))
 def data_cache(scenes, seed, split, max_objects) -> None:
     """Render the synthetic set into the cache now (training and FID reuse it)."""
     dataset = _dataset("synthetic", None, scenes=scenes, seed=seed, split=split, max_objects=max_objects)
@@ -283,7 +301,7 @@ def data_cache(scenes, seed, split, max_objects) -> None:
 
 @data_group.command("conditions")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="JSON file to write.")
-@click.option("--n", default=32, show_default=True, help="Number of conditions.")
+@click.option("--n", default=32, show_default=True, type=click.IntRange(min=1), help="Number of conditions.")
 @click.option("--objects", default="1-3", show_default=True, help="Objects per condition: 2 or 1-3.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--shared", is_flag=True, help="Objects share a colour or a shape (like new_test.json).")
@@ -292,6 +310,8 @@ def data_conditions(out_file, n, objects, seed, shared) -> None:
     from bench_builtins.datasets.synthetic.export import write_condition_set
 
     counts = parse_int_list(objects, "object count")
+    if not 1 <= min(counts) <= max(counts) <= 24:  # 24 labels: no condition holds more objects
+        raise click.BadParameter(f"object counts must lie in 1-24, got {objects}", param_hint="--objects")
     write_condition_set(out_file, n=n, objects=(min(counts), max(counts)), seed=seed, shared=shared)
     click.echo(f"wrote {out_file}")
 
@@ -299,7 +319,7 @@ def data_conditions(out_file, n, objects, seed, shared) -> None:
 @data_group.command("show")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_png", default="sheet.png", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--n", default=24, show_default=True, help="Images on the sheet.")
+@click.option("--n", default=24, show_default=True, type=click.IntRange(min=1), help="Images on the sheet.")
 def data_show(folder, out_png, n) -> None:
     """Draw a contact sheet of a folder's images with their labels."""
     from bench_builtins.datasets.synthetic.export import contact_sheet
@@ -319,9 +339,27 @@ def _dataset(name: str, data_root: str | None, **options):
 @config_option
 @click.option("--data", default="synthetic", show_default=True, help="Dataset plugin.")
 @click.option("--data-root", default=None, help="Folder in the i-CLEVR format (with --data iclevr).")
-@click.option("--scenes", default=6003, show_default=True, help="Synthetic scenes (with --data synthetic).")
-@click.option("--max-objects", default=5, show_default=True, help="Objects per synthetic scene, up to 5.")
-@click.option("--heldout-scenes", default=400, show_default=True, help="Unseen synthetic scenes to score on.")
+@click.option(
+    "--scenes",
+    default=6003,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Synthetic scenes (with --data synthetic).",
+)
+@click.option(
+    "--max-objects",
+    default=5,
+    show_default=True,
+    type=click.IntRange(1, 10),
+    help="Objects per synthetic scene.",
+)
+@click.option(
+    "--heldout-scenes",
+    default=400,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Unseen synthetic scenes to score on.",
+)
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--batch-size", default=256, show_default=True)
 @click.option("--lr", default=2e-3, show_default=True)
@@ -451,7 +489,12 @@ def train_judge_command(
 @click.option("--device", default=None, help="Default: cuda if available, else cpu.")
 @click.option("--data", default="synthetic", show_default=True, help="Dataset plugin.")
 @click.option("--data-root", default=None, help="Folder in the i-CLEVR format (with --data iclevr).")
-@click.option("--scenes", type=int, default=None, help="Synthetic scenes (default 6003 = 18,009 images).")
+@click.option(
+    "--scenes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Synthetic scenes (default 6003 = 18,009 images).",
+)
 @click.option("--out", "out_dir", default="runs/train", show_default=True, type=click.Path(file_okay=False))
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
 @click.option(

@@ -166,6 +166,27 @@ def test_meaningless_values_fail_before_any_work(runner, tmp_path, option, value
     assert "Traceback" not in result.output and not out.exists()
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["data", "conditions", "--n", "0"], "Invalid value for '--n'"),
+        (["data", "conditions", "--objects", "0"], "object counts must lie in 1-24, got 0"),
+        (["data", "conditions", "--objects", "30"], "object counts must lie in 1-24, got 30"),
+        (["data", "synth", "--scenes", "0"], "Invalid value for '--scenes'"),
+        (["data", "synth", "--max-objects", "0"], "Invalid value for '--max-objects'"),
+        (["data", "cache", "--max-objects", "11"], "Invalid value for '--max-objects'"),
+        (["train", "--scenes", "0"], "Invalid value for '--scenes'"),
+    ],
+)
+def test_data_sizes_that_mean_nothing_are_one_clear_line(runner, tmp_path, args, message) -> None:
+    # --n 0 wrote an empty condition file; --objects 0 and --max-objects 0 were tracebacks.
+    out = tmp_path / "out"
+    writes_out = args[:2] in (["data", "conditions"], ["data", "synth"])
+    result = runner.invoke(cli.main, [*args, *(["--out", str(out)] if writes_out else [])])
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
 def test_a_failing_cell_records_its_error_and_the_rest_run(runner, tmp_path, monkeypatch) -> None:
     from bench import sampling
 
