@@ -360,10 +360,15 @@ def _dataset(name: str, data_root: str | None, **options):
     type=click.IntRange(min=1),
     help="Unseen synthetic scenes to score on.",
 )
-@click.option("--epochs", default=30, show_default=True)
-@click.option("--batch-size", default=256, show_default=True)
-@click.option("--lr", default=2e-3, show_default=True)
-@click.option("--max-minutes", default=None, type=float, help="Stop after this wall time.")
+@click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option(
+    "--max-minutes",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop after this wall time.",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option(

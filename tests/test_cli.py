@@ -176,9 +176,12 @@ def test_meaningless_values_fail_before_any_work(runner, tmp_path, option, value
         (["data", "synth", "--max-objects", "0"], "Invalid value for '--max-objects'"),
         (["data", "cache", "--max-objects", "11"], "Invalid value for '--max-objects'"),
         (["train", "--scenes", "0"], "Invalid value for '--scenes'"),
+        (["train-judge", "--out", "j.safetensors", "--epochs", "0"], "Invalid value for '--epochs'"),
+        (["train-judge", "--out", "j.safetensors", "--batch-size", "0"], "Invalid value for '--batch-size'"),
+        (["train-judge", "--out", "j.safetensors", "--lr", "0"], "Invalid value for '--lr'"),
     ],
 )
-def test_data_sizes_that_mean_nothing_are_one_clear_line(runner, tmp_path, args, message) -> None:
+def test_sizes_that_mean_nothing_are_one_clear_line(runner, tmp_path, args, message) -> None:
     # --n 0 wrote an empty condition file; --objects 0 and --max-objects 0 were tracebacks.
     out = tmp_path / "out"
     writes_out = args[:2] in (["data", "conditions"], ["data", "synth"])
