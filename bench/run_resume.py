@@ -59,6 +59,8 @@ def finished_cells(
     old_config, new_config = old.get("config", {}), _as_json(config)
     differs = _differences(old_config, new_config, (set(old_config) | set(new_config)) - _MATRIX_KEYS)
     old_env, new_env = old.get("environment", {}), _as_json(environment)
+    for env in (old_env, new_env):  # each process of a launch has its own cuda:N; the kind counts
+        env["device"] = str(env.get("device", "")).split(":")[0]
     differs += [f"environment.{k}" for k in _differences(old_env, new_env, _ENVIRONMENT_KEYS)]
     if old_env.get("git", {}).get("revision") != new_env.get("git", {}).get("revision"):
         differs.append("environment.git.revision")

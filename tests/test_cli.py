@@ -300,6 +300,18 @@ def test_resume_refuses_another_configuration(runner, tmp_path, second, message)
     assert (out / "results.json").read_text() == before
 
 
+def test_resume_takes_each_process_cuda_index_for_the_same_device(tmp_path) -> None:
+    from bench.run_resume import finished_cells
+
+    env = {"device": "cuda:0", "gpu": "H100", "gpu_count": 2, "libraries": {}, "git": {"revision": "a"}}
+    row = {"scheduler": "ddim", "steps": 2, "guidance": 1.0, "seed": 0, "condition_set": "test", "model": "m"}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"config": {"ref_n": 8}, "environment": env, "rows": [row]}))
+    # Process 1 of a two-GPU launch compares its cuda:1 against the cuda:0 the main one wrote.
+    done = finished_cells(path, {"ref_n": 8}, {**env, "device": "cuda:1"}, [("ddim", 2, 1.0, 0)], ["test"])
+    assert list(done) == [("ddim", 2, 1.0, 0)]
+
+
 def test_an_interrupted_run_points_at_resume(runner, tmp_path, monkeypatch) -> None:
     out = tmp_path / "run"
 
