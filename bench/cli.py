@@ -248,6 +248,17 @@ def report_command(files, fmt, plot, out) -> None:
         click.echo(f"wrote {out}", err=True)
 
 
+def _scenes_option(help: str):
+    return click.option("--scenes", default=6003, show_default=True, type=click.IntRange(min=1), help=help)
+
+
+def _max_objects_option(default: int, help: str):
+    # The renderer's own limit (datasets/synthetic/scene.py).
+    return click.option(
+        "--max-objects", default=default, show_default=True, type=click.IntRange(1, 10), help=help
+    )
+
+
 @main.group("data")
 def data_group() -> None:
     """Make and inspect datasets and condition sets."""
@@ -255,22 +266,10 @@ def data_group() -> None:
 
 @data_group.command("synth")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
-@click.option(
-    "--scenes",
-    default=6003,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Scenes; each gives 3 frames (images).",
-)
+@_scenes_option("Scenes; each gives 3 frames (images).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--split", type=click.Choice(["train", "heldout"]), default="train", show_default=True)
-@click.option(
-    "--max-objects",
-    default=3,
-    show_default=True,
-    type=click.IntRange(1, 10),
-    help="Objects in the last frame of a scene.",
-)
+@_max_objects_option(3, "Objects in the last frame of a scene.")
 @click.option("--device", default="cpu", show_default=True, help="Render on this torch device.")
 def data_synth(out_dir, scenes, seed, split, max_objects, device) -> None:
     """Render a synthetic i-CLEVR folder in the real format (PNGs, train.json, objects.json)."""
@@ -283,16 +282,10 @@ def data_synth(out_dir, scenes, seed, split, max_objects, device) -> None:
 
 
 @data_group.command("cache")
-@click.option(
-    "--scenes",
-    default=6003,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Scenes; each gives max-objects frames.",
-)
+@_scenes_option("Scenes; each gives max-objects frames.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--split", type=click.Choice(["train", "heldout"]), default="train", show_default=True)
-@click.option("--max-objects", default=3, show_default=True, type=click.IntRange(1, 10))
+@_max_objects_option(3, "Objects in the last frame of a scene.")
 def data_cache(scenes, seed, split, max_objects) -> None:
     """Render the synthetic set into the cache now (training and FID reuse it)."""
     dataset = _dataset("synthetic", None, scenes=scenes, seed=seed, split=split, max_objects=max_objects)
@@ -339,20 +332,8 @@ def _dataset(name: str, data_root: str | None, **options):
 @config_option
 @click.option("--data", default="synthetic", show_default=True, help="Dataset plugin.")
 @click.option("--data-root", default=None, help="Folder in the i-CLEVR format (with --data iclevr).")
-@click.option(
-    "--scenes",
-    default=6003,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Synthetic scenes (with --data synthetic).",
-)
-@click.option(
-    "--max-objects",
-    default=5,
-    show_default=True,
-    type=click.IntRange(1, 10),
-    help="Objects per synthetic scene.",
-)
+@_scenes_option("Synthetic scenes (with --data synthetic).")
+@_max_objects_option(5, "Objects per synthetic scene.")
 @click.option(
     "--heldout-scenes",
     default=400,
