@@ -17,8 +17,10 @@ from bench.results import ResultsError, Row, load_results
 CellKey = tuple[str, int, float, int]  # scheduler, steps, guidance, seed
 
 # What may differ between the run that wrote the file and the one resuming it: the matrix (each
-# row names its own cell) and where the folder was named from.
-_MATRIX_KEYS = frozenset({"schedulers", "steps", "seeds", "guidance", "guidance_from", "resume", "out_dir"})
+# row names its own cell), where the folder was named from, and what no row depends on.
+_FREE_KEYS = frozenset(
+    {"schedulers", "steps", "seeds", "guidance", "guidance_from", "resume", "out_dir", "denoising_figure"}
+)
 # What decides the speed and the images besides the configuration.
 _ENVIRONMENT_KEYS = ("device", "gpu", "gpu_count", "cpu_threads", "libraries")
 
@@ -57,7 +59,7 @@ def finished_cells(
     except ResultsError as error:
         raise ResumeError(f"--resume: {error}; use another --out") from None
     old_config, new_config = old.get("config", {}), _as_json(config)
-    differs = _differences(old_config, new_config, (set(old_config) | set(new_config)) - _MATRIX_KEYS)
+    differs = _differences(old_config, new_config, (set(old_config) | set(new_config)) - _FREE_KEYS)
     old_env, new_env = old.get("environment", {}), _as_json(environment)
     for env in (old_env, new_env):  # each process of a launch has its own cuda:N; the kind counts
         env["device"] = str(env.get("device", "")).split(":")[0]

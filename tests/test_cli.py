@@ -216,14 +216,14 @@ def test_a_failing_cell_records_its_error_and_the_rest_run(runner, tmp_path, mon
 
 
 def _count_cells(monkeypatch, fail_steps: int | None = None) -> list[int]:
-    """Patch sampling so each timed cell's call is counted (warm-up calls use 1 step) and cells
-    of ``fail_steps`` steps fail."""
+    """Patch sampling so each timed cell's call is counted (warm-up calls use 1 step, the
+    denoising figure records frames) and cells of ``fail_steps`` steps fail."""
     from bench import sampling
 
     real, calls = sampling.sample, []
 
     def counted(*args, **kwargs):
-        if kwargs["steps"] != 1:
+        if kwargs["steps"] != 1 and not kwargs.get("record_frames"):
             calls.append(kwargs["steps"])
             if kwargs["steps"] == fail_steps:
                 raise RuntimeError("out of memory (simulated)")
@@ -247,6 +247,7 @@ def test_resume_keeps_finished_cells_and_samples_the_rest(runner, tmp_path, monk
     calls = _count_cells(monkeypatch)
     assert tiny_run(runner, *args, "--seeds", "0").exit_code == 0
     first, _ = _rows_and_config(out)
+    args.remove("--no-denoising-figure")  # no row depends on it: the resumed run may draw it
     result = tiny_run(runner, *args, "--seeds", "0-2", "--resume")  # the matrix grows by two seeds
     assert result.exit_code == 0, result.output
     assert "1 of 3 cells are in" in result.output
