@@ -9,6 +9,7 @@ results file never mixes two machines' speeds or two configurations' images."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def _as_json(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any], keys: Any) -> list[str]:
+def _differences(old: dict[str, Any], new: dict[str, Any], keys: Iterable[str]) -> list[str]:
     return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
