@@ -22,7 +22,6 @@ holds JSON such as ``{"guidance": 3.0, "guidance_interval": [300, 1000]}`` (``be
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -31,7 +30,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.atomic import atomic_write, atomic_write_json
-from bench.guidance import GuidanceIntervalError, check_interval, format_interval
+from bench.guidance import (
+    GuidanceIntervalError,
+    GuidanceScaleError,
+    check_interval,
+    check_scale,
+    format_interval,
+)
 from bench.jsonfile import read_json
 from bench.weights import WEIGHTS_DIR, WeightsError, sha256_of, shipped_weights
 
@@ -309,13 +314,10 @@ def make_sampling_defaults(
             f"{source}: a guidance interval without a guidance scale has no effect; "
             "give the guidance too (bench export --guidance 3 --guidance-interval 300,1000)"
         )
-    if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not math.isfinite(guidance):
-        raise CheckpointError(f"{source}: the recommended guidance {guidance!r} is not a finite number")
-    if guidance < 0:
-        raise CheckpointError(
-            f"{source}: the recommended guidance {guidance:g} is negative; 1 means off, 3 is typical"
-        )
-    defaults: dict[str, Any] = {"guidance": float(guidance)}
+    try:
+        defaults: dict[str, Any] = {"guidance": check_scale(guidance, "the recommended guidance")}
+    except GuidanceScaleError as error:
+        raise CheckpointError(f"{source}: {error}") from error
     try:
         interval = check_interval(guidance_interval, "the recommended guidance interval")
     except GuidanceIntervalError as error:

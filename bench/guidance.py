@@ -16,6 +16,22 @@ class GuidanceIntervalError(ValueError):
     """A guidance interval that is not two finite timesteps ``0 <= lo <= hi``."""
 
 
+class GuidanceScaleError(ValueError):
+    """A guidance scale that is not a finite number of 0 or more."""
+
+
+def check_scale(value: object, what: str = "guidance") -> float:
+    """``value`` as a float guidance scale; raises GuidanceScaleError saying what is wrong."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise GuidanceScaleError(f"{what} {value!r} is not a finite number")
+    if not math.isfinite(value) or value < 0:
+        why = " (it is negative)" if value < 0 else ""
+        raise GuidanceScaleError(
+            f"{what} {value:g} is not a scale{why}: use 0 or more (1 means off, 3-5 is typical)"
+        )
+    return float(value)
+
+
 def check_interval(
     value: Sequence[float] | None, what: str = "guidance interval"
 ) -> tuple[float, float] | None:

@@ -7,7 +7,6 @@ its metadata: guidance and guidance interval), else 1 (off)."""
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import traceback
 from dataclasses import asdict, dataclass, field, replace
@@ -16,7 +15,7 @@ from typing import Any
 
 from bench.conditions import ConditionSet, load_condition_set, load_labels_spec, multi_hot
 from bench.distributed import barrier, finish, gather, process_device, shard, world
-from bench.guidance import GuidanceIntervalError, check_interval, format_interval
+from bench.guidance import GuidanceIntervalError, check_interval, check_scale, format_interval
 from bench.plugins import Plugins, get_plugins
 from bench.results import Row, RunResult, environment
 from bench.run_resume import finished_cells
@@ -100,18 +99,10 @@ def _check_request(config: RunConfig, plugins: Plugins) -> None:
     """Check what the run asks for before any work: a misspelt plugin name fails at once, with its
     close matches, and so do step counts and guidance scales that mean nothing, not after the
     weights load, the FID reference renders and the other cells sample."""
-    bad_steps = [s for s in config.steps if s is not None and s < 1]
-    if bad_steps:
-        raise RunError(f"--steps must be at least 1, got {bad_steps[0]}")
-    if config.batch_size is not None and config.batch_size < 1:
-        raise RunError(f"--batch-size must be at least 1, got {config.batch_size}")
     if config.ref_n < 2:  # FID's covariance needs two images at least
         raise RunError(f"--ref-n must be at least 2, got {config.ref_n}")
-    bad_guidance = [g for g in config.guidance or [] if not math.isfinite(g) or g < 0]
-    if bad_guidance:
-        raise RunError(
-            f"--guidance {bad_guidance[0]:g} is not a scale: use 0 or more (1 means off, 3-5 is typical)"
-        )
+    for scale in config.guidance or []:
+        check_scale(scale, "--guidance")
     for kind, names in (
         ("models", [config.model]),
         ("schedulers", config.schedulers),
@@ -120,6 +111,11 @@ def _check_request(config: RunConfig, plugins: Plugins) -> None:
     ):
         for name in names:
             plugins.registry(kind).get(name)
+    from bench.sampling import check_steps  # the rule sampling itself applies
+
+    for steps in config.steps:
+        if steps is not None:
+            check_steps(steps)
 
 
 def _load_model(config: RunConfig, plugins: Plugins, device: str):
@@ -274,10 +270,6 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     device = process_device(device)
     labels = load_labels_spec()
     sets = _condition_sets(config, labels)
-    model, train_noise, meta = _load_model(config, plugins, device)
-    guidance = resolve_guidance(config, meta)
-    if guidance.note and rank == 0:
-        log(guidance.note)
     options = SamplingOptions(
         dtype=config.dtype,
         channels_last=config.channels_last,
@@ -291,9 +283,14 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     if config.dtype is None and options.dtype == "bf16" and device == "cpu" and rank == 0:
         # The same command gives other (equally good) images on a CPU without AMX: say why.
         log("bf16 autocast: this CPU has AMX (bf16 in hardware); --dtype fp32 for the fp32 path")
-    # The chunk size stays as given (None: sample() picks it per cell, guided cells on the CPU
+    # Before the model loads: impossible options (a --batch-size of 0, --cuda-graphs on a CPU) fail
+    # at once. The chunk size stays as given (None: sample() picks it per cell, guided cells on the CPU
     # take half as many images), so the result rows record the size each cell ran with.
     options = replace(options, batch_size=config.batch_size)
+    model, train_noise, meta = _load_model(config, plugins, device)
+    guidance = resolve_guidance(config, meta)
+    if guidance.note and rank == 0:
+        log(guidance.note)
     spans, start = {}, 0
     for s in sets:
         spans[s.name] = (start, start + len(s.conditions))
@@ -354,7 +351,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         interval = _interval(ctx, scale)
         ctx.log(
             f"[{i + 1}/{len(cells)}] sampling {n} images: {scheduler_name}, "
-            f"{resolve_steps(scheduler_name, steps)} steps, guidance {scale:g}"
+            f"{key[1]} steps, guidance {scale:g}"  # key: (scheduler, resolved steps, guidance, seed)
             + (f" (interval {format_interval(interval)})" if interval else "")
             + f", seed {seed}"
         )

@@ -100,6 +100,10 @@ class SamplingOptions:
     # channels_last activations in place instead of around layout copies.
     group_norm_by_views: bool | None = None
 
+    def __post_init__(self) -> None:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise SamplingOptionsError(f"--batch-size must be at least 1, got {self.batch_size}")
+
     def resolved(self, device: torch.device | str, guided: bool = False) -> SamplingOptions:
         """These options with every ``None`` replaced by the default for ``device`` (the chunk
         size also depends on whether guidance doubles the model's batch)."""
@@ -113,8 +117,6 @@ class SamplingOptions:
         # way: the noise is drawn per image).
         default = 256 if cuda else (16 if guided else 32)
         batch_size = default if self.batch_size is None else self.batch_size
-        if batch_size < 1:
-            raise SamplingOptionsError(f"sampling batch_size must be at least 1, not {batch_size}")
         compile_ = cuda if self.compile is None else self.compile
         cuda_graphs = (cuda and compile_) if self.cuda_graphs is None else self.cuda_graphs
         if cuda_graphs and not cuda:
@@ -200,13 +202,18 @@ def _resolve_factory(scheduler: str | Callable) -> tuple[str, Callable]:
     return getattr(scheduler, "__name__", type(scheduler).__name__), scheduler
 
 
+def check_steps(steps: int) -> int:
+    """A step count that can sample: at least 1."""
+    if steps < 1:
+        raise SamplingOptionsError(f"steps must be at least 1, got {steps}")
+    return int(steps)
+
+
 def resolve_steps(scheduler: str | Callable, steps: int | None = None) -> int:
     """``steps``, or the scheduler's ``default_steps`` when not given (else 50)."""
     if steps is None:
         return int(getattr(_resolve_factory(scheduler)[1], "default_steps", 50))
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    return int(steps)
+    return check_steps(steps)
 
 
 def _compiled(model: torch.nn.Module, options: dict[str, Any], variant: str = "") -> Callable:
@@ -498,5 +505,6 @@ __all__: Sequence[str] = (
     "plain_reference_loop",
     "image_seed",
     "with_batch_size",
+    "check_steps",
     "resolve_steps",
 )
