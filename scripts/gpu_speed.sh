@@ -12,6 +12,8 @@
 #   4. training with --tune-kernels (coordinate-descent tuning), loss curve checked: its compile is
 #      the longest (over 9 minutes in session 14), so it comes last
 # Usage: scripts/gpu_speed.sh OUT_DIR [BATCH (512)]
+# STAGES="train-baseline train-tuned" runs only the stages it names (default: all four, in order);
+# TUNED_LIMIT sets the tuned training's time limit in seconds (default 1200).
 # Writes OUT_DIR/DONE when finished and OUT_DIR.bundle/ (scripts/bundle_results.sh; not with
 # NO_BUNDLE=1); logs are
 # OUT_DIR/*.log. Run it in the background and follow it with scripts/gpu_wait.sh OUT_DIR DEST.
@@ -22,9 +24,11 @@ OUT=$(realpath -m "$OUT")
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+STAGES=${STAGES:-train-baseline sample-pair sample-suite train-tuned}
 stage() {  # stage NAME SECONDS COMMAND...: run it with a time limit, log to OUT/NAME.log
   local name=$1 limit=$2
   shift 2
+  [[ " $STAGES " == *" $name "* ]] || return 0
   echo "$(date +%T) $name (limit ${limit} s)"
   timeout --kill-after 10 "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?  # 124: stopped at its limit
@@ -37,7 +41,7 @@ stage sample-pair 480 bash scripts/tuning_pair.sh "$OUT/sample-pair" "$BATCH" 20
 stage sample-suite 420 env BENCH_SPEED_MODES=reference,graphs,graphs-tuned BENCH_SPEED_BATCH="$BATCH" \
     BENCH_SPEED_K="sampling and gpu" bash scripts/speed.sh "$OUT/sample-suite"
 # Last: session 14's tuned training compile had not reached its timed steps after 540 s.
-stage train-tuned 1200 env BENCH_TRAIN_MODES=compile-graphs-tuned BENCH_TRAIN_BATCH=256 \
+stage train-tuned "${TUNED_LIMIT:-1200}" env BENCH_TRAIN_MODES=compile-graphs-tuned BENCH_TRAIN_BATCH=256 \
     BENCH_SPEED_K=test_training_gpu bash scripts/speed.sh "$OUT/train-tuned"
 # NO_BUNDLE=1 (scripts/gpu_campaign.sh, which bundles its whole folder): no bundle of its own.
 [ "${NO_BUNDLE:-0}" = 1 ] || bash scripts/bundle_results.sh "$OUT" "$OUT.bundle"
