@@ -452,8 +452,9 @@ def train_judge_command(
 @_bool_flag("autotune", "Compile with max-autotune (minutes of compile; default off).")
 @_bool_flag(
     "tune-kernels",
-    "Inductor's coordinate-descent tuning of its kernels (default off). Long: the `seed` preset's "
-    "training compile had not finished after 9 minutes on an H100 with 16 CPU cores.",
+    "Inductor's coordinate-descent tuning of its kernels (default off). For the `seed` preset at "
+    "batch 256 on an H100: 4.6 % more images/s after 11 minutes of compile (16 CPU cores) against 2, "
+    "so it pays only for runs of hours; tuned kernels stay in Inductor's cache for the same shapes.",
 )
 @_bool_flag(
     "cuda-graphs",
