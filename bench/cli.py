@@ -502,6 +502,8 @@ def train_command(recipe, data, data_root, scenes, **options) -> None:
     extra = {"scenes": scenes} if scenes else {}
     dataset = _dataset(data, data_root, **extra)
     summary = train(config, dataset)
+    if not summary.is_main_process:  # the main process speaks for the launch
+        raise SystemExit(130 if summary.stopped_by == "interrupted" else 0)
     click.echo(
         json.dumps(
             {k: str(v) if isinstance(v, Path) else v for k, v in vars(summary).items()}, indent=2, default=str

@@ -68,6 +68,22 @@ def gather(value: Any) -> list[Any] | None:
     return values
 
 
+def largest(values: list[float], device: Any = "cpu") -> list[float]:
+    """Each entry's largest value over the processes of the launch, the same list on every process
+    (``values`` as given in one process). One all-reduce and a host sync: for decisions every
+    process must take at the same step (a time budget, a stop signal), not for every step."""
+    if not launched():
+        return list(values)
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
+
+
 def barrier() -> None:
     """Wait for every process of the launch (nothing in one process)."""
     if not launched():

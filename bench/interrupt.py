@@ -2,37 +2,49 @@
 
 A long loop runs inside ``StopRequest``: the first SIGINT/SIGTERM sets ``requested`` and the loop
 ends at its next step boundary, keeping what it made (``bench train`` writes its checkpoint, so
-``--resume`` goes on from that step); a second signal interrupts at once, as usual."""
+``--resume`` goes on from that step); a second signal interrupts at once, as usual.
+
+A signal within ``REPEAT_WINDOW_S`` of the first counts as the same request, not as the second:
+under ``torchrun``/``accelerate launch`` Ctrl-C reaches each worker twice, from the terminal and
+forwarded by the launcher (which then waits 30 s for the workers before it kills them)."""
 
 from __future__ import annotations
 
 import signal
 import sys
 import threading
+import time
 from types import FrameType, TracebackType
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+REPEAT_WINDOW_S = 1.0
 
 
 class StopRequest:
     """While active (main thread only, where Python delivers signals), holds the first stop
     signal's name in ``requested``; ``None`` while none came."""
 
-    def __init__(self, what: str, enabled: bool = True) -> None:
+    def __init__(self, what: str, enabled: bool = True, announce: bool = True) -> None:
         self.what = what  # what happens now, said when the first signal comes
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.announce = announce  # False: say nothing (the other processes of a launch)
         self.requested: str | None = None
+        self._first_at = 0.0
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested is not None:
+            if time.monotonic() - self._first_at < REPEAT_WINDOW_S:
+                return  # the same request, forwarded by a launcher
             raise KeyboardInterrupt  # the second signal: stop now
         self.requested = signal.Signals(signum).name
-        print(
-            f"\n{self.requested}: {self.what}; once more stops at once",
-            file=sys.stderr,
-            flush=True,
-        )
+        self._first_at = time.monotonic()
+        if self.announce:
+            print(
+                f"\n{self.requested}: {self.what}; once more stops at once",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def __enter__(self) -> StopRequest:
         if self.enabled:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from bench.atomic import atomic_write_text
 from bench.checkpoints import CheckpointError, load_checkpoint, save_checkpoint, unwrap_model
 from bench.compile_mode import compile_only_switch_error, compile_options, quiet_known_compile_warnings
-from bench.distributed import accelerate_cpu
+from bench.distributed import accelerate_cpu, largest
 from bench.distributed import launched as _under_accelerate
 from bench.groupnorm import use_group_norm
 from bench.interrupt import StopRequest
@@ -719,24 +719,32 @@ def train(
     if show_progress and trainer.is_main:
         iterator = progress(iterator, label="training", length=length, status=status)
     checkpoint_path: Path | None = ckpt_dir if ckpt_dir.exists() else None
-    # Ctrl-C or SIGTERM ends the run at the next step with its checkpoint written. One process
-    # only: under DDP each process would get the signal at its own step; there it stops as before.
+    # Ctrl-C or SIGTERM ends the run at the next step with its checkpoint written.
     stop = StopRequest(
         "stopping after this step and saving a checkpoint (--resume goes on from it)",
-        enabled=trainer.world == 1,
+        announce=trainer.is_main,
     )
+    # Under DDP every process must stop at the same step, or the one that goes on waits forever in
+    # the gradient all-reduce: the clock (for --max-minutes and the time-based lr) and the stop
+    # signal are agreed on every log_every steps, each process's own only in one process.
+    agree_every = 1 if trainer.world == 1 else config.log_every
     with stop:
         try:
             for _ in iterator:
-                if stop.requested:
-                    stopped_by = "interrupted"
-                    break
                 if total is not None and trainer.step >= total:
                     break
-                trainer.elapsed = elapsed_before + time.perf_counter() - run_start
-                if budget is not None and trainer.elapsed >= budget:
-                    stopped_by = "max_minutes"
-                    break
+                if trainer.step % agree_every == 0:
+                    now = [
+                        elapsed_before + time.perf_counter() - run_start,
+                        float(stop.requested is not None),
+                    ]
+                    trainer.elapsed, signalled = now if trainer.world == 1 else largest(now, trainer.device)
+                    if signalled:
+                        stopped_by = "interrupted"
+                        break
+                    if budget is not None and trainer.elapsed >= budget:
+                        stopped_by = "max_minutes"
+                        break
                 images, conds = next(batches)
                 loss_sum = loss_sum + trainer.train_step(images, conds)
                 loss_count += 1

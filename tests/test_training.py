@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -338,14 +339,86 @@ def test_measure_throughput(tmp_path: Path) -> None:
     assert not (tmp_path / "checkpoint").exists()
 
 
-@pytest.mark.slow
-def test_two_processes_train_and_sample(tmp_path: Path) -> None:
-    """DDP over two CPU processes (gloo) through accelerate, as `accelerate launch` starts it.
+def _torchrun(*args: str) -> list[str]:
+    """Two CPU processes (gloo) through accelerate, as `accelerate launch` starts them.
 
     ``accelerate launch --multi_gpu`` runs torchrun; on CPU we call torchrun directly
     (``accelerate launch --cpu`` starts one process unless MPI is set up).
     """
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    return [torchrun, "--standalone", "--nproc_per_node", "2", *args]
+
+
+# Trains as RUN.json says and prints each process's step and why it stopped. CLOCK_RATE makes
+# process 1's clock run that many times faster: the processes then disagree about the time.
+_DDP_DRIVER = """
+import json, os, sys, time, types
+from bench import training
+from bench.plugins import get
+
+spec = json.load(open(sys.argv[1]))
+rate = float(os.environ.get("CLOCK_RATE", "1")) if os.environ["RANK"] == "1" else 1.0
+training.time = types.SimpleNamespace(perf_counter=lambda: rate * time.perf_counter())
+data = get("datasets", "synthetic").factory(scenes=4, use_cache=False)
+summary = training.train(training.TrainConfig.from_dict(spec["train"]), data, show_progress=False)
+print(json.dumps({"rank": os.environ["RANK"], "steps": summary.steps, "stopped_by": summary.stopped_by}), flush=True)
+"""
+
+
+def _ddp_run(tmp_path: Path, **train_overrides) -> tuple[list[str], dict]:
+    """The torchrun command of a two-process run of _DDP_DRIVER, and its environment."""
+    (tmp_path / "driver.py").write_text(_DDP_DRIVER)
+    train_spec = {**config(tmp_path / "ddp", **train_overrides).to_dict()}
+    (tmp_path / "run.json").write_text(json.dumps({"train": train_spec}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return _torchrun(str(tmp_path / "driver.py"), str(tmp_path / "run.json")), env
+
+
+def _reports(stdout: str) -> list[dict]:
+    return sorted((json.loads(line) for line in stdout.splitlines() if line.startswith('{"rank"')), key=str)
+
+
+@pytest.mark.slow
+def test_processes_that_disagree_about_the_time_stop_at_the_same_step(tmp_path: Path) -> None:
+    # Each process reading its own clock against --max-minutes, the faster one stopped first and
+    # the other hung in the next step's gradient all-reduce: they now agree on the largest time.
+    command, env = _ddp_run(tmp_path, max_steps=None, max_minutes=0.02, lr_schedule="cosine")
+    done = subprocess.run(
+        command, env={**env, "CLOCK_RATE": "3"}, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = _reports(done.stdout)
+    assert [r["stopped_by"] for r in reports] == ["max_minutes"] * 2
+    assert reports[0]["steps"] == reports[1]["steps"] > 0
+    assert load_checkpoint(tmp_path / "ddp" / "checkpoint").step == reports[0]["steps"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_every_process_at_one_step_with_a_checkpoint(tmp_path: Path) -> None:
+    # A cluster's time limit signals the launcher, which forwards it to each process and waits 30 s.
+    command, env = _ddp_run(tmp_path, max_steps=100_000, checkpoint_every=0)
+    launcher = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "ddp" / "loss.jsonl"
+    try:
+        for _ in range(1200):  # until a few steps are done (the processes start in seconds)
+            if log.exists() and len(log.read_text().splitlines()) >= 3:
+                break
+            if launcher.poll() is not None:
+                break
+            time.sleep(0.1)
+        launcher.send_signal(signal.SIGTERM)
+        stdout, stderr = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    reports = _reports(stdout)
+    assert [r["stopped_by"] for r in reports] == ["interrupted"] * 2, stderr[-3000:]
+    assert reports[0]["steps"] == reports[1]["steps"] >= 3
+    assert load_checkpoint(tmp_path / "ddp" / "checkpoint").step == reports[0]["steps"]
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_sample(tmp_path: Path) -> None:
+    """DDP over two CPU processes (gloo), started as `accelerate launch` starts them."""
     data_options = {"scenes": 4, "use_cache": False}
     spec = {
         "train": {**config(tmp_path / "ddp", max_steps=3).to_dict(), "hflip": True},
@@ -355,15 +428,7 @@ def test_two_processes_train_and_sample(tmp_path: Path) -> None:
     (tmp_path / "run.json").write_text(json.dumps(spec))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [
-            torchrun,
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "bench.training",
-            str(tmp_path / "run.json"),
-        ],
+        _torchrun("-m", "bench.training", str(tmp_path / "run.json")),
         env=env,
         capture_output=True,
         text=True,
