@@ -41,12 +41,18 @@ def test_config_file_sections_and_lists(tmp_path) -> None:
     assert read_config_file(path, "run") == {"seeds": "0-1", "scheduler": "cosine,ddim", "batch_size": 8}
 
 
-def _capture_train(monkeypatch, stopped_by: str = "epochs/max_steps") -> dict:
+def _capture_train(monkeypatch, stopped_by: str = "epochs/max_steps", main_process: bool = True) -> dict:
     seen: dict = {}
 
     def fake_train(config, dataset):
         seen["config"] = config
-        return type("S", (), {"steps": 2, "stopped_by": stopped_by, "checkpoint": "out/checkpoint"})()
+        summary = {
+            "steps": 2,
+            "stopped_by": stopped_by,
+            "checkpoint": "out/checkpoint",
+            "is_main_process": main_process,
+        }
+        return type("S", (), summary)()
 
     monkeypatch.setattr("bench.training.train", fake_train)
     monkeypatch.setattr(cli, "_dataset", lambda *a, **k: None)
@@ -71,6 +77,26 @@ def test_an_interrupted_training_says_how_to_go_on_and_exits_130(runner, monkeyp
     result = runner.invoke(cli.main, ["train", "--preset", "tiny"])
     assert result.exit_code == 130
     assert "interrupted at step 2: checkpoint out/checkpoint; the same command with --resume" in result.output
+
+
+@pytest.mark.parametrize("stopped_by, code", [("interrupted", 130), ("epochs/max_steps", 0)])
+def test_the_other_processes_of_a_launch_say_nothing_and_exit_like_the_main_one(
+    runner, monkeypatch, stopped_by, code
+) -> None:
+    _capture_train(monkeypatch, stopped_by=stopped_by, main_process=False)
+    result = runner.invoke(cli.main, ["train", "--preset", "tiny"])
+    assert result.exit_code == code and result.output == ""
+
+
+def test_an_interrupted_judge_training_exits_130_and_says_what_was_saved(runner, monkeypatch) -> None:
+    def fake_train_judge(dataset, out_path, **kwargs):
+        return {"epochs": 3, "stopped_by": "interrupted", "stopped_early": True}
+
+    monkeypatch.setattr("bench_builtins.evaluators.judge_training.train_judge", fake_train_judge)
+    monkeypatch.setattr(cli, "_dataset", lambda *a, **k: None)
+    result = runner.invoke(cli.main, ["train-judge", "--out", "j.safetensors"])
+    assert result.exit_code == 130
+    assert "interrupted after epoch 3: the judge so far is saved in j.safetensors" in result.output
 
 
 @pytest.mark.parametrize(

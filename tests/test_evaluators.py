@@ -357,7 +357,8 @@ def test_a_stop_signal_ends_judge_training_after_the_epoch_and_still_saves(tmp_p
         TinyDataset(n=12), out, heldout=TinyDataset(n=6), epochs=5, batch_size=4, lr=1e-3, device="cpu",
         log=lines.append,
     )  # fmt: skip
-    assert metrics["epochs"] == 1 and metrics["stopped_early"] and len(calls) == 3  # one epoch's batches
+    assert metrics["epochs"] == 1 and metrics["stopped_by"] == "interrupted" and len(calls) == 3  # one epoch
+    assert metrics["stopped_early"]
     assert "SIGINT: stopped after epoch 1" in lines
     assert "heldout_acc_clean" in metrics and load_judge(out) is not None
 

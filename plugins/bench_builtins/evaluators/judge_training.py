@@ -262,7 +262,7 @@ def train_judge(
     use_bf16 = dev.type == "cuda"
     rate, step, start, epochs_done = Rate(), 0, time.perf_counter(), 0
     shown = {"loss": float("nan")}  # read by the progress bar's status line
-    stopped_early = False
+    stopped_by = "epochs"  # or "interrupted" (Ctrl-C, SIGTERM), "max_minutes"
     # Ctrl-C or SIGTERM: the judge of the epochs so far is still judged and saved.
     stop = StopRequest("stopping after this epoch, then judging the held-out images and saving the judge")
     with stop:
@@ -295,11 +295,11 @@ def train_judge(
             epochs_done = epoch + 1
             if stop.requested:
                 log(f"{stop.requested}: stopped after epoch {epoch + 1}")
-                stopped_early = True
+                stopped_by = "interrupted"
                 break
             if time_limit_s is not None and time.perf_counter() - start > time_limit_s:
                 log(f"time limit {time_limit_s:.0f}s reached after epoch {epoch + 1}")
-                stopped_early = True
+                stopped_by = "max_minutes"
                 break
     train_s = time.perf_counter() - start
 
@@ -312,7 +312,8 @@ def train_judge(
         "seed": seed,
         "final_loss": shown["loss"],
         "train_seconds": round(train_s, 1),
-        "stopped_early": stopped_early,
+        "stopped_early": stopped_by != "epochs",
+        "stopped_by": stopped_by,
         "device": str(dev),
     }
     if held_images.shape[0]:
