@@ -394,7 +394,9 @@ def train_judge_command(
     )
     click.echo(json.dumps(metrics, indent=2, default=str))
     if metrics["stopped_by"] == "interrupted":
-        click.echo(f"interrupted after epoch {metrics['epochs']}: the judge so far is saved in {out_path}", err=True)
+        click.echo(
+            f"interrupted after epoch {metrics['epochs']}: the judge so far is saved in {out_path}", err=True
+        )
         raise SystemExit(130)  # as bench train: a script sees that the run did not finish
 
 

@@ -50,6 +50,24 @@ def compile_options(
     return options
 
 
+def compile_wait_note(*, training: bool, autotune: bool, tune_kernels: bool) -> str:
+    """What a compiled run waits for before its first step, as measured for the `seed` preset on an
+    H100 (BENCHMARKS.md, sessions 15 and 17), so that minutes of silence are not taken for a hang."""
+    if training:
+        wait = "about 11 minutes with --tune-kernels" if tune_kernels else "about 2 minutes"
+    else:
+        wait = (
+            "about 3.5 minutes per batch shape with --tune-kernels"
+            if tune_kernels
+            else "about 1 minute per batch shape"
+        )
+    more = "; longer with --autotune" if autotune else ""
+    return (
+        f"torch.compile: the first {'step' if training else 'pass'} compiles first ({wait} for the seed "
+        f"preset on an H100{more}); Inductor's disk cache shortens it for shapes compiled before"
+    )
+
+
 def quiet_known_compile_warnings() -> None:
     """Silence Dynamo's note on diffusers' ``lru_cache``-wrapped version checks. It is harmless (the
     check is traced through) but comes with a traceback per call site and buried the training and

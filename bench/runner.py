@@ -425,14 +425,20 @@ def _warm_up(ctx: _Run) -> None:
     """Untimed 1-step passes at the timed batch shapes (the doubled one too when a cell is
     guided): first-call costs (allocator, kernel selection, lazy init) must not land in the
     first cell's images/s."""
+    from bench.compile_mode import compile_wait_note
     from bench.sampling import sample
 
+    resolved = ctx.options.resolved(ctx.device)
+    if resolved.compile:
+        ctx.log(
+            compile_wait_note(training=False, autotune=resolved.autotune, tune_kernels=resolved.tune_kernels)
+        )
     mine = ctx.conditions[shard(len(ctx.conditions), ctx.rank, ctx.size)]
     for guidance in sorted({1.0, max(ctx.guidance.guidance)}):
         sample(
             ctx.model,
             "ddim",
-            mine[: ctx.options.resolved(ctx.device).batch_size],
+            mine[: resolved.batch_size],
             train_config=ctx.train_noise,
             steps=1,
             guidance=guidance,

@@ -29,7 +29,12 @@ import torch.nn.functional as F
 
 from bench.atomic import atomic_write_text
 from bench.checkpoints import CheckpointError, load_checkpoint, save_checkpoint, unwrap_model
-from bench.compile_mode import compile_only_switch_error, compile_options, quiet_known_compile_warnings
+from bench.compile_mode import (
+    compile_only_switch_error,
+    compile_options,
+    compile_wait_note,
+    quiet_known_compile_warnings,
+)
 from bench.distributed import accelerate_cpu, largest
 from bench.distributed import launched as _under_accelerate
 from bench.groupnorm import use_group_norm
@@ -719,6 +724,9 @@ def train(
     if show_progress and trainer.is_main:
         iterator = progress(iterator, label="training", length=length, status=status)
     checkpoint_path: Path | None = ckpt_dir if ckpt_dir.exists() else None
+    if trainer.use_compile and show_progress and trainer.is_main and length != 0:
+        note = compile_wait_note(training=True, autotune=config.autotune, tune_kernels=config.tune_kernels)
+        print(note, file=sys.stderr, flush=True)
     # Ctrl-C or SIGTERM ends the run at the next step with its checkpoint written.
     stop = StopRequest(
         "stopping after this step and saving a checkpoint (--resume goes on from it)",

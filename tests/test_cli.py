@@ -35,6 +35,20 @@ def test_matrix_values_parse_ranges_and_lists() -> None:
         parse_int_list("a-b", "seed")
 
 
+def test_a_compiled_run_says_what_its_first_pass_waits_for(runner, tmp_path, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)  # eager, as if compiled
+    args = ["--steps", "2", "--seeds", "0", "--out", str(tmp_path)]
+    result = tiny_run(runner, *args, "--compile", "--tune-kernels")
+    assert result.exit_code == 0, result.output
+    assert (
+        "the first pass compiles first (about 3.5 minutes per batch shape with --tune-kernels"
+        in result.output
+    )
+    assert "torch.compile" not in tiny_run(runner, *args, "--no-compile").output
+
+
 def test_config_file_sections_and_lists(tmp_path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('seeds = "0-1"\n[run]\nscheduler = ["cosine", "ddim"]\nbatch-size = 8\n')

@@ -121,6 +121,21 @@ def test_compiled_training_gets_its_compile_options(
     assert trainer.settings()["tune_kernels"] is tune_kernels
 
 
+@pytest.mark.parametrize("tune_kernels, wait", [(False, "about 2 minutes"), (True, "about 11 minutes")])
+def test_a_compiled_training_says_what_its_first_step_waits_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, tune_kernels: bool, wait: str
+) -> None:
+    monkeypatch.setattr(torch, "compile", lambda module, options=None: module)  # eager, as if compiled
+    train(
+        config(tmp_path / "a", compile=True, tune_kernels=tune_kernels, max_steps=1),
+        dataset(),
+        show_progress=True,
+    )
+    assert f"the first step compiles first ({wait}" in capsys.readouterr().err
+    train(config(tmp_path / "b", max_steps=1), dataset(), show_progress=True)
+    assert "torch.compile" not in capsys.readouterr().err  # not compiled: nothing to wait for
+
+
 def test_forced_layout_reaches_the_backward_graph_of_that_compile_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
