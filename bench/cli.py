@@ -234,14 +234,24 @@ def _print_summary(out_dir: Path, result) -> None:
     "--plot", default=None, type=click.Path(dir_okay=False), help="Write the accuracy vs images/s plot here."
 )
 @click.option(
+    "--labels-plot",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write the per-label accuracy heatmap here (labels grouped by shape, one row per config).",
+)
+@click.option(
     "--out", default=None, type=click.Path(dir_okay=False), help="Write the report here (else stdout)."
 )
-def report_command(files, fmt, plot, out) -> None:
-    """Render tables (and a plot, or an html page) from results files."""
+def report_command(files, fmt, plot, labels_plot, out) -> None:
+    """Render tables (and plots, or an html page) from results files."""
     from bench.report import render_report
 
     text = render_report(
-        [Path(f) for f in files], fmt, plot=Path(plot) if plot else None, out=Path(out) if out else None
+        [Path(f) for f in files],
+        fmt,
+        plot=Path(plot) if plot else None,
+        out=Path(out) if out else None,
+        labels_plot=Path(labels_plot) if labels_plot else None,
     )
     if out is None:
         click.echo(text)

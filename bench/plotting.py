@@ -1,4 +1,4 @@
-"""PNG plots drawn with Pillow (no matplotlib): the training loss curve and the Pareto plot."""
+"""PNG plots drawn with Pillow (no matplotlib): the training loss curve, the Pareto plot and heatmaps."""
 
 from __future__ import annotations
 
@@ -403,4 +403,83 @@ def line_plot(
     else:
         draw.line(pixels, fill=(31, 119, 180), width=2)
     draw.rectangle(box, outline="black")  # again: the grid lines drew over it
+    return save_figure(image, out_path)
+
+
+def heatmap(
+    row_labels: Sequence[str],
+    columns: Sequence[tuple[str, str]],
+    values: Sequence[Sequence[float | None]],
+    out_path: str | Path,
+    title: str,
+    *,
+    note: str = "",
+) -> Path:
+    """A table of values in [0, 1] as coloured cells (white at 1, red at 0.5 and below, grey where
+    there is no value), each cell printed with its value. ``columns``: (group, name) pairs; neighbouring
+    columns of one group share a header above their names (an i-CLEVR label "red cube" is the
+    column "red" of the group "cube"). ``note``: a line under the table (what the values are)."""
+    from PIL import Image, ImageDraw
+
+    if len(values) != len(row_labels) or any(len(row) != len(columns) for row in values):
+        raise PlotError(
+            f"heatmap: {len(row_labels)} row labels and {len(columns)} columns do not fit the values"
+        )
+    font, small = _font(13), _font(11)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def text_width(text: str, f: Any) -> int:
+        return int(probe.textlength(text, font=f))
+
+    cell_w = max([40] + [text_width(name, small) + 8 for _, name in columns])
+    cell_h, pad = 22, 12
+    left = pad + max([0] + [text_width(label, small) for label in row_labels]) + 8
+    top = 34 + 2 * cell_h  # title, then the group row and the name row
+    width = max(
+        left + cell_w * len(columns) + pad,
+        text_width(title, font) + 2 * pad,
+        text_width(note, small) + 2 * pad,
+    )
+    height = top + cell_h * len(row_labels) + (30 if note else 12)
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((width // 2, 10), title, fill="black", font=font, anchor="mt")
+    start = 0
+    for i in range(1, len(columns) + 1):  # group headers over runs of one group
+        if i == len(columns) or columns[i][0] != columns[start][0]:
+            x0, x1 = left + start * cell_w, left + i * cell_w
+            draw.text(
+                ((x0 + x1) // 2, 34 + cell_h // 2), columns[start][0], fill="black", font=font, anchor="mm"
+            )
+            draw.line([(x0 + 2, 34 + cell_h - 2), (x1 - 2, 34 + cell_h - 2)], fill="gray")
+            start = i
+    for j, (_, name) in enumerate(columns):
+        draw.text(
+            (left + j * cell_w + cell_w // 2, 34 + cell_h + cell_h // 2),
+            name,
+            fill="black",
+            font=small,
+            anchor="mm",
+        )
+    for i, (label, row) in enumerate(zip(row_labels, values, strict=True)):
+        y = top + i * cell_h
+        draw.text((left - 8, y + cell_h // 2), label, fill="black", font=small, anchor="rm")
+        for j, value in enumerate(row):
+            box = (left + j * cell_w, y, left + (j + 1) * cell_w - 1, y + cell_h - 1)
+            if value is None:
+                draw.rectangle(box, fill=(228, 228, 236))  # bluish: no text antialiasing makes it
+                continue
+            # white at 1, full red at 0.5 and below: the misses that matter sit between 0.8 and 1
+            miss = min(2.0 * (1.0 - max(float(value), 0.0)), 1.0)
+            fill = (255, round(255 - 200 * miss), round(255 - 220 * miss))
+            draw.rectangle(box, fill=fill, outline=(200, 200, 200))
+            draw.text(
+                ((box[0] + box[2]) // 2, (box[1] + box[3]) // 2),
+                f"{value:.2f}",
+                fill="black",
+                font=small,
+                anchor="mm",
+            )
+    if note:
+        draw.text((pad, height - 10), note, fill="dimgray", font=small, anchor="lb")
     return save_figure(image, out_path)

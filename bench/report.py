@@ -48,6 +48,7 @@ class Report:
     grids: list[tuple[str, Path]] = field(default_factory=list)
     sources: list[Path] = field(default_factory=list)
     plot: Path | None = None  # a Pareto plot already drawn (render_report --plot)
+    labels_plot: Path | None = None  # a per-label heatmap already drawn (--labels-plot)
 
 
 # ---------------------------------------------------------------- reading files
@@ -277,16 +278,21 @@ def _aggregate_metrics(members: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         mean, std = _mean_std(values)
         out[name] = {"mean": mean, "std": std, "n": len(values)}
-    by_objects: dict[str, list[float]] = {}
-    for m in members:
-        for k, v in ((m.get("metrics") or {}).get("acc_by_objects") or {}).items():
-            if _num(v) is not None:
-                by_objects.setdefault(str(k), []).append(float(v))
-    if by_objects:
-        out["acc_by_objects"] = {
-            k: dict(zip(("mean", "std"), _mean_std(v), strict=True)) | {"n": len(v)}
-            for k, v in sorted(by_objects.items(), key=lambda kv: _sort_int(kv[0]))
-        }
+    # Accuracy per object count and per label: mean and std over the seeds, key by key. Labels keep
+    # the evaluator's order (objects.json's); counts are sorted.
+    for nested in ("acc_by_objects", "acc_per_label"):
+        per_key: dict[str, list[float]] = {}
+        for m in members:
+            for k, v in ((m.get("metrics") or {}).get(nested) or {}).items():
+                if _num(v) is not None:
+                    per_key.setdefault(str(k), []).append(float(v))
+        items = list(per_key.items())
+        if nested == "acc_by_objects":
+            items.sort(key=lambda kv: _sort_int(kv[0]))
+        if items:
+            out[nested] = {
+                k: dict(zip(("mean", "std"), _mean_std(v), strict=True)) | {"n": len(v)} for k, v in items
+            }
     return out
 
 
@@ -438,6 +444,61 @@ def _points(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- public API
 
 
+def label_accuracy(records: list[dict[str, Any]]) -> tuple[list[str], list[str], list[list[float | None]]]:
+    """Per-label accuracy, mean over seeds: (one row label per config and condition set, the labels
+    in the evaluator's order, a value or None per row and label). Rows without per-label accuracy
+    (no iclevr-acc evaluator, an errored cell) are left out."""
+    usable = [r for r in records if (r.get("metrics") or {}).get("acc_per_label")]
+    labels: list[str] = []
+    for r in usable:
+        labels += [k for k in r["metrics"]["acc_per_label"] if k not in labels]
+    from bench.conditions import load_labels_spec
+
+    known = load_labels_spec()
+    if set(labels) <= set(known):  # the i-CLEVR labels: in objects.json's order, whichever set came first
+        labels.sort(key=known.index)
+    several = {key: len({str(r.get(key)) for r in usable}) > 1 for key in ("model", "checkpoint")}
+    names, values = [], []
+    for r in usable:
+        name = f"{r.get('scheduler')}/{r.get('steps')} w={r.get('guidance')}{_interval_label(r)}"
+        name += f" · {r.get('condition_set') or ''}"
+        if several["checkpoint"]:
+            name = f"{Path(str(r.get('checkpoint'))).parent.name or r.get('checkpoint')}: {name}"
+        elif several["model"]:
+            name = f"{r.get('model')}: {name}"
+        per_label = r["metrics"]["acc_per_label"]
+        names.append(f"{name.strip(' ·')} · {r['n_seeds']} seed{'s' if r['n_seeds'] != 1 else ''}")
+        values.append([per_label[k]["mean"] if k in per_label else None for k in labels])
+    return names, labels, values
+
+
+def draw_label_accuracy(report: Report, out_path: str | Path) -> Path:
+    """The per-label accuracy of every config as a heatmap: i-CLEVR labels "<colour> <shape>" are
+    grouped by shape, so a colour or a shape that the model misses stands out as a red column."""
+    from bench.plotting import heatmap
+
+    names, labels, values = label_accuracy(report.records)
+    if not names:
+        raise ResultsError(
+            "no per-label accuracy in these files: it comes from the iclevr-acc evaluator (acc_per_label)"
+        )
+    split = [label.rsplit(" ", 1) for label in labels]
+    if all(len(parts) == 2 for parts in split):  # "<colour> <shape>": group the columns by shape
+        shapes = list(dict.fromkeys(parts[1] for parts in split))
+        order = sorted(range(len(labels)), key=lambda i: shapes.index(split[i][1]))
+        columns = [(split[i][1], split[i][0]) for i in order]
+    else:
+        order, columns = list(range(len(labels))), [("", label) for label in labels]
+    return heatmap(
+        names,
+        columns,
+        [[row[i] for i in order] for row in values],
+        out_path,
+        "accuracy per label (mean over seeds)",
+        note="white: every object of that label found; red: half or fewer; grey: not in the condition set",
+    )
+
+
 def load_report(paths: Sequence[str | Path]) -> Report:
     """Read results files (bench or pytest-benchmark JSON) into tables, plot points and images."""
     if not paths:
@@ -477,8 +538,10 @@ def render_report(
     fmt: str = "plain",
     plot: str | Path | None = None,
     out: str | Path | None = None,
+    labels_plot: str | Path | None = None,
 ) -> str:
-    """What ``bench report`` does: load, optionally draw the Pareto plot, render, optionally write.
+    """What ``bench report`` does: load, optionally draw the Pareto plot and the per-label heatmap,
+    render, optionally write.
 
     ``fmt`` is a registered reporter name (plain, github, latex, csv, json, html); an unknown
     one raises RegistryError listing close matches.
@@ -497,6 +560,8 @@ def render_report(
             xlabel="images/s (higher is better)",
             ylabel="accuracy (higher is better)",
         )
+    if labels_plot is not None:
+        report.labels_plot = draw_label_accuracy(report, labels_plot)
     text = reporter_factory()(report)
     if out is not None:
         from bench.atomic import atomic_write_text

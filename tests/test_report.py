@@ -24,6 +24,7 @@ ENV = {
     "git": {"revision": "0123456789abcdef", "dirty": True},
     "libraries": {"bench": "0.1.0", "torch": "2.4.0", "diffusers": "0.30.0"},
 }
+NO_VALUE = (228, 228, 236)  # the heatmap's cell where a condition set has no object of a label
 ACC = {("ddim", 0): 0.50, ("ddim", 1): 0.60, ("cosine", 0): 0.80, ("cosine", 1): 0.84}
 
 
@@ -49,6 +50,8 @@ def _row(scheduler: str, steps: int, seed: int, images_per_s: float, **extra) ->
             "acc": ACC[(scheduler, seed)],
             "acc_n": 32,
             "acc_by_objects": {"1": 0.9, "2": 0.7},
+            # in the evaluator's order, which need not be objects.json's
+            "acc_per_label": {"blue sphere": 1.0, "red cube": 1.0 if seed == 0 else 0.5, "gray cube": 0.75},
             "fid-judge": 20.0 + seed,
             "fid-judge_n": 32,
             "fid-judge_ref_n": 500,
@@ -281,18 +284,82 @@ def test_html_is_one_page(results_file: Path, tmp_path: Path) -> None:
     assert out.read_text() == text
     assert "<table>" in text and "acc ↑" in text and "0.550 ± 0.071 (n=2)" in text
     uris = text.split('src="data:image/png;base64,')[1:]
-    assert len(uris) == 1 + 1 + 4  # the plot, the denoising figure, four grids
-    sizes = set()
+    assert len(uris) == 1 + 1 + 1 + 4  # the plot, the per-label heatmap, the denoising figure, four grids
+    sizes = []
     for uri in uris:
         with Image.open(io.BytesIO(base64.b64decode(uri.split('"', 1)[0]))) as image:
-            sizes.add(image.size)
-    assert {(800, 600), (40, 30), (64, 16)} == sizes
+            sizes.append(image.size)
+    assert sizes[0] == (800, 600) and set(sizes[2:]) == {(40, 30), (64, 16)}
+    assert "<h2>accuracy per label</h2>" in text
     assert 'src="/' not in text and "file://" not in text  # nothing outside the page
 
 
 def test_html_uses_given_plot(results_file: Path, tmp_path: Path) -> None:
-    text = render_report([results_file], "html", plot=tmp_path / "p.png")
-    assert text.count("data:image/png;base64,") == 6
+    text = render_report([results_file], "html", plot=tmp_path / "p.png", labels_plot=tmp_path / "l.png")
+    assert text.count("data:image/png;base64,") == 7
+    with Image.open(tmp_path / "l.png") as given:
+        page_heatmap = text.split('src="data:image/png;base64,')[2].split('"', 1)[0]
+        with Image.open(io.BytesIO(base64.b64decode(page_heatmap))) as shown:
+            assert shown.size == given.size
+
+
+def test_per_label_accuracy_is_the_mean_over_seeds_in_objects_json_order(results_file: Path) -> None:
+    from bench.report import label_accuracy
+
+    names, labels, values = label_accuracy(load_report([results_file]).records)
+    assert labels == ["gray cube", "red cube", "blue sphere"]  # objects.json's order, not the file's
+    assert names == [
+        "ddim/10 w=1.0 · test · 2 seeds",
+        "cosine/50 w=1.0 · test · 2 seeds",
+    ]  # errored heun: none
+    assert values == [[0.75, 0.75, 1.0], [0.75, 0.75, 1.0]]
+
+
+def test_labels_plot_draws_one_cell_per_config_and_label(results_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "labels.png"
+    render_report([results_file], "plain", labels_plot=out)
+    with Image.open(out) as image:
+        pixels = image.convert("RGB")
+        colours = {pixels.getpixel((x, y)) for x in range(image.width) for y in range(image.height)}
+    assert (255, 155, 145) in colours  # 0.75: half way from white to the full red of 0.5
+    assert (255, 255, 255) in colours  # 1.0
+    assert NO_VALUE not in colours  # every label is in every row
+
+
+def test_a_label_missing_from_a_condition_set_is_a_grey_cell(tmp_path: Path) -> None:
+    rows = [
+        Row(model="m", scheduler="ddim", steps=2, seed=0, condition_set=name, checkpoint="c", metrics=metrics)
+        for name, metrics in (
+            ("a", {"acc": 1.0, "acc_per_label": {"red cube": 1.0}}),
+            ("b", {"acc": 1.0, "acc_per_label": {"red cube": 1.0, "gray cube": 1.0}}),
+        )
+    ]
+    path = RunResult(config={}, seeds=[0], rows=rows, environment=ENV).write(tmp_path / "results.json")
+    render_report([path], "plain", labels_plot=tmp_path / "l.png")
+    with Image.open(tmp_path / "l.png") as image:
+        pixels = image.convert("RGB")
+        colours = {pixels.getpixel((x, y)) for x in range(image.width) for y in range(image.height)}
+    assert NO_VALUE in colours
+
+
+def test_labels_plot_without_per_label_accuracy_says_where_it_comes_from(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bench import cli
+
+    row = Row(
+        model="m",
+        scheduler="ddim",
+        steps=2,
+        seed=0,
+        condition_set="test",
+        checkpoint="c",
+        metrics={"acc": 1.0},
+    )
+    path = RunResult(config={}, seeds=[0], rows=[row], environment=ENV).write(tmp_path / "results.json")
+    result = CliRunner().invoke(cli.main, ["report", str(path), "--labels-plot", str(tmp_path / "l.png")])
+    assert result.exit_code != 0 and "comes from the iclevr-acc evaluator" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "l.png").exists()
 
 
 def test_metric_attributes_are_not_columns_and_evaluator_errors_show(tmp_path: Path) -> None:

@@ -75,6 +75,7 @@ class HtmlReporter:
         parts += [_table(t) for t in report.tables]
         parts.append("<h2>accuracy against speed</h2>")
         parts.append(_plot(report))
+        parts += _label_accuracy(report)
         if report.figures:
             parts.append("<h2>figures</h2>")
             parts += [_image(Path(p), name) for name, p in report.figures.items()]
@@ -83,6 +84,20 @@ class HtmlReporter:
             parts += [_image(Path(p), label) for label, p in report.grids]
         parts.append("</body></html>")
         return "\n".join(parts) + "\n"
+
+
+def _label_accuracy(report) -> list[str]:
+    """The per-label heatmap (``--labels-plot``'s, else drawn now) when any config has per-label
+    accuracy; nothing otherwise."""
+    from bench.report import draw_label_accuracy, label_accuracy
+
+    if report.labels_plot is not None and Path(report.labels_plot).is_file():
+        return ["<h2>accuracy per label</h2>", _image(Path(report.labels_plot), "accuracy per label")]
+    if not label_accuracy(report.records)[0]:
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = draw_label_accuracy(report, Path(tmp) / "labels.png")
+        return ["<h2>accuracy per label</h2>", _image(path, "accuracy per label")]
 
 
 def _plot(report) -> str:
