@@ -320,6 +320,49 @@ def data_conditions(out_file, n, objects, seed, shared) -> None:
     click.echo(f"wrote {out_file}")
 
 
+@data_group.command("ceiling")
+@click.option(
+    "--conditions",
+    "condition_files",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Condition file (repeatable; default: the shipped test.json and new_test.json).",
+)
+@click.option(
+    "--per-condition",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Renders per condition.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the renders' layouts.")
+@click.option(
+    "--judge", default=None, help="Judge checkpoint (course format or .safetensors); default: shipped."
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def data_ceiling(condition_files, per_condition, seed, judge, device) -> None:
+    """What a perfect generator scores: the judge's accuracy on renders holding exactly each
+    condition's objects (synthetic renderer). A model's accuracy reads against it."""
+    from tabulate import tabulate
+
+    from bench.conditions import load_condition_set, load_labels_spec
+    from bench.runner import DEFAULT_CONDITION_FILES, resolve_device
+    from bench_builtins.evaluators.ceiling import judge_ceiling
+
+    device = resolve_device(device)
+    labels = load_labels_spec()
+    sets = [load_condition_set(f, labels) for f in condition_files or DEFAULT_CONDITION_FILES]
+    rows = []
+    for condition_set in sets:
+        metrics = judge_ceiling(condition_set, per_condition, seed, judge=judge, device=device)
+        by_objects = ", ".join(f"{k}: {v:.4f}" for k, v in metrics["acc_by_objects"].items())
+        lowest = sorted(metrics["acc_per_label"].items(), key=lambda kv: kv[1])[:3]
+        missed = ", ".join(f"{name} {acc:.3f}" for name, acc in lowest if acc < 1) or "none"
+        rows.append([condition_set.name, metrics["acc_n"], f"{metrics['acc']:.4f}", by_objects, missed])
+    headers = ["condition set", "renders", "judge's accuracy", "by objects", "labels missed most"]
+    click.echo(tabulate(rows, headers=headers, disable_numparse=True))
+
+
 @data_group.command("show")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_png", default="sheet.png", show_default=True, type=click.Path(dir_okay=False))

@@ -49,6 +49,22 @@ def test_a_compiled_run_says_what_its_first_pass_waits_for(runner, tmp_path, mon
     assert "torch.compile" not in tiny_run(runner, *args, "--no-compile").output
 
 
+def test_data_ceiling_prints_the_judges_accuracy_on_renders_of_each_set(runner, tmp_path) -> None:
+    conditions = tmp_path / "two.json"
+    conditions.write_text('[["red cube"], ["blue sphere", "gray cylinder"]]')
+    result = runner.invoke(
+        cli.main, ["data", "ceiling", "--conditions", str(conditions), "--per-condition", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("two "))
+    assert row.split()[1] == "4"  # renders: 2 conditions x 2
+    assert 0.9 <= float(row.split()[2]) <= 1.0
+    bad = tmp_path / "bad.json"
+    bad.write_text('[["pink cube"]]')
+    result = runner.invoke(cli.main, ["data", "ceiling", "--conditions", str(bad)])
+    assert result.exit_code != 0 and "unknown label 'pink cube'" in result.output
+
+
 def test_config_file_sections_and_lists(tmp_path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('seeds = "0-1"\n[run]\nscheduler = ["cosine", "ddim"]\nbatch-size = 8\n')

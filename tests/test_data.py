@@ -35,6 +35,7 @@ from bench_builtins.datasets.synthetic.scene import (
     _project,
     _visibility,
     sample_scenes,
+    scenes_for_conditions,
 )
 
 LABELS = load_labels_spec()
@@ -240,6 +241,21 @@ def test_scene_sampling_rules():
     assert sample_scenes(2, seed=0) == sample_scenes(2, seed=0)
     assert sample_scenes(2, seed=0, split="heldout") != sample_scenes(2, seed=0)
     assert sample_scenes(3, seed=0)[3:6] == sample_scenes(1, seed=0, start=1)  # scene i independent of n
+
+
+def test_scenes_for_conditions_hold_exactly_each_conditions_objects():
+    conditions = [["red cube"], ["gray cylinder", "green cube", "green sphere"]]
+    frames = scenes_for_conditions(conditions, per_condition=3, seed=0)
+    assert [f["scene"] for f in frames] == [0, 0, 0, 1, 1, 1]
+    for f in frames:
+        assert [f"{o['colour']} {o['shape']}" for o in f["objects"]] == conditions[f["scene"]]
+        fractions, pixels = _visibility(f["camera"], f["objects"])  # the training set's rules hold
+        assert (fractions >= MIN_VISIBLE).all() and (pixels >= MIN_PIXELS).all()
+    assert len({json.dumps(f["objects"]) for f in frames}) == 6  # each render its own layout
+    assert scenes_for_conditions(conditions, 3, seed=0) == frames
+    assert scenes_for_conditions(conditions, 3, seed=1) != frames
+    with pytest.raises(ValueError, match="no objects"):
+        scenes_for_conditions([["red torus"]], 1)
 
 
 def test_every_object_is_visible_enough_to_be_told_apart():

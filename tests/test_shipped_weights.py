@@ -56,3 +56,17 @@ def test_the_shipped_judge_reads_unseen_renders(tmp_path: Path) -> None:
     judge = get("evaluators", "iclevr-acc").factory(device="cpu", labels=renders.labels)
     images = renders.images_uint8().float() / 127.5 - 1
     assert judge(images, renders.conditions_multi_hot())["acc"] >= 0.95
+
+
+def test_the_judges_ceiling_on_the_shipped_test_set_is_near_1() -> None:
+    """Renders holding exactly test.json's objects: what a perfect generator would score."""
+    from bench.conditions import load_condition_set, load_labels_spec
+    from bench.runner import DEFAULT_CONDITION_FILES
+    from bench_builtins.evaluators.ceiling import judge_ceiling
+
+    test = load_condition_set(DEFAULT_CONDITION_FILES[0], load_labels_spec())
+    metrics = judge_ceiling(test, per_condition=2, seed=0, device="cpu")
+    assert metrics["acc_n"] == 2 * len(test) and metrics["acc_objects"] == 2 * sum(map(len, test.conditions))
+    assert metrics["acc"] >= 0.95 and set(metrics["acc_by_objects"]) == {1, 2, 3}
+    with pytest.raises(ValueError, match="at least 1"):
+        judge_ceiling(test, per_condition=0)

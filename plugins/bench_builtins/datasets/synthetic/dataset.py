@@ -18,7 +18,7 @@ from bench_builtins.datasets.base import (
     save_cached,
 )
 from bench_builtins.datasets.synthetic.render import render_scenes
-from bench_builtins.datasets.synthetic.scene import sample_scenes, scene_labels
+from bench_builtins.datasets.synthetic.scene import sample_scenes, scene_labels, scenes_for_conditions
 
 RENDER_VERSION = 4  # bump when scene sampling or the renderer changes, so old caches are not reused
 
@@ -86,6 +86,31 @@ def render_in_chunks(
         yield start, imgs
 
 
+def render_frames(
+    frames: list[dict], image_size: int = 64, device: str = "cpu", label: str = "rendering"
+) -> torch.Tensor:
+    """Frame dicts rendered and resized to (N, 3, image_size, image_size) uint8, with a progress bar."""
+    images = torch.empty(len(frames), 3, image_size, image_size, dtype=torch.uint8)
+    for start, chunk in render_in_chunks(frames, device=device, label=label, size=image_size):
+        images[start : start + len(chunk)] = chunk
+    return images
+
+
+def render_conditions(
+    conditions: list[list[str]],
+    per_condition: int = 20,
+    seed: int = 0,
+    image_size: int = 64,
+    device: str = "cpu",
+) -> torch.Tensor:
+    """``per_condition`` renders of each condition, condition by condition: (N, 3, S, S) uint8 whose
+    objects are exactly the condition's (``scene.scenes_for_conditions``)."""
+    frames = scenes_for_conditions(conditions, per_condition, seed)
+    return render_frames(
+        frames, image_size, device, f"rendering {len(frames)} scenes of the conditions on {device}"
+    )
+
+
 def load_synthetic(
     scenes: int = 6003,
     seed: int = 0,
@@ -128,10 +153,8 @@ def load_synthetic(
         conditions = [scene_labels(f) for f in frame_dicts]
         files = [frame_file_name(f) for f in frame_dicts]
         device = device or "cpu"
-        images = torch.empty(len(frame_dicts), 3, image_size, image_size, dtype=torch.uint8)
         label = f"rendering {len(frame_dicts)} synthetic images ({split}) on {device}"
-        for start, chunk in render_in_chunks(frame_dicts, device=device, label=label, size=image_size):
-            images[start : start + len(chunk)] = chunk
+        images = render_frames(frame_dicts, image_size, device, label)
         if use_cache:
             save_cached(cache_path, images, conditions, files, labels)
     info = {

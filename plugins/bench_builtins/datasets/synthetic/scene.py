@@ -12,6 +12,7 @@ scenes were asked for, and the ``heldout`` split uses a different stream from ``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ COLOURS_SRGB = {
 }
 MATERIALS = ("rubber", "metal")
 SIZES = {"large": 0.7, "small": 0.35}
-SPLITS = {"train": 0, "heldout": 1, "conditions": 2}
+SPLITS = {"train": 0, "heldout": 1, "conditions": 2, "renders": 3}
 
 EXTENT = 3.0  # objects' centres in [-EXTENT, EXTENT]^2
 MIN_GAP = 0.25  # CLEVR min_dist between surfaces
@@ -168,7 +169,11 @@ def _sample_object(rng: np.random.Generator, taken: set[str]) -> dict[str, Any]:
     }
 
 
-def _sample_one(rng: np.random.Generator, n_objects: int) -> tuple[dict, dict, list[dict[str, Any]]]:
+def _sample_one(
+    rng: np.random.Generator, n_objects: int, labels: Sequence[str] | None = None
+) -> tuple[dict, dict, list[dict[str, Any]]]:
+    """A camera, lights and ``n_objects`` objects that fit; ``labels`` ("<colour> <shape>", one
+    per object) fixes what the objects are, the rest (size, material, place) is drawn."""
     for _ in range(100):
         cam = {
             k: v + (float(rng.uniform(-CAMERA_JITTER[k], CAMERA_JITTER[k])) if k in CAMERA_JITTER else 0.0)
@@ -176,9 +181,11 @@ def _sample_one(rng: np.random.Generator, n_objects: int) -> tuple[dict, dict, l
         }
         lights = {"key_azimuth": float(rng.uniform(-10, 10)), "key_elevation": float(rng.uniform(-5, 5))}
         placed: list[dict[str, Any]] = []
-        for _ in range(n_objects):
+        for i in range(n_objects):
             for _ in range(60):
                 obj = _sample_object(rng, {label_of(o) for o in placed})
+                if labels is not None:
+                    obj["colour"], obj["shape"] = labels[i].split(" ")
                 if _fits(cam, placed, obj):
                     placed.append(obj)
                     break
@@ -215,6 +222,26 @@ def sample_scenes(
         for k in range(frames):
             n = min(min_objects + k, max_objects)
             out.append({"scene": i, "frame": k, "camera": cam, "lights": lights, "objects": objects[:n]})
+    return out
+
+
+def scenes_for_conditions(
+    conditions: Sequence[Sequence[str]], per_condition: int, seed: int = 0
+) -> list[dict[str, Any]]:
+    """``per_condition`` frame dicts for each condition, its objects exactly the condition's labels
+    (layout, camera, lights, sizes and materials drawn as for the training set): what a perfect
+    generator would draw. Scene (i, k) uses the stream (seed, "renders", i, k)."""
+    unknown = sorted(
+        {label for c in conditions for label in c} - {f"{c} {s}" for c in COLOURS for s in SHAPES}
+    )
+    if unknown:
+        raise ValueError(f"the synthetic renderer has no objects {unknown}")
+    out = []
+    for i, condition in enumerate(conditions):
+        for k in range(per_condition):
+            rng = np.random.default_rng([seed, SPLITS["renders"], i, k])
+            cam, lights, objects = _sample_one(rng, len(condition), labels=list(condition))
+            out.append({"scene": i, "frame": k, "camera": cam, "lights": lights, "objects": objects})
     return out
 
 
