@@ -58,3 +58,11 @@ class StopRequest:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)  # type: ignore[arg-type]
         self._previous.clear()
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """For a DataLoader's ``worker_init_fn``: its workers leave Ctrl-C and SIGTERM to the main
+    process, which stops at a step boundary and shuts them down. Forked, they would otherwise run
+    the main process's handler too, each announcing the stop once more."""
+    for sig in _SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)

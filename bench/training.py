@@ -38,7 +38,7 @@ from bench.compile_mode import (
 from bench.distributed import accelerate_cpu, largest
 from bench.distributed import launched as _under_accelerate
 from bench.groupnorm import use_group_norm
-from bench.interrupt import StopRequest
+from bench.interrupt import StopRequest, ignore_stop_signals
 from bench.noise import noise_config
 
 CHECKPOINT_DIR = "checkpoint"
@@ -323,6 +323,7 @@ class _Data:
             num_workers=num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
+            worker_init_fn=ignore_stop_signals if num_workers else None,
         )
         for images, conds in loader:
             yield images.to(self.device, non_blocking=True), conds.float().to(self.device, non_blocking=True)

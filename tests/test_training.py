@@ -297,6 +297,55 @@ def test_a_stop_signal_ends_at_the_next_step_with_a_checkpoint_to_resume(
         assert torch.equal(a.model_state[key], b.model_state[key]), key
 
 
+# A dataset without images_uint8() (a user's plugin): read through DataLoader workers.
+_WORKERS_DRIVER = """
+import json, sys, torch
+from bench.training import TrainConfig, train
+
+class Plain(torch.utils.data.Dataset):
+    labels, image_size = [f"l{i}" for i in range(24)], 64
+    def __len__(self):
+        return 32
+    def __getitem__(self, i):
+        return torch.rand(3, 64, 64) * 2 - 1, torch.nn.functional.one_hot(torch.tensor(i % 24), 24).float()
+
+config = TrainConfig(preset="tiny", batch_size=4, max_steps=100_000, num_workers=2, device="cpu",
+                     out_dir=sys.argv[1], log_every=1, num_train_timesteps=100)
+summary = train(config, Plain(), show_progress=False)
+print(json.dumps({"steps": summary.steps, "stopped_by": summary.stopped_by}))
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_dataloader_workers_stops_once_with_a_checkpoint(tmp_path: Path) -> None:
+    # Ctrl-C reaches the whole process group: the workers leave it to the main process.
+    (tmp_path / "driver.py").write_text(_WORKERS_DRIVER)
+    out = tmp_path / "out"
+    run = subprocess.Popen(
+        [sys.executable, str(tmp_path / "driver.py"), str(out)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, as a terminal's foreground job
+    )
+    try:
+        for _ in range(1200):
+            if (out / "loss.jsonl").exists() and len((out / "loss.jsonl").read_text().splitlines()) >= 3:
+                break
+            if run.poll() is not None:
+                break
+            time.sleep(0.1)
+        os.killpg(run.pid, signal.SIGINT)
+        stdout, stderr = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    report = json.loads(stdout.strip().splitlines()[-1])
+    assert report["stopped_by"] == "interrupted" and report["steps"] >= 3, stderr[-3000:]
+    assert stderr.count("SIGINT: stopping after this step") == 1  # not once more per worker
+    assert load_checkpoint(out / "checkpoint").step == report["steps"]
+
+
 def test_existing_checkpoint_needs_resume(tmp_path: Path) -> None:
     data = dataset()
     with pytest.raises(TrainingError, match="no checkpoint"):
