@@ -103,6 +103,9 @@ fi
 wait "${EVAL[@]}"
 echo "$(date +%T) evaluations done"
 tail -n 12 "$OUT"/run-*.log
+for run in "$OUT"/run-*/results.json; do  # which labels each run misses, at a glance
+  bench report "$run" --labels-plot "$(dirname "$run")/labels.png" > /dev/null || echo "no labels plot for $run"
+done
 # The speed suite gets until then; what it has not finished is stopped and left out.
 if [ -n "$SPEED" ] && kill -0 "$SPEED" 2>/dev/null; then
   kill "$SPEED"  # first, so that it starts no further stage
