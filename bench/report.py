@@ -312,12 +312,13 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def format_metric(name: str, stats: dict[str, Any], count: int | None = None) -> str:
-    """``0.812 ± 0.013 (n=2)`` for accuracy; ``12.3 (N=64)`` for FID/KID with its sample count."""
+    """``0.812 ± 0.013 (n=2)`` for accuracy (``0.812 (n=1)`` for one seed); ``12.3 (N=64)`` for
+    FID/KID with its sample count."""
     mean, std, n = stats["mean"], stats["std"], stats["n"]
     digits = 3 if name.startswith(("acc", "kid")) else 2
     text = _fmt(mean, digits)
-    if name.startswith("acc"):
-        return f"{text} ± {_fmt(std, digits)} (n={n})"
+    if name.startswith("acc"):  # one seed has no spread to show
+        return f"{text} ± {_fmt(std, digits)} (n={n})" if n > 1 else f"{text} (n=1)"
     if n > 1:
         text += f" ± {_fmt(std, digits)}"
     notes = [f"N={count}"] if count else []
@@ -360,8 +361,16 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
             if any(c[0] in r["speed"] for r in recs) and (c[0] != "guided_nfe" or show_interval)
         ]
         has_error = any(r.get("error") or r.get("metric_errors") for r in recs)
-        # The columns that tell rows apart; the by-object-count table repeats them.
-        id_keys = ["model"] + (["checkpoint"] if show_ckpt else []) + ["scheduler", "steps"]
+        # The columns that tell rows apart; the by-object-count table repeats them. A model or a
+        # checkpoint that every row of a set shares is said once, in the title, not on every row
+        # (a checkpoint's path alone was wider than the rest of the table).
+        shared = {
+            key: values.pop()
+            for key in ("model", "checkpoint")
+            if cond and len(values := {str(r.get(key) or "") for r in recs}) == 1 and values != {""}
+        }
+        id_keys = [k for k in ["model"] + (["checkpoint"] if show_ckpt else []) if k not in shared]
+        id_keys += ["scheduler", "steps"]
         id_keys += ["guidance"] if show_guidance else []
         id_keys += ["guidance_interval"] if show_interval else []
         id_titles = [ID_TITLES.get(key, key) for key in id_keys]
@@ -381,6 +390,7 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
                 row.append(_short(r.get("error") or "; ".join(r.get("metric_errors") or [])))
             rows.append(row)
         title = f"condition set: {cond}" if cond else "speed (pytest-benchmark)"
+        title += "".join(f", {key} {value}" for key, value in shared.items())
         tables.append(Table(title, headers, rows))
         objects = sorted({k for r in recs for k in r["metrics"].get("acc_by_objects", {})}, key=_sort_int)
         if objects:
@@ -391,7 +401,7 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
                 for r in recs
                 if (by := r["metrics"].get("acc_by_objects"))
             ]
-            tables.append(Table(f"condition set: {cond}, accuracy by number of objects", heads, body))
+            tables.append(Table(f"{title}: accuracy by number of objects", heads, body))
     return tables
 
 

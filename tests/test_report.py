@@ -224,7 +224,20 @@ def test_plain_is_tabulate_simple(results_file: Path) -> None:
 
 def test_github_markdown(results_file: Path) -> None:
     text = render_report([results_file], "github")
-    assert "### condition set: test" in text and "| ddpm-unet" in text and "FID-judge ↓" in text
+    assert "### condition set: test, model ddpm-unet, checkpoint shipped" in text and "FID-judge ↓" in text
+    assert "| ddim " in text and "| ddpm-unet" not in text  # said once in the title, not on every row
+
+
+def test_a_model_or_checkpoint_that_differs_between_rows_keeps_its_column(tmp_path: Path) -> None:
+    rows = [_row("ddim", 10, 0, 100.0), _row("ddim", 10, 0, 100.0)]
+    rows[1].checkpoint = "other"
+    path = RunResult(config={}, seeds=[0], rows=rows, environment=ENV).write(tmp_path / "results.json")
+    table = _table(load_report([path]), "condition set: test")
+    assert table.title == "condition set: test, model ddpm-unet"
+    assert table.headers[:2] == ["checkpoint", "scheduler"] and [r[0] for r in table.rows] == [
+        "shipped",
+        "other",
+    ]
 
 
 def test_latex_escapes(results_file: Path) -> None:
@@ -383,4 +396,4 @@ def test_metric_attributes_are_not_columns_and_evaluator_errors_show(tmp_path: P
     table = _table(load_report([path]), "condition set: test")
     assert not [h for h in table.headers if "_" in h]
     assert table.rows[0][table.headers.index("error")] == "fid-judge_error: FidError: needs 2 images"
-    assert table.rows[0][table.headers.index("acc ↑")] == "0.500 ± 0.000 (n=1)"
+    assert table.rows[0][table.headers.index("acc ↑")] == "0.500 (n=1)"  # one seed: no spread
