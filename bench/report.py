@@ -311,16 +311,19 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
+def _mean_pm(stats: dict[str, Any], digits: int = 3) -> str:
+    """``0.812 ± 0.013`` over several seeds, ``0.812`` for one (no spread to show)."""
+    text = _fmt(stats["mean"], digits)
+    return f"{text} ± {_fmt(stats['std'], digits)}" if stats.get("n", 1) > 1 else text
+
+
 def format_metric(name: str, stats: dict[str, Any], count: int | None = None) -> str:
     """``0.812 ± 0.013 (n=2)`` for accuracy (``0.812 (n=1)`` for one seed); ``12.3 (N=64)`` for
     FID/KID with its sample count."""
-    mean, std, n = stats["mean"], stats["std"], stats["n"]
-    digits = 3 if name.startswith(("acc", "kid")) else 2
-    text = _fmt(mean, digits)
-    if name.startswith("acc"):  # one seed has no spread to show
-        return f"{text} ± {_fmt(std, digits)} (n={n})" if n > 1 else f"{text} (n=1)"
-    if n > 1:
-        text += f" ± {_fmt(std, digits)}"
+    n = stats["n"]
+    text = _mean_pm(stats, 3 if name.startswith(("acc", "kid")) else 2)
+    if name.startswith("acc"):
+        return f"{text} (n={n})"
     notes = [f"N={count}"] if count else []
     if n > 1:
         notes.append(f"n={n}")
@@ -396,8 +399,7 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
         if objects:
             heads = id_titles + [f"acc@{k} obj {UP}" for k in objects]
             body = [
-                [_id_cell(r, key) for key in id_keys]
-                + [f"{_fmt(by[k]['mean'])} ± {_fmt(by[k]['std'])}" if k in by else "" for k in objects]
+                [_id_cell(r, key) for key in id_keys] + [_mean_pm(by[k]) if k in by else "" for k in objects]
                 for r in recs
                 if (by := r["metrics"].get("acc_by_objects"))
             ]

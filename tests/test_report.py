@@ -397,3 +397,11 @@ def test_metric_attributes_are_not_columns_and_evaluator_errors_show(tmp_path: P
     assert not [h for h in table.headers if "_" in h]
     assert table.rows[0][table.headers.index("error")] == "fid-judge_error: FidError: needs 2 images"
     assert table.rows[0][table.headers.index("acc ↑")] == "0.500 (n=1)"  # one seed: no spread
+
+
+def test_accuracy_by_objects_of_one_seed_shows_no_spread(tmp_path: Path) -> None:
+    path = RunResult(config={}, seeds=[0], rows=[_row("ddim", 10, 0, 100.0)], environment=ENV).write(
+        tmp_path / "results.json"
+    )
+    table = _table(load_report([path]), "by number of objects")
+    assert table.rows[0][-2:] == ["0.900", "0.700"]
