@@ -71,6 +71,7 @@ def list_plugins() -> None:
 
 
 # One switch, the same on `bench run` and `bench train` (bench/groupnorm.py).
+_JUDGE_HELP = "Judge checkpoint (course format or .safetensors); default: shipped."
 _GROUP_NORM_BY_VIEWS_HELP = "GroupNorm as channel-splitting views, for torch.compile (default off)."
 
 
@@ -134,9 +135,7 @@ def _bool_flag(name: str, help: str):
     show_default=True,
     help="Evaluators, comma-separated, or 'none'.",
 )
-@click.option(
-    "--judge", default=None, help="Judge checkpoint (course format or .safetensors); default: shipped."
-)
+@click.option("--judge", default=None, help=_JUDGE_HELP)
 @click.option("--fid-weights", default=None, help="Local Inception weights for standard FID.")
 @click.option("--ref-n", default=500, show_default=True, help="Reference images for FID/KID.")
 @click.option(
@@ -336,9 +335,7 @@ def data_conditions(out_file, n, objects, seed, shared) -> None:
     help="Renders per condition.",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the renders' layouts.")
-@click.option(
-    "--judge", default=None, help="Judge checkpoint (course format or .safetensors); default: shipped."
-)
+@click.option("--judge", default=None, help=_JUDGE_HELP)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def data_ceiling(condition_files, per_condition, seed, judge, device) -> None:
     """What a perfect generator scores: the judge's accuracy on renders holding exactly each

@@ -62,6 +62,23 @@ def _row(scheduler: str, steps: int, seed: int, images_per_s: float, **extra) ->
     )
 
 
+def _minimal_row(condition_set: str, metrics: dict) -> Row:
+    return Row(
+        model="m",
+        scheduler="ddim",
+        steps=2,
+        seed=0,
+        condition_set=condition_set,
+        checkpoint="c",
+        metrics=metrics,
+    )
+
+
+def _one_seed_file(tmp_path: Path, rows: list[Row]) -> Path:
+    """A results.json of seed 0 holding ``rows``."""
+    return RunResult(config={}, seeds=[0], rows=rows, environment=ENV).write(tmp_path / "results.json")
+
+
 @pytest.fixture()
 def results_file(tmp_path: Path) -> Path:
     run = tmp_path / "run"
@@ -231,7 +248,7 @@ def test_github_markdown(results_file: Path) -> None:
 def test_a_model_or_checkpoint_that_differs_between_rows_keeps_its_column(tmp_path: Path) -> None:
     rows = [_row("ddim", 10, 0, 100.0), _row("ddim", 10, 0, 100.0)]
     rows[1].checkpoint = "other"
-    path = RunResult(config={}, seeds=[0], rows=rows, environment=ENV).write(tmp_path / "results.json")
+    path = _one_seed_file(tmp_path, rows)
     table = _table(load_report([path]), "condition set: test")
     assert table.title == "condition set: test, model ddpm-unet"
     assert table.headers[:2] == ["checkpoint", "scheduler"] and [r[0] for r in table.rows] == [
@@ -341,13 +358,13 @@ def test_labels_plot_draws_one_cell_per_config_and_label(results_file: Path, tmp
 
 def test_a_label_missing_from_a_condition_set_is_a_grey_cell(tmp_path: Path) -> None:
     rows = [
-        Row(model="m", scheduler="ddim", steps=2, seed=0, condition_set=name, checkpoint="c", metrics=metrics)
+        _minimal_row(name, metrics)
         for name, metrics in (
             ("a", {"acc": 1.0, "acc_per_label": {"red cube": 1.0}}),
             ("b", {"acc": 1.0, "acc_per_label": {"red cube": 1.0, "gray cube": 1.0}}),
         )
     ]
-    path = RunResult(config={}, seeds=[0], rows=rows, environment=ENV).write(tmp_path / "results.json")
+    path = _one_seed_file(tmp_path, rows)
     render_report([path], "plain", labels_plot=tmp_path / "l.png")
     with Image.open(tmp_path / "l.png") as image:
         pixels = image.convert("RGB")
@@ -360,16 +377,7 @@ def test_labels_plot_without_per_label_accuracy_says_where_it_comes_from(tmp_pat
 
     from bench import cli
 
-    row = Row(
-        model="m",
-        scheduler="ddim",
-        steps=2,
-        seed=0,
-        condition_set="test",
-        checkpoint="c",
-        metrics={"acc": 1.0},
-    )
-    path = RunResult(config={}, seeds=[0], rows=[row], environment=ENV).write(tmp_path / "results.json")
+    path = _one_seed_file(tmp_path, [_minimal_row("test", {"acc": 1.0})])
     result = CliRunner().invoke(cli.main, ["report", str(path), "--labels-plot", str(tmp_path / "l.png")])
     assert result.exit_code != 0 and "comes from the iclevr-acc evaluator" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "l.png").exists()
@@ -392,7 +400,7 @@ def test_metric_attributes_are_not_columns_and_evaluator_errors_show(tmp_path: P
             "fid-judge_error": "FidError: needs 2 images",
         },
     )
-    path = RunResult(config={}, seeds=[0], rows=[row], environment=ENV).write(tmp_path / "results.json")
+    path = _one_seed_file(tmp_path, [row])
     table = _table(load_report([path]), "condition set: test")
     assert not [h for h in table.headers if "_" in h]
     assert table.rows[0][table.headers.index("error")] == "fid-judge_error: FidError: needs 2 images"
@@ -400,8 +408,6 @@ def test_metric_attributes_are_not_columns_and_evaluator_errors_show(tmp_path: P
 
 
 def test_accuracy_by_objects_of_one_seed_shows_no_spread(tmp_path: Path) -> None:
-    path = RunResult(config={}, seeds=[0], rows=[_row("ddim", 10, 0, 100.0)], environment=ENV).write(
-        tmp_path / "results.json"
-    )
+    path = _one_seed_file(tmp_path, [_row("ddim", 10, 0, 100.0)])
     table = _table(load_report([path]), "by number of objects")
     assert table.rows[0][-2:] == ["0.900", "0.700"]
