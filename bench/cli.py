@@ -332,32 +332,52 @@ def data_conditions(out_file, n, objects, seed, shared) -> None:
     default=20,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Renders per condition.",
+    help="Renders per condition (1 gives the N of a bench run cell: FID's floor at that N).",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the renders' layouts.")
+@click.option(
+    "--evaluators",
+    default="iclevr-acc",
+    show_default=True,
+    help="Evaluators, comma-separated (add fid for FID's floor against held-out renders).",
+)
+@click.option(
+    "--ref-n", default=500, show_default=True, type=click.IntRange(min=2), help="FID/KID reference renders."
+)
 @click.option("--judge", default=None, help=_JUDGE_HELP)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def data_ceiling(condition_files, per_condition, seed, judge, device) -> None:
-    """What a perfect generator scores: the judge's accuracy on renders holding exactly each
-    condition's objects (synthetic renderer). A model's accuracy reads against it."""
-    from tabulate import tabulate
+@click.option(
+    "--out",
+    "out_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Keep OUT/results.json: bench report reads it beside model runs (model 'renders').",
+)
+def data_ceiling(condition_files, per_condition, seed, evaluators, ref_n, judge, device, out_dir) -> None:
+    """What a perfect generator scores: the evaluators on renders holding exactly each condition's
+    objects (synthetic renderer). A model's accuracy reads against it, and its FID against the
+    renders' FID at the same N."""
+    import tempfile
 
-    from bench.conditions import load_condition_set, load_labels_spec
-    from bench.runner import DEFAULT_CONDITION_FILES, resolve_device
-    from bench_builtins.evaluators.ceiling import judge_ceiling
+    from bench.report import render_report
+    from bench.runner import resolve_device
+    from bench_builtins.evaluators.ceiling import ceiling_result
 
     device = resolve_device(device)
-    labels = load_labels_spec()
-    sets = [load_condition_set(f, labels) for f in condition_files or DEFAULT_CONDITION_FILES]
-    rows = []
-    for condition_set in sets:
-        metrics = judge_ceiling(condition_set, per_condition, seed, judge=judge, device=device)
-        by_objects = ", ".join(f"{k}: {v:.4f}" for k, v in metrics["acc_by_objects"].items())
-        lowest = sorted(metrics["acc_per_label"].items(), key=lambda kv: kv[1])[:3]
-        missed = ", ".join(f"{name} {acc:.3f}" for name, acc in lowest if acc < 1) or "none"
-        rows.append([condition_set.name, metrics["acc_n"], f"{metrics['acc']:.4f}", by_objects, missed])
-    headers = ["condition set", "renders", "judge's accuracy", "by objects", "labels missed most"]
-    click.echo(tabulate(rows, headers=headers, disable_numparse=True))
+    result = ceiling_result(
+        list(condition_files),
+        parse_list(evaluators),
+        per_condition,
+        seed,
+        judge=judge,
+        ref_n=ref_n,
+        device=device,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = result.write(Path(out_dir or tmp) / "results.json")
+        click.echo(render_report([path], "plain"))
+    if out_dir:
+        click.echo(f"results: {path}", err=True)
 
 
 @data_group.command("show")

@@ -199,7 +199,9 @@ def resolve_guidance(config: RunConfig, meta: dict[str, Any]) -> GuidanceChoice:
     return choice
 
 
-def _make_evaluators(config: RunConfig, plugins: Plugins, device: str, labels: list[str]):
+def make_evaluators(config: RunConfig, plugins: Plugins, device: str, labels: list[str]) -> dict[str, Any]:
+    """The evaluators `config` names, by name, built once: FID and KID share one reference set
+    (held-out renders for synthetic data, the user's folder otherwise)."""
     evaluators = {}
     reference = None
     for name in config.evaluators:
@@ -308,7 +310,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         conditions=multi_hot([c for s in sets for c in s.conditions], labels),
         spans=spans,
         options=options,
-        evaluators=_make_evaluators(config, plugins, device, labels) if rank == 0 else {},
+        evaluators=make_evaluators(config, plugins, device, labels) if rank == 0 else {},
         out_dir=Path(config.out_dir),
         log=log if rank == 0 else _quiet,
         rank=rank,

@@ -49,20 +49,37 @@ def test_a_compiled_run_says_what_its_first_pass_waits_for(runner, tmp_path, mon
     assert "torch.compile" not in tiny_run(runner, *args, "--no-compile").output
 
 
-def test_data_ceiling_prints_the_judges_accuracy_on_renders_of_each_set(runner, tmp_path) -> None:
+def test_data_ceiling_prints_and_keeps_the_evaluators_on_renders_of_each_set(runner, tmp_path) -> None:
     conditions = tmp_path / "two.json"
     conditions.write_text('[["red cube"], ["blue sphere", "gray cylinder"]]')
-    result = runner.invoke(
-        cli.main, ["data", "ceiling", "--conditions", str(conditions), "--per-condition", "2"]
-    )
+    args = [
+        "data",
+        "ceiling",
+        "--conditions",
+        str(conditions),
+        "--per-condition",
+        "2",
+        "--out",
+        str(tmp_path / "c"),
+    ]
+    result = runner.invoke(cli.main, args)
     assert result.exit_code == 0, result.output
-    row = next(line for line in result.output.splitlines() if line.startswith("two "))
-    assert row.split()[1] == "4"  # renders: 2 conditions x 2
-    assert 0.9 <= float(row.split()[2]) <= 1.0
+    assert "condition set: two, model renders" in result.output
+    row = json.loads((tmp_path / "c" / "results.json").read_text())["rows"][0]
+    assert (row["model"], row["condition_set"], row["n_images"]) == ("renders", "two", 4)
+    assert row["metrics"]["acc_n"] == 4 and 0.9 <= row["metrics"]["acc"] <= 1.0
     bad = tmp_path / "bad.json"
     bad.write_text('[["pink cube"]]')
     result = runner.invoke(cli.main, ["data", "ceiling", "--conditions", str(bad)])
     assert result.exit_code != 0 and "unknown label 'pink cube'" in result.output
+    fid = runner.invoke(cli.main, [*args, "--evaluators", "acc,fid", "--ref-n", "6"])  # FID's floor at N=4
+    assert fid.exit_code == 0, fid.output
+    metrics = json.loads((tmp_path / "c" / "results.json").read_text())["rows"][0]["metrics"]
+    assert metrics["fid-judge"] >= 0 and metrics["fid-judge_n"] == 4 and "acc" in metrics
+    result = runner.invoke(
+        cli.main, ["data", "ceiling", "--conditions", str(conditions), "--evaluators", "acc,nope"]
+    )
+    assert result.exit_code != 0 and "unknown evaluator 'nope'" in result.output
 
 
 def test_config_file_sections_and_lists(tmp_path) -> None:

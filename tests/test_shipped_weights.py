@@ -62,11 +62,13 @@ def test_the_judges_ceiling_on_the_shipped_test_set_is_near_1() -> None:
     """Renders holding exactly test.json's objects: what a perfect generator would score."""
     from bench.conditions import load_condition_set, load_labels_spec
     from bench.runner import DEFAULT_CONDITION_FILES
-    from bench_builtins.evaluators.ceiling import judge_ceiling
+    from bench_builtins.evaluators.accuracy import make_accuracy_evaluator
+    from bench_builtins.evaluators.ceiling import score_renders
 
     test = load_condition_set(DEFAULT_CONDITION_FILES[0], load_labels_spec())
-    metrics = judge_ceiling(test, per_condition=2, seed=0, device="cpu")
+    judge = {"iclevr-acc": make_accuracy_evaluator(device="cpu", labels=load_labels_spec())}
+    metrics = score_renders(test, judge, per_condition=2, seed=0)
     assert metrics["acc_n"] == 2 * len(test) and metrics["acc_objects"] == 2 * sum(map(len, test.conditions))
     assert metrics["acc"] >= 0.95 and set(metrics["acc_by_objects"]) == {1, 2, 3}
     with pytest.raises(ValueError, match="at least 1"):
-        judge_ceiling(test, per_condition=0)
+        score_renders(test, judge, per_condition=0)
