@@ -210,14 +210,21 @@ def _print_summary(out_dir: Path, result) -> None:
     grids = sorted({r.grid for r in result.rows if r.grid})
     if grids:
         click.echo(f"images:  {out_dir / 'images'} (<cell>/<seed>/<set>/<i>.png)")
+        click.echo(f"grids:   {_first_paths(out_dir, grids)}")
+    misses = sorted({r.misses for r in result.rows if r.misses})
+    if misses:
         click.echo(
-            f"grids:   {', '.join(str(out_dir / g) for g in grids[:4])}{' ...' if len(grids) > 4 else ''}"
+            f"misses:  {_first_paths(out_dir, misses)} (the images with an object the judge did not find)"
         )
     if "denoising" in result.figures:
         click.echo(f"denoising figure: {out_dir / result.figures['denoising']}")
     failed = [r for r in result.rows if r.error]
     if failed:
         click.echo(f"{len(failed)} row(s) failed; see the 'error' column", err=True)
+
+
+def _first_paths(folder: Path, paths: list[str], most: int = 4) -> str:
+    return ", ".join(str(folder / p) for p in paths[:most]) + (" ..." if len(paths) > most else "")
 
 
 @main.command("report")

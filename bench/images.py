@@ -67,3 +67,32 @@ def save_denoising_strip(frames: torch.Tensor | list[torch.Tensor], path: str | 
     if frames.ndim != 4:
         raise ValueError(f"frames must be (F, 3, H, W), got shape {tuple(frames.shape)}")
     return save_grid(frames, path, nrow=len(frames))
+
+
+def save_misses_sheet(
+    images: torch.Tensor,
+    misses: list[tuple[int, list[str], list[str]]],
+    path: str | os.PathLike,
+    tile: int = 192,
+    columns: int = 8,
+) -> Path:
+    """The images with a miss, enlarged, each captioned with its index, the objects the judge did
+    not find (red) and what it ranked there instead (blue): what the model gets wrong, at a glance.
+    ``misses``: (index into ``images``, missed labels, labels said instead), as the accuracy
+    evaluator's ``misses`` gives them."""
+    from PIL import Image, ImageDraw
+
+    from bench.plotting import load_font, save_figure
+
+    caption, font = 34, load_font(12)
+    rows = max(1, -(-len(misses) // columns))
+    sheet = Image.new("RGB", (min(len(misses), columns) * tile or tile, rows * (tile + caption)), "white")
+    arrays = to_uint8(images)
+    for n, (index, missed, said) in enumerate(misses):
+        x, y = (n % columns) * tile, (n // columns) * (tile + caption)
+        sheet.paste(Image.fromarray(arrays[index].numpy()).resize((tile, tile), Image.NEAREST), (x, y))
+        draw = ImageDraw.Draw(sheet)
+        draw.text((x + 3, y + 3), str(index), fill="white", font=font, stroke_width=2, stroke_fill="black")
+        draw.text((x + 2, y + tile + 2), "miss: " + ", ".join(missed), fill=(200, 0, 0), font=font)
+        draw.text((x + 2, y + tile + 17), "said: " + ", ".join(said), fill=(0, 0, 200), font=font)
+    return save_figure(sheet, path)

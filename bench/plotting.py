@@ -25,7 +25,7 @@ def save_figure(image: Any, out_path: str | Path) -> Path:
     return atomic_write(out_path, lambda p: image.save(p, format=image_format))
 
 
-def _font(size: int):
+def load_font(size: int):
     from PIL import ImageFont
 
     try:
@@ -159,7 +159,7 @@ def scatter_plot(
     width, height = size
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
-    font, small, big = _font(15), _font(13), _font(18)
+    font, small, big = load_font(15), load_font(13), load_font(18)
     left, right, top, bottom = 84, 24, 48, 66
     plot_box = (left, top, width - right, height - bottom)
     if title:
@@ -349,7 +349,7 @@ def line_plot(
     left, right, top, bottom = 84, 28, 40, 56
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
-    font = _font(13)
+    font = load_font(13)
     draw.text((width // 2, 12), title, fill="black", font=font, anchor="mt")
     draw.text(((left + width - right) // 2, height - 12), xlabel, fill="black", font=font, anchor="mb")
     box = (left, top, width - right, height - bottom)
@@ -425,7 +425,7 @@ def heatmap(
         raise PlotError(
             f"heatmap: {len(row_labels)} row labels and {len(columns)} columns do not fit the values"
         )
-    font, small = _font(13), _font(11)
+    font, small = load_font(13), load_font(11)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
     def text_width(text: str, f: Any) -> int:

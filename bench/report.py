@@ -538,6 +538,10 @@ def load_report(paths: Sequence[str | Path]) -> Report:
                 label += f" w={row.get('guidance')}{_interval_label(row)}"
                 label += f" {row.get('condition_set', '')} seed {row.get('seed')}"
                 report.grids.append((" ".join(label.split()), grid))
+                if row.get("misses"):
+                    report.grids.append(
+                        (" ".join(label.split()) + ": images with a miss", base / row["misses"])
+                    )
             rows.append(row)
     report.records = aggregate(rows)
     report.tables = _tables(report.records)

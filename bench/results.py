@@ -41,6 +41,7 @@ class Row:
     metrics: dict[str, Any] = field(default_factory=dict)
     images_dir: str = ""
     grid: str = ""
+    misses: str = ""  # a sheet of the images with an object the judge did not find ("" when none)
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:

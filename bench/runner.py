@@ -451,7 +451,7 @@ def _warm_up(ctx: _Run) -> None:
 
 def _run_cell(ctx: _Run, scheduler_name: str, steps: int | None, guidance: float, seed: int) -> list[Row]:
     """One cell: sample every condition set at once, then save, time and judge each set."""
-    from bench.images import save_grid, save_images
+    from bench.images import save_grid, save_images, save_misses_sheet
     from bench.sampling import resolve_steps
 
     config, rows = ctx.config, []
@@ -528,6 +528,11 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int | None, guidance: float
         for name, evaluator in ctx.evaluators.items():
             try:
                 row.metrics.update(evaluator(images, conditions))
+                if config.save_images and hasattr(evaluator, "misses") and not row.misses:
+                    misses = evaluator.misses(images, conditions)  # the judge's, for a picture
+                    if misses:
+                        save_misses_sheet(images, misses, cell_dir / f"{s.name}_misses.png")
+                        row.misses = str((cell_dir / f"{s.name}_misses.png").relative_to(ctx.out_dir))
             except Exception as error:  # noqa: BLE001 - keep the other metrics
                 row.metrics[f"{name}_error"] = f"{type(error).__name__}: {error}"
         rows.append(row)

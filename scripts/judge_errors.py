@@ -16,15 +16,13 @@ from __future__ import annotations
 import argparse
 
 import torch
-from PIL import Image, ImageDraw
 
 from bench.atomic import atomic_write_json
+from bench.images import save_misses_sheet
 from bench_builtins.datasets.synthetic.dataset import load_synthetic
-from bench_builtins.evaluators.accuracy import per_image_hits
+from bench_builtins.evaluators.accuracy import make_accuracy_evaluator
 from bench_builtins.evaluators.judge import load_judge
-from bench_builtins.evaluators.judge_training import dataset_tensors, heldout_metrics, score_uint8_images
-
-TILE, CAPTION = 192, 30
+from bench_builtins.evaluators.judge_training import dataset_tensors, heldout_metrics
 
 
 def main() -> None:
@@ -47,28 +45,12 @@ def main() -> None:
         metrics = heldout_metrics(judge, images, conditions, cpu)
         atomic_write_json(args.metrics, {**metrics, "judge": args.judge or "shipped", "seed": args.seed})
         print(f"wrote {args.metrics}: clean {metrics['heldout_acc_clean']:.4f}")
-    scores = score_uint8_images(judge, images, cpu)
-    hits, k = per_image_hits(scores, conditions)
-    missed = torch.nonzero(hits < k).flatten().tolist()
-    print(
-        f"{len(images)} unseen renders, {len(missed)} with a miss, "
-        f"pooled accuracy {int(hits.sum()) / int(k.sum()):.4f}"
-    )
-    tiles = []
-    for i in missed[: args.most]:
-        truth = set(torch.nonzero(conditions[i] > 0.5).flatten().tolist())
-        said = set(torch.topk(scores[i], int(k[i])).indices.tolist())
-        tile = Image.new("RGB", (TILE, TILE + CAPTION), "white")
-        tile.paste(Image.fromarray(images[i].permute(1, 2, 0).numpy()).resize((TILE, TILE), Image.NEAREST))
-        draw = ImageDraw.Draw(tile)
-        draw.text((2, TILE + 2), "miss: " + ", ".join(dataset.labels[j] for j in truth - said), fill="red")
-        draw.text((2, TILE + 15), "said: " + ", ".join(dataset.labels[j] for j in said - truth), fill="blue")
-        tiles.append(tile)
-    cols = 8
-    sheet = Image.new("RGB", (cols * TILE, max(1, -(-len(tiles) // cols)) * (TILE + CAPTION)), "white")
-    for n, tile in enumerate(tiles):
-        sheet.paste(tile, ((n % cols) * TILE, (n // cols) * (TILE + CAPTION)))
-    sheet.save(args.out)
+    evaluator = make_accuracy_evaluator(judge=judge, device="cpu", labels=dataset.labels)
+    misses = evaluator.misses(images.float() / 127.5 - 1, conditions)
+    k = int(conditions.sum())
+    found = k - sum(len(missed) for _, missed, _ in misses)
+    print(f"{len(images)} unseen renders, {len(misses)} with a miss, pooled accuracy {found / k:.4f}")
+    save_misses_sheet(images.float() / 127.5 - 1, misses[: args.most], args.out)
     print(f"wrote {args.out}")
 
 

@@ -82,6 +82,21 @@ def test_data_ceiling_prints_and_keeps_the_evaluators_on_renders_of_each_set(run
     assert result.exit_code != 0 and "unknown evaluator 'nope'" in result.output
 
 
+def test_a_judged_run_draws_the_images_with_a_miss(runner, tmp_path) -> None:
+    from PIL import Image
+
+    # An untrained model draws noise: the judge finds few of the asked objects.
+    args = ["--steps", "2", "--seeds", "0", "--evaluators", "iclevr-acc", "--out", str(tmp_path)]
+    result = tiny_run(runner, *args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    test = next(r for r in rows if r["condition_set"] == "test")
+    assert test["metrics"]["acc"] < 1 and test["misses"].endswith("test_misses.png")
+    with Image.open(tmp_path / test["misses"]) as sheet:
+        assert sheet.width == 8 * 192  # more than 8 of the 32 images have a miss
+    assert "misses:  " in result.output and "test_misses.png" in result.output
+
+
 def test_config_file_sections_and_lists(tmp_path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('seeds = "0-1"\n[run]\nscheduler = ["cosine", "ddim"]\nbatch-size = 8\n')

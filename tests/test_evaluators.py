@@ -190,6 +190,17 @@ def test_pooled_differs_from_per_image_mean_and_matches_loop():
     assert acc_mod.per_image_mean_accuracy(scores, cond) == pytest.approx((1 + 2 / 3) / 2)
 
 
+def test_misses_name_what_was_not_found_and_what_was_said_instead(monkeypatch):
+    ev = evaluator(judge=load_judge(None), device="cpu", labels=[f"l{i}" for i in range(24)])
+    scores = torch.full((3, 24), -5.0)
+    scores[0, 3] = 2  # condition {3}: found
+    scores[1, [0, 5, 7]] = torch.tensor([3.0, 2.0, 1.0])  # condition {0, 7, 9}: 9 missed, 5 said
+    scores[2, [1, 2]] = torch.tensor([1.0, 2.0])  # condition {4, 6}: both missed, 2 and 1 said
+    monkeypatch.setattr(ev, "scores", lambda images: scores)  # the judge's scores, fixed by hand
+    misses = ev.misses(random_images(3), onehot([3], [0, 7, 9], [4, 6]))
+    assert misses == [(1, ["l9"], ["l5"]), (2, ["l4", "l6"], ["l2", "l1"])]
+
+
 def test_empty_condition_is_an_error():
     with pytest.raises(ValueError, match="name no object"):
         acc_mod.pooled_accuracy(torch.zeros(2, 24), onehot([1], []))

@@ -199,6 +199,27 @@ class AccuracyEvaluator:
                 out.append(judge_logits(self.judge, judge_features(self.judge, batch)).float().cpu())
         return torch.cat(out) if out else torch.empty(0, 24)
 
+    def misses(
+        self, images: torch.Tensor, conditions: torch.Tensor
+    ) -> list[tuple[int, list[str], list[str]]]:
+        """The images with a miss: (index, the condition's objects not among the judge's top k,
+        what it ranked there instead), for a picture of what the model gets wrong."""
+        import torch
+
+        check_images(images, check_range=self.check_range)
+        check_conditions(conditions, images.shape[0])
+        scores, conditions = self.scores(images), conditions.detach().cpu()
+        hits, k = per_image_hits(scores, conditions)
+        names = list(self.labels) if self.labels is not None else [str(i) for i in range(conditions.shape[1])]
+        out = []
+        for i in torch.nonzero(hits < k).flatten().tolist():
+            truth = set(torch.nonzero(conditions[i] > 0.5).flatten().tolist())
+            said = torch.topk(scores[i], int(k[i])).indices.tolist()
+            out.append(
+                (i, [names[j] for j in sorted(truth - set(said))], [names[j] for j in said if j not in truth])
+            )
+        return out
+
     def __call__(self, images: torch.Tensor, conditions: torch.Tensor) -> dict[str, Any]:
         check_images(images, check_range=self.check_range)
         check_conditions(conditions, images.shape[0])
