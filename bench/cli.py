@@ -70,8 +70,9 @@ def list_plugins() -> None:
         click.echo(tabulate([(e.plugin, e.error) for e in plugins.load_errors], headers=["plugin", "error"]))
 
 
-# One switch, the same on `bench run` and `bench train` (bench/groupnorm.py).
+# One help text where two commands take the same option.
 _JUDGE_HELP = "Judge checkpoint (course format or .safetensors); default: shipped."
+# One switch, the same on `bench run` and `bench train` (bench/groupnorm.py).
 _GROUP_NORM_BY_VIEWS_HELP = "GroupNorm as channel-splitting views, for torch.compile (default off)."
 
 

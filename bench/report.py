@@ -458,14 +458,15 @@ def _points(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def label_accuracy(records: list[dict[str, Any]]) -> tuple[list[str], list[str], list[list[float | None]]]:
     """Per-label accuracy, mean over seeds: (one row label per config and condition set, the labels
-    in the evaluator's order, a value or None per row and label). Rows without per-label accuracy
-    (no iclevr-acc evaluator, an errored cell) are left out."""
+    in objects.json's order, or as first met when they are not i-CLEVR's, a value or None per row
+    and label). Rows without per-label accuracy (no iclevr-acc evaluator, an errored cell) are
+    left out."""
+    from bench.conditions import load_labels_spec
+
     usable = [r for r in records if (r.get("metrics") or {}).get("acc_per_label")]
     labels: list[str] = []
     for r in usable:
         labels += [k for k in r["metrics"]["acc_per_label"] if k not in labels]
-    from bench.conditions import load_labels_spec
-
     known = load_labels_spec()
     if set(labels) <= set(known):  # the i-CLEVR labels: in objects.json's order, whichever set came first
         labels.sort(key=known.index)
