@@ -451,7 +451,7 @@ def _warm_up(ctx: _Run) -> None:
 
 def _run_cell(ctx: _Run, scheduler_name: str, steps: int | None, guidance: float, seed: int) -> list[Row]:
     """One cell: sample every condition set at once, then save, time and judge each set."""
-    from bench.images import save_grid, save_images, save_misses_sheet
+    from bench.images import save_grid, save_images
     from bench.sampling import resolve_steps
 
     config, rows = ctx.config, []
@@ -528,15 +528,31 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int | None, guidance: float
         for name, evaluator in ctx.evaluators.items():
             try:
                 row.metrics.update(evaluator(images, conditions))
-                if config.save_images and hasattr(evaluator, "misses") and not row.misses:
-                    misses = evaluator.misses(images, conditions)  # the judge's, for a picture
-                    if misses:
-                        save_misses_sheet(images, misses, cell_dir / f"{s.name}_misses.png")
-                        row.misses = str((cell_dir / f"{s.name}_misses.png").relative_to(ctx.out_dir))
             except Exception as error:  # noqa: BLE001 - keep the other metrics
                 row.metrics[f"{name}_error"] = f"{type(error).__name__}: {error}"
+        if config.save_images:
+            row.misses = _save_misses(ctx, images, conditions, cell_dir / f"{s.name}_misses.png")
         rows.append(row)
     return rows
+
+
+def _save_misses(ctx: _Run, images: Any, conditions: Any, path: Path) -> str:
+    """The sheet of images with an object the judge did not find, from the first evaluator that can
+    tell (one with a ``misses`` method, as iclevr-acc): its path relative to the run folder, ""
+    when none missed or no evaluator can tell. A picture only: a failure is said, not recorded."""
+    from bench.images import save_misses_sheet
+
+    judge = next((e for e in ctx.evaluators.values() if hasattr(e, "misses")), None)
+    if judge is None:
+        return ""
+    try:
+        misses = judge.misses(images, conditions)
+        if not misses:
+            return ""
+        return str(save_misses_sheet(images, misses, path).relative_to(ctx.out_dir))
+    except Exception as error:  # noqa: BLE001 - the metrics stand without the picture
+        ctx.log(f"warning: the sheet of misses {path} failed: {type(error).__name__}: {error}")
+        return ""
 
 
 def _release_gpu_memory() -> None:
