@@ -95,6 +95,9 @@ def test_a_judged_run_draws_the_images_with_a_miss(runner, tmp_path) -> None:
     with Image.open(tmp_path / test["misses"]) as sheet:
         assert sheet.width == 8 * 192  # more than 8 of the 32 images have a miss
     assert "misses:  " in result.output and "test_misses.png" in result.output
+    unjudged = tiny_run(runner, "--steps", "2", "--seeds", "0", "--out", str(tmp_path / "none"))
+    assert unjudged.exit_code == 0 and "misses:" not in unjudged.output  # no evaluator can tell
+    assert not list((tmp_path / "none").rglob("*_misses.png"))
 
 
 def test_config_file_sections_and_lists(tmp_path) -> None:
