@@ -32,6 +32,7 @@ from bench_builtins.datasets.synthetic.scene import (
     MIN_PIXELS,
     MIN_VISIBLE,
     SIZES,
+    SceneError,
     _project,
     _visibility,
     sample_scenes,
@@ -254,8 +255,11 @@ def test_scenes_for_conditions_hold_exactly_each_conditions_objects():
     assert len({json.dumps(f["objects"]) for f in frames}) == 6  # each render its own layout
     assert scenes_for_conditions(conditions, 3, seed=0) == frames
     assert scenes_for_conditions(conditions, 3, seed=1) != frames
-    with pytest.raises(ValueError, match="no objects"):
+    with pytest.raises(SceneError, match="no objects"):
         scenes_for_conditions([["red torus"]], 1)
+    crowd = [f"{c} {s}" for s in ("cube", "sphere") for c in COLOURS][:12]
+    with pytest.raises(SceneError, match=r"condition 0 \(12 objects\): could not place 12 objects"):
+        scenes_for_conditions([crowd], 1)
 
 
 def test_every_object_is_visible_enough_to_be_told_apart():

@@ -48,6 +48,10 @@ CAMERA = {"elevation": 30.0, "azimuth": -45.0, "distance": 10.5, "fov": 49.1}
 CAMERA_JITTER = {"elevation": 2.5, "azimuth": 6.0, "distance": 0.4}
 
 
+class SceneError(ValueError):
+    """A scene the renderer cannot make: an object it does not know, or more objects than fit."""
+
+
 def label_of(obj: dict[str, Any]) -> str:
     return f"{obj['colour']} {obj['shape']}"
 
@@ -235,12 +239,18 @@ def scenes_for_conditions(
         {label for c in conditions for label in c} - {f"{c} {s}" for c in COLOURS for s in SHAPES}
     )
     if unknown:
-        raise ValueError(f"the synthetic renderer has no objects {unknown}")
+        raise SceneError(f"the synthetic renderer has no objects {unknown}")
     out = []
     for i, condition in enumerate(conditions):
         for k in range(per_condition):
             rng = np.random.default_rng([seed, SPLITS["renders"], i, k])
-            cam, lights, objects = _sample_one(rng, len(condition), labels=list(condition))
+            try:
+                cam, lights, objects = _sample_one(rng, len(condition), labels=list(condition))
+            except RuntimeError as error:
+                raise SceneError(
+                    f"condition {i} ({len(condition)} objects): {error} under the renderer's rules (no "
+                    "overlap, each object visible enough to tell apart at 64x64); the training sets hold 1-5"
+                ) from None
             out.append({"scene": i, "frame": k, "camera": cam, "lights": lights, "objects": objects})
     return out
 
