@@ -69,6 +69,11 @@ def register_evaluators(register: Register) -> None:
     (a path), ``fid_weights`` (a path), ``cache_dir``. An evaluator ignores options it does
     not use (accept ``**options``). Metric names carry their variant (``fid-judge`` is never
     called ``fid``) and a sample count where it matters (``fid_n``).
+
+    Optional: ``evaluator.misses(images, conditions)`` returns, for each image in which an object
+    of its condition was not found, ``(index, [missed label names], [label names found instead])``;
+    ``bench run`` then draws those images as ``<set>_misses.png`` (the first evaluator that has the
+    method does).
     """
 
 
