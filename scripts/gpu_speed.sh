@@ -13,7 +13,8 @@
 #      the longest (11 minutes at batch 256 on an H100, session 17), so it comes last
 # Usage: scripts/gpu_speed.sh OUT_DIR [BATCH (512)]
 # STAGES="train-baseline train-tuned" runs only the stages it names (default: all four, in order);
-# TUNED_LIMIT sets the tuned training's time limit in seconds (default 1200).
+# TUNED_LIMIT sets the tuned training's time limit in seconds (default 1200); TRAIN_BATCH the
+# batch of both training stages (default 256; the tuned compile at 512 took over 13 minutes).
 # Writes OUT_DIR/DONE when finished and OUT_DIR.bundle/ (scripts/bundle_results.sh; not with
 # NO_BUNDLE=1); logs are
 # OUT_DIR/*.log. Run it in the background and follow it with scripts/gpu_wait.sh OUT_DIR DEST.
@@ -35,13 +36,13 @@ stage() {  # stage NAME SECONDS COMMAND...: run it with a time limit, log to OUT
   echo "$(date +%T) $name exit $rc"
 }
 nvidia-smi -L
-stage train-baseline 600 env BENCH_TRAIN_MODES=eager,compile-graphs BENCH_TRAIN_BATCH=256 \
+stage train-baseline 600 env BENCH_TRAIN_MODES=eager,compile-graphs BENCH_TRAIN_BATCH="${TRAIN_BATCH:-256}" \
     BENCH_SPEED_K=test_training_gpu bash scripts/speed.sh "$OUT/train-baseline"
 stage sample-pair 480 bash scripts/tuning_pair.sh "$OUT/sample-pair" "$BATCH" 20 420
 stage sample-suite 420 env BENCH_SPEED_MODES=reference,graphs,graphs-tuned BENCH_SPEED_BATCH="$BATCH" \
     BENCH_SPEED_K="sampling and gpu" bash scripts/speed.sh "$OUT/sample-suite"
 # Last: its compile and tuning took 649 s at batch 256 on an H100 (session 17).
-stage train-tuned "${TUNED_LIMIT:-1200}" env BENCH_TRAIN_MODES=compile-graphs-tuned BENCH_TRAIN_BATCH=256 \
+stage train-tuned "${TUNED_LIMIT:-1200}" env BENCH_TRAIN_MODES=compile-graphs-tuned BENCH_TRAIN_BATCH="${TRAIN_BATCH:-256}" \
     BENCH_SPEED_K=test_training_gpu bash scripts/speed.sh "$OUT/train-tuned"
 # NO_BUNDLE=1 (scripts/gpu_campaign.sh, which bundles its whole folder): no bundle of its own.
 [ "${NO_BUNDLE:-0}" = 1 ] || bash scripts/bundle_results.sh "$OUT" "$OUT.bundle"
