@@ -70,8 +70,14 @@ def list_plugins() -> None:
         click.echo(tabulate([(e.plugin, e.error) for e in plugins.load_errors], headers=["plugin", "error"]))
 
 
-# One help text where two commands take the same option.
+# One declaration where two commands take the same option.
 _JUDGE_HELP = "Judge checkpoint (course format or .safetensors); default: shipped."
+_conditions_option = click.option(
+    "--conditions",
+    "condition_files",
+    multiple=True,
+    help="Condition set JSON (test.json format); repeatable. Default: the shipped test and new_test.",
+)
 # One switch, the same on `bench run` and `bench train` (bench/groupnorm.py).
 _GROUP_NORM_BY_VIEWS_HELP = "GroupNorm as channel-splitting views, for torch.compile (default off)."
 
@@ -122,12 +128,7 @@ def _bool_flag(name: str, help: str):
     "run the model once, unguided. Default: the checkpoint's recommended interval with its guidance, "
     "else every step.",
 )
-@click.option(
-    "--conditions",
-    "condition_files",
-    multiple=True,
-    help="Condition set JSON (test.json format); repeatable. Default: the shipped test and new_test.",
-)
+@_conditions_option
 @click.option("--data", default="synthetic", show_default=True, help="Dataset plugin (FID reference images).")
 @click.option("--data-root", default=None, help="Folder of a dataset in the i-CLEVR format.")
 @click.option(
@@ -328,13 +329,7 @@ def data_conditions(out_file, n, objects, seed, shared) -> None:
 
 
 @data_group.command("ceiling")
-@click.option(
-    "--conditions",
-    "condition_files",
-    multiple=True,
-    type=click.Path(dir_okay=False),
-    help="Condition file (repeatable; default: the shipped test.json and new_test.json).",
-)
+@_conditions_option
 @click.option(
     "--per-condition",
     default=20,
