@@ -24,9 +24,9 @@ class StopRequest:
     """While active (main thread only, where Python delivers signals), holds the first stop
     signal's name in ``requested``; ``None`` while none came."""
 
-    def __init__(self, what: str, enabled: bool = True, announce: bool = True) -> None:
+    def __init__(self, what: str, announce: bool = True) -> None:
         self.what = what  # what happens now, said when the first signal comes
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.enabled = threading.current_thread() is threading.main_thread()
         self.announce = announce  # False: say nothing (the other processes of a launch)
         self.requested: str | None = None
         self._first_at = 0.0

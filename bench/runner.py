@@ -332,11 +332,12 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         seeds=list(config.seeds),
         environment=environment(device),
     )
-    cells = list(itertools.product(config.schedulers, config.steps, guidance.guidance, config.seeds))
-    keys = [(name, resolve_steps(name, steps), float(scale), seed) for name, steps, scale, seed in cells]
+    # Each cell as (scheduler, resolved steps, guidance, seed), which is also its key in a results file.
+    matrix = itertools.product(config.schedulers, config.steps, guidance.guidance, config.seeds)
+    cells = [(name, resolve_steps(name, steps), float(scale), seed) for name, steps, scale, seed in matrix]
     done = (
         finished_cells(
-            ctx.out_dir / "results.json", result.config, result.environment, keys, [s.name for s in sets]
+            ctx.out_dir / "results.json", result.config, result.environment, cells, [s.name for s in sets]
         )
         if config.resume
         else {}
@@ -346,14 +347,14 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     if len(done) < len(cells):
         _warm_up(ctx)
     n = len(ctx.conditions)
-    for i, ((scheduler_name, steps, scale, seed), key) in enumerate(zip(cells, keys, strict=True)):
-        if key in done:
-            result.rows.extend(done[key])
+    for i, cell in enumerate(cells):
+        if cell in done:
+            result.rows.extend(done[cell])
             continue
+        scheduler_name, steps, scale, seed = cell
         interval = _interval(ctx, scale)
         ctx.log(
-            f"[{i + 1}/{len(cells)}] sampling {n} images: {scheduler_name}, "
-            f"{key[1]} steps, guidance {scale:g}"  # key: (scheduler, resolved steps, guidance, seed)
+            f"[{i + 1}/{len(cells)}] sampling {n} images: {scheduler_name}, {steps} steps, guidance {scale:g}"
             + (f" (interval {format_interval(interval)})" if interval else "")
             + f", seed {seed}"
         )
@@ -449,17 +450,17 @@ def _warm_up(ctx: _Run) -> None:
         )
 
 
-def _run_cell(ctx: _Run, scheduler_name: str, steps: int | None, guidance: float, seed: int) -> list[Row]:
-    """One cell: sample every condition set at once, then save, time and judge each set."""
+def _run_cell(ctx: _Run, scheduler_name: str, steps: int, guidance: float, seed: int) -> list[Row]:
+    """One cell (``steps`` resolved): sample every condition set at once, then save, time and judge
+    each set."""
     from bench.images import save_grid, save_images
-    from bench.sampling import resolve_steps
 
     config, rows = ctx.config, []
     interval = _interval(ctx, guidance)
     base = dict(
         model=config.model,
         scheduler=scheduler_name,
-        steps=steps or 0,
+        steps=steps,
         seed=seed,
         guidance=guidance,
         guidance_interval=list(interval) if interval else None,
@@ -467,8 +468,6 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int | None, guidance: float
     )
     try:
         entry = ctx.plugins.registry("schedulers").get(scheduler_name)
-        steps = resolve_steps(entry.factory, steps)
-        base["steps"] = steps
         result = _sample_all(
             ctx,
             entry.factory,

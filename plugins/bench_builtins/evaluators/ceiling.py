@@ -31,12 +31,14 @@ def score_renders(
 
     if per_condition < 1:
         raise ValueError(f"per_condition must be at least 1, got {per_condition}")
-    images = render_conditions(condition_set.conditions, per_condition, seed, device=device)
+    images = (
+        render_conditions(condition_set.conditions, per_condition, seed, device=device).float() / 127.5 - 1
+    )
     repeated = [c for c in condition_set.conditions for _ in range(per_condition)]
     conditions = multi_hot(repeated, load_labels_spec())
     metrics: dict[str, Any] = {}
     for evaluator in evaluators.values():
-        metrics.update(evaluator(images.float() / 127.5 - 1, conditions))
+        metrics.update(evaluator(images, conditions))
     return metrics
 
 
@@ -57,7 +59,8 @@ def ceiling_result(
     from bench.runner import DEFAULT_CONDITION_FILES, RunConfig, make_evaluators
 
     labels = load_labels_spec()
-    sets = [load_condition_set(f, labels) for f in condition_files or DEFAULT_CONDITION_FILES]
+    files = [str(f) for f in condition_files or DEFAULT_CONDITION_FILES]
+    sets = [load_condition_set(f, labels) for f in files]
     config = RunConfig(evaluators=evaluators, judge=judge, ref_n=ref_n)
     built = make_evaluators(config, get_plugins(), device, labels)
     rows = [
@@ -74,5 +77,5 @@ def ceiling_result(
         for s in sets
     ]
     settings = {"per_condition": per_condition, "evaluators": evaluators, "judge": judge, "ref_n": ref_n}
-    settings["conditions"] = [str(f) for f in condition_files or DEFAULT_CONDITION_FILES]
+    settings["conditions"] = files
     return RunResult(config=settings, seeds=[seed], rows=rows, environment=environment(device))

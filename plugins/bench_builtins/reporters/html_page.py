@@ -89,14 +89,16 @@ class HtmlReporter:
 def _label_accuracy(report) -> list[str]:
     """The per-label heatmap (``--labels-plot``'s, else drawn now) when any config has per-label
     accuracy; nothing otherwise."""
-    from bench.report import draw_label_accuracy, label_accuracy
+    from bench.report import draw_label_accuracy
+    from bench.results import ResultsError
 
     if report.labels_plot is not None and Path(report.labels_plot).is_file():
         return ["<h2>accuracy per label</h2>", _image(Path(report.labels_plot), "accuracy per label")]
-    if not label_accuracy(report.records)[0]:
-        return []
     with tempfile.TemporaryDirectory() as tmp:
-        path = draw_label_accuracy(report, Path(tmp) / "labels.png")
+        try:
+            path = draw_label_accuracy(report, Path(tmp) / "labels.png")
+        except ResultsError:  # no config has per-label accuracy
+            return []
         return ["<h2>accuracy per label</h2>", _image(path, "accuracy per label")]
 
 
