@@ -267,8 +267,13 @@ def report_command(files, fmt, plot, labels_plot, out) -> None:
         click.echo(f"wrote {out}", err=True)
 
 
+def _count_option(flag: str, default: int, help: str | None = None):
+    """A count that must be at least 1 (scenes, renders, epochs...), with its default shown."""
+    return click.option(flag, default=default, show_default=True, type=click.IntRange(min=1), help=help)
+
+
 def _scenes_option(help: str):
-    return click.option("--scenes", default=6003, show_default=True, type=click.IntRange(min=1), help=help)
+    return _count_option("--scenes", 6003, help)
 
 
 def _max_objects_option(default: int, help: str):
@@ -313,7 +318,7 @@ def data_cache(scenes, seed, split, max_objects) -> None:
 
 @data_group.command("conditions")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="JSON file to write.")
-@click.option("--n", default=32, show_default=True, type=click.IntRange(min=1), help="Number of conditions.")
+@_count_option("--n", 32, "Number of conditions.")
 @click.option("--objects", default="1-3", show_default=True, help="Objects per condition: 2 or 1-3.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--shared", is_flag=True, help="Objects share a colour or a shape (like new_test.json).")
@@ -330,12 +335,8 @@ def data_conditions(out_file, n, objects, seed, shared) -> None:
 
 @data_group.command("ceiling")
 @_conditions_option
-@click.option(
-    "--per-condition",
-    default=20,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Renders per condition (1 gives the N of a bench run cell: FID's floor at that N).",
+@_count_option(
+    "--per-condition", 20, "Renders per condition (1 gives the N of a bench run cell: FID's floor at that N)."
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the renders' layouts.")
 @click.option(
@@ -386,7 +387,7 @@ def data_ceiling(condition_files, per_condition, seed, evaluators, ref_n, judge,
 @data_group.command("show")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_png", default="sheet.png", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--n", default=24, show_default=True, type=click.IntRange(min=1), help="Images on the sheet.")
+@_count_option("--n", 24, "Images on the sheet.")
 def data_show(folder, out_png, n) -> None:
     """Draw a contact sheet of a folder's images with their labels."""
     from bench_builtins.datasets.synthetic.export import contact_sheet
@@ -408,15 +409,9 @@ def _dataset(name: str, data_root: str | None, **options):
 @click.option("--data-root", default=None, help="Folder in the i-CLEVR format (with --data iclevr).")
 @_scenes_option("Synthetic scenes (with --data synthetic).")
 @_max_objects_option(5, "Objects per synthetic scene.")
-@click.option(
-    "--heldout-scenes",
-    default=400,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Unseen synthetic scenes to score on.",
-)
-@click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
+@_count_option("--heldout-scenes", 400, "Unseen synthetic scenes to score on.")
+@_count_option("--epochs", 30)
+@_count_option("--batch-size", 256)
 @click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option(
     "--max-minutes",
