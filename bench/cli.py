@@ -248,11 +248,21 @@ def _first_paths(folder: Path, paths: list[str], most: int = 4) -> str:
     help="Write the per-label accuracy heatmap here (labels grouped by shape, one row per config).",
 )
 @click.option(
+    "--select-on",
+    "select_on",
+    multiple=True,
+    metavar="SET[,SET]",
+    help="Rank the cells (scheduler, steps, guidance...) by mean accuracy on these condition sets "
+    "(e.g. val-101,val-102-shared) and put that table first: the top row is the cell to report, "
+    "the other sets are read off it, not chosen on.",
+)
+@click.option(
     "--out", default=None, type=click.Path(dir_okay=False), help="Write the report here (else stdout)."
 )
-def report_command(files, fmt, plot, labels_plot, out) -> None:
+def report_command(files, fmt, plot, labels_plot, select_on, out) -> None:
     """Render tables (and plots, or an html page) from results files."""
     from bench.report import render_report
+    from bench.selection import parse_select_on
 
     text = render_report(
         [Path(f) for f in files],
@@ -260,6 +270,7 @@ def report_command(files, fmt, plot, labels_plot, out) -> None:
         plot=Path(plot) if plot else None,
         out=Path(out) if out else None,
         labels_plot=Path(labels_plot) if labels_plot else None,
+        select_on=parse_select_on(select_on),
     )
     if out is None:
         click.echo(text)

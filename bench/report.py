@@ -49,6 +49,7 @@ class Report:
     sources: list[Path] = field(default_factory=list)
     plot: Path | None = None  # a Pareto plot already drawn (render_report --plot)
     labels_plot: Path | None = None  # a per-label heatmap already drawn (--labels-plot)
+    selection: Any = None  # bench.selection.Selection when cells were ranked (--select-on)
 
 
 # ---------------------------------------------------------------- reading files
@@ -556,8 +557,10 @@ def render_report(
     plot: str | Path | None = None,
     out: str | Path | None = None,
     labels_plot: str | Path | None = None,
+    select_on: Sequence[str] = (),
 ) -> str:
-    """What ``bench report`` does: load, optionally draw the Pareto plot and the per-label heatmap,
+    """What ``bench report`` does: load, optionally rank the cells on the ``select_on`` condition
+    sets (a table first, bench/selection.py), draw the Pareto plot and the per-label heatmap,
     render, optionally write.
 
     ``fmt`` is a registered reporter name (plain, github, latex, csv, json, html); an unknown
@@ -567,6 +570,11 @@ def render_report(
 
     reporter_factory = get("reporters", fmt).factory
     report = load_report(paths)
+    if select_on:
+        from bench.selection import select_cell, selection_table
+
+        report.selection = select_cell(report.records, select_on)
+        report.tables.insert(0, selection_table(report.selection))
     if plot is not None:
         from bench.plotting import scatter_plot
 

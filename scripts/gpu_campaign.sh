@@ -106,6 +106,10 @@ tail -n 12 "$OUT"/run-*.log
 for run in "$OUT"/run-*/results.json; do  # which labels each run misses, at a glance
   bench report "$run" --labels-plot "$(dirname "$run")/labels.png" > /dev/null || echo "no labels plot for $run"
 done
+for run in "${EVAL_RUNS[@]}"; do  # the cell chosen on the validation sets alone, test and new_test read off it
+  bench report "$OUT/run-${run%%:*}/results.json" --select-on val-101,val-102-shared --format github \
+      --out "$OUT/run-${run%%:*}/selection.md" && head -n 14 "$OUT/run-${run%%:*}/selection.md"
+done
 # The speed suite gets until then; what it has not finished is stopped and left out.
 if [ -n "$SPEED" ] && kill -0 "$SPEED" 2>/dev/null; then
   kill "$SPEED"  # first, so that it starts no further stage

@@ -16,11 +16,13 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def test_bundle_keeps_results_seed0_grids_and_weights_drops_checkpoints_and_images(tmp_path: Path) -> None:
+def test_bundle_keeps_results_seed0_grids_misses_and_weights_drops_checkpoints_and_images(tmp_path: Path) -> None:
     src = tmp_path / "camp"
     _write(src / "run" / "results.json", b"{}")
     _write(src / "run" / "images" / "cell" / "seed0" / "test_grid.png", b"grid")
+    _write(src / "run" / "images" / "cell" / "seed0" / "test_misses.png", b"misses")
     _write(src / "run" / "images" / "cell" / "seed0" / "0.png", b"one image")
+    _write(src / "run" / "images" / "cell" / "seed1" / "test_misses.png", b"seed 1's misses")
     _write(src / "run" / "images" / "cell" / "seed1" / "test_grid.png", b"seed 1's grid")
     _write(src / "train" / "checkpoint" / "model.safetensors", b"x" * 1000)
     _write(src / "train" / "loss.jsonl", b"{}\n")
@@ -38,6 +40,7 @@ def test_bundle_keeps_results_seed0_grids_and_weights_drops_checkpoints_and_imag
     assert names == {
         "run/results.json",
         "run/images/cell/seed0/test_grid.png",
+        "run/images/cell/seed0/test_misses.png",
         "train/loss.jsonl",
         "small.safetensors",
     }

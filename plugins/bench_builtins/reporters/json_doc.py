@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -20,4 +21,6 @@ class JsonReporter:
             "figures": {name: str(path) for name, path in report.figures.items()},
             "grids": [{"label": label, "path": str(path)} for label, path in report.grids],
         }
+        if getattr(report, "selection", None) is not None:  # --select-on: the ranking as data
+            doc["selection"] = dataclasses.asdict(report.selection)
         return json.dumps(doc, indent=self.indent, ensure_ascii=False, default=str) + "\n"

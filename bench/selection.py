@@ -1,0 +1,112 @@
+"""Choosing a cell on validation sets: rank every sampling config by its mean accuracy on the
+condition sets named for the choice, and read the others (test, new_test) off the chosen one.
+
+A cell is a config without its condition set (model, checkpoint, scheduler, steps, guidance,
+interval); ``bench run`` scores each cell on every ``--conditions`` set. Choosing the guidance or
+step count on test itself flatters the number reported on test; choosing on sets written for the
+purpose (``bench data conditions``) does not. Works on ``bench report``'s aggregated records.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.report import CONFIG_KEYS, UP, Table, _id_cell, _id_text, _mean_pm
+from bench.results import ResultsError
+
+CELL_KEYS = tuple(k for k in CONFIG_KEYS if k != "condition_set")
+
+
+@dataclass
+class RankedCell:
+    """One cell: its config, its mean accuracy on the selection sets, and its accuracy per set."""
+
+    config: dict[str, Any]
+    score: float | None  # None: not scored on every selection set, so ranked last
+    accuracy: dict[str, dict[str, Any]] = field(default_factory=dict)  # set -> {"mean", "std", "n"}
+
+
+@dataclass
+class Selection:
+    select_on: list[str]
+    other_sets: list[str]
+    cells: list[RankedCell]  # best first
+
+    @property
+    def chosen(self) -> RankedCell | None:
+        return self.cells[0] if self.cells and self.cells[0].score is not None else None
+
+
+def parse_select_on(values: Sequence[str]) -> list[str]:
+    """``("val-101,val-102",)`` or ``("val-101", "val-102")`` -> ``["val-101", "val-102"]``."""
+    names: list[str] = []
+    for value in values:
+        for name in str(value).split(","):
+            if name.strip() and name.strip() not in names:
+                names.append(name.strip())
+    return names
+
+
+def select_cell(records: list[dict[str, Any]], select_on: Sequence[str]) -> Selection:
+    """Rank the cells of ``records`` by mean pooled accuracy over the ``select_on`` sets.
+
+    Raises ResultsError when a selection set is not in the records, or when no cell has accuracy.
+    """
+    select_on = list(select_on)
+    if not select_on:
+        raise ResultsError("name one or more condition sets to choose on (e.g. val-101,val-102-shared)")
+    scored = [r for r in records if not r.get("error") and "acc" in (r.get("metrics") or {})]
+    present = list(dict.fromkeys(str(r.get("condition_set") or "") for r in scored))
+    missing = [s for s in select_on if s not in present]
+    if missing:
+        held = ", ".join(s for s in present if s) or "none with accuracy"
+        raise ResultsError(
+            f"cannot choose on {', '.join(missing)}: no accuracy on such a condition set in these "
+            f"results (they hold: {held}); name sets as `bench run` did (the file names without .json)"
+        )
+    cells: dict[tuple, RankedCell] = {}
+    for rec in scored:
+        key = tuple(_id_text(rec, k) for k in CELL_KEYS)
+        cell = cells.setdefault(key, RankedCell({k: rec.get(k, "") for k in CELL_KEYS}, None))
+        cell.accuracy[str(rec.get("condition_set") or "")] = rec["metrics"]["acc"]
+    for cell in cells.values():
+        if all(s in cell.accuracy for s in select_on):
+            cell.score = statistics.fmean(cell.accuracy[s]["mean"] for s in select_on)
+    # Best first; unscored cells last; ties keep the files' order (sorted() is stable).
+    ranked = sorted(cells.values(), key=lambda c: (c.score is None, -(c.score or 0.0)))
+    others = [s for s in present if s not in select_on]
+    return Selection(select_on, others, ranked)
+
+
+def selection_table(selection: Selection) -> Table:
+    """The ranking as a table: the chosen cell first, then the rest, each set's accuracy beside it."""
+    cells = selection.cells
+    # Identify cells by what differs between them (a shared model or checkpoint goes to the title).
+    shared = {
+        k: values.pop()
+        for k in ("model", "checkpoint")
+        if len(values := {str(c.config.get(k) or "") for c in cells}) == 1
+    }
+    id_keys = [k for k in CELL_KEYS if k not in shared]
+    if not any(_id_text(c.config, "guidance_interval") for c in cells):
+        id_keys.remove("guidance_interval")
+    names = " + ".join(selection.select_on)
+    headers = ["rank", *id_keys]
+    headers += [f"{s} acc {UP}" for s in selection.select_on]
+    headers += [f"mean {UP}"] if len(selection.select_on) > 1 else []
+    headers += [f"{s} acc {UP}" for s in selection.other_sets]
+    rows = []
+    for i, cell in enumerate(cells, 1):
+        rank = ("chosen" if i == 1 else str(i)) if cell.score is not None else "-"
+        row: list[Any] = [rank, *(_id_cell(cell.config, k) for k in id_keys)]
+        row += [_mean_pm(cell.accuracy[s]) if s in cell.accuracy else "" for s in selection.select_on]
+        if len(selection.select_on) > 1:
+            row.append(f"{cell.score:.4f}" if cell.score is not None else "")
+        row += [_mean_pm(cell.accuracy[s]) if s in cell.accuracy else "" for s in selection.other_sets]
+        rows.append(row)
+    title = f"cells ranked by accuracy on {names} (chosen on these alone; the other sets are only read)"
+    title += "".join(f", {k} {v}" for k, v in shared.items() if v)
+    return Table(title, headers, rows)
