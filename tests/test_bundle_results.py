@@ -16,7 +16,9 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def test_bundle_keeps_results_seed0_grids_misses_and_weights_drops_checkpoints_and_images(tmp_path: Path) -> None:
+def test_bundle_keeps_results_seed0_grids_misses_and_weights_drops_checkpoints_and_images(
+    tmp_path: Path,
+) -> None:
     src = tmp_path / "camp"
     _write(src / "run" / "results.json", b"{}")
     _write(src / "run" / "images" / "cell" / "seed0" / "test_grid.png", b"grid")
