@@ -18,3 +18,5 @@ def read_json(path: str | os.PathLike, error: type[Exception]) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise error(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except UnicodeDecodeError as e:  # an image, a torch pickle, a zip: not the text file asked for
+        raise error(f"{path}: not a JSON text file (byte {e.start} is not UTF-8)") from None

@@ -92,6 +92,13 @@ def test_condition_errors(tmp_path, text, expected):
     assert str(path) in str(info.value)
 
 
+def test_condition_file_that_is_not_text(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"PK\x03\x04\xff\xfe binary")
+    with pytest.raises(ConditionError, match=r"model.pt: not a JSON text file \(byte 4 is not UTF-8\)"):
+        load_condition_set(path, LABELS)
+
+
 def test_condition_missing_file(tmp_path):
     with pytest.raises(ConditionError, match=r"not found"):
         load_condition_set(tmp_path / "nope.json", LABELS)
@@ -177,6 +184,12 @@ def test_loader_on_hand_made_folder(tmp_path, subdir):
     assert list((tmp_path / "cache" / "iclevr").glob("*.pt"))
 
 
+def test_loader_takes_images_already_squashed_to_squares(tmp_path):
+    squashed = dataset("iclevr", data_root=hand_made_folder(tmp_path / "sq", True, (64, 64)), use_cache=False)
+    source = dataset("iclevr", data_root=hand_made_folder(tmp_path / "src", True), use_cache=False)
+    assert torch.equal(squashed.images_uint8(), source.images_uint8())
+
+
 def test_loader_explicit_paths(tmp_path):
     root = hand_made_folder(tmp_path / "data", subdir=True)
     ds = dataset("iclevr", train_json=root / "train.json", images_dir=root / "images", use_cache=False)
@@ -193,8 +206,16 @@ def test_loader_errors(tmp_path):
     (root / "images" / "CLEVR_train_000001_0.png").unlink()
     with pytest.raises(DatasetError, match=r"names 'CLEVR_train_000001_0.png' but it is not in"):
         dataset("iclevr", data_root=root, use_cache=False)
-    root = hand_made_folder(tmp_path / "b", subdir=False, size=(100, 100))
-    with pytest.raises(DatasetError, match=r"is 100x100; i-CLEVR images are 320x240"):
+    root = hand_made_folder(tmp_path / "b", subdir=False, size=(100, 60))
+    with pytest.raises(DatasetError, match=r"is 100x60; i-CLEVR images are 320x240"):
+        dataset("iclevr", data_root=root, use_cache=False)
+    root = hand_made_folder(tmp_path / "b2", subdir=False, size=(48, 48))  # square, but too small
+    with pytest.raises(DatasetError, match=r"is 48x48; .*or squares of at least 64"):
+        dataset("iclevr", data_root=root, use_cache=False)
+    root = hand_made_folder(tmp_path / "t", subdir=True)
+    png = root / "images" / "CLEVR_train_000001_0.png"
+    png.write_bytes(png.read_bytes()[:60])  # truncated: one bad file among thousands must be named
+    with pytest.raises(DatasetError, match=r"CLEVR_train_000001_0.png cannot be read as an image"):
         dataset("iclevr", data_root=root, use_cache=False)
     root = hand_made_folder(tmp_path / "c", subdir=True)
     data = json.loads((root / "train.json").read_text())

@@ -114,15 +114,21 @@ def _read_images(images: Path, files: list[str], train: Path, image_size: int):
                 f"{train.name} names {name!r} but it is not in {where}; "
                 "put the PNGs beside train.json or in images/"
             )
-        with Image.open(path) as im:
-            w, h = im.size
-            # squashing 4:3 to a square is the task's preprocessing; another aspect means other data
-            if abs(w * SOURCE_SIZE[1] - h * SOURCE_SIZE[0]) > max(w, h) or w < image_size:
-                raise DatasetError(
-                    f"{path} is {w}x{h}; i-CLEVR images are {SOURCE_SIZE[0]}x{SOURCE_SIZE[1]} "
-                    f"(4:3, at least {image_size} wide)"
-                )
-            chunk.append(torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()))
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+                # Squashing 4:3 to a square is the task's preprocessing; a square image at least
+                # image_size wide has been squashed already. Another aspect means other data.
+                four_three = abs(w * SOURCE_SIZE[1] - h * SOURCE_SIZE[0]) <= max(w, h)
+                if not (four_three or w == h) or w < image_size:
+                    raise DatasetError(
+                        f"{path} is {w}x{h}; i-CLEVR images are {SOURCE_SIZE[0]}x{SOURCE_SIZE[1]} "
+                        f"(4:3, at least {image_size} wide), or squares of at least {image_size}"
+                    )
+                pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        except (OSError, ValueError) as error:  # truncated or not an image: name the file among thousands
+            raise DatasetError(f"{path} cannot be read as an image ({error}); replace or remove it") from None
+        chunk.append(torch.from_numpy(pixels.copy()))
         if len(chunk) == 256 or i == len(files) - 1:
             same = all(c.shape == chunk[0].shape for c in chunk)
             if same:
