@@ -519,8 +519,15 @@ def load_report(paths: Sequence[str | Path]) -> Report:
         raise ResultsError("no results files given; pass one or more files written by `bench run --out`")
     report = Report()
     rows: list[dict[str, Any]] = []
+    seen: dict[Path, Path] = {}
     for raw in paths:
         path = Path(raw)
+        # The same file twice would count each seed twice (n=2 from one run).
+        if path.resolve() in seen:
+            raise ResultsError(
+                f"{path} is given twice ({seen[path.resolve()]} and {path}): each results file counts once"
+            )
+        seen[path.resolve()] = path
         data = _read(path)
         report.sources.append(path)
         base = path.resolve().parent

@@ -218,6 +218,13 @@ def test_mixed_files(results_file: Path, benchmark_file: Path) -> None:
     assert any("pytest-benchmark" in t.title for t in report.tables)
 
 
+def test_the_same_file_twice_is_refused(results_file: Path) -> None:
+    with pytest.raises(ResultsError, match=r"is given twice"):
+        load_report([results_file, results_file.parent / ".." / "run" / "results.json"])
+    with pytest.raises(ResultsError, match=r"is given twice"):
+        load_report([results_file, results_file])
+
+
 def test_bad_file(tmp_path: Path) -> None:
     bad = tmp_path / "x.json"
     bad.write_text('{"hello": 1}')
