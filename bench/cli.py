@@ -332,7 +332,12 @@ def data_cache(scenes, seed, split, max_objects) -> None:
 @_count_option("--n", 32, "Number of conditions.")
 @click.option("--objects", default="1-3", show_default=True, help="Objects per condition: 2 or 1-3.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--shared", is_flag=True, help="Objects share a colour or a shape (like new_test.json).")
+@click.option(
+    "--shared",
+    is_flag=True,
+    help="Two objects of each condition share a colour or a shape (like new_test.json); "
+    "so every condition holds 2 or more objects.",
+)
 def data_conditions(out_file, n, objects, seed, shared) -> None:
     """Write a condition set in the test.json format."""
     from bench_builtins.datasets.synthetic.export import write_condition_set
@@ -340,8 +345,14 @@ def data_conditions(out_file, n, objects, seed, shared) -> None:
     counts = parse_int_list(objects, "object count")
     if not 1 <= min(counts) <= max(counts) <= 24:  # 24 labels: no condition holds more objects
         raise click.BadParameter(f"object counts must lie in 1-24, got {objects}", param_hint="--objects")
-    write_condition_set(out_file, n=n, objects=(min(counts), max(counts)), seed=seed, shared=shared)
-    click.echo(f"wrote {out_file}")
+    if shared and max(counts) < 2:
+        raise click.BadParameter("--shared needs conditions of 2 or more objects", param_hint="--objects")
+    path = write_condition_set(out_file, n=n, objects=(min(counts), max(counts)), seed=seed, shared=shared)
+    conditions = json.loads(path.read_text(encoding="utf-8"))
+    distinct = len({tuple(sorted(c)) for c in conditions})
+    click.echo(
+        f"wrote {out_file}: {n} conditions" + (f", {distinct} of them distinct" if distinct < n else "")
+    )
 
 
 @data_group.command("ceiling")

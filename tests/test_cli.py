@@ -263,6 +263,10 @@ def test_meaningless_values_fail_before_any_work(runner, tmp_path, option, value
         (["data", "conditions", "--n", "0"], "Invalid value for '--n'"),
         (["data", "conditions", "--objects", "0"], "object counts must lie in 1-24, got 0"),
         (["data", "conditions", "--objects", "30"], "object counts must lie in 1-24, got 30"),
+        (
+            ["data", "conditions", "--objects", "1", "--shared"],
+            "--shared needs conditions of 2 or more objects",
+        ),
         (["data", "synth", "--scenes", "0"], "Invalid value for '--scenes'"),
         (["data", "synth", "--max-objects", "0"], "Invalid value for '--max-objects'"),
         (["data", "cache", "--max-objects", "11"], "Invalid value for '--max-objects'"),

@@ -352,3 +352,21 @@ def test_shapes_have_their_silhouettes():
     sphere, cube, cylinder = ious
     assert sphere > 0.9, ious  # a sphere looks like a disc from any side
     assert cube < sphere - 0.04 and cylinder < sphere - 0.04, ious
+
+
+def test_data_conditions_says_how_many_are_distinct(tmp_path):
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    out = tmp_path / "one.json"
+    result = CliRunner().invoke(
+        main, ["data", "conditions", "--out", str(out), "--n", "40", "--objects", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.read_text())
+    distinct = len({tuple(c) for c in written})
+    assert len(written) == 40 and distinct <= 24  # 24 labels: no more one-object conditions
+    assert f"40 conditions, {distinct} of them distinct" in result.output
+    result = CliRunner().invoke(main, ["data", "conditions", "--out", str(out), "--n", "8"])
+    assert result.output.strip().endswith("8 conditions")
