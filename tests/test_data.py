@@ -197,6 +197,8 @@ def test_loader_explicit_paths(tmp_path):
 
 
 def test_loader_errors(tmp_path):
+    with pytest.raises(DatasetError, match=r"needs --data-root FOLDER"):
+        dataset("iclevr")
     with pytest.raises(DatasetError, match=r"not found.*train.json, objects.json"):
         dataset("iclevr", data_root=tmp_path / "missing")
     (tmp_path / "empty").mkdir()

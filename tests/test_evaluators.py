@@ -382,3 +382,15 @@ def test_augment_keeps_shape_and_range():
     assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
     flat = torch.full((2, 3, 16, 16), 0.3)
     assert torch.allclose(gaussian_blur(flat, torch.tensor([0.0, 1.5])), flat, atol=1e-6)
+
+
+def test_inception_fid_errors_name_the_option_and_the_missing_package(tmp_path, monkeypatch) -> None:
+    with pytest.raises(fid_mod.FidError, match=r"--fid-weights .*nope.pth does not exist"):
+        fid_mod.resolve_extractor(fid_weights=tmp_path / "nope.pth", device="cpu")
+    weights = tmp_path / "pt_inception.pth"
+    weights.write_bytes(b"weights")
+    monkeypatch.setattr(fid_mod, "_torch_fidelity_available", lambda: False)
+    with pytest.raises(
+        fid_mod.FidError, match=r"torch-fidelity .* not installed \(pip install torch-fidelity\)"
+    ):
+        fid_mod.resolve_extractor(fid_weights=weights, device="cpu")

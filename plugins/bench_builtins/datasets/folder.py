@@ -46,7 +46,7 @@ def resolve_paths(
 ) -> tuple[Path, Path | None, Path]:
     """(train.json, objects.json or None, image folder) from a root or explicit paths."""
     if data_root is None and train_json is None:
-        raise DatasetError(f"the iclevr dataset needs data_root (or train_json): {LAYOUT}")
+        raise DatasetError(f"the iclevr dataset needs --data-root FOLDER (data_root or train_json): {LAYOUT}")
     root = Path(data_root).expanduser() if data_root is not None else None
     if root is not None and not root.is_dir():
         raise DatasetError(

@@ -112,7 +112,8 @@ def resolve_extractor(
     weights = Path(fid_weights).expanduser() if fid_weights else None
     if weights is not None and not weights.is_file():
         raise FidError(
-            f"fid_weights {weights} does not exist; pass the local Inception weights file (pt_inception-2015-12-05)"
+            f"--fid-weights {weights} does not exist; pass the local Inception weights file "
+            "(pt_inception-2015-12-05-6726825d.pth)"
         )
     if weights is None and TORCH_FIDELITY_WEIGHTS.is_file():
         weights = TORCH_FIDELITY_WEIGHTS
@@ -120,13 +121,14 @@ def resolve_extractor(
         return _inception_extractor(weights, device)
     if features == "inception" or fid_weights:
         why = (
-            "the torch-fidelity package is not installed"
+            "the torch-fidelity package, which torchmetrics' Inception needs, is not installed "
+            "(pip install torch-fidelity)"
             if weights
             else "no local Inception weights were found"
         )
         raise FidError(
-            f"standard (Inception) FID is unavailable: {why}. Pass fid_weights=PATH with torch-fidelity "
-            "installed, or use the judge features (metric fid-judge)."
+            f"standard (Inception) FID is unavailable: {why}. Pass --fid-weights PATH with torch-fidelity "
+            "installed, or leave --fid-weights out for the judge features (metric fid-judge)."
         )
     return _judge_extractor(judge, device)
 
