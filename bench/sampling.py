@@ -380,7 +380,8 @@ def sample(
     name, factory = _resolve_factory(scheduler)
     interval = check_interval(guidance_interval)
     interval = interval if guidance != 1.0 else None  # without guidance it has no effect
-    check_schedule_compatible(train_config, factory, allow_schedule_mismatch)
+    # The name as registered (or the callable): the error names `linear`, not its factory function.
+    check_schedule_compatible(train_config, scheduler, allow_schedule_mismatch)
     steps = resolve_steps(factory, steps)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     opts = (options or SamplingOptions()).resolved(device, guided=guidance != 1.0)

@@ -192,6 +192,7 @@ def test_schedule_mismatch_refused_unless_allowed(model: torch.nn.Module, cosine
         sample(model, "linear", conditions(1), train_config=cosine, steps=1, options=PLAIN)
     message = str(error.value)
     assert "squaredcos_cap_v2" in message and "linear" in message and "--allow-schedule-mismatch" in message
+    assert "scheduler 'linear' samples" in message  # its registered name, not its factory's
     result = sample(
         model,
         "linear",
