@@ -637,6 +637,13 @@ def export_command(checkpoint, out_file, dtype, guidance, guidance_interval) -> 
     from bench.checkpoints import describe_sampling_defaults, export_weights, sampling_defaults_of
     from bench.weights import sha256_of
 
+    source = Path(checkpoint).resolve()
+    if source.is_dir() and source in Path(out_file).resolve().parents:
+        # A file written into the checkpoint folder breaks its recorded sha256s: resume and run refuse it.
+        raise click.BadParameter(
+            f"{out_file} is inside the checkpoint folder {checkpoint}; write the exported file elsewhere",
+            param_hint="OUT_FILE",
+        )
     path = export_weights(
         checkpoint, out_file, dtype=dtype, guidance=guidance, guidance_interval=guidance_interval
     )

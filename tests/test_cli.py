@@ -673,6 +673,18 @@ def test_export_refuses_an_interval_without_guidance(runner, tmp_path) -> None:
     assert result.exit_code == 2 and "is not LO,HI" in result.output
 
 
+def test_export_refuses_to_write_into_the_checkpoint_it_reads(runner, tmp_path) -> None:
+    from bench.checkpoints import load_checkpoint
+
+    ck = _tiny_checkpoint(tmp_path / "ck")
+    out = ck / "ema.safetensors"  # would replace a file whose sha256 the checkpoint records
+    before = out.read_bytes() if out.exists() else None
+    result = runner.invoke(cli.main, ["export", str(ck), str(out)])
+    assert result.exit_code == 2 and "is inside the checkpoint folder" in result.output
+    assert (out.read_bytes() if out.exists() else None) == before
+    load_checkpoint(ck)  # still whole
+
+
 def test_random_weights_have_no_sampling_defaults(runner, tmp_path) -> None:
     out = tmp_path / "run"
     result = tiny_run(
