@@ -63,8 +63,11 @@ def list_plugins() -> None:
     from tabulate import tabulate
 
     plugins = get_plugins()
-    rows = [(p.name, p.version, ", ".join(p.hooks), "built-in" if p.builtin else "") for p in plugins.info()]
-    click.echo(tabulate(rows, headers=["plugin", "version", "hooks", ""], tablefmt="simple"))
+    rows = [
+        (p.name, p.version, ", ".join(p.hooks), "built-in" if p.builtin else "entry point")
+        for p in plugins.info()
+    ]
+    click.echo(tabulate(rows, headers=["plugin", "version", "hooks", "source"], tablefmt="simple"))
     if plugins.load_errors:
         click.echo("\nfailed to load:")
         click.echo(tabulate([(e.plugin, e.error) for e in plugins.load_errors], headers=["plugin", "error"]))
@@ -276,6 +279,9 @@ def report_command(files, fmt, plot, labels_plot, select_on, out) -> None:
         click.echo(text)
     else:
         click.echo(f"wrote {out}", err=True)
+    for what, path in (("plot", plot), ("labels plot", labels_plot)):
+        if path:
+            click.echo(f"{what}: {path}", err=True)
 
 
 def _count_option(flag: str, default: int, help: str | None = None):
@@ -301,7 +307,7 @@ def data_group() -> None:
 
 @data_group.command("synth")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
-@_scenes_option("Scenes; each gives 3 frames (images).")
+@_scenes_option("Scenes; each gives max-objects frames (images), the k-th holding k objects.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--split", type=click.Choice(["train", "heldout"]), default="train", show_default=True)
 @_max_objects_option(3, "Objects in the last frame of a scene.")

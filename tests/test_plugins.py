@@ -103,7 +103,8 @@ def test_example_plugin_in_bench_plugins(installed: dict[str, Path]) -> None:
     result = bench(["plugins"], installed, ("my_ddim",))
     assert result.returncode == 0, result.stderr
     line = next(line for line in result.stdout.splitlines() if line.startswith("my_ddim"))
-    assert "0.1.0" in line and "register_schedulers" in line
+    assert "0.1.0" in line and "register_schedulers" in line and line.endswith("entry point")
+    assert result.stdout.splitlines()[0].split() == ["plugin", "version", "hooks", "source"]
     assert "failed to load" not in result.stdout
 
 

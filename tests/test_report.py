@@ -305,6 +305,19 @@ def test_plot_goes_into_new_folders_in_the_format_its_name_asks(results_file: Pa
     assert [p.name for p in out.parent.iterdir()] == ["pareto.jpg"]  # no temporary file left
 
 
+def test_cli_says_where_the_plots_went(results_file: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bench import cli
+
+    plot, labels = tmp_path / "pareto.png", tmp_path / "labels.png"
+    args = ["report", str(results_file), "--plot", str(plot), "--labels-plot", str(labels)]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 0, result.output
+    assert f"plot: {plot}" in result.output and f"labels plot: {labels}" in result.output
+    assert plot.is_file() and labels.is_file()
+
+
 def test_plot_with_no_image_suffix_is_refused(results_file: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
