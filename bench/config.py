@@ -8,6 +8,7 @@ command (``[run]``, ``[train]``), with dashes or underscores in the keys.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,12 @@ import click
 from bench.guidance import GuidanceIntervalError, parse_interval
 
 
-def read_config_file(path: str | Path, command: str) -> dict[str, Any]:
-    """The option defaults for ``command`` from a TOML file (keys normalised to underscores)."""
+def read_config_file(path: str | Path, command: str, commands: Collection[str] = ()) -> dict[str, Any]:
+    """The option defaults for ``command`` from a TOML file (keys normalised to underscores).
+
+    ``commands``: the table names a file may hold (the CLI's commands); another table, e.g. a
+    misspelt ``[runn]``, is an error rather than options silently ignored.
+    """
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -27,16 +32,27 @@ def read_config_file(path: str | Path, command: str) -> dict[str, Any]:
         raise click.BadParameter(
             f"config file {path} is not valid TOML: {e}", param_hint="--config"
         ) from None
+    tables = [k for k, v in data.items() if isinstance(v, dict)]
+    strangers = [t for t in tables if commands and t not in commands and t != command]
+    if strangers:
+        raise click.BadParameter(
+            f"config file {path} has table(s) [{'], ['.join(strangers)}] that name no bench command "
+            f"(tables are named after commands: {', '.join(sorted(commands))})",
+            param_hint="--config",
+        )
     section = data.get(command, {})
     flat = {k: v for k, v in data.items() if not isinstance(v, dict)}
     merged = {**flat, **(section if isinstance(section, dict) else {})}
-    out: dict[str, Any] = {}
-    for key, value in merged.items():
-        # Matrix options take comma-separated strings on the command line; accept TOML lists too.
-        if isinstance(value, list):
-            value = ",".join(str(v) for v in value)
-        out[key.replace("-", "_")] = value
-    return out
+    return {key.replace("-", "_"): value for key, value in merged.items()}
+
+
+def _as_option_value(param: click.Parameter, value: Any) -> Any:
+    """A TOML value as the option takes it: a list for a repeatable option (one string becomes a
+    list of one); for the others a TOML list becomes the comma-separated text the matrix options
+    parse (``scheduler = ["cosine", "ddim"]`` reads as ``--scheduler cosine,ddim``)."""
+    if getattr(param, "multiple", False):
+        return [str(v) for v in value] if isinstance(value, list) else [value]
+    return ",".join(str(v) for v in value) if isinstance(value, list) else value
 
 
 def _apply_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -48,7 +64,9 @@ def _apply_config(ctx: click.Context, _param: click.Parameter, value: str | None
             for opt in getattr(param, "opts", []):
                 if opt.startswith("--") and param.name != "config":
                     names[opt[2:].replace("-", "_")] = param.name
-        defaults = read_config_file(value, ctx.command.name or "")
+        group = ctx.parent.command if ctx.parent is not None else None
+        commands = list(group.commands) if isinstance(group, click.Group) else []
+        defaults = read_config_file(value, ctx.command.name or "", commands)
         unknown = sorted(set(defaults) - set(names))
         if unknown:
             raise click.BadParameter(
@@ -56,7 +74,8 @@ def _apply_config(ctx: click.Context, _param: click.Parameter, value: str | None
                 f"(known: {', '.join(sorted(k.replace('_', '-') for k in names))})",
                 param_hint="--config",
             )
-        mapped = {names[k]: v for k, v in defaults.items()}
+        params = {p.name: p for p in ctx.command.params}
+        mapped = {names[k]: _as_option_value(params[names[k]], v) for k, v in defaults.items()}
         ctx.default_map = {**(ctx.default_map or {}), **mapped}
     return value
 

@@ -103,7 +103,10 @@ def test_a_judged_run_draws_the_images_with_a_miss(runner, tmp_path) -> None:
 def test_config_file_sections_and_lists(tmp_path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('seeds = "0-1"\n[run]\nscheduler = ["cosine", "ddim"]\nbatch-size = 8\n')
-    assert read_config_file(path, "run") == {"seeds": "0-1", "scheduler": "cosine,ddim", "batch_size": 8}
+    assert read_config_file(path, "run") == {"seeds": "0-1", "scheduler": ["cosine", "ddim"], "batch_size": 8}
+    path.write_text('[runn]\nevaluators = "bogus"\n')  # a misspelt table was ignored, silently
+    with pytest.raises(click.BadParameter, match=r"table\(s\) \[runn\] that name no bench command"):
+        read_config_file(path, "run", ["run", "train"])
 
 
 def _capture_train(monkeypatch, stopped_by: str = "epochs/max_steps", main_process: bool = True) -> dict:
@@ -540,6 +543,23 @@ def test_out_of_memory_in_a_cell_names_a_batch_size_to_try(runner, tmp_path, mon
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert rows and all("try --batch-size 32" in r["error"] for r in rows)
+
+
+def test_repeatable_options_from_a_config_file(runner, tmp_path) -> None:
+    # `conditions` is repeatable: a TOML list (or one string) was joined into one bad value.
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text('[["red sphere"]]')
+    b.write_text('[["cyan cube"]]')
+    for value, sets in ((f'["{a}", "{b}"]', {"a", "b"}), (f'"{a}"', {"a"})):
+        path, out = tmp_path / "run.toml", tmp_path / "out"
+        path.write_text(
+            f"[run]\nconditions = {value}\nscheduler = 'ddim'\nsteps = 1\ncheckpoint = 'random'\n"
+            f"preset = 'tiny'\nevaluators = 'none'\nno-denoising-figure = true\ndevice = 'cpu'\nout = '{out}'\n"
+        )
+        result = runner.invoke(cli.main, ["run", "--config", str(path)])
+        assert result.exit_code == 0, result.output
+        rows = json.loads((out / "results.json").read_text())["rows"]
+        assert {r["condition_set"] for r in rows} == sets
 
 
 def test_run_options_from_a_config_file_use_their_command_line_names(runner, tmp_path) -> None:
