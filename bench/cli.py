@@ -452,6 +452,7 @@ def _dataset(name: str, data_root: str | None, **options):
 @click.option(
     "--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Judge .safetensors file."
 )
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
 def train_judge_command(
     data,
     data_root,
@@ -465,10 +466,16 @@ def train_judge_command(
     seed,
     device,
     out_path,
+    force,
 ) -> None:
     """Train the ResNet18 accuracy judge on a dataset in the i-CLEVR format."""
     from bench.runner import resolve_device
     from bench_builtins.evaluators.judge_training import train_judge
+
+    if Path(out_path).exists() and not force:  # a judge may be hours of training: never replace it unasked
+        raise click.BadParameter(
+            f"{out_path} exists; pass --force to replace it, or another --out", param_hint="--out"
+        )
 
     device = resolve_device(device)
     synthetic = data in ("synthetic", "synthetic-iclevr")

@@ -167,6 +167,22 @@ def test_an_interrupted_judge_training_exits_130_and_says_what_was_saved(runner,
     assert "interrupted after epoch 3: the judge so far is saved in j.safetensors" in result.output
 
 
+def test_judge_training_never_replaces_a_judge_unasked(runner, monkeypatch, tmp_path) -> None:
+    calls = []
+    monkeypatch.setattr(
+        "bench_builtins.evaluators.judge_training.train_judge",
+        lambda dataset, out_path, **kwargs: calls.append(out_path) or {"epochs": 1, "stopped_by": "epochs"},
+    )
+    monkeypatch.setattr(cli, "_dataset", lambda *a, **k: None)
+    judge = tmp_path / "judge.safetensors"
+    judge.write_bytes(b"hours of training")
+    result = runner.invoke(cli.main, ["train-judge", "--out", str(judge)])
+    assert result.exit_code == 2 and "exists; pass --force to replace it" in result.output and not calls
+    result = runner.invoke(cli.main, ["train-judge", "--out", str(judge), "--force"])
+    assert result.exit_code == 0, result.output
+    assert calls == [str(judge)]
+
+
 @pytest.mark.parametrize(
     "flag, field",
     [
