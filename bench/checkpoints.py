@@ -50,6 +50,12 @@ STATE_FILE = "optimizer.pt"
 CONFIG_FILE = "config.json"
 METADATA_KEY = "bench"
 SAMPLING_DEFAULTS_KEY = "sampling_defaults"
+CHECKPOINT_SUBDIR = "checkpoint"  # where `bench train --out DIR` writes its checkpoint (bench/training.py)
+# What a checkpoint may be, for the messages that refuse something else.
+ACCEPTED = (
+    "a checkpoint folder written by `bench train` (its --out folder's checkpoint/) or a single "
+    ".safetensors file made by `bench export`"
+)
 
 
 class CheckpointError(Exception):
@@ -173,18 +179,47 @@ def _read_safetensors(file: Path, device: str = "cpu") -> tuple[dict[str, torch.
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+        # A .pt/.pth from torch.save (a course model) fails as "header too large": say what it is.
+        if _is_torch_pickle(file):
+            raise CheckpointError(
+                f"{file} is a torch pickle (torch.save, .pt/.pth), not a safetensors file or a bench "
+                f"checkpoint folder; bench reads {ACCEPTED}"
+            ) from None
         raise CheckpointError(
-            f"{file} is truncated or corrupt ({error}); use an earlier checkpoint or re-export the weights"
+            f"{file} is truncated or corrupt ({error}); use an earlier checkpoint or re-export the "
+            "weights with `bench export`"
         ) from error
     return tensors, metadata
+
+
+def _is_torch_pickle(file: Path) -> bool:
+    """Whether ``file`` starts like a ``torch.save`` file: a zip archive (``PK\\x03\\x04``, torch >= 1.6)
+    or a bare pickle (byte 0x80, then its protocol 2-5). A safetensors file, even a cut one, opens
+    with its 8-byte header size and then ``{``, whatever those size bytes are."""
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        return False
+    if head[8:9] == b"{":
+        return False
+    return head[:4] == b"PK\x03\x04" or (
+        head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+    )
 
 
 def _read_config(path: Path) -> dict[str, Any]:
     config_file = path / CONFIG_FILE
     if not config_file.exists():
+        inner = path / CHECKPOINT_SUBDIR
+        if (inner / CONFIG_FILE).exists():
+            # The folder `bench train --out` wrote: point at its checkpoint rather than guess (one
+            # checkpoint, one name, in results files and resume).
+            raise CheckpointError(
+                f"{path} is a `bench train` output folder, not a checkpoint; its checkpoint is {inner}"
+            )
         raise CheckpointError(
-            f"{path} is not a bench checkpoint: {CONFIG_FILE} is missing (a checkpoint is a directory "
-            f"written by `bench train`, or a single .safetensors file made by export_weights)"
+            f"{path} is not a bench checkpoint: {CONFIG_FILE} is missing (bench reads {ACCEPTED})"
         )
     return read_json(config_file, CheckpointError)
 
@@ -376,9 +411,14 @@ def _single_file_meta(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
             raise CheckpointError(str(error)) from error
     tensors, metadata = _read_safetensors(path)
     if METADATA_KEY not in metadata:
+        if (path.parent / CONFIG_FILE).exists():
+            # model.safetensors/ema.safetensors of a checkpoint folder: the folder holds the config.
+            raise CheckpointError(
+                f"{path} is a file inside the checkpoint folder {path.parent}; pass the folder instead"
+            )
         raise CheckpointError(
             f"{path} has no bench config in its safetensors metadata (key {METADATA_KEY!r}); it was not "
-            "made by export_weights, so bench cannot tell which model it belongs to"
+            "made by `bench export`, so bench cannot tell which model it belongs to"
         )
     try:
         meta = json.loads(metadata[METADATA_KEY])

@@ -184,8 +184,9 @@ def run_command(
     from bench.runner import RunConfig, run
 
     config = RunConfig(
+        # An empty value (--seeds '') stays empty: the runner refuses it before writing anything.
         schedulers=parse_list(schedulers),
-        steps=parse_int_list(steps, "steps") if steps else [None],
+        steps=parse_int_list(steps, "steps") if steps is not None else [None],
         seeds=parse_int_list(seeds, "seed"),
         guidance=parse_float_list(guidance, "guidance") if guidance is not None else None,
         evaluators=[] if evaluators.strip().lower() == "none" else parse_list(evaluators),
@@ -204,6 +205,8 @@ def run_command(
         raise SystemExit(130) from None
     if result is not None:  # None on the other processes of a multi-process run
         _print_summary(Path(config.out_dir), result)
+        if any(r.error for r in result.rows):
+            raise SystemExit(1)  # results are written; a script or CI must still see the failure
 
 
 def _print_summary(out_dir: Path, result) -> None:
@@ -311,11 +314,19 @@ def data_group() -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--split", type=click.Choice(["train", "heldout"]), default="train", show_default=True)
 @_max_objects_option(3, "Objects in the last frame of a scene.")
-@click.option("--device", default="cpu", show_default=True, help="Render on this torch device.")
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Render on this torch device: auto, cpu, cuda or cuda:N.",
+)
 def data_synth(out_dir, scenes, seed, split, max_objects, device) -> None:
     """Render a synthetic i-CLEVR folder in the real format (PNGs, train.json, objects.json)."""
+    from bench.runner import resolve_device
     from bench_builtins.datasets.synthetic.export import write_synthetic_folder
 
+    # bench run's check: --device foo or cuda without CUDA is one line, not a torch traceback.
+    device = resolve_device(device)
     out = write_synthetic_folder(
         out_dir, scenes=scenes, seed=seed, split=split, max_objects=max_objects, device=device
     )
@@ -476,7 +487,6 @@ def train_judge_command(
         raise click.BadParameter(
             f"{out_path} exists; pass --force to replace it, or another --out", param_hint="--out"
         )
-
     device = resolve_device(device)
     synthetic = data in ("synthetic", "synthetic-iclevr")
     extra = {"scenes": scenes, "max_objects": max_objects} if synthetic else {}
@@ -539,7 +549,8 @@ def train_judge_command(
     "--max-minutes",
     type=float,
     default=None,
-    help="Wall-time budget (the first of the three limits ends the run).",
+    help="Wall-time budget in minutes of training, counted over every run of this --out: a --resume "
+    "gets what earlier runs left of it (the first of the three limits ends the run).",
 )
 @click.option("--ema", "ema_decay", type=float, default=None, help="EMA decay (0: none).")
 @click.option(
@@ -583,7 +594,9 @@ def train_judge_command(
     "(default off; measured only without the forced layout, BENCHMARKS.md).",
 )
 @click.option("--seed", type=int, default=None)
-@click.option("--device", default=None, help="Default: cuda if available, else cpu.")
+@click.option(
+    "--device", default=None, help="auto, cpu, cuda or cuda:N. Default: auto (cuda if available, else cpu)."
+)
 @click.option("--data", default="synthetic", show_default=True, help="Dataset plugin.")
 @click.option("--data-root", default=None, help="Folder in the i-CLEVR format (with --data iclevr).")
 @click.option(
@@ -593,7 +606,13 @@ def train_judge_command(
     help="Synthetic scenes (default 6003 = 18,009 images).",
 )
 @click.option("--out", "out_dir", default="runs/train", show_default=True, type=click.Path(file_okay=False))
-@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue from the checkpoint in --out, with the options it was trained with: only the limits "
+    "(--max-steps, --epochs, --max-minutes), --checkpoint-every, --device, the compile and layout "
+    "switches and --data-root may change.",
+)
 @click.option(
     "--init-from",
     default=None,
@@ -602,18 +621,32 @@ def train_judge_command(
 )
 def train_command(recipe, data, data_root, scenes, **options) -> None:
     """Train a model on a dataset; checkpoints, EMA, resume, loss curve."""
-    from bench.training import TrainConfig, train
+    from bench.training import TrainConfig, check_data_root, check_run, train
 
+    entry = get_plugins().registry("datasets").get(data)
+    # A dataset that takes no root (synthetic) would drop --data-root silently and train on its own data.
+    check_data_root(entry.name, entry.factory, data_root)
     # Only what was given overrides the recipe; --no-compile (False) is given, unset (None) is not.
     overrides = {k: v for k, v in options.items() if v is not None}
     if options.get("ema_decay") == 0:
         overrides["ema_decay"] = None
-    config = TrainConfig.from_recipe(recipe, **overrides)
     extra = {"scenes": scenes} if scenes else {}
+    # What it trains on goes into train_config.json and the checkpoint (the folder as an absolute path).
+    root = str(Path(data_root).expanduser().resolve()) if data_root else None
+    config = TrainConfig.from_recipe(recipe, **overrides, data=entry.name, data_root=root, data_options=extra)
+    # The options, the device and a resume are checked before the dataset renders or loads (minutes
+    # for the synthetic set); a resume already at its limit says so and changes nothing.
+    done = check_run(config)
+    if done is not None:
+        click.echo(done, err=True)
+        return
     dataset = _dataset(data, data_root, **extra)
     summary = train(config, dataset)
     if not summary.is_main_process:  # the main process speaks for the launch
         raise SystemExit(130 if summary.stopped_by == "interrupted" else 0)
+    if summary.stopped_by == "nothing_to_train":  # --max-minutes spent: known once the checkpoint loads
+        click.echo(summary.message, err=True)
+        return
     click.echo(
         json.dumps(
             {k: str(v) if isinstance(v, Path) else v for k, v in vars(summary).items()}, indent=2, default=str

@@ -9,7 +9,7 @@ results file never mixes two machines' speeds or two configurations' images."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +49,13 @@ def finished_cells(
     environment: dict[str, Any],
     cells: list[CellKey],
     set_names: list[str],
+    scheduler_name: Callable[[str], str] = str,
 ) -> dict[CellKey, list[Row]]:
     """The rows of every cell of ``cells`` that ``path`` holds finished (a row for each condition
     set, none with an error); {} when there is no file. Raises ResumeError when the file's run
-    differs from this one in anything but its matrix, or holds cells this matrix leaves out."""
+    differs from this one in anything but its matrix, or holds cells this matrix leaves out.
+    ``scheduler_name`` gives a row's scheduler the name ``cells`` use (the registered one); kept
+    rows carry that name."""
     if not path.exists():
         return {}
     try:
@@ -74,6 +77,8 @@ def finished_cells(
         )
     by_cell: dict[CellKey, list[dict[str, Any]]] = {}
     for row in old.get("rows", []):
+        # A file written before bench run recorded registered names may hold an alias: same cell.
+        row = {**row, "scheduler": scheduler_name(row["scheduler"])}
         by_cell.setdefault(cell_key(row), []).append(row)
     outside = sorted(set(by_cell) - set(cells))
     if outside:

@@ -1,5 +1,7 @@
 """``bench run``: every cell of the matrix (scheduler x steps x guidance x seed), sampled,
-timed, judged and written as result rows. A failing cell records its error and the rest go on.
+timed, judged and written as result rows. A failing cell records its error and the rest go on
+(``bench run`` then exits 1). What would fail every cell (an unknown name, too many steps for a
+scheduler, another noise schedule) fails the run before any work; a repeated matrix value runs once.
 
 Guidance not given: the checkpoint's recommended sampling settings (``sampling_defaults`` in
 its metadata: guidance and guidance interval), else 1 (off)."""
@@ -9,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -99,6 +102,16 @@ def _check_request(config: RunConfig, plugins: Plugins) -> None:
     """Check what the run asks for before any work: a misspelt plugin name fails at once, with its
     close matches, and so do step counts and guidance scales that mean nothing, not after the
     weights load, the FID reference renders and the other cells sample."""
+    # An empty list runs no cell and would overwrite results.json with no rows.
+    for option, values in (
+        ("--scheduler", config.schedulers),
+        ("--steps", config.steps),
+        ("--seeds", config.seeds),
+        ("--guidance", config.guidance),
+    ):
+        if values is not None and not list(values):
+            raise RunError(f"{option} is empty: the matrix would have no cell; give at least one value")
+    _check_out_dir(Path(config.out_dir))
     if config.ref_n < 2:  # FID's covariance needs two images at least
         raise RunError(f"--ref-n must be at least 2, got {config.ref_n}")
     for scale in config.guidance or []:
@@ -118,6 +131,82 @@ def _check_request(config: RunConfig, plugins: Plugins) -> None:
             check_steps(steps)
 
 
+def _check_out_dir(out_dir: Path) -> None:
+    """--out must be (or become) a folder: a file there, or above it, was a FileExistsError
+    traceback after the model and judges had loaded."""
+    for path in (out_dir, *out_dir.parents):
+        if path.exists():
+            if path.is_dir():
+                return
+            if path == out_dir:
+                raise RunError(
+                    f"--out {out_dir} is a file; give a folder (bench run writes results.json there)"
+                )
+            raise RunError(f"--out {out_dir}: {path} is a file, so the folder cannot be made; give another")
+
+
+def unique_matrix(config: RunConfig, plugins: Plugins) -> tuple[RunConfig, str | None]:
+    """``config`` with each matrix value once, in the given order, and every scheduler under its
+    registered name; and a note naming what was dropped (None when nothing was). A repeated value
+    ran the same cell twice and counted its images twice in n; an alias (dpmpp2m for dpm++2m)
+    gave one scheduler two row names, so rows of runs that spelt it otherwise did not merge."""
+    registry = plugins.registry("schedulers")
+    dropped: list[str] = []
+
+    def unique(values: list[Any], option: str, key: Callable, show: Callable = str) -> list[Any]:
+        kept: list[Any] = []
+        for value in values:
+            if key(value) in kept:
+                dropped.append(f"{option} {show(value)}")
+            else:
+                kept.append(key(value))
+        return kept
+
+    schedulers = unique(
+        config.schedulers,
+        "--scheduler",
+        lambda n: registry.get(n).name,
+        lambda n: n if registry.get(n).name == n else f"{n} (= {registry.get(n).name})",
+    )
+    steps = unique(config.steps, "--steps", lambda n: n)
+    seeds = unique(config.seeds, "--seeds", int)
+    guidance = None
+    if config.guidance is not None:
+        guidance = unique(config.guidance, "--guidance", float, lambda g: f"{g:g}")
+    unique_config = replace(config, schedulers=schedulers, steps=steps, seeds=seeds, guidance=guidance)
+    note = f"dropped repeated matrix values (each cell runs once): {', '.join(dropped)}" if dropped else None
+    return unique_config, note
+
+
+def _check_cells(config: RunConfig, plugins: Plugins, train_noise: dict[str, Any]) -> None:
+    """What would fail in every cell of a scheduler, known once the trained noise schedule is: a
+    scheduler on other betas (without --allow-schedule-mismatch), and a step count the scheduler
+    refuses (diffusers' DDPM and DDIM take at most num_train_timesteps steps; DPM-Solver++, UniPC,
+    Euler and Heun take more), so each scheduler is asked itself, as its cells would ask it."""
+    from bench.noise import ScheduleMismatchError, check_schedule_compatible
+    from bench.sampling import resolve_steps
+
+    for name in config.schedulers:
+        entry = plugins.registry("schedulers").get(name)
+        try:
+            check_schedule_compatible(train_noise, entry.name, config.allow_schedule_mismatch)
+        except ScheduleMismatchError as error:
+            raise RunError(f"--scheduler {name}: {error}") from None
+        for steps in config.steps:
+            steps = resolve_steps(entry.factory, steps)
+            try:
+                entry.factory(train_noise).set_timesteps(steps)
+            except ValueError as error:
+                trained = train_noise.get("num_train_timesteps")
+                if trained is not None and steps > int(trained):
+                    raise RunError(
+                        f"--steps {steps}: scheduler {name!r} samples at most {trained} steps, the "
+                        f"checkpoint's training timesteps; use --steps {trained} or fewer, or a "
+                        "scheduler that takes more (dpm++2m, unipc, euler, heun)"
+                    ) from None
+                raise RunError(f"--steps {steps} with --scheduler {name}: {error}") from None
+
+
 def _load_model(config: RunConfig, plugins: Plugins, device: str):
     from bench.checkpoints import load_model
 
@@ -128,7 +217,10 @@ def _load_model(config: RunConfig, plugins: Plugins, device: str):
         # Seeded: the same untrained weights in every run and in every process of a launch.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model = entry.factory(preset=config.preset)
+            try:
+                model = entry.factory(preset=config.preset)
+            except (TypeError, ValueError) as error:  # an unknown preset: one line, as `bench train`
+                raise RunError(f"--preset {config.preset}: {error}") from None
         from bench.noise import noise_config
 
         return (
@@ -267,9 +359,12 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
 
     plugins = plugins or get_plugins()
     _check_request(config, plugins)
+    config, note = unique_matrix(config, plugins)
     device = resolve_device(config.device)
     rank, size = world(device)
     device = process_device(device)
+    if note and rank == 0:
+        log(note)
     labels = load_labels_spec()
     sets = _condition_sets(config, labels)
     options = SamplingOptions(
@@ -290,6 +385,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     # take half as many images), so the result rows record the size each cell ran with.
     options = replace(options, batch_size=config.batch_size)
     model, train_noise, meta = _load_model(config, plugins, device)
+    _check_cells(config, plugins, train_noise)  # before the judges load and any cell samples
     guidance = resolve_guidance(config, meta)
     if guidance.note and rank == 0:
         log(guidance.note)
@@ -337,7 +433,12 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     cells = [(name, resolve_steps(name, steps), float(scale), seed) for name, steps, scale, seed in matrix]
     done = (
         finished_cells(
-            ctx.out_dir / "results.json", result.config, result.environment, cells, [s.name for s in sets]
+            ctx.out_dir / "results.json",
+            result.config,
+            result.environment,
+            cells,
+            [s.name for s in sets],
+            scheduler_name=_registered_name(plugins),
         )
         if config.resume
         else {}
@@ -373,6 +474,13 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
             log(f"warning: denoising figure failed: {error}")
     result.write(ctx.out_dir / "results.json")
     return result
+
+
+def _registered_name(plugins: Plugins) -> Callable[[str], str]:
+    """A row's scheduler under its registered name (rows written before names were made canonical
+    may hold an alias); a name no plugin registers stays as it is."""
+    registry = plugins.registry("schedulers")
+    return lambda name: registry.get(name).name if name in registry else name
 
 
 def _quiet(message: str) -> None:

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,11 @@ class TrainingError(Exception):
     """Training cannot go on (diverged, out of memory, bad config); the message says what to do."""
 
 
+class TrainingOptionError(TrainingError, ValueError):
+    """An option value the trainer cannot use (``--scheduler ddim``): a TrainingError, so ``bench train``
+    prints one line, and still the ValueError that callers of ``noise_config`` caught before."""
+
+
 @dataclass
 class TrainConfig:
     """Everything that changes what training produces. ``None`` = the device default."""
@@ -77,7 +83,9 @@ class TrainConfig:
     batch_size: int = 128  # global, over all processes
     epochs: int | None = None  # stop at the first of epochs / max_steps / max_minutes
     max_steps: int | None = 20_000
-    max_minutes: float | None = None  # wall-time budget, summed over resumed runs
+    # wall-time budget of the training loop, summed over resumed runs (the checkpoint keeps the
+    # seconds trained so far; the data loading and model building before the loop are not counted)
+    max_minutes: float | None = None
     ema_decay: float | None = 0.999  # None or 0: no EMA
     cond_drop_prob: float = 0.1  # classifier-free guidance training: null condition (zeros)
     grad_clip: float | None = 1.0
@@ -107,6 +115,12 @@ class TrainConfig:
     num_workers: int = 2  # DataLoader workers, for datasets without images_uint8()
     recipe: str = "default"
     init_from: str | None = None  # start from these weights (a checkpoint or shipped file): fine-tuning
+    # What the run trains on (`bench train --data/--data-root/--scenes`), recorded in train_config.json
+    # and the checkpoint so a model says what it was trained on; train() reads the dataset it is
+    # given, not these. None: not stated (older checkpoints, or a caller that passes only a dataset).
+    data: str | None = None
+    data_root: str | None = None  # the folder, as an absolute path
+    data_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"scenes": 6003}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,6 +179,11 @@ class TrainConfig:
         for ok, message in problems:
             if not ok:
                 raise TrainingError(message)
+        # The device and the noise schedule too: `bench train` checks before it reads the data, so
+        # --device foo or --scheduler ddim is one line at once, not a traceback after the dataset
+        # renders (minutes for the synthetic set).
+        _resolve_device(self.device)
+        _noise_config(self)
 
     @classmethod
     def from_recipe(cls, name: str = "default", **overrides: Any) -> TrainConfig:
@@ -231,11 +250,14 @@ class TrainSummary:
     loss_log: Path | None
     loss_plot: Path | None
     resumed_from_step: int | None = None
-    stopped_by: str = ""  # "epochs/max_steps", "max_minutes" or "interrupted" (Ctrl-C, SIGTERM)
+    # "epochs/max_steps", "max_minutes", "interrupted" (Ctrl-C, SIGTERM), or "nothing_to_train" (a
+    # resumed checkpoint already at its limit: no step run, no file written; ``message`` says so)
+    stopped_by: str = ""
     is_main_process: bool = True  # False on the other processes of a multi-process run
     processes: int = 1
     # What the run resolved its device defaults to (config.json keeps None for "the default").
     settings: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -255,10 +277,29 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, epoch, 0xDA7A)))
 
 
+def _resolve_device(device: str | None) -> str:
+    """``device`` (None or "auto": cuda if available, else cpu) checked as `bench run` checks its
+    --device, with its message: a misspelt name or cuda without CUDA is a TrainingError."""
+    from bench.runner import RunError, resolve_device
+
+    try:
+        return resolve_device(device or "auto")
+    except RunError as error:
+        raise TrainingError(str(error)) from None
+
+
 def _pick_device(config: TrainConfig) -> torch.device:
-    if config.device:
-        return torch.device(config.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(_resolve_device(config.device))
+
+
+def _noise_config(config: TrainConfig) -> dict[str, Any]:
+    """The training noise schedule's config; a scheduler without one (ddim) is a TrainingOptionError."""
+    try:
+        return noise_config(
+            config.scheduler, config.num_train_timesteps, prediction_type=config.prediction_type
+        )
+    except ValueError as error:  # its message says what to do; a TrainingError prints as one line
+        raise TrainingOptionError(str(error)) from None
 
 
 def resolve_cuda_graphs(
@@ -371,9 +412,7 @@ class _Trainer:
                 f"use a multiple of {self.world}"
             )
         self.local_batch = config.batch_size // self.world
-        self.noise_config = noise_config(
-            config.scheduler, config.num_train_timesteps, prediction_type=config.prediction_type
-        )
+        self.noise_config = _noise_config(config)
         from diffusers import DDPMScheduler
 
         alphas = DDPMScheduler.from_config(self.noise_config).alphas_cumprod.to(self.device, torch.float32)
@@ -597,6 +636,9 @@ class _Trainer:
                 f"--timesteps {ckpt.noise_config.get('num_train_timesteps')} "
                 f"--prediction {ckpt.noise_config.get('prediction_type', 'epsilon')}"
             )
+        # The other options that shape the run (lr, batch size, EMA...), as train() checked them from
+        # config.json before the data was read; again here on the checkpoint actually loaded.
+        _refuse_changed_options(path, ckpt.train_config, self.config)
         if ckpt.training_state is None:
             raise CheckpointError(f"{path} holds no optimizer state ({'optimizer.pt'}); it cannot be resumed")
         self.model.load_state_dict(ckpt.model_state)
@@ -622,6 +664,170 @@ def _oom_message(config: TrainConfig) -> str:
     return (
         f"CUDA ran out of memory at batch size {config.batch_size} (preset {config.preset!r}); "
         f"try --batch-size {smaller}" + (" or resume with it (--resume)" if config.checkpoint_every else "")
+    )
+
+
+# The options that define a run's training trajectory, with their `bench train` option: a resume
+# continues the same run, so it must keep them (the checkpoint's optimizer state would otherwise win
+# over a new --lr, a new --batch-size would move the epoch counter, --ema 0 would drop the EMA
+# weights). The other fields may change on resume: the limits (--max-steps, --epochs, --max-minutes),
+# --checkpoint-every, log_every, num_workers, --device, the compile/bf16/layout switches, --out, and
+# --data-root (a folder may move). init_from is kept from the checkpoint (a resume ignores it).
+_TRAJECTORY_OPTIONS = {
+    "recipe": "--recipe",
+    "model": "--model",
+    "preset": "--preset",
+    "model_options": "model_options",
+    "scheduler": "--scheduler",
+    "num_train_timesteps": "--timesteps",
+    "prediction_type": "--prediction",
+    "min_snr_gamma": "--min-snr-gamma",
+    "lr": "--lr",
+    "lr_schedule": "--lr-schedule",
+    "warmup_steps": "--warmup-steps",
+    "weight_decay": "weight_decay",
+    "batch_size": "--batch-size",
+    "ema_decay": "--ema",
+    "cond_drop_prob": "--cond-drop",
+    "grad_clip": "grad_clip",
+    "hflip": "hflip",
+    "seed": "--seed",
+    "data": "--data",
+}
+_DATA_FIELDS = ("data", "data_root", "data_options")
+_OFF_WHEN_ZERO = ("ema_decay", "min_snr_gamma", "grad_clip")  # 0 and None both mean off
+
+
+def _comparable(name: str, value: Any) -> Any:
+    if name in _OFF_WHEN_ZERO and not value:
+        return None
+    return json.loads(json.dumps(value))  # as saved: tuples as lists, floats as they read back
+
+
+def _shown(value: Any, name: str = "") -> str:
+    if name in _OFF_WHEN_ZERO and not value:
+        return "0 (off)"
+    return "none" if value is None else value if isinstance(value, str) else json.dumps(value)
+
+
+def _resume_conflicts(saved: dict[str, Any], config: TrainConfig) -> tuple[list[str], list[str]]:
+    """For each trajectory option ``config`` changes against the checkpoint's train config ``saved``
+    (fields an older checkpoint lacks are not compared): ``OPTION OLD -> NEW``, and the options
+    that restore it (``OPTION OLD``; the whole noise schedule when a part of it changed)."""
+    new = config.to_dict()
+    names = [n for n in _TRAJECTORY_OPTIONS if n in saved]
+    if config.data is None:  # the dataset not stated: the checkpoint's is kept (train())
+        names = [n for n in names if n not in _DATA_FIELDS]
+    changed = [n for n in names if _comparable(n, saved[n]) != _comparable(n, new[n])]
+    differ = [f"{_TRAJECTORY_OPTIONS[n]} {_shown(saved[n], n)} -> {_shown(new[n], n)}" for n in changed]
+    noise = ("scheduler", "num_train_timesteps", "prediction_type")
+    restore = [n for n in names if n in changed or (n in noise and any(c in noise for c in changed))]
+    fix = [
+        f"{_TRAJECTORY_OPTIONS[n]} {'0' if n in _OFF_WHEN_ZERO and not saved[n] else _shown(saved[n])}"
+        for n in restore
+        if _TRAJECTORY_OPTIONS[n].startswith("--") and (saved[n] is not None or n in _OFF_WHEN_ZERO)
+    ]
+    if config.data is not None and "data_options" in saved:  # --scenes and the like, one by one
+        old_options, new_options = saved["data_options"] or {}, _comparable("", config.data_options)
+        for key in sorted(set(old_options) | set(new_options)):
+            if old_options.get(key) != new_options.get(key):
+                old, now = (_shown(o.get(key, "default")) for o in (old_options, new_options))
+                differ.append(f"--{key.replace('_', '-')} {old} -> {now}")
+                if key in old_options:
+                    fix.append(f"--{key.replace('_', '-')} {old}")
+    return differ, fix
+
+
+def _refuse_changed_options(path: Path, saved: dict[str, Any], config: TrainConfig) -> None:
+    differ, fix = _resume_conflicts(saved, config)
+    if differ:
+        values = f"the checkpoint's values ({' '.join(fix)})" if fix else "the checkpoint's values"
+        raise TrainingError(
+            f"cannot resume from {path}: these options differ from the run it continues: {', '.join(differ)}. "
+            f"They shape the training run, so a resume keeps them: resume with {values}, as recorded in "
+            f"{path.parent / 'train_config.json'}, or train into another --out (--init-from {path} starts "
+            "from its weights with a fresh optimizer)"
+        )
+
+
+def _saved_meta(path: Path) -> dict[str, Any] | None:
+    """The checkpoint's config.json, or None where it cannot be read (restore() then says why)."""
+    try:
+        meta = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def check_data_root(data: str, factory: Callable[..., Any], data_root: str | None) -> None:
+    """Refuse ``--data-root`` for a dataset whose factory takes no ``data_root`` option: the
+    factory would drop it without a word (the synthetic set keeps only its own options) and the
+    run would train on other data than the folder named."""
+    if not data_root:
+        return
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no signature to read: let the factory decide
+        return
+    if "data_root" not in params:
+        raise TrainingError(
+            f"--data {data} takes no --data-root: it would train on its own data, not on {data_root}. "
+            "Drop --data-root, or train on a folder in the i-CLEVR format with --data iclevr --data-root "
+            f"{data_root}"
+        )
+
+
+def check_run(config: TrainConfig) -> str | None:
+    """What ``train`` checks before it reads the data: the options (``config.check``) and, with
+    ``config.resume``, that a checkpoint is there, that the options which shape the run are the
+    checkpoint's, and whether anything is left to train. Returns None to train, or the message
+    to show when the checkpoint is already at --max-steps or --epochs (nothing to train); raises
+    TrainingError otherwise. Cheap: reads only the checkpoint's config.json."""
+    config.check()
+    if not config.resume:
+        return None
+    ckpt_dir = Path(config.out_dir) / CHECKPOINT_DIR
+    if not ckpt_dir.exists():
+        raise TrainingError(f"--resume: no checkpoint at {ckpt_dir}; start without --resume")
+    meta = _saved_meta(ckpt_dir)
+    if meta is None:
+        return None
+    _refuse_changed_options(ckpt_dir, meta.get("train_config") or {}, config)
+    step, epoch = int(meta.get("step", 0)), int(meta.get("epoch", 0))
+    if config.max_steps is not None and step >= config.max_steps:
+        return (
+            f"the checkpoint is already at step {step} >= --max-steps {config.max_steps}: nothing to train "
+            f"(raise --max-steps to train on); {ckpt_dir} is left as it is"
+        )
+    if config.epochs is not None and epoch >= config.epochs:
+        return (
+            f"the checkpoint has already trained {epoch} epoch(s) >= --epochs {config.epochs}: nothing to "
+            f"train (raise --epochs to train on); {ckpt_dir} is left as it is"
+        )
+    return None
+
+
+def _nothing_to_train(config: TrainConfig, step: int, steps_per_epoch: int, message: str) -> TrainSummary:
+    """The summary of a resume with nothing left to train: no step run, no file written."""
+    out_dir = Path(config.out_dir)
+    log_path, plot_path = out_dir / LOSS_LOG, out_dir / LOSS_PLOT
+    rows = _read_log(log_path, step)
+    return TrainSummary(
+        out_dir=out_dir,
+        checkpoint=out_dir / CHECKPOINT_DIR,
+        steps=step,
+        epochs_completed=step / max(steps_per_epoch, 1),
+        final_loss=rows[-1]["loss"] if rows else None,
+        images_per_second=0.0,
+        seconds=0.0,
+        loss_log=log_path if log_path.exists() else None,
+        loss_plot=plot_path if plot_path.exists() else None,
+        resumed_from_step=step,
+        stopped_by="nothing_to_train",
+        is_main_process=int(os.environ.get("RANK", "0")) == 0,
+        message=message,
     )
 
 
@@ -652,17 +858,37 @@ def train(
     out_dir = Path(config.out_dir)
     ckpt_dir = out_dir / CHECKPOINT_DIR
     # Before the trainer reads the data and builds the model: these need neither.
-    if config.resume and not ckpt_dir.exists():
-        raise TrainingError(f"--resume: no checkpoint at {ckpt_dir}; start without --resume")
+    done = check_run(config)
     if not config.resume and ckpt_dir.exists():
         raise TrainingError(
             f"{ckpt_dir} already holds a checkpoint; pass --resume to continue it or choose another --out"
         )
+    if done is not None:
+        meta = _saved_meta(ckpt_dir) or {}
+        return _nothing_to_train(config, int(meta.get("step", 0)), len(dataset) // config.batch_size, done)
+    if config.resume:
+        # What the resumed run records: the checkpoint's init_from (a resume ignores --init-from) and,
+        # where the caller names no dataset, the checkpoint's.
+        saved = (_saved_meta(ckpt_dir) or {}).get("train_config") or {}
+        kept = {
+            k: saved[k] for k in ("init_from", *(_DATA_FIELDS if config.data is None else ())) if k in saved
+        }
+        config = replace(config, **kept)
     trainer = _Trainer(config, dataset, accelerator)
     resumed_from = None
     if config.resume:
         trainer.restore(ckpt_dir)
         resumed_from = trainer.step
+        if config.max_minutes is not None and trainer.elapsed >= config.max_minutes * 60:
+            # The budget counts every run of this --out: nothing left, and nothing rewritten.
+            return _nothing_to_train(
+                config,
+                trainer.step,
+                trainer.steps_per_epoch,
+                f"the checkpoint has already trained {trainer.elapsed / 60:.2f} minutes >= --max-minutes "
+                f"{config.max_minutes:g} (the budget counts the training time of every run of this --out): "
+                f"nothing to train (raise --max-minutes to train on); {ckpt_dir} is left as it is",
+            )
     log_path = out_dir / LOSS_LOG
     log_rows = _read_log(log_path, trainer.step) if config.resume else []
     if trainer.is_main:
@@ -870,8 +1096,15 @@ def main(argv: list[str] | None = None) -> int:
     from bench.plugins import get
 
     data_spec = spec.get("dataset", {"name": "synthetic"})
-    dataset = get("datasets", data_spec["name"]).factory(**data_spec.get("options", {}))
+    entry = get("datasets", data_spec["name"])
+    root = data_spec.get("options", {}).get("data_root")
+    check_data_root(entry.name, entry.factory, root)  # as `bench train` does
     config = TrainConfig.from_dict(spec["train"])
+    if config.data is None:  # recorded with the checkpoint: what the model was trained on
+        config = replace(
+            config, data=entry.name, data_root=str(Path(root).expanduser().resolve()) if root else None
+        )
+    dataset = entry.factory(**data_spec.get("options", {}))
     summary = train(config, dataset, show_progress=False)
     if not summary.is_main_process:
         return 0
@@ -908,8 +1141,11 @@ __all__ = [
     "TrainConfig",
     "TrainSummary",
     "TrainingError",
+    "TrainingOptionError",
     "RECIPES",
     "train",
+    "check_run",
+    "check_data_root",
     "measure_throughput",
     "epoch_permutation",
     "unwrap_model",

@@ -320,7 +320,7 @@ def test_a_failing_cell_records_its_error_and_the_rest_run(runner, tmp_path, mon
         runner, "--scheduler", "ddim", "--steps", "3,2", "--seeds", "0", "--no-denoising-figure",
         "--out", str(out),
     )  # fmt: skip
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the rows are written, and a script sees the failure
     rows = json.loads((out / "results.json").read_text())["rows"]
     ok = [r for r in rows if r["steps"] == 2]
     bad = [r for r in rows if r["steps"] == 3]
@@ -388,7 +388,7 @@ def test_resume_samples_failed_cells_again(runner, tmp_path, monkeypatch) -> Non
     ]
     args += _two_conditions(tmp_path)
     calls = _count_cells(monkeypatch, fail_steps=3)
-    assert tiny_run(runner, *args).exit_code == 0
+    assert tiny_run(runner, *args).exit_code == 1  # a failed cell: exit 1
     assert any(r["error"] for r in _rows_and_config(out)[0])
     monkeypatch.undo()
     calls = _count_cells(monkeypatch)
@@ -556,7 +556,7 @@ def test_out_of_memory_in_a_cell_names_a_batch_size_to_try(runner, tmp_path, mon
         runner, "--scheduler", "ddim", "--steps", "2", "--batch-size", "64", "--no-denoising-figure",
         "--out", str(out),
     )  # fmt: skip
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # every cell failed
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert rows and all("try --batch-size 32" in r["error"] for r in rows)
 

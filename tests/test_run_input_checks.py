@@ -1,0 +1,298 @@
+"""`bench run`'s checks of what it is asked: failed cells in the exit code, requests every cell would
+fail on refused up front, the matrix without repeats, and one clear line for bad paths and presets."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+from click.testing import CliRunner
+
+from bench import cli
+
+# An untrained tiny model on the CPU, no evaluators, no figure: a cell takes well under a second.
+TINY_RUN = [
+    "run", "--checkpoint", "random", "--preset", "tiny", "--evaluators", "none", "--device", "cpu",
+    "--no-denoising-figure",
+]  # fmt: skip
+
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture()
+def one_condition(tmp_path) -> list[str]:
+    path = tmp_path / "one.json"
+    path.write_text('[["red sphere"]]')
+    return ["--conditions", str(path)]
+
+
+def _rows(out) -> list[dict]:
+    return json.loads((out / "results.json").read_text())["rows"]
+
+
+def _no_work(monkeypatch) -> None:
+    """Fail the test if the judges load or a cell samples: the checks must come first."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started before the request was checked")
+
+    monkeypatch.setattr("bench.runner.make_evaluators", forbidden)
+    monkeypatch.setattr("bench.sampling.sample", forbidden)
+
+
+# 1. failed cells reach the exit code
+
+
+def test_a_failed_cell_writes_its_rows_and_exits_1(runner, tmp_path, one_condition, monkeypatch) -> None:
+    from bench import sampling
+
+    real = sampling.sample
+
+    def fail_3_steps(*args, **kwargs):
+        if kwargs["steps"] == 3:
+            raise RuntimeError("simulated failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "sample", fail_3_steps)
+    out = tmp_path / "run"
+    args = ["--scheduler", "ddim", "--steps", "3,2", "--out", str(out), *one_condition]
+    result = runner.invoke(cli.main, [*TINY_RUN, *args])
+    assert result.exit_code == 1, result.output
+    assert "1 row(s) failed; see the 'error' column" in result.output
+    rows = _rows(out)  # written as before: the good cell and the failed one
+    assert [r["steps"] for r in rows] == [3, 2] and rows[0]["error"] and rows[1]["error"] is None
+
+
+# 2. what every cell would fail on is refused before any work
+
+
+def test_more_steps_than_ddim_takes_is_refused_before_any_work(
+    runner, tmp_path, one_condition, monkeypatch
+) -> None:
+    _no_work(monkeypatch)
+    out = tmp_path / "run"
+    args = ["--scheduler", "ddim", "--steps", "2,5000", "--out", str(out), *one_condition]
+    result = runner.invoke(cli.main, [*TINY_RUN, *args])
+    assert result.exit_code == 2, result.output
+    assert "--steps 5000: scheduler 'ddim' samples at most 1000 steps" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "scheduler, refused",
+    [
+        ("ddpm", True),
+        ("ddim", True),
+        ("cosine", True),
+        ("dpm++2m", False),
+        ("unipc", False),
+        ("euler", False),
+        ("heun", False),
+    ],
+)
+def test_the_step_limit_is_each_schedulers_own(scheduler, refused) -> None:
+    # diffusers' DDPM and DDIM refuse more steps than training timesteps; the others sample them.
+    from bench.noise import noise_config
+    from bench.plugins import get_plugins
+    from bench.runner import RunConfig, RunError, _check_cells
+
+    plugins, trained = get_plugins(), noise_config("cosine", 1000)
+    _check_cells(RunConfig(schedulers=[scheduler], steps=[1000]), plugins, trained)  # always fine
+    over = RunConfig(schedulers=[scheduler], steps=[1001])
+    if refused:
+        with pytest.raises(RunError, match="samples at most 1000 steps"):
+            _check_cells(over, plugins, trained)
+    else:
+        _check_cells(over, plugins, trained)
+
+
+def test_another_noise_schedule_is_refused_before_any_work(
+    runner, tmp_path, one_condition, monkeypatch
+) -> None:
+    _no_work(monkeypatch)
+    out = tmp_path / "run"
+    # random weights are cosine-trained; `linear` samples on its own betas
+    args = ["--scheduler", "ddim,linear", "--steps", "2", "--out", str(out), *one_condition]
+    result = runner.invoke(cli.main, [*TINY_RUN, *args])
+    assert result.exit_code == 2, result.output
+    assert "--scheduler linear:" in result.output and "scheduler 'linear' samples with" in result.output
+    assert "--allow-schedule-mismatch" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
+# 3. each cell once, under the scheduler's registered name
+
+
+def test_repeated_matrix_values_run_once_under_the_registered_name(runner, tmp_path, one_condition) -> None:
+    out = tmp_path / "run"
+    args = ["--scheduler", "dpmpp2m,dpm++2m", "--steps", "2,2", "--seeds", "0,0", "--guidance", "1,1.0"]
+    result = runner.invoke(cli.main, [*TINY_RUN, *args, "--out", str(out), *one_condition])
+    assert result.exit_code == 0, result.output
+    assert (
+        "dropped repeated matrix values (each cell runs once): "
+        "--scheduler dpm++2m, --steps 2, --seeds 0, --guidance 1\n" in result.output
+    )
+    rows = _rows(out)
+    assert len(rows) == 1 and rows[0]["scheduler"] == "dpm++2m" and rows[0]["n_images"] == 1
+    config = json.loads((out / "results.json").read_text())["config"]
+    assert config["schedulers"] == ["dpm++2m"] and config["seeds"] == [0] and config["steps"] == [2]
+
+
+def test_an_alias_alone_is_recorded_under_the_registered_name(runner, tmp_path, one_condition) -> None:
+    out = tmp_path / "run"
+    args = ["--scheduler", "dpm-solver++", "--steps", "2", "--out", str(out), *one_condition]
+    result = runner.invoke(cli.main, [*TINY_RUN, *args])
+    assert result.exit_code == 0, result.output
+    assert "dropped" not in result.output  # nothing repeated
+    assert [r["scheduler"] for r in _rows(out)] == ["dpm++2m"]
+
+
+def test_resume_matches_cells_whatever_name_the_scheduler_was_given(runner, tmp_path, one_condition) -> None:
+    out = tmp_path / "run"
+    first = ["--scheduler", "dpmpp2m", "--steps", "2", "--seeds", "0", "--out", str(out), *one_condition]
+    assert runner.invoke(cli.main, [*TINY_RUN, *first]).exit_code == 0
+    again = ["--scheduler", "dpm++2m", "--steps", "2", "--seeds", "0,1,1", "--out", str(out), "--resume"]
+    result = runner.invoke(cli.main, [*TINY_RUN, *again, *one_condition])
+    assert result.exit_code == 0, result.output
+    assert "--resume: 1 of 2 cells are in" in result.output
+    assert [(r["scheduler"], r["seed"]) for r in _rows(out)] == [("dpm++2m", 0), ("dpm++2m", 1)]
+
+
+def test_resume_reads_an_alias_in_an_older_file_as_the_registered_name(tmp_path) -> None:
+    from bench.plugins import get_plugins
+    from bench.run_resume import finished_cells
+    from bench.runner import _registered_name
+
+    env = {"device": "cpu", "libraries": {}, "git": {"revision": "a"}}
+    row = {
+        "scheduler": "dpmpp2m",
+        "steps": 2,
+        "guidance": 1.0,
+        "seed": 0,
+        "condition_set": "one",
+        "model": "m",
+    }
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"config": {"ref_n": 8}, "environment": env, "rows": [row]}))
+    cells = [("dpm++2m", 2, 1.0, 0)]
+    done = finished_cells(
+        path, {"ref_n": 8}, env, cells, ["one"], scheduler_name=_registered_name(get_plugins())
+    )
+    assert list(done) == cells and done[cells[0]][0].scheduler == "dpm++2m"
+
+
+# 4. an empty matrix is a usage error before anything is written
+
+
+@pytest.mark.parametrize(
+    "option, value", [("--seeds", ""), ("--scheduler", ""), ("--steps", ","), ("--guidance", "")]
+)
+def test_an_empty_matrix_list_is_a_usage_error(runner, tmp_path, one_condition, option, value) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text("{}")  # an earlier run's results: kept
+    result = runner.invoke(cli.main, [*TINY_RUN, option, value, "--out", str(out), *one_condition])
+    assert result.exit_code == 2, result.output
+    assert f"{option} is empty: the matrix would have no cell" in result.output
+    assert (out / "results.json").read_text() == "{}" and "Traceback" not in result.output
+
+
+def test_an_empty_matrix_is_refused_by_the_python_api_too(tmp_path) -> None:
+    from bench.runner import RunConfig, RunError, run
+
+    config = RunConfig(
+        checkpoint="random", preset="tiny", seeds=[], evaluators=[], out_dir=str(tmp_path / "o")
+    )
+    with pytest.raises(RunError, match="--seeds is empty"):
+        run(config, log=lambda message: None)
+    assert not (tmp_path / "o").exists()
+
+
+# 5. bad paths and presets are one line
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_out_on_a_file_is_one_clear_line(runner, tmp_path, one_condition, inside) -> None:
+    file = tmp_path / "taken"
+    file.write_text("mine")
+    out = file / "run" if inside else file
+    result = runner.invoke(cli.main, [*TINY_RUN, "--steps", "2", "--out", str(out), *one_condition])
+    assert result.exit_code == 2, result.output
+    assert f"--out {out}" in result.output and "is a file" in result.output
+    assert "Traceback" not in result.output and file.read_text() == "mine"
+
+
+def test_an_unknown_preset_is_one_line_listing_the_presets(runner, tmp_path) -> None:
+    args = ["run", "--checkpoint", "random", "--preset", "tinyy", "--out", str(tmp_path / "o")]
+    result = runner.invoke(cli.main, args)
+    assert result.exit_code == 2, result.output
+    assert "--preset tinyy: unknown ddpm-unet preset 'tinyy'; known presets:" in result.output
+    assert "tiny" in result.output.split("known presets:")[1] and "Traceback" not in result.output
+
+
+# 6. checkpoint errors say what the path is and what bench reads
+
+
+def _checkpoint(path):
+    from bench.checkpoints import save_checkpoint
+    from bench.noise import noise_config
+    from bench_builtins.models.ddpm_unet import make_ddpm_unet
+
+    model = make_ddpm_unet("tiny")
+    return save_checkpoint(
+        path,
+        model_name="ddpm-unet",
+        model=model,
+        model_config=model.config,
+        noise_config=noise_config("cosine"),
+    )
+
+
+def test_a_torch_pickle_is_named_as_one(runner, tmp_path) -> None:
+    import torch
+
+    from bench.checkpoints import CheckpointError, load_model
+
+    zipped = tmp_path / "course.pt"
+    torch.save({"weight": torch.zeros(2)}, zipped)  # torch >= 1.6: a zip archive
+    legacy = tmp_path / "old.pth"
+    legacy.write_bytes(pickle.dumps({"weight": 0}, protocol=2))  # a bare pickle
+    for path in (zipped, legacy):
+        with pytest.raises(CheckpointError) as error:
+            load_model(path)
+        message = str(error.value)
+        assert "is a torch pickle" in message and "truncated or corrupt" not in message
+        assert "`bench train`" in message and "`bench export`" in message
+    result = runner.invoke(cli.main, ["run", "--checkpoint", str(zipped), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "is a torch pickle" in result.output
+
+
+def test_a_train_output_folder_points_at_its_checkpoint(tmp_path) -> None:
+    from bench.checkpoints import CheckpointError, load_model
+
+    _checkpoint(tmp_path / "train" / "checkpoint")
+    with pytest.raises(CheckpointError) as error:
+        load_model(tmp_path / "train")
+    assert f"its checkpoint is {tmp_path / 'train' / 'checkpoint'}" in str(error.value)
+
+
+def test_a_file_inside_a_checkpoint_folder_points_at_the_folder(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from bench.checkpoints import CheckpointError, load_model
+
+    folder = _checkpoint(tmp_path / "ck")
+    with pytest.raises(CheckpointError) as error:
+        load_model(folder / "model.safetensors")
+    assert f"inside the checkpoint folder {folder}; pass the folder" in str(error.value)
+    # A bare safetensors file elsewhere: the command that makes a loadable one, not a Python name.
+    import torch
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "bare.safetensors"))
+    with pytest.raises(CheckpointError) as error:
+        load_model(tmp_path / "bare.safetensors")
+    assert "`bench export`" in str(error.value) and "export_weights" not in str(error.value)

@@ -1,0 +1,271 @@
+"""`bench train` input checks: --data-root only where a dataset takes one, what a resume may change,
+a resume with nothing left to train, and one-line errors for a wrong --device or --scheduler."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bench import cli
+from bench.training import TrainConfig, TrainingError, check_data_root, train
+from bench_builtins.datasets import make_iclevr, make_synthetic
+from bench_builtins.datasets.base import ImageConditionDataset
+
+torch.set_num_threads(1)
+
+# A tiny model on one synthetic scene (3 images) on the CPU: a step takes well under a second.
+TINY = ["train", "--preset", "tiny", "--batch-size", "2", "--scenes", "1", "--device", "cpu", "--no-compile"]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")  # the synthetic scene renders once for the module
+
+
+@pytest.fixture(autouse=True)
+def _cache(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(cache_dir))
+
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def bench_train(runner: CliRunner, out: Path, *args: str):
+    return runner.invoke(cli.main, [*TINY, "--out", str(out), *args])
+
+
+def files_of(out: Path) -> dict[str, bytes]:
+    """Every file of a training folder with its bytes (to see that nothing was rewritten)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _no_dataset(*args, **kwargs):
+    raise AssertionError("the dataset was read before the options were checked")
+
+
+# ------------------------------------------------------------------------------ --data-root
+
+
+def test_data_root_for_a_dataset_that_takes_none_is_refused_before_anything_is_read(
+    runner, tmp_path, monkeypatch
+) -> None:
+    """The synthetic set dropped --data-root without a word and trained on its own renders."""
+    monkeypatch.setattr(cli, "_dataset", _no_dataset)
+    out = tmp_path / "train"
+    result = bench_train(runner, out, "--data-root", str(tmp_path), "--max-steps", "1")
+    assert result.exit_code == 2, result.output
+    assert "Error: --data synthetic takes no --data-root" in result.output
+    assert "--data iclevr --data-root" in result.output  # says what to do instead
+    assert not out.exists()
+    # The rule: a factory takes a root when it names a data_root option (iclevr does).
+    check_data_root("iclevr", make_iclevr, str(tmp_path))
+    check_data_root("synthetic", make_synthetic, None)
+    with pytest.raises(TrainingError, match="--data synthetic takes no --data-root"):
+        check_data_root("synthetic", make_synthetic, str(tmp_path))
+
+
+def test_the_dataset_is_recorded_with_the_checkpoint(runner, tmp_path) -> None:
+    folder = tmp_path / "iclevr"
+    assert runner.invoke(cli.main, ["data", "synth", "--out", str(folder), "--scenes", "1"]).exit_code == 0
+    for name, out, args in [
+        ("synthetic", tmp_path / "synthetic", []),
+        ("iclevr", tmp_path / "iclevr-run", ["--data", "i-clevr", "--data-root", str(folder)]),  # an alias
+    ]:
+        result = bench_train(runner, out, "--max-steps", "1", *args)
+        assert result.exit_code == 0, result.output
+        saved = json.loads((out / "train_config.json").read_text())
+        in_checkpoint = json.loads((out / "checkpoint" / "config.json").read_text())["train_config"]
+        expected = {
+            "data": name,  # the registered name, not the alias
+            "data_root": str(folder.resolve()) if args else None,
+            "data_options": {"scenes": 1},
+        }
+        for recorded in (saved, in_checkpoint):
+            assert {k: recorded[k] for k in expected} == expected
+
+
+def test_a_checkpoint_from_before_the_dataset_was_recorded_still_resumes(runner, tmp_path) -> None:
+    out = tmp_path / "train"
+    assert bench_train(runner, out, "--max-steps", "1").exit_code == 0
+    meta_file = out / "checkpoint" / "config.json"  # its sha256 list covers the weights, not itself
+    meta = json.loads(meta_file.read_text())
+    for key in ("data", "data_root", "data_options"):
+        del meta["train_config"][key]
+    meta_file.write_text(json.dumps(meta))
+    old = TrainConfig.from_dict(meta["train_config"])  # missing fields take their defaults
+    assert (old.data, old.data_root, old.data_options) == (None, None, {})
+    result = bench_train(runner, out, "--max-steps", "2", "--resume")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "checkpoint" / "config.json").read_text())
+    assert saved["step"] == 2 and saved["train_config"]["data"] == "synthetic"
+
+
+# ------------------------------------------------------------------------------ resume
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        [],  # the default recipe's values
+        ["--recipe", "reference"],  # another recipe's (no EMA, no grad clip, epochs=200)
+        ["--ema", "0", "--min-snr-gamma", "0", "--lr", "1e-3", "--seed", "3", "--lr-schedule", "cosine"],
+    ],
+)
+def test_a_resume_refuses_changed_training_options_and_takes_the_same_ones(runner, tmp_path, options) -> None:
+    out = tmp_path / "train"
+    assert bench_train(runner, out, *options, "--max-steps", "1").exit_code == 0
+    before = files_of(out)
+    changed = ["--lr", "0.5", "--batch-size", "3", "--ema", "0.9", "--cond-drop", "0.2",
+               "--warmup-steps", "7"]  # fmt: skip
+    result = bench_train(runner, out, *options, *changed, "--max-steps", "2", "--resume")
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    # one message naming every difference, old -> new
+    for name, new in [("--lr", "0.5"), ("--batch-size", "3"), ("--ema", "0.9"), ("--cond-drop", "0.2")]:
+        assert f"{name} " in text and f" -> {new}" in text, (name, text)
+    assert "--batch-size 2 -> 3" in text and "--warmup-steps" in text
+    assert files_of(out) == before  # train_config.json no longer records an lr that was never used
+    # The same options again, with the ones a resume may change (limits, intervals, device).
+    allowed = ["--max-steps", "2", "--checkpoint-every", "5", "--device", "auto", "--max-minutes", "30"]
+    result = bench_train(runner, out, *options, *allowed, "--resume")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "checkpoint" / "config.json").read_text())["step"] == 2
+
+
+def test_a_changed_dataset_or_scenes_is_refused_on_resume(runner, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "train"
+    assert bench_train(runner, out, "--max-steps", "1").exit_code == 0
+    monkeypatch.setattr(cli, "_dataset", _no_dataset)  # 6003 scenes would render for minutes
+    args = [a for a in TINY if a not in ("--scenes", "1")]  # --scenes left out: 6003 scenes
+    result = runner.invoke(cli.main, [*args, "--out", str(out), "--max-steps", "2", "--resume"])
+    assert result.exit_code == 2, result.output
+    assert "--scenes 1 -> default" in " ".join(result.output.split())
+
+
+def _data(n: int = 8) -> ImageConditionDataset:
+    labels = [f"label {i}" for i in range(24)]
+    images = torch.randint(
+        0, 256, (n, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    return ImageConditionDataset(images, [[labels[i % 24]] for i in range(n)], labels)
+
+
+class _Untouchable:
+    def __len__(self) -> int:
+        raise AssertionError("the dataset was read before the resume was checked")
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"the dataset's {name} was read before the resume was checked")
+
+
+def _config(out: Path, **overrides) -> TrainConfig:
+    base = dict(preset="tiny", num_train_timesteps=100, batch_size=4, max_steps=2, warmup_steps=1,
+                lr=1e-3, log_every=1, device="cpu", out_dir=str(out))  # fmt: skip
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_train_refuses_changed_options_on_resume_before_it_reads_the_data(tmp_path) -> None:
+    train(_config(tmp_path, max_steps=1), _data(), show_progress=False)
+    with pytest.raises(
+        TrainingError, match=r"--lr 0\.001 -> 0\.5, .*--ema 0\.999 -> 0 \(off\), hflip true -> false"
+    ):
+        train(_config(tmp_path, resume=True, lr=0.5, ema_decay=None, hflip=False), _Untouchable())
+    # ema 0 and None both mean off: the same run
+    train(_config(tmp_path / "b", max_steps=1, ema_decay=0.0), _data(), show_progress=False)
+    resumed = train(_config(tmp_path / "b", resume=True, ema_decay=None), _data(), show_progress=False)
+    assert resumed.steps == 2 and resumed.resumed_from_step == 1
+
+
+# ------------------------------------------------------------------------------ nothing to train
+
+
+def test_a_resume_already_at_its_limit_says_so_and_changes_nothing(runner, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "train"
+    assert bench_train(runner, out, "--max-steps", "2").exit_code == 0
+    before = files_of(out)
+    monkeypatch.setattr(cli, "_dataset", _no_dataset)  # decided from the checkpoint alone
+    for limit, message in [
+        (["--max-steps", "2"], "the checkpoint is already at step 2 >= --max-steps 2: nothing to train"),
+        (["--max-steps", "1"], "the checkpoint is already at step 2 >= --max-steps 1: nothing to train"),
+        # 3 images in batches of 2: one step an epoch, so 2 epochs are done
+        (["--epochs", "2"], "the checkpoint has already trained 2 epoch(s) >= --epochs 2: nothing to train"),
+    ]:
+        result = bench_train(runner, out, *limit, "--resume")
+        assert result.exit_code == 0, result.output
+        assert message in result.output
+        assert "images_per_second" not in result.output
+        assert files_of(out) == before
+
+
+def test_the_max_minutes_budget_counts_earlier_runs_and_a_spent_one_trains_nothing(runner, tmp_path) -> None:
+    help_text = " ".join(runner.invoke(cli.main, ["train", "--help"]).output.split())
+    assert "counted over every run of this --out: a --resume gets what earlier runs left of it" in help_text
+    first = train(_config(tmp_path, max_steps=2), _data(), show_progress=False)
+    before = files_of(tmp_path)
+    # The first run trained for some seconds; a budget below them is already spent.
+    summary = train(
+        _config(tmp_path, resume=True, max_steps=10, max_minutes=1e-6), _data(), show_progress=False
+    )
+    assert summary.stopped_by == "nothing_to_train" and summary.steps == first.steps == 2
+    assert "--max-minutes 1e-06 (the budget counts the training time of every run" in summary.message
+    assert "nothing to train" in summary.message
+    assert files_of(tmp_path) == before
+
+
+# ------------------------------------------------------------------------------ one-line errors
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--device", "foo"], "Error: --device 'foo' is not a device; use auto, cpu, cuda or cuda:N"),
+        (["--scheduler", "ddim"], "Error: scheduler 'ddim' defines no training noise schedule"),
+        pytest.param(
+            ["--device", "cuda"],
+            "Error: --device cuda asked for, but torch sees no CUDA device; use --device cpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA"),
+        ),
+    ],
+)
+def test_a_wrong_device_or_training_schedule_is_one_line_before_the_data_is_read(
+    runner, tmp_path, monkeypatch, args, message
+) -> None:
+    monkeypatch.setattr(cli, "_dataset", _no_dataset)
+    result = bench_train(runner, tmp_path / "train", "--max-steps", "1", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("foo", "Error: --device 'foo' is not a device"),
+        pytest.param(
+            "cuda",
+            "Error: --device cuda asked for, but torch sees no CUDA device",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA"),
+        ),
+    ],
+)
+def test_data_synth_with_a_wrong_device_is_one_line(runner, tmp_path, device, message) -> None:
+    out = tmp_path / "synth"
+    result = runner.invoke(
+        cli.main, ["data", "synth", "--out", str(out), "--scenes", "1", "--device", device]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output and isinstance(result.exception, SystemExit)
+    assert not (out / "train.json").exists()
+
+
+def test_a_schedule_that_cannot_train_is_a_training_error_and_still_a_value_error(tmp_path) -> None:
+    with pytest.raises(TrainingError, match="defines no training noise schedule") as caught:
+        train(_config(tmp_path, scheduler="ddim"), _Untouchable(), show_progress=False)
+    assert isinstance(caught.value, ValueError)
