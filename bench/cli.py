@@ -436,7 +436,10 @@ def data_show(folder, out_png, n) -> None:
 
 
 def _dataset(name: str, data_root: str | None, **options):
+    from bench.plugins import check_data_root
+
     entry = get_plugins().registry("datasets").get(name)
+    check_data_root(entry.name, entry.factory, data_root)
     if data_root:
         options["data_root"] = data_root
     return entry.factory(**options)
@@ -621,7 +624,8 @@ def train_judge_command(
 )
 def train_command(recipe, data, data_root, scenes, **options) -> None:
     """Train a model on a dataset; checkpoints, EMA, resume, loss curve."""
-    from bench.training import TrainConfig, check_data_root, check_run, train
+    from bench.plugins import check_data_root
+    from bench.training import TrainConfig, check_run, train
 
     entry = get_plugins().registry("datasets").get(data)
     # A dataset that takes no root (synthetic) would drop --data-root silently and train on its own data.

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from types import ModuleType
+from typing import Any
 
 import pluggy
 
@@ -174,3 +177,24 @@ def get_plugins() -> Plugins:
 def get(kind: str, name: str):
     """Shortcut: the registry entry of a component by kind and name or alias."""
     return get_plugins().registry(kind).get(name)
+
+
+class DataRootError(ValueError):
+    """``--data-root`` given to a dataset that reads no folder."""
+
+
+def check_data_root(data: str, factory: Callable[..., Any], data_root: str | None) -> None:
+    """Refuse ``--data-root`` for a dataset whose factory takes no ``data_root`` option: the
+    factory would drop it without a word (the synthetic set keeps only its own options), and the
+    training, judge or FID reference would use other data than the folder named."""
+    if not data_root:
+        return
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no signature to read: let the factory decide
+        return
+    if "data_root" not in params:
+        raise DataRootError(
+            f"--data {data} takes no --data-root: it would use its own data, not {data_root}. "
+            f"Drop --data-root, or use a folder in the i-CLEVR format with --data iclevr --data-root {data_root}"
+        )

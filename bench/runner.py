@@ -19,7 +19,7 @@ from typing import Any
 from bench.conditions import ConditionSet, load_condition_set, load_labels_spec, multi_hot
 from bench.distributed import barrier, finish, gather, process_device, shard, world
 from bench.guidance import GuidanceIntervalError, check_interval, check_scale, format_interval
-from bench.plugins import Plugins, get_plugins
+from bench.plugins import Plugins, check_data_root, get_plugins
 from bench.results import Row, RunResult, environment
 from bench.run_resume import finished_cells
 
@@ -112,6 +112,8 @@ def _check_request(config: RunConfig, plugins: Plugins) -> None:
         if values is not None and not list(values):
             raise RunError(f"{option} is empty: the matrix would have no cell; give at least one value")
     _check_out_dir(Path(config.out_dir))
+    data = plugins.registry("datasets").get(config.data)  # the FID reference's dataset
+    check_data_root(data.name, data.factory, config.data_root)
     if config.ref_n < 2:  # FID's covariance needs two images at least
         raise RunError(f"--ref-n must be at least 2, got {config.ref_n}")
     for scale in config.guidance or []:

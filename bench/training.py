@@ -20,7 +20,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -759,26 +759,6 @@ def _saved_meta(path: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def check_data_root(data: str, factory: Callable[..., Any], data_root: str | None) -> None:
-    """Refuse ``--data-root`` for a dataset whose factory takes no ``data_root`` option: the
-    factory would drop it without a word (the synthetic set keeps only its own options) and the
-    run would train on other data than the folder named."""
-    if not data_root:
-        return
-    import inspect
-
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # no signature to read: let the factory decide
-        return
-    if "data_root" not in params:
-        raise TrainingError(
-            f"--data {data} takes no --data-root: it would train on its own data, not on {data_root}. "
-            "Drop --data-root, or train on a folder in the i-CLEVR format with --data iclevr --data-root "
-            f"{data_root}"
-        )
-
-
 def check_run(config: TrainConfig) -> str | None:
     """What ``train`` checks before it reads the data: the options (``config.check``) and, with
     ``config.resume``, that a checkpoint is there, that the options which shape the run are the
@@ -1093,7 +1073,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m bench.training RUN.json", file=sys.stderr)
         return 2
     spec = json.loads(Path(argv[0]).read_text())
-    from bench.plugins import get
+    from bench.plugins import check_data_root, get
 
     data_spec = spec.get("dataset", {"name": "synthetic"})
     entry = get("datasets", data_spec["name"])
@@ -1145,7 +1125,6 @@ __all__ = [
     "RECIPES",
     "train",
     "check_run",
-    "check_data_root",
     "measure_throughput",
     "epoch_permutation",
     "unwrap_model",

@@ -296,3 +296,19 @@ def test_a_file_inside_a_checkpoint_folder_points_at_the_folder(tmp_path) -> Non
     with pytest.raises(CheckpointError) as error:
         load_model(tmp_path / "bare.safetensors")
     assert "`bench export`" in str(error.value) and "export_weights" not in str(error.value)
+
+
+def test_data_root_for_a_dataset_without_one_is_refused_by_run_and_train_judge(
+    runner, tmp_path, one_condition
+) -> None:
+    # The synthetic set drops a data_root silently: FID's reference and the judge would use its renders.
+    out = tmp_path / "run"
+    result = runner.invoke(
+        cli.main, [*TINY_RUN, "--data-root", str(tmp_path), "--out", str(out), *one_condition]
+    )
+    assert result.exit_code == 2 and "--data synthetic takes no --data-root" in result.output
+    assert not out.exists()
+    judge = tmp_path / "judge.safetensors"
+    result = runner.invoke(cli.main, ["train-judge", "--data-root", str(tmp_path), "--out", str(judge)])
+    assert result.exit_code == 2 and "--data synthetic takes no --data-root" in result.output
+    assert not judge.exists()

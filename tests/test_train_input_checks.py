@@ -11,7 +11,8 @@ import torch
 from click.testing import CliRunner
 
 from bench import cli
-from bench.training import TrainConfig, TrainingError, check_data_root, train
+from bench.plugins import DataRootError, check_data_root
+from bench.training import TrainConfig, TrainingError, train
 from bench_builtins.datasets import make_iclevr, make_synthetic
 from bench_builtins.datasets.base import ImageConditionDataset
 
@@ -66,7 +67,7 @@ def test_data_root_for_a_dataset_that_takes_none_is_refused_before_anything_is_r
     # The rule: a factory takes a root when it names a data_root option (iclevr does).
     check_data_root("iclevr", make_iclevr, str(tmp_path))
     check_data_root("synthetic", make_synthetic, None)
-    with pytest.raises(TrainingError, match="--data synthetic takes no --data-root"):
+    with pytest.raises(DataRootError, match="--data synthetic takes no --data-root"):
         check_data_root("synthetic", make_synthetic, str(tmp_path))
 
 
