@@ -112,6 +112,9 @@ def _check_request(config: RunConfig, plugins: Plugins) -> None:
         if values is not None and not list(values):
             raise RunError(f"{option} is empty: the matrix would have no cell; give at least one value")
     _check_out_dir(Path(config.out_dir))
+    if config.preset is not None and config.checkpoint != "random":
+        # A checkpoint carries its architecture: a preset would be silently ignored.
+        raise RunError(f"--preset {config.preset} applies only with --checkpoint random (untrained weights)")
     data = plugins.registry("datasets").get(config.data)  # the FID reference's dataset
     check_data_root(data.name, data.factory, config.data_root)
     if config.ref_n < 2:  # FID's covariance needs two images at least
@@ -447,6 +450,10 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     )
     if done:
         ctx.log(f"--resume: {len(done)} of {len(cells)} cells are in {ctx.out_dir / 'results.json'} already")
+    elif config.resume and not (ctx.out_dir / "results.json").exists():
+        ctx.log(f"--resume: no results.json in {ctx.out_dir} yet; every cell runs")
+    elif not config.resume and (ctx.out_dir / "results.json").exists():
+        ctx.log(f"replacing the results.json in {ctx.out_dir} (--resume would keep its finished cells)")
     if len(done) < len(cells):
         _warm_up(ctx)
     n = len(ctx.conditions)

@@ -312,3 +312,21 @@ def test_data_root_for_a_dataset_without_one_is_refused_by_run_and_train_judge(
     result = runner.invoke(cli.main, ["train-judge", "--data-root", str(tmp_path), "--out", str(judge)])
     assert result.exit_code == 2 and "--data synthetic takes no --data-root" in result.output
     assert not judge.exists()
+
+
+def test_a_preset_with_a_trained_checkpoint_is_refused(runner, tmp_path, one_condition) -> None:
+    # A checkpoint carries its architecture: --preset was silently ignored.
+    args = ["run", "--preset", "tiny", "--evaluators", "none", "--out", str(tmp_path / "run"), *one_condition]
+    result = runner.invoke(cli.main, args)
+    assert result.exit_code == 2 and "--preset tiny applies only with --checkpoint random" in result.output
+
+
+def test_run_says_when_resume_finds_nothing_and_when_it_replaces_results(
+    runner, tmp_path, one_condition
+) -> None:
+    out = tmp_path / "run"
+    args = [*TINY_RUN, "--scheduler", "ddim", "--steps", "1", "--out", str(out), *one_condition]
+    result = runner.invoke(cli.main, [*args, "--resume"])
+    assert result.exit_code == 0 and "--resume: no results.json in" in result.output
+    result = runner.invoke(cli.main, args)
+    assert result.exit_code == 0 and "replacing the results.json in" in result.output
