@@ -133,6 +133,7 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     _recover(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700: on a shared machine others could not read the checkpoint
     try:
         save_file(_state_dict(model), str(tmp / MODEL_FILE))
         if ema is not None:

@@ -43,6 +43,8 @@ def test_round_trip_and_export(tmp_path: Path, model: torch.nn.Module) -> None:
         "model.safetensors",
         "optimizer.pt",
     ]
+    # Readable by the other users of a shared machine (the folder was 0700, from mkdtemp).
+    assert (tmp_path / "ck").stat().st_mode & 0o755 == 0o755
     ckpt = load_checkpoint(tmp_path / "ck")
     assert ckpt.step == 7 and ckpt.training_state["position"] == 3 and ckpt.model_config["preset"] == "tiny"
     loaded, noise, meta = load_model(tmp_path / "ck")  # EMA weights by default
