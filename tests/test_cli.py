@@ -321,6 +321,7 @@ def test_a_failing_cell_records_its_error_and_the_rest_run(runner, tmp_path, mon
         "--out", str(out),
     )  # fmt: skip
     assert result.exit_code == 1, result.output  # the rows are written, and a script sees the failure
+    assert "row(s) failed; see the 'error' column" in result.output
     rows = json.loads((out / "results.json").read_text())["rows"]
     ok = [r for r in rows if r["steps"] == 2]
     bad = [r for r in rows if r["steps"] == 3]

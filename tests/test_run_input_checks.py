@@ -44,41 +44,33 @@ def _no_work(monkeypatch) -> None:
     monkeypatch.setattr("bench.sampling.sample", forbidden)
 
 
-# 1. failed cells reach the exit code
-
-
-def test_a_failed_cell_writes_its_rows_and_exits_1(runner, tmp_path, one_condition, monkeypatch) -> None:
-    from bench import sampling
-
-    real = sampling.sample
-
-    def fail_3_steps(*args, **kwargs):
-        if kwargs["steps"] == 3:
-            raise RuntimeError("simulated failure")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sampling, "sample", fail_3_steps)
-    out = tmp_path / "run"
-    args = ["--scheduler", "ddim", "--steps", "3,2", "--out", str(out), *one_condition]
-    result = runner.invoke(cli.main, [*TINY_RUN, *args])
-    assert result.exit_code == 1, result.output
-    assert "1 row(s) failed; see the 'error' column" in result.output
-    rows = _rows(out)  # written as before: the good cell and the failed one
-    assert [r["steps"] for r in rows] == [3, 2] and rows[0]["error"] and rows[1]["error"] is None
+# 1. failed cells reach the exit code: tests/test_cli.py::test_a_failing_cell_records_its_error_and_the_rest_run
 
 
 # 2. what every cell would fail on is refused before any work
 
 
-def test_more_steps_than_ddim_takes_is_refused_before_any_work(
-    runner, tmp_path, one_condition, monkeypatch
+@pytest.mark.parametrize(
+    "scheduler, steps, messages",
+    [
+        ("ddim", "2,5000", ["--steps 5000: scheduler 'ddim' samples at most 1000 steps"]),
+        # random weights are cosine-trained; `linear` samples on its own betas
+        (
+            "ddim,linear",
+            "2",
+            ["--scheduler linear:", "scheduler 'linear' samples with", "--allow-schedule-mismatch"],
+        ),
+    ],
+)
+def test_what_every_cell_would_fail_on_is_refused_before_any_work(
+    runner, tmp_path, one_condition, monkeypatch, scheduler, steps, messages
 ) -> None:
     _no_work(monkeypatch)
     out = tmp_path / "run"
-    args = ["--scheduler", "ddim", "--steps", "2,5000", "--out", str(out), *one_condition]
+    args = ["--scheduler", scheduler, "--steps", steps, "--out", str(out), *one_condition]
     result = runner.invoke(cli.main, [*TINY_RUN, *args])
     assert result.exit_code == 2, result.output
-    assert "--steps 5000: scheduler 'ddim' samples at most 1000 steps" in result.output
+    assert all(message in result.output for message in messages), result.output
     assert "Traceback" not in result.output and not out.exists()
 
 
@@ -108,20 +100,6 @@ def test_the_step_limit_is_each_schedulers_own(scheduler, refused) -> None:
             _check_cells(over, plugins, trained)
     else:
         _check_cells(over, plugins, trained)
-
-
-def test_another_noise_schedule_is_refused_before_any_work(
-    runner, tmp_path, one_condition, monkeypatch
-) -> None:
-    _no_work(monkeypatch)
-    out = tmp_path / "run"
-    # random weights are cosine-trained; `linear` samples on its own betas
-    args = ["--scheduler", "ddim,linear", "--steps", "2", "--out", str(out), *one_condition]
-    result = runner.invoke(cli.main, [*TINY_RUN, *args])
-    assert result.exit_code == 2, result.output
-    assert "--scheduler linear:" in result.output and "scheduler 'linear' samples with" in result.output
-    assert "--allow-schedule-mismatch" in result.output
-    assert "Traceback" not in result.output and not out.exists()
 
 
 # 3. each cell once, under the scheduler's registered name

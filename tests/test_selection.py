@@ -40,30 +40,19 @@ def _rows() -> list[Row]:
                     )
                 )
     # A cell scored on one validation set only, and a failed one: neither can be chosen.
-    rows.append(
-        Row(
-            model="ddpm-unet",
-            scheduler="cosine",
-            steps=10,
-            seed=0,
-            condition_set="val-a",
-            guidance=5.0,
-            checkpoint="ck",
-            metrics={"acc": 1.0},
+    for scheduler, outcome in (("cosine", {"metrics": {"acc": 1.0}}), ("heun", {"error": "out of memory"})):
+        rows.append(
+            Row(
+                model="ddpm-unet",
+                scheduler=scheduler,
+                steps=10,
+                seed=0,
+                condition_set="val-a",
+                guidance=5.0,
+                checkpoint="ck",
+                **outcome,
+            )
         )
-    )
-    rows.append(
-        Row(
-            model="ddpm-unet",
-            scheduler="heun",
-            steps=10,
-            seed=0,
-            condition_set="val-a",
-            guidance=5.0,
-            checkpoint="ck",
-            error="out of memory",
-        )
-    )
     return rows
 
 
