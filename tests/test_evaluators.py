@@ -311,7 +311,7 @@ def test_fid_errors(course_ckpt, tmp_path, no_network):
     reg = get_plugins().registry("evaluators")
     with pytest.raises(ValueError, match="reference dataset"):
         reg.get("fid").factory(judge=str(path), device="cpu")
-    with pytest.raises(ValueError, match="fid_weights"):
+    with pytest.raises(ValueError, match="--fid-weights .*missing.pth does not exist"):
         reg.get("fid").factory(dataset=TinyDataset(), judge=str(path), fid_weights=tmp_path / "missing.pth")
     ev = reg.get("fid").factory(dataset=TinyDataset(), judge=str(path), device="cpu", cache_dir=tmp_path)
     with pytest.raises(ValueError, match="at least 2"):
