@@ -296,9 +296,21 @@ def resolve_guidance(config: RunConfig, meta: dict[str, Any]) -> GuidanceChoice:
     return choice
 
 
-def make_evaluators(config: RunConfig, plugins: Plugins, device: str, labels: list[str]) -> dict[str, Any]:
+def make_evaluators(
+    config: RunConfig,
+    plugins: Plugins,
+    device: str,
+    labels: list[str],
+    log: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
     """The evaluators `config` names, by name, built once: FID and KID share one reference set
-    (held-out renders for synthetic data, the user's folder otherwise)."""
+    (held-out renders for synthetic data, the user's folder otherwise). ``log`` hears of options
+    that change less than asked (a judge given to no evaluator, a reference smaller than --ref-n)."""
+    if not config.evaluators and (config.judge or config.fid_weights):
+        given = " and ".join(
+            f for f, v in (("--judge", config.judge), ("--fid-weights", config.fid_weights)) if v
+        )
+        log(f"{given} ha{'ve' if ' and ' in given else 's'} no effect with --evaluators none")
     evaluators = {}
     reference = None
     for name in config.evaluators:
@@ -311,6 +323,10 @@ def make_evaluators(config: RunConfig, plugins: Plugins, device: str, labels: li
         if entry.name in ("fid", "kid"):
             if reference is None:
                 reference = _reference_dataset(config, plugins)
+                if len(reference) < config.ref_n:  # FID then uses every image it has: say so once
+                    log(
+                        f"--ref-n {config.ref_n}: the reference holds {len(reference)} images; FID/KID use those"
+                    )
             options.update(dataset=reference, ref_n=config.ref_n)
         evaluators[entry.name] = entry.factory(**options)
     return evaluators
@@ -411,7 +427,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         conditions=multi_hot([c for s in sets for c in s.conditions], labels),
         spans=spans,
         options=options,
-        evaluators=make_evaluators(config, plugins, device, labels) if rank == 0 else {},
+        evaluators=make_evaluators(config, plugins, device, labels, log) if rank == 0 else {},
         out_dir=Path(config.out_dir),
         log=log if rank == 0 else _quiet,
         rank=rank,

@@ -308,3 +308,19 @@ def test_run_says_when_resume_finds_nothing_and_when_it_replaces_results(
     assert result.exit_code == 0 and "--resume: no results.json in" in result.output
     result = runner.invoke(cli.main, args)
     assert result.exit_code == 0 and "replacing the results.json in" in result.output
+
+
+def test_options_that_change_less_than_asked_are_named(runner, tmp_path, one_condition) -> None:
+    judge = tmp_path / "judge.safetensors"
+    judge.write_bytes(b"unused")
+    args = [*TINY_RUN, "--scheduler", "ddim", "--steps", "1", "--judge", str(judge), *one_condition]
+    result = runner.invoke(cli.main, [*args, "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0 and "--judge has no effect with --evaluators none" in result.output
+    # A folder of 3 images as FID's reference, asked for 500: the run says it uses the 3.
+    from bench_builtins.datasets.synthetic.export import write_synthetic_folder
+
+    folder = write_synthetic_folder(tmp_path / "ref", scenes=1)
+    args = [a if a != "none" else "fid" for a in TINY_RUN]
+    args += ["--scheduler", "ddim", "--steps", "1", "--data", "iclevr", "--data-root", str(folder)]
+    result = runner.invoke(cli.main, [*args, "--ref-n", "500", *one_condition, "--out", str(tmp_path / "b")])
+    assert "--ref-n 500: the reference holds 3 images; FID/KID use those" in result.output, result.output
