@@ -327,6 +327,9 @@ def data_synth(out_dir, scenes, seed, split, max_objects, device) -> None:
 
     # bench run's check: --device foo or cuda without CUDA is one line, not a torch traceback.
     device = resolve_device(device)
+    if Path(out_dir).is_dir() and any(Path(out_dir).iterdir()):
+        # Earlier PNGs would stay beside the new train.json: a folder whose files and list disagree.
+        raise click.BadParameter(f"{out_dir} is not empty; give a new or empty folder", param_hint="--out")
     out = write_synthetic_folder(
         out_dir, scenes=scenes, seed=seed, split=split, max_objects=max_objects, device=device
     )

@@ -372,3 +372,16 @@ def test_data_conditions_says_how_many_are_distinct(tmp_path):
     assert f"40 conditions, {distinct} of them distinct" in result.output
     result = CliRunner().invoke(main, ["data", "conditions", "--out", str(out), "--n", "8"])
     assert result.output.strip().endswith("8 conditions")
+
+
+def test_data_synth_writes_only_into_an_empty_folder(tmp_path):
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    out = tmp_path / "synth"
+    assert CliRunner().invoke(main, ["data", "synth", "--out", str(out), "--scenes", "1"]).exit_code == 0
+    before = sorted(p.name for p in (out / "images").iterdir())
+    result = CliRunner().invoke(main, ["data", "synth", "--out", str(out), "--scenes", "2"])
+    assert result.exit_code == 2 and "is not empty; give a new or empty folder" in result.output
+    assert sorted(p.name for p in (out / "images").iterdir()) == before
