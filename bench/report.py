@@ -167,7 +167,7 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _id_text(row: dict[str, Any], key: str) -> str:
+def id_text(row: dict[str, Any], key: str) -> str:
     """A config value as shown and grouped: a guidance interval as ``300-1000``, none as ``""``."""
     value = row.get(key, "")
     if key == "guidance_interval":
@@ -176,7 +176,7 @@ def _id_text(row: dict[str, Any], key: str) -> str:
 
 
 def _config_key(row: dict[str, Any]) -> tuple:
-    return tuple(_id_text(row, k) for k in CONFIG_KEYS)
+    return tuple(id_text(row, k) for k in CONFIG_KEYS)
 
 
 def _quality_metrics(rows: Iterable[dict[str, Any]]) -> list[str]:
@@ -312,7 +312,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
-def _mean_pm(stats: dict[str, Any], digits: int = 3) -> str:
+def mean_pm(stats: dict[str, Any], digits: int = 3) -> str:
     """``0.812 ± 0.013`` over several seeds, ``0.812`` for one (no spread to show)."""
     text = _fmt(stats["mean"], digits)
     return f"{text} ± {_fmt(stats['std'], digits)}" if stats.get("n", 1) > 1 else text
@@ -322,7 +322,7 @@ def format_metric(name: str, stats: dict[str, Any], count: int | None = None) ->
     """``0.812 ± 0.013 (n=2)`` for accuracy (``0.812 (n=1)`` for one seed); ``12.3 (N=64)`` for
     FID/KID with its sample count."""
     n = stats["n"]
-    text = _mean_pm(stats, 3 if name.startswith(("acc", "kid")) else 2)
+    text = mean_pm(stats, 3 if name.startswith(("acc", "kid")) else 2)
     if name.startswith("acc"):
         return f"{text} (n={n})"
     notes = [f"N={count}"] if count else []
@@ -358,7 +358,7 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
         show_guidance = len({str(r.get("guidance")) for r in recs}) > 1 or any(
             _num(r.get("guidance")) not in (None, 1.0) for r in recs
         )
-        show_interval = any(_id_text(r, "guidance_interval") for r in recs)
+        show_interval = any(id_text(r, "guidance_interval") for r in recs)
         speed_cols = [
             c
             for c in SPEED_COLUMNS
@@ -383,7 +383,7 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
         headers += ["error"] if has_error else []
         rows = []
         for r in recs:
-            row: list[Any] = [_id_cell(r, key) for key in id_keys]
+            row: list[Any] = [id_cell(r, key) for key in id_keys]
             seeds = [s for s in r.get("seeds", []) if s is not None]
             row.append(",".join(str(s) for s in seeds) if seeds else "")
             row += [_fmt(r["speed"].get(key), digits) for key, _, digits in speed_cols]
@@ -400,7 +400,7 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
         if objects:
             heads = id_titles + [f"acc@{k} obj {UP}" for k in objects]
             body = [
-                [_id_cell(r, key) for key in id_keys] + [_mean_pm(by[k]) if k in by else "" for k in objects]
+                [id_cell(r, key) for key in id_keys] + [mean_pm(by[k]) if k in by else "" for k in objects]
                 for r in recs
                 if (by := r["metrics"].get("acc_by_objects"))
             ]
@@ -408,14 +408,14 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
     return tables
 
 
-def _id_cell(record: dict[str, Any], key: str) -> Any:
+def id_cell(record: dict[str, Any], key: str) -> Any:
     """An identifying cell: the value as in the record (numbers stay numbers), intervals as text."""
-    return _id_text(record, key) if key == "guidance_interval" else record.get(key, "")
+    return id_text(record, key) if key == "guidance_interval" else record.get(key, "")
 
 
 def _interval_label(row: dict[str, Any]) -> str:
     """`` [300-1000]`` for a plot or grid label when the row has a guidance interval, else ``""``."""
-    text = _id_text(row, "guidance_interval")
+    text = id_text(row, "guidance_interval")
     return f" [{text}]" if text else ""
 
 

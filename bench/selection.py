@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.report import CONFIG_KEYS, UP, Table, _id_cell, _id_text, _mean_pm
+from bench.report import CONFIG_KEYS, UP, Table, id_cell, id_text, mean_pm
 from bench.results import ResultsError
 
 CELL_KEYS = tuple(k for k in CONFIG_KEYS if k != "condition_set")
@@ -69,7 +69,7 @@ def select_cell(records: list[dict[str, Any]], select_on: Sequence[str]) -> Sele
         )
     cells: dict[tuple, RankedCell] = {}
     for rec in scored:
-        key = tuple(_id_text(rec, k) for k in CELL_KEYS)
+        key = tuple(id_text(rec, k) for k in CELL_KEYS)
         cell = cells.setdefault(key, RankedCell({k: rec.get(k, "") for k in CELL_KEYS}, None))
         cell.accuracy[str(rec.get("condition_set") or "")] = rec["metrics"]["acc"]
     for cell in cells.values():
@@ -91,7 +91,7 @@ def selection_table(selection: Selection) -> Table:
         if len(values := {str(c.config.get(k) or "") for c in cells}) == 1
     }
     id_keys = [k for k in CELL_KEYS if k not in shared]
-    if not any(_id_text(c.config, "guidance_interval") for c in cells):
+    if not any(id_text(c.config, "guidance_interval") for c in cells):
         id_keys.remove("guidance_interval")
     names = " + ".join(selection.select_on)
     headers = ["rank", *id_keys]
@@ -101,11 +101,11 @@ def selection_table(selection: Selection) -> Table:
     rows = []
     for i, cell in enumerate(cells, 1):
         rank = ("chosen" if i == 1 else str(i)) if cell.score is not None else "-"
-        row: list[Any] = [rank, *(_id_cell(cell.config, k) for k in id_keys)]
-        row += [_mean_pm(cell.accuracy[s]) if s in cell.accuracy else "" for s in selection.select_on]
+        row: list[Any] = [rank, *(id_cell(cell.config, k) for k in id_keys)]
+        row += [mean_pm(cell.accuracy[s]) if s in cell.accuracy else "" for s in selection.select_on]
         if len(selection.select_on) > 1:
             row.append(f"{cell.score:.4f}" if cell.score is not None else "")
-        row += [_mean_pm(cell.accuracy[s]) if s in cell.accuracy else "" for s in selection.other_sets]
+        row += [mean_pm(cell.accuracy[s]) if s in cell.accuracy else "" for s in selection.other_sets]
         rows.append(row)
     title = f"cells ranked by accuracy on {names} (chosen on these alone; the other sets are only read)"
     title += "".join(f", {k} {v}" for k, v in shared.items() if v)
