@@ -17,9 +17,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; results are for everyone to read
     try:
         write(tmp_path)
+        # mkstemp makes 0600 (and a writer may replace the file with its own): results and weights
+        # are for everyone on a shared machine to read.
+        os.chmod(tmp_path, 0o644)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)

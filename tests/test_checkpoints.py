@@ -157,3 +157,13 @@ def test_sampling_defaults_are_checked_on_load(tmp_path: Path, model: torch.nn.M
             load_model(tmp_path / "bad.safetensors")
     with pytest.raises(CheckpointError, match="negative"):
         export_weights(tmp_path / "ck", tmp_path / "neg.safetensors", guidance=-1)
+
+
+def test_files_written_atomically_are_readable_by_others(tmp_path: Path) -> None:
+    # safetensors replaced mkstemp's file with its own 0600 one: exported weights were private.
+    from safetensors.torch import save_file
+
+    from bench.atomic import atomic_write
+
+    path = atomic_write(tmp_path / "w.safetensors", lambda tmp: save_file({"a": torch.zeros(2)}, str(tmp)))
+    assert path.stat().st_mode & 0o777 == 0o644
