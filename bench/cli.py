@@ -371,7 +371,8 @@ def data_conditions(out_file, n, objects, seed, shared) -> None:
     conditions = json.loads(path.read_text(encoding="utf-8"))
     distinct = len({tuple(sorted(c)) for c in conditions})
     click.echo(
-        f"wrote {out_file}: {n} conditions" + (f", {distinct} of them distinct" if distinct < n else "")
+        f"wrote {out_file}: {n} condition{'s' if n > 1 else ''}"
+        + (f", {distinct} of them distinct" if distinct < n else "")
     )
 
 

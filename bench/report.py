@@ -6,6 +6,7 @@ JSON (``--benchmark-json``) into a :class:`Report`; reporter plugins render it.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Iterable, Sequence
@@ -210,7 +211,20 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         if row.get("error"):
             continue
-        groups.setdefault(_config_key(row), []).append(row)
+        members = groups.setdefault(_config_key(row), [])
+        twin = next(
+            (m for m in members if row.get("seed") is not None and m.get("seed") == row["seed"]), None
+        )
+        if twin is not None:
+            # Two runs of one seed (a copied file, or runs that differ in what a row does not name:
+            # the preset of random weights, the dtype) would be averaged as if they were two seeds.
+            where = " and ".join(dict.fromkeys(str(r.get("source", "?")) for r in (twin, row)))
+            raise ResultsError(
+                f"seed {row['seed']} of {row.get('scheduler')}/{row.get('steps')} "
+                f"(guidance {row.get('guidance')}, set {row.get('condition_set')}) appears twice, in {where}: "
+                "two runs of one seed cannot be averaged; report those files separately"
+            )
+        members.append(row)
     order: list[tuple[str, Any]] = []
     seen: set[tuple] = set()
     for row in rows:  # keep file order; an errored row stays where it was
@@ -539,7 +553,7 @@ def load_report(paths: Sequence[str | Path]) -> Report:
         for name, rel in (data.get("figures") or {}).items():
             report.figures[name] = (base / rel).resolve()
         for row in data.get("rows") or []:
-            row = dict(row)
+            row = dict(row, source=str(path))
             if row.get("grid"):
                 grid = (base / row["grid"]).resolve()
                 row["grid"] = str(grid)
@@ -576,6 +590,7 @@ def render_report(
     from bench.plugins import get
 
     reporter_factory = get("reporters", fmt).factory
+    _check_outputs(paths, {"--out": out, "--plot": plot, "--labels-plot": labels_plot})
     report = load_report(paths)
     if select_on:
         from bench.selection import select_cell, selection_table
@@ -600,6 +615,21 @@ def render_report(
 
         atomic_write_text(out, text)
     return text
+
+
+def _check_outputs(paths: Sequence[str | Path], outputs: dict[str, str | Path | None]) -> None:
+    """No output onto a results file being read (--out results.json erased the run's results), and
+    no two outputs onto one file (the second replaced the first)."""
+    inputs = {Path(p).resolve() for p in paths}
+    given = {option: Path(path).resolve() for option, path in outputs.items() if path is not None}
+    for option, path in given.items():
+        if path in inputs:
+            raise ResultsError(
+                f"{option} {outputs[option]} is one of the files read; write the report elsewhere"
+            )
+    for (a, path_a), (b, path_b) in itertools.combinations(given.items(), 2):
+        if path_a == path_b:
+            raise ResultsError(f"{a} and {b} name the same file {outputs[a]}; give each its own")
 
 
 def _short(message: str, limit: int = 160) -> str:

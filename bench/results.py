@@ -19,6 +19,8 @@ from bench.atomic import atomic_write_json
 from bench.jsonfile import read_json
 
 SCHEMA = "bench.results/1"
+# The model name of rows that score renders, not a model (`bench data ceiling`): a reference line.
+RENDERS_MODEL = "renders"
 LIBRARIES = ("bench", "torch", "diffusers", "torchvision", "torchmetrics", "accelerate", "pluggy", "click")
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.report import CONFIG_KEYS, UP, Table, id_cell, id_text, mean_pm
-from bench.results import ResultsError
+from bench.results import RENDERS_MODEL, ResultsError
 
 CELL_KEYS = tuple(k for k in CONFIG_KEYS if k != "condition_set")
 
@@ -58,7 +58,12 @@ def select_cell(records: list[dict[str, Any]], select_on: Sequence[str]) -> Sele
     select_on = list(select_on)
     if not select_on:
         raise ResultsError("name one or more condition sets to choose on (e.g. val-101,val-102-shared)")
-    scored = [r for r in records if not r.get("error") and "acc" in (r.get("metrics") or {})]
+    # Renders (`bench data ceiling`) are what a perfect generator would score: a reference, not a cell.
+    scored = [
+        r
+        for r in records
+        if not r.get("error") and "acc" in (r.get("metrics") or {}) and r.get("model") != RENDERS_MODEL
+    ]
     present = list(dict.fromkeys(str(r.get("condition_set") or "") for r in scored))
     missing = [s for s in select_on if s not in present]
     if missing:
@@ -107,6 +112,8 @@ def selection_table(selection: Selection) -> Table:
             row.append(f"{cell.score:.4f}" if cell.score is not None else "")
         row += [mean_pm(cell.accuracy[s]) if s in cell.accuracy else "" for s in selection.other_sets]
         rows.append(row)
-    title = f"cells ranked by accuracy on {names} (chosen on these alone; the other sets are only read)"
+    title = f"cells ranked by accuracy on {names}"
+    if selection.other_sets:
+        title += " (chosen on these alone; the other sets are only read)"
     title += "".join(f", {k} {v}" for k, v in shared.items() if v)
     return Table(title, headers, rows)

@@ -225,6 +225,29 @@ def test_the_same_file_twice_is_refused(results_file: Path) -> None:
         load_report([results_file, results_file])
 
 
+def test_one_seed_twice_in_a_cell_is_refused(results_file: Path, tmp_path: Path) -> None:
+    # A copied results file (or runs that differ only in what a row does not name) merged as n=4.
+    copy = tmp_path / "copy" / "results.json"
+    copy.parent.mkdir()
+    copy.write_bytes(results_file.read_bytes())
+    with pytest.raises(
+        ResultsError,
+        match=r"seed 0 of ddim/10 .* appears twice, in .*run/results.json and .*copy/results.json",
+    ):
+        load_report([results_file, copy])
+
+
+def test_outputs_never_replace_an_input_or_each_other(results_file: Path, tmp_path: Path) -> None:
+    before = results_file.read_bytes()
+    with pytest.raises(ResultsError, match=r"--out .*results.json is one of the files read"):
+        render_report([results_file], "json", out=results_file)
+    assert results_file.read_bytes() == before
+    same = tmp_path / "p.png"
+    with pytest.raises(ResultsError, match=r"--plot and --labels-plot name the same file"):
+        render_report([results_file], "plain", plot=same, labels_plot=same)
+    assert not same.exists()
+
+
 def test_bad_file(tmp_path: Path) -> None:
     bad = tmp_path / "x.json"
     bad.write_text('{"hello": 1}')

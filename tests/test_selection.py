@@ -119,3 +119,17 @@ def test_cli_select_on_json_and_error(results_file: Path) -> None:
 def test_parse_select_on() -> None:
     assert parse_select_on(("val-a,val-b", "val-b", " test ")) == ["val-a", "val-b", "test"]
     assert parse_select_on(()) == []
+
+
+def test_renders_are_a_reference_not_a_candidate(tmp_path: Path) -> None:
+    from bench.results import RENDERS_MODEL
+
+    rows = _rows() + [
+        Row(model=RENDERS_MODEL, scheduler="synthetic renderer", steps=0, seed=0, condition_set=s,
+            metrics={"acc": 1.0})
+        for s in ("val-a", "val-b", "test")
+    ]  # fmt: skip
+    path = RunResult(config={}, seeds=[0, 1], rows=rows).write(tmp_path / "results.json")
+    selection = select_cell(load_report([path]).records, ["val-a", "val-b"])
+    assert selection.chosen.config["model"] == "ddpm-unet"
+    assert all(c.config["model"] != RENDERS_MODEL for c in selection.cells)

@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bench.conditions import ConditionSet, load_condition_set, load_labels_spec, multi_hot
+from bench.results import RENDERS_MODEL
 
-RENDERS_MODEL = "renders"  # the model name of ceiling rows in a results file
 RENDERS_SCHEDULER = "synthetic renderer"
 
 
