@@ -472,7 +472,7 @@ def load_model(
 def export_weights(
     checkpoint: str | os.PathLike,
     out_file: str | os.PathLike,
-    dtype: torch.dtype | str = "fp16",
+    dtype: torch.dtype | str | None = None,
     use_ema: bool = True,
     guidance: float | None = None,
     guidance_interval: Any = None,
@@ -481,7 +481,8 @@ def export_weights(
 
     ``checkpoint`` is a training checkpoint directory, whose EMA weights are taken when it has them
     (unless ``use_ema=False``), or an exported ``.safetensors`` file, re-written (another dtype, new
-    sampling defaults; without new ones its own are kept). Record the file's sha256
+    sampling defaults; without new ones its own are kept). ``dtype`` None: fp16 from a checkpoint,
+    the file's own dtype when re-writing one. Record the file's sha256
     (``bench.weights.sha256_of``) in the weights folder's SHA256SUMS to ship it.
     ``guidance`` (and ``guidance_interval``, ``(lo, hi)`` training timesteps) are written as the
     file's recommended sampling settings (metadata ``sampling_defaults``), which ``bench run``
@@ -493,13 +494,15 @@ def export_weights(
     defaults = make_sampling_defaults(guidance, guidance_interval)
 
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-    dtype = dtypes[dtype] if isinstance(dtype, str) else dtype
     source = Path(checkpoint)
     if source.is_file():
         state, meta = _single_file_meta(source)
         previous = meta.pop(SAMPLING_DEFAULTS_KEY, None)
         if defaults is None and previous is not None:
             defaults = check_sampling_defaults(previous, str(source))
+        # Re-writing keeps the file's dtype unless another is asked (a bf16 file stayed bf16 only
+        # when --dtype bf16 was repeated).
+        dtype = dtype or getattr(torch, str(meta.get("dtype", "float16")), torch.float16)
     else:
         loaded = load_checkpoint(source)
         ema = use_ema and loaded.ema_state is not None
@@ -515,6 +518,7 @@ def export_weights(
             "epoch": loaded.epoch,
             "weights": "ema" if ema else "model",
         }
+    dtype = dtypes[dtype or "fp16"] if dtype is None or isinstance(dtype, str) else dtype
     meta["dtype"] = str(dtype).replace("torch.", "")
     # Check the weights fit the model before shipping them.
     load_state_checked(build_model(meta["model_name"], meta["model_config"]), state, str(source))

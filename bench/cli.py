@@ -672,7 +672,12 @@ def train_command(recipe, data, data_root, scenes, **options) -> None:
 @main.command("export")
 @click.argument("checkpoint", type=click.Path(exists=True))
 @click.argument("out_file", type=click.Path(dir_okay=False))
-@click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", show_default=True)
+@click.option(
+    "--dtype",
+    type=click.Choice(["fp16", "bf16", "fp32"]),
+    default=None,
+    help="Weights' dtype. Default: fp16 from a checkpoint; the file's own when re-writing an exported file.",
+)
 @click.option(
     "--guidance",
     type=float,
@@ -688,7 +693,14 @@ def train_command(recipe, data, data_root, scenes, **options) -> None:
 def export_command(checkpoint, out_file, dtype, guidance, guidance_interval) -> None:
     """Write a training checkpoint's EMA weights as one .safetensors file (the shipped format),
     or re-write an exported file (another dtype, new sampling defaults)."""
-    from bench.checkpoints import describe_sampling_defaults, export_weights, sampling_defaults_of
+    from safetensors import safe_open
+
+    from bench.checkpoints import (
+        METADATA_KEY,
+        describe_sampling_defaults,
+        export_weights,
+        sampling_defaults_of,
+    )
     from bench.weights import sha256_of
 
     source = Path(checkpoint).resolve()
@@ -701,7 +713,9 @@ def export_command(checkpoint, out_file, dtype, guidance, guidance_interval) -> 
     path = export_weights(
         checkpoint, out_file, dtype=dtype, guidance=guidance, guidance_interval=guidance_interval
     )
-    click.echo(f"wrote {path} sha256 {sha256_of(path)}")
+    with safe_open(str(path), "pt") as f:  # what was written, not what was asked
+        written = json.loads(f.metadata()[METADATA_KEY])["dtype"]
+    click.echo(f"wrote {path} ({written}) sha256 {sha256_of(path)}")
     defaults = sampling_defaults_of(path)  # what the file carries: given now, or kept from it
     if defaults:
         click.echo(f"sampling defaults: {describe_sampling_defaults(defaults)}")

@@ -74,6 +74,11 @@ def test_an_exported_file_is_rewritten_with_new_sampling_defaults(
     first = export_weights(tmp_path / "ck", tmp_path / "a.safetensors", dtype="fp16")
     second = export_weights(first, tmp_path / "b.safetensors", guidance=3, guidance_interval=(400, 900))
     third = export_weights(second, tmp_path / "c.safetensors", dtype="bf16")  # keeps the defaults
+    # Re-writing without a dtype keeps the file's own (it fell back to fp16).
+    from safetensors.torch import load_file
+
+    fourth = export_weights(third, tmp_path / "d.safetensors")
+    assert {t.dtype for t in load_file(str(fourth)).values() if t.is_floating_point()} == {torch.bfloat16}
     a, _, meta_a = load_model(first)
     b, noise_b, meta_b = load_model(second)
     c, _, meta_c = load_model(third)

@@ -654,6 +654,7 @@ def test_export_writes_sampling_defaults_and_run_uses_them(runner, tmp_path) -> 
         cli.main, ["export", str(shipped), str(tmp_path / "bf16.safetensors"), "--dtype", "bf16"]
     )
     assert again.exit_code == 0 and "sampling defaults: guidance 3, interval 300-1000" in again.output
+    assert "bf16.safetensors (bfloat16) sha256" in again.output  # says the dtype it wrote
     with safe_open(str(shipped), "pt") as f:
         assert json.loads(f.metadata()["sampling_defaults"]) == {
             "guidance": 3.0,
