@@ -110,6 +110,12 @@ def _benchmark_header(data: dict[str, Any], path: Path) -> str:
     machine = data.get("machine_info") or {}
     commit = data.get("commit_info") or {}
     parts = [f"{path.name} (pytest-benchmark {data.get('version', '?')})"]
+    # The benchmarks' own device (a GPU's name) first: the machine info names only the host's CPU.
+    devices = {
+        str(d) for b in data.get("benchmarks") or [] if (d := (b.get("extra_info") or {}).get("device"))
+    }
+    if devices:
+        parts.append(f"device: {', '.join(sorted(devices))}")
     cpu = (machine.get("cpu") or {}).get("brand_raw")
     if cpu:
         parts.append(f"cpu: {cpu}")

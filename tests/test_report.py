@@ -212,6 +212,11 @@ def test_pytest_benchmark_rows(benchmark_file: Path) -> None:
     assert "AMD EPYC" in report.header[0] and "fedcba9876" in report.header[0]
 
 
+def test_benchmark_header_names_the_device_the_benchmarks_ran_on(benchmark_file: Path) -> None:
+    # The machine info names only the host's CPU: a GPU benchmark read as a CPU one.
+    assert "device: cpu, cpu: AMD EPYC" in load_report([benchmark_file]).header[0]
+
+
 def test_mixed_files(results_file: Path, benchmark_file: Path) -> None:
     report = load_report([results_file, benchmark_file])
     assert len(report.header) == 2

@@ -133,3 +133,16 @@ def test_renders_are_a_reference_not_a_candidate(tmp_path: Path) -> None:
     selection = select_cell(load_report([path]).records, ["val-a", "val-b"])
     assert selection.chosen.config["model"] == "ddpm-unet"
     assert all(c.config["model"] != RENDERS_MODEL for c in selection.cells)
+
+
+def test_csv_carries_each_rows_rank(results_file: Path) -> None:
+    import csv
+    import io
+
+    text = render_report([results_file], "csv", select_on=["val-a", "val-b"])
+    ranks = {
+        (r["steps"], r["guidance"], r["condition_set"]): r["selection_rank"]
+        for r in csv.DictReader(io.StringIO(text))
+    }
+    assert ranks[("100", "4.0", "test")] == ranks[("100", "4.0", "val-a")] == "1"
+    assert ranks[("25", "5.0", "test")] == "3" and ranks[("10", "5.0", "val-a")] == ""  # unscored: no rank
