@@ -109,7 +109,7 @@ def _benchmark_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
 def _benchmark_header(data: dict[str, Any], path: Path) -> str:
     machine = data.get("machine_info") or {}
     commit = data.get("commit_info") or {}
-    parts = [f"{path.name} (pytest-benchmark {data.get('version', '?')})"]
+    parts = [f"{path} (pytest-benchmark {data.get('version', '?')})"]
     # The benchmarks' own device (a GPU's name) first: the machine info names only the host's CPU.
     devices = {
         str(d) for b in data.get("benchmarks") or [] if (d := (b.get("extra_info") or {}).get("device"))
@@ -128,7 +128,7 @@ def _benchmark_header(data: dict[str, Any], path: Path) -> str:
 
 def _results_header(data: dict[str, Any], path: Path) -> str:
     env = data.get("environment") or {}
-    parts = [f"{path.name} ({data.get('schema', '?')}, {data.get('created', '?')})"]
+    parts = [f"{path} ({data.get('schema', '?')}, {data.get('created', '?')})"]
     device = env.get("gpu") or env.get("device")
     if device:
         parts.append(f"device: {device}" + (f" (cuda {env['cuda']})" if env.get("cuda") else ""))

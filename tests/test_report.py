@@ -185,6 +185,7 @@ def test_config_header_and_images(results_file: Path) -> None:
     header = report.header[0]
     for part in ("NVIDIA H100", "0123456789", "dirty", "torch 2.4.0", "diffusers 0.30.0"):
         assert part in header
+    assert header.startswith(f"{results_file} (")  # the path as given: files of one name tell apart
     assert report.figures["denoising"] == (results_file.parent / "denoising.png").resolve()
     assert len(report.grids) == 4 and all(p.is_file() for _, p in report.grids)
     assert {p["label"] for p in report.points} == {"ddim/10", "cosine/50"}
