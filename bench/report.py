@@ -603,6 +603,17 @@ def render_report(
 
         report.selection = select_cell(report.records, select_on)
         report.tables.insert(0, selection_table(report.selection))
+    # What each plot needs is checked before either is drawn: a refused one leaves no file behind.
+    if plot is not None and not report.points:
+        raise ResultsError(
+            "--plot: no configuration has both accuracy and images/s (accuracy comes from the iclevr-acc "
+            "evaluator; speed rows from pytest-benchmark have no accuracy)"
+        )
+    if labels_plot is not None and not label_accuracy(report.records)[0]:
+        raise ResultsError(
+            "--labels-plot: no per-label accuracy in these files: it comes from the iclevr-acc evaluator "
+            "(acc_per_label)"
+        )
     if plot is not None:
         from bench.plotting import scatter_plot
 

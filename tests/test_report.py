@@ -432,6 +432,17 @@ def test_labels_plot_without_per_label_accuracy_says_where_it_comes_from(tmp_pat
     assert "Traceback" not in result.output and not (tmp_path / "l.png").exists()
 
 
+def test_a_plot_without_what_it_draws_is_refused_before_any_file(tmp_path: Path) -> None:
+    path = _one_seed_file(tmp_path, [_minimal_row("test", {"fid-judge": 20.0})])  # no accuracy
+    plot, labels = tmp_path / "p.png", tmp_path / "l.png"
+    with pytest.raises(ResultsError, match=r"--plot: no configuration has both accuracy and images/s"):
+        render_report([path], "plain", plot=plot, labels_plot=labels)
+    with_acc = _one_seed_file(tmp_path / "b", [_minimal_row("test", {"acc": 1.0})])  # no per-label, no speed
+    with pytest.raises(ResultsError, match=r"--labels-plot: no per-label accuracy"):
+        render_report([with_acc], "plain", labels_plot=labels)
+    assert not plot.exists() and not labels.exists()
+
+
 def test_metric_attributes_are_not_columns_and_evaluator_errors_show(tmp_path: Path) -> None:
     row = Row(
         model="m",
