@@ -190,13 +190,19 @@ def _quality_metrics(rows: Iterable[dict[str, Any]]) -> list[str]:
     """Scalar metric names to show as columns: acc first, then FID/KID variants, in file order."""
     names: list[str] = []
     for row in rows:
-        for name, value in (row.get("metrics") or {}).items():
-            if name in names or _num(value) is None:
+        metrics = row.get("metrics") or {}
+        for name, value in metrics.items():
+            if name in names or _num(value) is None or _is_attribute(name, metrics):
                 continue
-            if "_" in name:
-                continue  # "<metric>_n", "_std", "acc_by_objects"...: attributes of a metric, not columns
             names.append(name)
     return sorted(names, key=lambda n: (n != "acc", not n.startswith("fid"), not n.startswith("kid")))
+
+
+def _is_attribute(name: str, metrics: dict[str, Any]) -> bool:
+    """``acc_n``, ``fid-judge_ref_n``, ``acc_per_image_mean``: a value that belongs to another metric
+    of the row (its name and ``_``), not a column. A plugin's ``clip_score`` is a column of its own."""
+    parts = name.split("_")
+    return any("_".join(parts[:i]) in metrics for i in range(1, len(parts)))
 
 
 def _direction(metric: str) -> str:
@@ -204,9 +210,10 @@ def _direction(metric: str) -> str:
 
 
 def _metric_title(metric: str) -> str:
-    """``acc ↑``, ``FID-judge ↓``: the family upper-cased, its variant kept."""
+    """``acc ↑``, ``FID-judge ↓``: an acronym family (FID, KID, LPIPS) upper-cased, its variant
+    kept; any other name (a plugin's ``clip_score``) as it is."""
     family, _, variant = metric.partition("-")
-    base = family if family == "acc" else family.upper()
+    base = family.upper() if family.lower() in ("fid", "kid", "lpips") else family
     return f"{base}{'-' + variant if variant else ''} {_direction(metric)}"
 
 

@@ -467,6 +467,15 @@ def test_metric_attributes_are_not_columns_and_evaluator_errors_show(tmp_path: P
     assert table.rows[0][table.headers.index("acc ↑")] == "0.500 (n=1)"  # one seed: no spread
 
 
+def test_a_plugin_metric_with_an_underscore_is_a_column(tmp_path: Path) -> None:
+    # Every name with "_" was taken for an attribute: a plugin's clip_score vanished from the tables.
+    path = _one_seed_file(
+        tmp_path, [_minimal_row("test", {"acc": 0.5, "clip_score": 0.31, "clip_score_n": 32})]
+    )
+    headers = _table(load_report([path]), "condition set: test").headers
+    assert "clip_score ↑" in headers and not [h for h in headers if h.startswith("clip_score_n")]
+
+
 def test_accuracy_by_objects_of_one_seed_shows_no_spread(tmp_path: Path) -> None:
     path = _one_seed_file(tmp_path, [_row("ddim", 10, 0, 100.0)])
     table = _table(load_report([path]), "by number of objects")
