@@ -236,7 +236,7 @@ def _first_paths(folder: Path, paths: list[str], most: int = 4) -> str:
 
 
 @main.command("report")
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option(
     "--format",
     "fmt",
@@ -266,7 +266,7 @@ def _first_paths(folder: Path, paths: list[str], most: int = 4) -> str:
     "--out", default=None, type=click.Path(dir_okay=False), help="Write the report here (else stdout)."
 )
 def report_command(files, fmt, plot, labels_plot, select_on, out) -> None:
-    """Render tables (and plots, or an html page) from results files."""
+    """Render tables (and plots, or an html page) from results files (or `bench run --out` folders)."""
     from bench.report import render_report
     from bench.selection import parse_select_on
 

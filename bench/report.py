@@ -549,6 +549,10 @@ def load_report(paths: Sequence[str | Path]) -> Report:
     seen: dict[Path, Path] = {}
     for raw in paths:
         path = Path(raw)
+        if path.is_dir():  # a `bench run --out` folder: its results.json
+            if not (path / "results.json").is_file():
+                raise ResultsError(f"{path} is a folder without a results.json; pass a results file")
+            path = path / "results.json"
         # The same file twice would count each seed twice (n=2 from one run).
         if path.resolve() in seen:
             raise ResultsError(

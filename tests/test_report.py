@@ -299,12 +299,25 @@ def test_latex_escapes(results_file: Path) -> None:
     assert "↑" not in text and "±" not in text
 
 
-def test_csv_raw_numbers(results_file: Path) -> None:
+def test_csv_raw_numbers(results_file: Path, tmp_path: Path) -> None:
     rows = list(csv.DictReader(io.StringIO(render_report([results_file], "csv"))))
     ddim = next(r for r in rows if r["scheduler"] == "ddim")
     assert float(ddim["acc_mean"]) == pytest.approx(0.55)
     assert ddim["n_seeds"] == "2" and ddim["fid-judge_n"] == "32"
+    assert ddim["nfe"] == "10" and float(ddim["acc_std"]) > 0
     assert next(r for r in rows if r["scheduler"] == "heun")["error"].startswith("CUDA")
+    one = list(
+        csv.DictReader(
+            io.StringIO(render_report([_one_seed_file(tmp_path, [_row("ddim", 10, 0, 100.0)])], "csv"))
+        )
+    )
+    assert one[0]["acc_std"] == "" and one[0]["acc_n_seeds"] == "1"  # one seed: no spread, as in the tables
+
+
+def test_a_run_folder_reads_as_its_results_file(results_file: Path, tmp_path: Path) -> None:
+    assert load_report([results_file.parent]).records == load_report([results_file]).records
+    with pytest.raises(ResultsError, match="is a folder without a results.json"):
+        load_report([tmp_path / "run" / "grids"])
 
 
 def test_json_round_trip(results_file: Path) -> None:

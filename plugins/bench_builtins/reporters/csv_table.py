@@ -31,11 +31,15 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
     row["n_images"] = record.get("n_images", "")
     speed = record.get("speed") or {}
     for key in SPEED:
-        row[key] = speed.get(key, "")
+        value = speed.get(key, "")
+        # Call counts average to whole numbers: 100, not 100.0.
+        row[key] = (
+            int(value) if key.endswith("nfe") and isinstance(value, float) and value.is_integer() else value
+        )
     for name, value in (record.get("metrics") or {}).items():
         if isinstance(value, dict) and "mean" in value:
             row[f"{name}_mean"] = value["mean"]
-            row[f"{name}_std"] = value["std"]
+            row[f"{name}_std"] = value["std"] if value["n"] > 1 else ""  # one seed has no spread
             row[f"{name}_n_seeds"] = value["n"]
         elif not isinstance(value, dict):
             row[name] = value  # sample counts such as fid-judge_n
