@@ -432,7 +432,8 @@ def data_ceiling(condition_files, per_condition, seed, evaluators, ref_n, judge,
 @click.option("--out", "out_png", default="sheet.png", show_default=True, type=click.Path(dir_okay=False))
 @_count_option("--n", 24, "Images on the sheet.")
 def data_show(folder, out_png, n) -> None:
-    """Draw a contact sheet of a folder's images with their labels."""
+    """Draw a contact sheet of a folder in the i-CLEVR layout (train.json and its PNGs, as `bench data
+    synth` writes) with each image's labels. For generated images, see the grids `bench run` draws."""
     from bench_builtins.datasets.synthetic.export import contact_sheet
 
     contact_sheet(Path(folder), out_png, n=n)
