@@ -107,12 +107,12 @@ def parse_int_list(value: str | None, what: str = "value") -> list[int]:
             if "-" in item.lstrip("-")[0:] and not item.startswith("-"):
                 lo, hi = (int(x) for x in item.split("-", 1))
                 if hi < lo:
-                    raise ValueError
+                    raise click.BadParameter(f"{what} range {item!r} runs backwards; write {hi}-{lo}")
                 out.extend(range(lo, hi + 1))
             else:
                 out.append(int(item))
         except ValueError:
-            raise click.BadParameter(f"{what} {item!r} is not an integer or a range like 0-4") from None
+            raise click.BadParameter(f"{what} {item!r} is not an integer or a range like 1-3") from None
     return out
 
 

@@ -33,6 +33,8 @@ def test_matrix_values_parse_ranges_and_lists() -> None:
     assert parse_int_list("0-1,7") == [0, 1, 7]
     with pytest.raises(click.BadParameter, match="not an integer"):
         parse_int_list("a-b", "seed")
+    with pytest.raises(click.BadParameter, match="seed range '3-1' runs backwards; write 1-3"):
+        parse_int_list("3-1", "seed")
 
 
 def test_a_compiled_run_says_what_its_first_pass_waits_for(runner, tmp_path, monkeypatch) -> None:
