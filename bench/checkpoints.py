@@ -502,8 +502,9 @@ def export_weights(
             defaults = check_sampling_defaults(previous, str(source))
         # Re-writing keeps the file's dtype unless another is asked (a bf16 file stayed bf16 only
         # when --dtype bf16 was repeated).
-        dtype = dtype or getattr(torch, str(meta.get("dtype", "float16")), torch.float16)
+        own = getattr(torch, str(meta.get("dtype", "float16")), torch.float16)
     else:
+        own = torch.float16
         loaded = load_checkpoint(source)
         ema = use_ema and loaded.ema_state is not None
         state = loaded.ema_state if ema else loaded.model_state
@@ -518,7 +519,7 @@ def export_weights(
             "epoch": loaded.epoch,
             "weights": "ema" if ema else "model",
         }
-    dtype = dtypes[dtype or "fp16"] if dtype is None or isinstance(dtype, str) else dtype
+    dtype = own if dtype is None else dtypes[dtype] if isinstance(dtype, str) else dtype
     meta["dtype"] = str(dtype).replace("torch.", "")
     # Check the weights fit the model before shipping them.
     load_state_checked(build_model(meta["model_name"], meta["model_config"]), state, str(source))

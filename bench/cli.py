@@ -322,7 +322,7 @@ def data_group() -> None:
 )
 def data_synth(out_dir, scenes, seed, split, max_objects, device) -> None:
     """Render a synthetic i-CLEVR folder in the real format (PNGs, train.json, objects.json)."""
-    from bench.runner import resolve_device
+    from bench.distributed import resolve_device
     from bench_builtins.datasets.synthetic.export import write_synthetic_folder
 
     # bench run's check: --device foo or cuda without CUDA is one line, not a torch traceback.
@@ -360,15 +360,15 @@ def data_cache(scenes, seed, split, max_objects) -> None:
 )
 def data_conditions(out_file, n, objects, seed, shared) -> None:
     """Write a condition set in the test.json format."""
-    from bench_builtins.datasets.synthetic.export import write_condition_set
+    from bench_builtins.datasets.synthetic.export import make_conditions, write_conditions
 
     counts = parse_int_list(objects, "object count")
     if not 1 <= min(counts) <= max(counts) <= 24:  # 24 labels: no condition holds more objects
         raise click.BadParameter(f"object counts must lie in 1-24, got {objects}", param_hint="--objects")
     if shared and max(counts) < 2:
         raise click.BadParameter("--shared needs conditions of 2 or more objects", param_hint="--objects")
-    path = write_condition_set(out_file, n=n, objects=(min(counts), max(counts)), seed=seed, shared=shared)
-    conditions = json.loads(path.read_text(encoding="utf-8"))
+    conditions = make_conditions(n, (min(counts), max(counts)), seed, shared)
+    write_conditions(out_file, conditions)
     distinct = len({tuple(sorted(c)) for c in conditions})
     click.echo(
         f"wrote {out_file}: {n} condition{'s' if n > 1 else ''}"
@@ -406,8 +406,8 @@ def data_ceiling(condition_files, per_condition, seed, evaluators, ref_n, judge,
     renders' FID at the same N."""
     import tempfile
 
+    from bench.distributed import resolve_device
     from bench.report import render_report
-    from bench.runner import resolve_device
     from bench_builtins.evaluators.ceiling import ceiling_result
 
     device = resolve_device(device)
@@ -440,11 +440,18 @@ def data_show(folder, out_png, n) -> None:
     click.echo(f"wrote {out_png}")
 
 
-def _dataset(name: str, data_root: str | None, **options):
+def _dataset_entry(name: str, data_root: str | None):
+    """The dataset plugin ``name``; --data-root refused for one that reads no folder (the synthetic
+    set would drop it without a word and use its own data)."""
     from bench.plugins import check_data_root
 
     entry = get_plugins().registry("datasets").get(name)
     check_data_root(entry.name, entry.factory, data_root)
+    return entry
+
+
+def _dataset(name: str, data_root: str | None, **options):
+    entry = get_plugins().registry("datasets").get(name)
     if data_root:
         options["data_root"] = data_root
     return entry.factory(**options)
@@ -488,7 +495,7 @@ def train_judge_command(
     force,
 ) -> None:
     """Train the ResNet18 accuracy judge on a dataset in the i-CLEVR format."""
-    from bench.runner import resolve_device
+    from bench.distributed import resolve_device
     from bench_builtins.evaluators.judge_training import train_judge
 
     if Path(out_path).exists() and not force:  # a judge may be hours of training: never replace it unasked
@@ -496,7 +503,7 @@ def train_judge_command(
             f"{out_path} exists; pass --force to replace it, or another --out", param_hint="--out"
         )
     device = resolve_device(device)
-    synthetic = data in ("synthetic", "synthetic-iclevr")
+    synthetic = _dataset_entry(data, data_root).name == "synthetic"
     extra = {"scenes": scenes, "max_objects": max_objects} if synthetic else {}
     dataset = _dataset(data, data_root, **extra)
     heldout = None
@@ -629,12 +636,9 @@ def train_judge_command(
 )
 def train_command(recipe, data, data_root, scenes, **options) -> None:
     """Train a model on a dataset; checkpoints, EMA, resume, loss curve."""
-    from bench.plugins import check_data_root
     from bench.training import TrainConfig, check_run, train
 
-    entry = get_plugins().registry("datasets").get(data)
-    # A dataset that takes no root (synthetic) would drop --data-root silently and train on its own data.
-    check_data_root(entry.name, entry.factory, data_root)
+    entry = _dataset_entry(data, data_root)
     # Only what was given overrides the recipe; --no-compile (False) is given, unset (None) is not.
     overrides = {k: v for k, v in options.items() if v is not None}
     if options.get("ema_decay") == 0:

@@ -12,6 +12,26 @@ import os
 from typing import Any
 
 
+class DeviceError(ValueError):
+    """A --device that names no device, or CUDA on a machine without it."""
+
+
+def resolve_device(device: str) -> str:
+    """``device`` checked ("auto": cuda if available, else cpu): one line for a misspelt name or
+    CUDA asked for where torch sees none, not a torch traceback at the first tensor."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise DeviceError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
+    return device
+
+
 def launched() -> bool:
     """True under ``torchrun``/``accelerate launch`` with several processes, or ``accelerate launch``."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "ACCELERATE_MIXED_PRECISION" in os.environ

@@ -521,7 +521,8 @@ def draw_label_accuracy(report: Report, out_path: str | Path) -> Path:
     names, labels, values = label_accuracy(report.records)
     if not names:
         raise ResultsError(
-            "no per-label accuracy in these files: it comes from the iclevr-acc evaluator (acc_per_label)"
+            "--labels-plot: no per-label accuracy in these files: it comes from the iclevr-acc evaluator "
+            "(acc_per_label)"
         )
     split = [label.rsplit(" ", 1) for label in labels]
     if all(len(parts) == 2 for parts in split):  # "<colour> <shape>": group the columns by shape
@@ -620,11 +621,8 @@ def render_report(
             "--plot: no configuration has both accuracy and images/s (accuracy comes from the iclevr-acc "
             "evaluator; speed rows from pytest-benchmark have no accuracy)"
         )
-    if labels_plot is not None and not label_accuracy(report.records)[0]:
-        raise ResultsError(
-            "--labels-plot: no per-label accuracy in these files: it comes from the iclevr-acc evaluator "
-            "(acc_per_label)"
-        )
+    if labels_plot is not None:  # before the scatter plot: a heatmap with no data raises, drawing nothing
+        report.labels_plot = draw_label_accuracy(report, labels_plot)
     if plot is not None:
         from bench.plotting import scatter_plot
 
@@ -635,8 +633,6 @@ def render_report(
             xlabel="images/s (higher is better)",
             ylabel="accuracy (higher is better)",
         )
-    if labels_plot is not None:
-        report.labels_plot = draw_label_accuracy(report, labels_plot)
     text = reporter_factory()(report)
     if out is not None:
         from bench.atomic import atomic_write_text

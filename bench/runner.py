@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.conditions import ConditionSet, load_condition_set, load_labels_spec, multi_hot
-from bench.distributed import barrier, finish, gather, process_device, shard, world
+from bench.distributed import barrier, finish, gather, process_device, resolve_device, shard, world
 from bench.guidance import GuidanceIntervalError, check_interval, check_scale, format_interval
 from bench.plugins import Plugins, check_data_root, get_plugins
 from bench.results import Row, RunResult, environment
@@ -72,20 +72,6 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise RunError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RunError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
-    return device
 
 
 def _condition_sets(config: RunConfig, labels: list[str]) -> list[ConditionSet]:
@@ -199,17 +185,31 @@ def _check_cells(config: RunConfig, plugins: Plugins, train_noise: dict[str, Any
             raise RunError(f"--scheduler {name}: {error}") from None
         for steps in config.steps:
             steps = resolve_steps(entry.factory, steps)
-            try:
-                entry.factory(train_noise).set_timesteps(steps)
-            except ValueError as error:
-                trained = train_noise.get("num_train_timesteps")
-                if trained is not None and steps > int(trained):
-                    raise RunError(
-                        f"--steps {steps}: scheduler {name!r} samples at most {trained} steps, the "
-                        f"checkpoint's training timesteps; use --steps {trained} or fewer, or a "
-                        "scheduler that takes more (dpm++2m, unipc, euler, heun)"
-                    ) from None
-                raise RunError(f"--steps {steps} with --scheduler {name}: {error}") from None
+            error = _refusal(entry.factory, train_noise, steps)
+            if error is None:
+                continue
+            trained = train_noise.get("num_train_timesteps")
+            if trained is not None and steps > int(trained):
+                takers = [
+                    e.name
+                    for e in plugins.registry("schedulers")
+                    if _refusal(e.factory, train_noise, steps) is None
+                ]
+                raise RunError(
+                    f"--steps {steps}: scheduler {name!r} samples at most {trained} steps, the "
+                    f"checkpoint's training timesteps; use --steps {trained} or fewer"
+                    + (f", or a scheduler that takes more ({', '.join(takers)})" if takers else "")
+                ) from None
+            raise RunError(f"--steps {steps} with --scheduler {name}: {error}") from None
+
+
+def _refusal(factory: Callable, train_noise: dict[str, Any], steps: int) -> ValueError | None:
+    """The scheduler's own refusal of ``steps`` (as a cell would meet it), None when it takes them."""
+    try:
+        factory(train_noise).set_timesteps(steps)
+    except ValueError as error:
+        return error
+    return None
 
 
 def _load_model(config: RunConfig, plugins: Plugins, device: str):

@@ -20,6 +20,11 @@ from bench.results import RENDERS_MODEL, ResultsError
 CELL_KEYS = tuple(k for k in CONFIG_KEYS if k != "condition_set")
 
 
+def cell_key(record: dict[str, Any]) -> tuple:
+    """What identifies a record's cell: its config without the condition set, as shown."""
+    return tuple(id_text(record, k) for k in CELL_KEYS)
+
+
 @dataclass
 class RankedCell:
     """One cell: its config, its mean accuracy on the selection sets, and its accuracy per set."""
@@ -74,8 +79,7 @@ def select_cell(records: list[dict[str, Any]], select_on: Sequence[str]) -> Sele
         )
     cells: dict[tuple, RankedCell] = {}
     for rec in scored:
-        key = tuple(id_text(rec, k) for k in CELL_KEYS)
-        cell = cells.setdefault(key, RankedCell({k: rec.get(k, "") for k in CELL_KEYS}, None))
+        cell = cells.setdefault(cell_key(rec), RankedCell({k: rec.get(k, "") for k in CELL_KEYS}, None))
         cell.accuracy[str(rec.get("condition_set") or "")] = rec["metrics"]["acc"]
     for cell in cells.values():
         if all(s in cell.accuracy for s in select_on):

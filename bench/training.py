@@ -36,7 +36,7 @@ from bench.compile_mode import (
     compile_wait_note,
     quiet_known_compile_warnings,
 )
-from bench.distributed import accelerate_cpu, largest
+from bench.distributed import accelerate_cpu, largest, resolve_device
 from bench.distributed import launched as _under_accelerate
 from bench.groupnorm import use_group_norm
 from bench.interrupt import StopRequest, ignore_stop_signals
@@ -182,7 +182,7 @@ class TrainConfig:
         # The device and the noise schedule too: `bench train` checks before it reads the data, so
         # --device foo or --scheduler ddim is one line at once, not a traceback after the dataset
         # renders (minutes for the synthetic set).
-        _resolve_device(self.device)
+        resolve_device(self.device or "auto")
         _noise_config(self)
 
     @classmethod
@@ -277,19 +277,8 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, epoch, 0xDA7A)))
 
 
-def _resolve_device(device: str | None) -> str:
-    """``device`` (None or "auto": cuda if available, else cpu) checked as `bench run` checks its
-    --device, with its message: a misspelt name or cuda without CUDA is a TrainingError."""
-    from bench.runner import RunError, resolve_device
-
-    try:
-        return resolve_device(device or "auto")
-    except RunError as error:
-        raise TrainingError(str(error)) from None
-
-
 def _pick_device(config: TrainConfig) -> torch.device:
-    return torch.device(_resolve_device(config.device))
+    return torch.device(resolve_device(config.device or "auto"))
 
 
 def _noise_config(config: TrainConfig) -> dict[str, Any]:
@@ -636,9 +625,6 @@ class _Trainer:
                 f"--timesteps {ckpt.noise_config.get('num_train_timesteps')} "
                 f"--prediction {ckpt.noise_config.get('prediction_type', 'epsilon')}"
             )
-        # The other options that shape the run (lr, batch size, EMA...), as train() checked them from
-        # config.json before the data was read; again here on the checkpoint actually loaded.
-        _refuse_changed_options(path, ckpt.train_config, self.config)
         if ckpt.training_state is None:
             raise CheckpointError(f"{path} holds no optimizer state ({'optimizer.pt'}); it cannot be resumed")
         self.model.load_state_dict(ckpt.model_state)
@@ -843,13 +829,13 @@ def train(
         raise TrainingError(
             f"{ckpt_dir} already holds a checkpoint; pass --resume to continue it or choose another --out"
         )
+    meta = (_saved_meta(ckpt_dir) or {}) if config.resume else {}
     if done is not None:
-        meta = _saved_meta(ckpt_dir) or {}
         return _nothing_to_train(config, int(meta.get("step", 0)), len(dataset) // config.batch_size, done)
     if config.resume:
         # What the resumed run records: the checkpoint's init_from (a resume ignores --init-from) and,
         # where the caller names no dataset, the checkpoint's.
-        saved = (_saved_meta(ckpt_dir) or {}).get("train_config") or {}
+        saved = meta.get("train_config") or {}
         kept = {
             k: saved[k] for k in ("init_from", *(_DATA_FIELDS if config.data is None else ())) if k in saved
         }

@@ -7,8 +7,8 @@ import io
 from typing import Any
 
 from bench.guidance import format_interval
-from bench.report import CONFIG_KEYS, id_text
-from bench.selection import CELL_KEYS
+from bench.report import CONFIG_KEYS
+from bench.selection import cell_key
 
 SPEED = (
     "images_per_s",
@@ -47,10 +47,6 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _cell_key(config: dict[str, Any]) -> tuple:
-    return tuple(id_text(config, k) for k in CELL_KEYS)
-
-
 class CsvReporter:
     def __init__(self, **options: Any) -> None:
         self.options = options
@@ -59,10 +55,10 @@ class CsvReporter:
         rows = [flatten(r) for r in report.records]
         if getattr(report, "selection", None) is not None:  # --select-on: each row's rank (1 = chosen)
             rank = {
-                _cell_key(c.config): i for i, c in enumerate(report.selection.cells, 1) if c.score is not None
+                cell_key(c.config): i for i, c in enumerate(report.selection.cells, 1) if c.score is not None
             }
             for row, record in zip(rows, report.records, strict=True):
-                row["selection_rank"] = rank.get(_cell_key(record), "")
+                row["selection_rank"] = rank.get(cell_key(record), "")
         columns: list[str] = []
         for row in rows:  # union of columns, first-seen order, error last
             columns += [c for c in row if c not in columns and c != "error"]

@@ -95,8 +95,12 @@ def write_condition_set(
     shared: bool = False,
 ) -> Path:
     """Write ``make_conditions(...)`` as a test.json-format file (one condition a line)."""
-    conditions = make_conditions(n, objects, seed, shared)
-    text = "[\n" + ",\n".join("  " + json.dumps(c) for c in conditions) + "\n]\n"
+    return write_conditions(out_file, make_conditions(n, objects, seed, shared))
+
+
+def write_conditions(out_file: str | os.PathLike, conditions: Sequence[Sequence[str]]) -> Path:
+    """``conditions`` as a test.json-format file, one condition a line."""
+    text = "[\n" + ",\n".join("  " + json.dumps(list(c)) for c in conditions) + "\n]\n"
     path = Path(out_file)
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
     return path
