@@ -394,3 +394,20 @@ def test_inception_fid_errors_name_the_option_and_the_missing_package(tmp_path, 
         fid_mod.FidError, match=r"torch-fidelity .* not installed \(pip install torch-fidelity\)"
     ):
         fid_mod.resolve_extractor(fid_weights=weights, device="cpu")
+
+
+def test_misses_after_accuracy_of_the_same_images_runs_the_judge_once(course_ckpt, monkeypatch) -> None:
+    path, _ = course_ckpt
+    ev = get_plugins().registry("evaluators").get("iclevr-acc").factory(judge=str(path), device="cpu")
+    calls = []
+    import bench_builtins.evaluators.judge as judge_mod
+
+    original = judge_mod.judge_logits
+    monkeypatch.setattr(judge_mod, "judge_logits", lambda *a, **k: calls.append(1) or original(*a, **k))
+    images, conditions = random_images(4), torch.zeros(4, 24)
+    conditions[:, 0] = 1
+    ev(images, conditions)
+    ev.misses(images, conditions)
+    assert len(calls) == 1
+    ev(images.clone(), conditions)  # other images: scored anew
+    assert len(calls) == 2

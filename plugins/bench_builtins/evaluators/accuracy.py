@@ -185,6 +185,9 @@ class AccuracyEvaluator:
         if self.labels is not None and len(self.labels) != 24:
             raise ValueError(f"labels must name the 24 i-CLEVR labels in index order; got {len(self.labels)}")
         self.check_range = check_range
+        # The last images scored and their scores: `misses` right after the accuracy of the same
+        # images (as bench run asks them) does not run the judge again.
+        self._last: tuple[Any, Any] | None = None
 
     def scores(self, images: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid judge scores (B, 24) on CPU, float32."""
@@ -192,12 +195,16 @@ class AccuracyEvaluator:
 
         from .judge import judge_features, judge_logits
 
+        if self._last is not None and self._last[0] is images:
+            return self._last[1]
         out = []
         with torch.inference_mode():
             for start in range(0, images.shape[0], self.batch_size):
                 batch = images[start : start + self.batch_size].to(self.device, torch.float32).clamp(-1, 1)
                 out.append(judge_logits(self.judge, judge_features(self.judge, batch)).float().cpu())
-        return torch.cat(out) if out else torch.empty(0, 24)
+        scores = torch.cat(out) if out else torch.empty(0, 24)
+        self._last = (images, scores)
+        return scores
 
     def misses(
         self, images: torch.Tensor, conditions: torch.Tensor
