@@ -15,7 +15,9 @@
 # guidance 4, 5 and 6 (session 16's follow-ups read guidance 6 best on new_test), on test, new_test
 # and the two validation condition sets of session 7 (the choice is made on those). On one H100,
 # session 16 ran it at commit f5bab30 (guidance 4 and 5 only) with 14 training minutes in about
-# 1,210 s of a held machine; session 18 at commit 236829c with 16 minutes in about 1,480 s.
+# 1,210 s of a held machine; session 18 at commit 236829c with 16 minutes in about 1,480 s; session 19
+# at commit 51002b4 with 18 minutes in about 1,630 s (three calls; 30 minutes of device time leave
+# no room for more).
 # Earlier sessions' versions of this script (TRAINING.md names the commits) trained the judge, the
 # shipped `small` model's four stages, and the cosine/linear and sampler comparisons.
 # Usage: scripts/gpu_campaign.sh OUT_DIR [TRAIN_MINUTES]
