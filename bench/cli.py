@@ -706,6 +706,7 @@ def export_command(checkpoint, out_file, dtype, guidance, guidance_interval) -> 
         export_weights,
         sampling_defaults_of,
     )
+    from bench.guidance import format_interval
     from bench.weights import sha256_of
 
     source = Path(checkpoint).resolve()
@@ -715,6 +716,8 @@ def export_command(checkpoint, out_file, dtype, guidance, guidance_interval) -> 
             f"{out_file} is inside the checkpoint folder {checkpoint}; write the exported file elsewhere",
             param_hint="OUT_FILE",
         )
+    # New guidance replaces the file's defaults whole: say so when that drops its interval.
+    before = sampling_defaults_of(source) if source.is_file() else None
     path = export_weights(
         checkpoint, out_file, dtype=dtype, guidance=guidance, guidance_interval=guidance_interval
     )
@@ -724,6 +727,12 @@ def export_command(checkpoint, out_file, dtype, guidance, guidance_interval) -> 
     defaults = sampling_defaults_of(path)  # what the file carries: given now, or kept from it
     if defaults:
         click.echo(f"sampling defaults: {describe_sampling_defaults(defaults)}")
+    dropped = (before or {}).get("guidance_interval")
+    if dropped is not None and (defaults or {}).get("guidance_interval") is None:
+        click.echo(
+            f"note: {checkpoint}'s guidance interval {format_interval(dropped)} was not kept "
+            "(new --guidance without --guidance-interval); pass --guidance-interval to keep one"
+        )
 
 
 if __name__ == "__main__":

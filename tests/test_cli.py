@@ -662,6 +662,14 @@ def test_export_writes_sampling_defaults_and_run_uses_them(runner, tmp_path) -> 
             "guidance": 3.0,
             "guidance_interval": [300, 1000],
         }
+    assert "was not kept" not in again.output
+    # New guidance alone replaces the defaults whole; the dropped interval is named.
+    regraded = tmp_path / "g5.safetensors"
+    again = runner.invoke(cli.main, ["export", str(shipped), str(regraded), "--guidance", "5"])
+    assert again.exit_code == 0 and "sampling defaults: guidance 5\n" in again.output, again.output
+    assert "guidance interval 300-1000 was not kept" in again.output
+    with safe_open(str(regraded), "pt") as f:
+        assert json.loads(f.metadata()["sampling_defaults"]) == {"guidance": 5.0}
 
     conditions = tmp_path / "c.json"
     conditions.write_text('[["red sphere"], ["cyan cube", "gray cylinder"]]')
