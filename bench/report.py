@@ -18,7 +18,20 @@ from bench.guidance import format_interval
 from bench.results import ResultsError, load_results
 
 UP, DOWN = "↑", "↓"
-CONFIG_KEYS = ("model", "checkpoint", "scheduler", "steps", "guidance", "guidance_interval", "condition_set")
+CONFIG_KEYS = (
+    "model",
+    "checkpoint",
+    "preset",
+    "dtype",
+    "scheduler",
+    "steps",
+    "guidance",
+    "guidance_interval",
+    "condition_set",
+)
+# Part of a row's identity, shown only where rows differ in them: the preset of random weights (a
+# checkpoint carries its own) and the sampling dtype. Seeds of a bf16 and an fp32 run are two cells.
+VARIANT_KEYS = ("preset", "dtype")
 # Identifying columns whose header is not the row key itself.
 ID_TITLES = {"guidance_interval": "guidance interval"}
 # Metric families where smaller is better; everything accuracy-like is larger-is-better.
@@ -95,6 +108,8 @@ def _benchmark_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "guidance_interval": extra.get("guidance_interval", params.get("guidance_interval")),
                 "seed": extra.get("seed"),
                 "condition_set": extra.get("condition_set", ""),
+                "preset": extra.get("preset") or params.get("preset") or "",
+                "dtype": speed["dtype"] or "",
                 "n_images": extra.get("n_images", 0),
                 "speed": speed,
                 "metrics": {},
@@ -229,8 +244,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             (m for m in members if row.get("seed") is not None and m.get("seed") == row["seed"]), None
         )
         if twin is not None:
-            # Two runs of one seed (a copied file, or runs that differ in what a row does not name:
-            # the preset of random weights, the dtype) would be averaged as if they were two seeds.
+            # Two runs of one seed (a copied file, or runs that differ in what a row does not name,
+            # such as its condition file's content) would be averaged as if they were two seeds.
             where = " and ".join(dict.fromkeys(str(r.get("source", "?")) for r in (twin, row)))
             raise ResultsError(
                 f"seed {row['seed']} of {row.get('scheduler')}/{row.get('steps')} "
@@ -401,6 +416,7 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
             if cond and len(values := {str(r.get(key) or "") for r in recs}) == 1 and values != {""}
         }
         id_keys = [k for k in ["model"] + (["checkpoint"] if show_ckpt else []) if k not in shared]
+        id_keys += [k for k in VARIANT_KEYS if len({str(r.get(k) or "") for r in recs}) > 1]
         id_keys += ["scheduler", "steps"]
         id_keys += ["guidance"] if show_guidance else []
         id_keys += ["guidance_interval"] if show_interval else []
@@ -570,8 +586,10 @@ def load_report(paths: Sequence[str | Path]) -> Report:
         report.header.append(_results_header(data, path))
         for name, rel in (data.get("figures") or {}).items():
             report.figures[name] = (base / rel).resolve()
+        preset = (data.get("config") or {}).get("preset") or ""
         for row in data.get("rows") or []:
-            row = dict(row, source=str(path))
+            dtype = (row.get("speed") or {}).get("dtype") or ""
+            row = dict(row, source=str(path), preset=row.get("preset") or preset, dtype=dtype)
             if row.get("grid"):
                 grid = (base / row["grid"]).resolve()
                 row["grid"] = str(grid)

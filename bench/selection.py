@@ -1,8 +1,8 @@
 """Choosing a cell on validation sets: rank every sampling config by its mean accuracy on the
 condition sets named for the choice, and read the others (test, new_test) off the chosen one.
 
-A cell is a config without its condition set (model, checkpoint, scheduler, steps, guidance,
-interval); ``bench run`` scores each cell on every ``--conditions`` set. Choosing the guidance or
+A cell is a config without its condition set (model, checkpoint, preset, dtype, scheduler, steps,
+guidance, interval); ``bench run`` scores each cell on every ``--conditions`` set. Choosing the guidance or
 step count on test itself flatters the number reported on test; choosing on sets written for the
 purpose (``bench data conditions``) does not. Works on ``bench report``'s aggregated records.
 """
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.report import CONFIG_KEYS, UP, Table, id_cell, id_text, mean_pm
+from bench.report import CONFIG_KEYS, UP, VARIANT_KEYS, Table, id_cell, id_text, mean_pm
 from bench.results import RENDERS_MODEL, ResultsError
 
 CELL_KEYS = tuple(k for k in CONFIG_KEYS if k != "condition_set")
@@ -100,6 +100,9 @@ def selection_table(selection: Selection) -> Table:
         if len(values := {str(c.config.get(k) or "") for c in cells}) == 1
     }
     id_keys = [k for k in CELL_KEYS if k not in shared]
+    id_keys = [
+        k for k in id_keys if k not in VARIANT_KEYS or len({str(c.config.get(k) or "") for c in cells}) > 1
+    ]
     if not any(id_text(c.config, "guidance_interval") for c in cells):
         id_keys.remove("guidance_interval")
     names = " + ".join(selection.select_on)

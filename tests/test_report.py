@@ -15,6 +15,7 @@ from PIL import Image
 from bench.plugins import get
 from bench.report import load_report, render_report
 from bench.results import ResultsError, Row, RunResult
+from bench.selection import select_cell, selection_table
 
 ENV = {
     "python": "3.11.9",
@@ -291,6 +292,31 @@ def test_a_model_or_checkpoint_that_differs_between_rows_keeps_its_column(tmp_pa
         "shipped",
         "other",
     ]
+
+
+def test_runs_that_differ_in_dtype_or_preset_are_separate_rows_with_that_column(tmp_path: Path) -> None:
+    """Seeds 0 and 1 of a bf16 and an fp32 run (or of two random-weight presets) are two cells, not
+    one mean over n=2; the column that tells them apart appears only when it differs."""
+
+    def run(name: str, seed: int, dtype: str, preset: str | None) -> Path:
+        row = _row("ddim", 10, seed, 100.0)
+        row.speed["dtype"] = dtype
+        result = RunResult(config={"preset": preset}, seeds=[seed], rows=[row], environment=ENV)
+        return result.write(tmp_path / name / "results.json")
+
+    bf16, fp32 = run("bf16", 0, "bf16", None), run("fp32", 1, "fp32", None)
+    table = _table(load_report([bf16, fp32]), "condition set: test")
+    assert table.headers[:2] == ["dtype", "scheduler"]
+    assert [(r[0], r[table.headers.index("seeds")]) for r in table.rows] == [("bf16", "0"), ("fp32", "1")]
+    same = run("bf16-seed1", 1, "bf16", None)
+    table = _table(load_report([bf16, same]), "condition set: test")
+    assert "dtype" not in table.headers and [r[table.headers.index("seeds")] for r in table.rows] == ["0,1"]
+    tiny, small = run("tiny", 0, "bf16", "tiny"), run("small", 1, "bf16", "small")
+    report = load_report([tiny, small])
+    assert _table(report, "condition set: test").headers[0] == "preset"
+    ranked = select_cell(report.records, ["test"])
+    assert [c.config["preset"] for c in ranked.cells] == ["small", "tiny"]  # acc 0.60 over 0.50
+    assert selection_table(ranked).headers[:3] == ["rank", "preset", "scheduler"]
 
 
 def test_latex_escapes(results_file: Path) -> None:
