@@ -172,7 +172,7 @@ class SampleResult:
     images: torch.Tensor
     nfe: int  # model calls per image (a guided call on the doubled batch counts once)
     seconds: float  # wall time of the sampling loops only (synchronized; excludes compile warm-up)
-    peak_memory_mb: float | None  # torch.cuda.max_memory_allocated during sampling, None off CUDA
+    peak_memory_mb: float | None  # max_memory_allocated over the call (warm-up included); None off CUDA
     frames: torch.Tensor | None = None  # (F, N, 3, H, W) x_t from noise to image, if recorded
     warmup_seconds: float = 0.0  # compile / CUDA-graph capture before the clock started
     options: SamplingOptions | None = None
@@ -410,6 +410,11 @@ def sample(
         return cond, gens
 
     warmup = 0.0
+    if device.type == "cuda":
+        # The peak spans compile and capture: a CUDA graph's activations live in its private pool,
+        # allocated while capturing and never again while replaying (a reset after warm-up read
+        # about a tenth of what the graphed loop holds).
+        torch.cuda.reset_peak_memory_stats(device)
     with torch.inference_mode(), cudnn_benchmark(opts.cudnn_benchmark):
         if opts.compile:
             # Compile and capture before the clock starts: three calls cover CUDA-graph recording.
@@ -426,8 +431,6 @@ def sample(
             _sync(device)
             warmup = time.perf_counter() - start
             call.calls = call.guided_calls = 0
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
         _sync(device)
         start = time.perf_counter()
         outputs, frame_chunks, chunks = [], [], range(0, n, batch)
