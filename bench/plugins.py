@@ -1,7 +1,8 @@
 """The plugin manager: built-in plugins, safe entry-point loading, and the registries.
 
-A third-party plugin that fails to import, implements a hook that does not exist, or takes
-an argument its hook spec lacks is skipped with one line on stderr and remembered in
+A third-party plugin that fails to import, implements a hook that does not exist (or none, or
+one without ``@hookimpl``), takes an argument its hook spec lacks, raises in a hook, or registers
+a name another plugin owns is skipped whole with one line on stderr and remembered in
 ``load_errors`` (``bench plugins`` lists them). ``BENCH_STRICT_PLUGINS=1`` makes it fatal.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 import pluggy
 
 from bench import PROJECT_NAME, hookspecs
-from bench.registry import Registry, RegistryError
+from bench.registry import Registry
 
 ENTRY_POINT_GROUP = "bench"
 STRICT_ENV = "BENCH_STRICT_PLUGINS"
@@ -63,6 +64,7 @@ class Plugins:
     registries: dict[str, Registry] = field(default_factory=dict)
     load_errors: list[LoadError] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)  # plugin names in registration order
 
     def registry(self, kind: str) -> Registry:
         return self.registries[kind]
@@ -101,35 +103,76 @@ def _unknown_hooks(module: ModuleType) -> list[str]:
     ]
 
 
+def _unmarked_hooks(module: ModuleType) -> list[str]:
+    """Functions named like a hook but without ``@bench.hookimpl``: pluggy ignores them silently."""
+    marker = f"{PROJECT_NAME}_impl"
+    return [
+        attr
+        for attr in dir(module)
+        if attr.startswith("register_")
+        and callable(getattr(module, attr, None))
+        and getattr(getattr(module, attr), marker, None) is None
+    ]
+
+
 def _register_module(plugins: Plugins, module: ModuleType, name: str) -> None:
+    hint = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("register_")))
     unknown = _unknown_hooks(module)
     if unknown:
-        hint = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("register_")))
         raise pluggy.PluginValidationError(
             module, f"unknown hook(s) {', '.join(unknown)}; known hooks: {hint}"
         )
-    plugins.manager.register(module, name=name)
+    taken = plugins.manager.get_plugin(name)
+    if taken is not None:
+        raise pluggy.PluginValidationError(
+            module,
+            f"the plugin name {name!r} is taken by {getattr(taken, '__name__', taken)!r}; "
+            "give the entry point another name",
+        )
+    try:
+        plugins.manager.register(module, name=name)
+    except Exception:
+        # pluggy records the name before it checks the hooks: take back a half registration.
+        if plugins.manager.get_plugin(name) is module:
+            plugins.manager.unregister(name=name)
+        raise
+    if not plugins.manager.get_hookcallers(module):
+        plugins.manager.unregister(name=name)
+        unmarked = _unmarked_hooks(module)
+        raise pluggy.PluginValidationError(
+            module,
+            f"{', '.join(unmarked)} lack @bench.hookimpl, so pluggy does not call them"
+            if unmarked
+            else f"implements no bench hook (known hooks: {hint})",
+        )
+    plugins.order.append(name)
 
 
 def _fill_registries(plugins: Plugins) -> None:
-    """Call each component hook plugin by plugin, so one failing plugin is isolated."""
-    for kind in KINDS:
-        registry = Registry(kind)
-        plugins.registries[kind] = registry
-        caller = getattr(plugins.manager.hook, f"register_{kind}")
-        for impl in caller.get_hookimpls():  # registration order: built-ins first, so they own their names
+    """Call the component hooks plugin by plugin, built-ins first (so they own their names). A
+    plugin counts whole or not at all: if one of its hooks raises, or one of its names is taken,
+    every component it registered is taken back and the plugin is skipped like any broken one."""
+    plugins.registries.update({kind: Registry(kind) for kind in KINDS})
+    for plugin_name in list(plugins.order):
+        try:
+            for kind in KINDS:
+                registry = plugins.registries[kind]
 
-            def register(name, factory, aliases=(), _plugin=impl.plugin_name, _reg=registry):
-                _reg.add(name, factory, aliases, plugin=_plugin)
+                def register(name, factory, aliases=(), _reg=registry, _plugin=plugin_name):
+                    _reg.add(name, factory, aliases, plugin=_plugin)
 
-            try:
-                impl.function(register=register)
-            except RegistryError:
-                raise  # a name clash is the user's to resolve, never silently skipped
-            except Exception as error:  # noqa: BLE001 - a plugin's bug must not take bench down
-                if impl.plugin_name in BUILTIN_PLUGINS:
-                    raise
-                _fail(plugins, impl.plugin_name, error)
+                caller = getattr(plugins.manager.hook, f"register_{kind}")
+                for impl in caller.get_hookimpls():
+                    if impl.plugin_name == plugin_name:
+                        impl.function(register=register)
+        except Exception as error:  # noqa: BLE001 - a plugin's bug (or clash) must not take bench down
+            for registry in plugins.registries.values():
+                registry.remove_plugin(plugin_name)
+            if plugin_name in BUILTIN_PLUGINS:
+                raise
+            plugins.manager.unregister(name=plugin_name)
+            plugins.order.remove(plugin_name)
+            _fail(plugins, plugin_name, error)
 
 
 def load_plugins(extra_modules: tuple[str, ...] = (), entry_points: bool = True) -> Plugins:
@@ -145,11 +188,8 @@ def load_plugins(extra_modules: tuple[str, ...] = (), entry_points: bool = True)
         name = ep.name
         dist = ep.dist
         try:
-            module = ep.load()
-            _register_module(plugins, module, name)
+            _register_module(plugins, ep.load(), name)
         except Exception as error:  # noqa: BLE001 - ImportError, SyntaxError, validation...
-            if manager.get_plugin(name) is not None:
-                manager.unregister(name=name)
             _fail(plugins, name, error)
             continue
         plugins.versions[name] = dist.version if dist is not None else ""

@@ -56,6 +56,12 @@ class Registry:
         for key in (name, *aliases):
             self._names[key] = name
 
+    def remove_plugin(self, plugin: str) -> None:
+        """Take back every component ``plugin`` registered (a plugin that failed half-way)."""
+        for name in [n for n, e in self._entries.items() if e.plugin == plugin]:
+            del self._entries[name]
+        self._names = {key: name for key, name in self._names.items() if name in self._entries}
+
     def get(self, name: str) -> Entry:
         """The entry for a name or alias, or a RegistryError listing the close matches."""
         if name in self._names:
