@@ -205,8 +205,13 @@ def run_command(
         raise SystemExit(130) from None
     if result is not None:  # None on the other processes of a multi-process run
         _print_summary(Path(config.out_dir), result)
-        if any(r.error for r in result.rows):
+        if any(r.error or _evaluator_errors(r) for r in result.rows):
             raise SystemExit(1)  # results are written; a script or CI must still see the failure
+
+
+def _evaluator_errors(row) -> list[str]:
+    """``<evaluator>_error`` metrics of a row: an evaluator that failed while the cell ran."""
+    return [f"{key}: {value}" for key, value in row.metrics.items() if key.endswith("_error")]
 
 
 def _print_summary(out_dir: Path, result) -> None:
@@ -229,6 +234,10 @@ def _print_summary(out_dir: Path, result) -> None:
     failed = [r for r in result.rows if r.error]
     if failed:
         click.echo(f"{len(failed)} row(s) failed; see the 'error' column", err=True)
+    judged = [r for r in result.rows if not r.error and _evaluator_errors(r)]
+    if judged:
+        first = _evaluator_errors(judged[0])[0]
+        click.echo(f"an evaluator failed on {len(judged)} row(s), first: {first}", err=True)
 
 
 def _first_paths(folder: Path, paths: list[str], most: int = 4) -> str:

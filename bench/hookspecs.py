@@ -63,12 +63,16 @@ def register_evaluators(register: Register) -> None:
     """Register evaluator factories.
 
     Contract: ``factory(**options) -> evaluator`` where ``evaluator(images, conditions)``
-    returns a dict of metric name -> number. ``images`` is a float tensor (B, 3, H, W) with
-    values in [-1, 1]; ``conditions`` is the multi-hot float tensor (B, num_labels). Options
-    the harness may pass: ``device``, ``dataset`` (the reference dataset object), ``judge``
-    (a path), ``fid_weights`` (a path), ``cache_dir``. An evaluator ignores options it does
-    not use (accept ``**options``). Metric names carry their variant (``fid-judge`` is never
-    called ``fid``) and a sample count where it matters (``fid_n``).
+    returns a dict of metric name -> finite number (a 0-dim tensor is read as its number), or
+    name -> dict of label -> number (``acc_per_label``); anything else, and a name another
+    evaluator of the row gave, is recorded as ``<evaluator>_error`` and makes ``bench run`` exit 1.
+    ``images`` is a float tensor (B, 3, H, W) with values in [-1, 1]; ``conditions`` is the
+    multi-hot float tensor (B, num_labels). Options the harness passes: ``device``, ``labels``
+    (the label names in condition index order), ``judge`` and ``fid_weights`` (paths, when
+    given); the built-in ``fid`` and ``kid`` also get ``dataset`` (the reference images) and
+    ``ref_n``. An evaluator ignores options it does not use (accept ``**options``). Metric names
+    carry their variant (``fid-judge`` is never called ``fid``) and a sample count where it
+    matters (``fid_n``).
 
     Optional: ``evaluator.misses(images, conditions)`` returns, for each image in which an object
     of its condition was not found, ``(index, [missed label names], [label names found instead])``;

@@ -79,15 +79,37 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _built_schedule(factory: Callable, train_config: dict[str, Any]) -> dict[str, Any]:
+    """The betas a scheduler samples on, read off the scheduler its factory builds: a plugin may set
+    them without declaring ``noise_schedule``. Empty when the factory fails (the cell reports that)."""
+    try:
+        config = dict(getattr(factory(train_config), "config", None) or {})
+    except Exception:  # noqa: BLE001 - the scheduler's own error belongs to its cells
+        return {}
+    keys = ["beta_schedule", "num_train_timesteps", "trained_betas"]
+    if config.get("beta_schedule") in ("linear", "scaled_linear"):
+        keys += ["beta_start", "beta_end"]
+    return {key: config[key] for key in keys if config.get(key) is not None}
+
+
 def schedule_mismatch(train_config: dict[str, Any], scheduler: str | Callable) -> dict[str, tuple[Any, Any]]:
-    """Keys where the scheduler's own noise schedule differs from ``train_config`` (trained, asked)."""
+    """Keys where the scheduler's noise schedule differs from ``train_config`` (trained, asked): the
+    schedule it declares (``factory.noise_schedule``) and the one the scheduler it builds holds."""
     _, factory = _factory(scheduler)
-    schedule = getattr(factory, "noise_schedule", None) or {}
+    schedule = {**_built_schedule(factory, train_config), **(getattr(factory, "noise_schedule", None) or {})}
     return {
         key: (train_config.get(key), value)
         for key, value in schedule.items()
         if not _same(train_config.get(key), value)
     }
+
+
+def _schedule_takers(train_config: dict[str, Any]) -> list[str]:
+    """The registered schedulers (plugins' included) that sample on ``train_config``'s betas."""
+    from bench.plugins import get_plugins
+
+    schedulers = get_plugins().registry("schedulers")
+    return [entry.name for entry in schedulers if not schedule_mismatch(train_config, entry.factory)]
 
 
 def check_schedule_compatible(
@@ -100,12 +122,12 @@ def check_schedule_compatible(
     name, factory = _factory(scheduler)
     diff = schedule_mismatch(train_config, factory)
     if diff and not allow_mismatch:
-        asked = {**train_config, **factory.noise_schedule}
+        asked = {**train_config, **{key: a for key, (_, a) in diff.items()}}
         details = ", ".join(f"{k}: trained {t!r}, scheduler {a!r}" for k, (t, a) in diff.items())
         raise ScheduleMismatchError(
             f"the checkpoint was trained with the noise schedule {describe(train_config)}, but "
             f"scheduler {name!r} samples with {describe(asked)} ({details}). Use a sampler that "
-            "reuses the trained schedule (ddpm, ddim, dpm++2m, unipc, euler, heun), or pass "
+            f"reuses the trained schedule ({', '.join(_schedule_takers(train_config))}), or pass "
             f"{ALLOW_MISMATCH_FLAG} to sample on the other schedule anyway"
         )
     return diff

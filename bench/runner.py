@@ -9,6 +9,7 @@ its metadata: guidance and guidance interval), else 1 (off)."""
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import traceback
 from collections.abc import Callable
@@ -179,6 +180,7 @@ def _check_cells(config: RunConfig, plugins: Plugins, train_noise: dict[str, Any
 
     for name in config.schedulers:
         entry = plugins.registry("schedulers").get(name)
+        _check_scheduler_factory(name, entry, train_noise)
         try:
             check_schedule_compatible(train_noise, entry.name, config.allow_schedule_mismatch)
         except ScheduleMismatchError as error:
@@ -201,6 +203,23 @@ def _check_cells(config: RunConfig, plugins: Plugins, train_noise: dict[str, Any
                     + (f", or a scheduler that takes more ({', '.join(takers)})" if takers else "")
                 ) from None
             raise RunError(f"--steps {steps} with --scheduler {name}: {error}") from None
+
+
+def _check_scheduler_factory(name: str, entry: Any, train_noise: dict[str, Any]) -> None:
+    """A plugin's scheduler factory that fails or returns no scheduler: one line naming the plugin,
+    before any cell, instead of a traceback from inside the sampling loop."""
+    try:
+        scheduler = entry.factory(train_noise)
+    except Exception as error:  # noqa: BLE001 - a plugin's bug, said in one line
+        raise RunError(
+            f"--scheduler {name}: its factory (plugin {entry.plugin!r}) failed: {type(error).__name__}: {error}"
+        ) from None
+    missing = [a for a in ("set_timesteps", "step", "config") if not hasattr(scheduler, a)]
+    if missing:
+        raise RunError(
+            f"--scheduler {name}: its factory (plugin {entry.plugin!r}) returned {type(scheduler).__name__}, "
+            f"not a diffusers scheduler (no {', '.join(missing)}); see register_schedulers in bench/hookspecs.py"
+        )
 
 
 def _refusal(factory: Callable, train_noise: dict[str, Any], steps: int) -> ValueError | None:
@@ -328,8 +347,61 @@ def make_evaluators(
                         f"--ref-n {config.ref_n}: the reference holds {len(reference)} images; FID/KID use those"
                     )
             options.update(dataset=reference, ref_n=config.ref_n)
-        evaluators[entry.name] = entry.factory(**options)
+        try:
+            evaluators[entry.name] = entry.factory(**options)
+        except TypeError as error:
+            if "unexpected keyword argument" not in str(error):
+                raise
+            # A plugin factory that does not take the options every evaluator is given.
+            raise RunError(
+                f"evaluator {name!r} (plugin {entry.plugin!r}): {error}; an evaluator factory takes "
+                "**options and ignores those it does not use (register_evaluators in bench/hookspecs.py)"
+            ) from None
     return evaluators
+
+
+class MetricsError(ValueError):
+    """An evaluator returned what results.json cannot hold as a metric."""
+
+
+def checked_metrics(evaluator: str, returned: Any, taken: dict[str, str]) -> dict[str, Any]:
+    """An evaluator's metrics as a results file holds them: name -> finite number, or name -> dict
+    of such numbers (``acc_per_label``); a 0-dim tensor or numpy scalar becomes its number.
+    MetricsError names the evaluator and the metric for anything else (a string, NaN, a list), and
+    for a name another evaluator of the row gave already (``taken``: metric -> evaluator)."""
+    if not isinstance(returned, dict):
+        raise MetricsError(
+            f"evaluator {evaluator!r} returned {type(returned).__name__}; expected a dict of metric name -> number"
+        )
+
+    def number(key: str, value: Any, inner: bool = False) -> Any:
+        if inner and value is None:
+            return None  # a label absent from the set
+        if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+            value = value.item()  # torch / numpy scalar
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise MetricsError(
+                f"evaluator {evaluator!r} returned {type(value).__name__} {str(value)[:40]!r} for "
+                f"{key!r}; a metric is a number"
+            )
+        if not math.isfinite(value):
+            raise MetricsError(f"evaluator {evaluator!r} returned {value} for {key!r}")
+        return value
+
+    checked: dict[str, Any] = {}
+    for key, value in returned.items():
+        if not isinstance(key, str) or not key:
+            raise MetricsError(f"evaluator {evaluator!r} returned a metric named {key!r}")
+        if key in taken:
+            raise MetricsError(
+                f"evaluator {evaluator!r} returned {key!r}, which evaluator {taken[key]!r} gave already; "
+                "a metric name carries its evaluator's variant (fid-judge, not fid)"
+            )
+        if isinstance(value, dict):
+            checked[key] = {str(k): number(f"{key}[{k}]", v, inner=True) for k, v in value.items()}
+        else:
+            checked[key] = number(key, value)
+    return checked
 
 
 def _reference_dataset(config: RunConfig, plugins: Plugins):
@@ -657,11 +729,15 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int, guidance: float, seed:
             save_grid(images, cell_dir / f"{s.name}_grid.png", nrow=8)
             row.images_dir = str((cell_dir / s.name).relative_to(ctx.out_dir))
             row.grid = str((cell_dir / f"{s.name}_grid.png").relative_to(ctx.out_dir))
+        owners: dict[str, str] = {}  # metric -> the evaluator that gave it
         for name, evaluator in ctx.evaluators.items():
             try:
-                row.metrics.update(evaluator(images, conditions))
+                metrics = checked_metrics(name, evaluator(images, conditions), owners)
             except Exception as error:  # noqa: BLE001 - keep the other metrics
                 row.metrics[f"{name}_error"] = f"{type(error).__name__}: {error}"
+                continue
+            row.metrics.update(metrics)
+            owners.update(dict.fromkeys(metrics, name))
         if config.save_images:
             row.misses = _save_misses(ctx, images, conditions, cell_dir / f"{s.name}_misses.png")
         rows.append(row)

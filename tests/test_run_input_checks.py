@@ -324,3 +324,68 @@ def test_options_that_change_less_than_asked_are_named(runner, tmp_path, one_con
     args += ["--scheduler", "ddim", "--steps", "1", "--data", "iclevr", "--data-root", str(folder)]
     result = runner.invoke(cli.main, [*args, "--ref-n", "500", *one_condition, "--out", str(tmp_path / "b")])
     assert "--ref-n 500: the reference holds 3 images; FID/KID use those" in result.output, result.output
+
+
+@pytest.fixture()
+def plugin_components():
+    """Register components into the process-wide registries as plugin 'test-plugin' for one test."""
+    from bench.plugins import get_plugins
+
+    plugins = get_plugins()
+    yield lambda kind, name, factory: plugins.registry(kind).add(name, factory, plugin="test-plugin")
+    for registry in plugins.registries.values():
+        registry.remove_plugin("test-plugin")
+
+
+def test_what_an_evaluator_returns_is_checked_and_its_failure_is_the_exit_code(
+    runner, tmp_path, one_condition, plugin_components
+) -> None:
+    import torch
+
+    returns = {
+        "t-ok": {"brightness": torch.tensor(0.25), "brightness_n": 1, "by": {"a": 1.0, "b": None}},
+        "t-nan": {"nanny": float("nan")},
+        "t-text": {"word": "high"},
+        "t-list": [("x", 1.0)],
+        "t-clash": {"brightness": 5.0},
+    }
+    for name, value in returns.items():
+        plugin_components("evaluators", name, lambda value=value, **options: lambda images, conditions: value)
+    out = tmp_path / "run"
+    args = [*TINY_RUN, *one_condition, "--scheduler", "ddim", "--steps", "1", "--out", str(out)]
+    result = runner.invoke(cli.main, [*args, "--evaluators", ",".join(returns)])
+    assert result.exit_code == 1, result.output  # results written, the failure still seen
+    assert "an evaluator failed on 1 row(s), first: t-nan_error" in result.output
+    (row,) = _rows(out)
+    metrics = row["metrics"]
+    assert metrics["brightness"] == 0.25 and metrics["brightness_n"] == 1  # a 0-dim tensor, as a number
+    assert metrics["by"] == {"a": 1.0, "b": None}
+    assert metrics["t-nan_error"] == "MetricsError: evaluator 't-nan' returned nan for 'nanny'"
+    assert "returned str 'high' for 'word'; a metric is a number" in metrics["t-text_error"]
+    assert "returned list; expected a dict" in metrics["t-list_error"]
+    assert "returned 'brightness', which evaluator 't-ok' gave already" in metrics["t-clash_error"]
+    assert "NaN" not in (out / "results.json").read_text()  # strict JSON
+    ok = runner.invoke(cli.main, [*args, "--evaluators", "t-ok", "--out", str(tmp_path / "ok")])
+    assert ok.exit_code == 0, ok.output
+
+
+def test_a_plugin_factory_of_the_wrong_shape_is_one_line_naming_its_plugin(
+    runner, tmp_path, one_condition, plugin_components
+) -> None:
+    plugin_components("schedulers", "t-dict", lambda train_config, **options: {"not": "a scheduler"})
+    plugin_components("schedulers", "t-raises", lambda train_config, **options: 1 / 0)
+    plugin_components("evaluators", "t-strict", lambda device: None)  # takes no **options
+    base = [*TINY_RUN, *one_condition, "--steps", "1", "--out", str(tmp_path / "r")]
+    cases = {
+        ("--scheduler", "t-dict"): "--scheduler t-dict: its factory (plugin 'test-plugin') returned dict, "
+        "not a diffusers scheduler (no set_timesteps, step, config)",
+        ("--scheduler", "t-raises"): "--scheduler t-raises: its factory (plugin 'test-plugin') failed: "
+        "ZeroDivisionError",
+    }
+    for option, message in cases.items():
+        result = runner.invoke(cli.main, [*base, *option])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert "Traceback" not in result.output
+    result = runner.invoke(cli.main, [*base, "--scheduler", "ddim", "--evaluators", "t-strict"])
+    assert result.exit_code == 2 and "evaluator 't-strict' (plugin 'test-plugin')" in result.output
+    assert "takes **options" in result.output

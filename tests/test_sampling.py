@@ -208,6 +208,26 @@ def test_schedule_mismatch_refused_unless_allowed(model: torch.nn.Module, cosine
     assert check_schedule_compatible(noise_config("linear", 100), "linear") == {}
 
 
+def test_a_scheduler_that_builds_other_betas_without_declaring_them_is_refused() -> None:
+    """A plugin factory that sets its own betas and declares no noise_schedule is read off the
+    scheduler it builds, so it cannot sample a cosine-trained model on linear betas unnoticed."""
+    from diffusers import DDPMScheduler
+
+    def sneaky_linear(train_config, **options):
+        return DDPMScheduler(**{**train_config, "beta_schedule": "linear"})
+
+    def honest(train_config, **options):
+        return DDPMScheduler(**train_config)
+
+    cosine = noise_config("cosine")
+    with pytest.raises(
+        ScheduleMismatchError, match=r"beta_schedule: trained 'squaredcos_cap_v2', scheduler 'linear'"
+    ):
+        check_schedule_compatible(cosine, sneaky_linear)
+    assert check_schedule_compatible(cosine, honest) == {}
+    assert check_schedule_compatible(noise_config("linear"), sneaky_linear) == {}
+
+
 def test_noise_config_needs_a_schedule() -> None:
     with pytest.raises(ValueError, match="defines no training noise schedule"):
         noise_config("ddim")
