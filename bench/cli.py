@@ -251,7 +251,7 @@ def _first_paths(folder: Path, paths: list[str], most: int = 4) -> str:
     "fmt",
     default="github",
     show_default=True,
-    help="Reporter plugin: github, latex, csv, json, html, plain.",
+    help="Reporter: github, latex, csv, json, html, plain, or a plugin's (`bench list reporters`).",
 )
 @click.option(
     "--plot", default=None, type=click.Path(dir_okay=False), help="Write the accuracy vs images/s plot here."

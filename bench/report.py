@@ -623,9 +623,9 @@ def render_report(
     ``fmt`` is a registered reporter name (plain, github, latex, csv, json, html); an unknown
     one raises RegistryError listing close matches.
     """
-    from bench.plugins import get
+    from bench.plugins import BUILTIN_PLUGINS, get
 
-    reporter_factory = get("reporters", fmt).factory
+    reporter = get("reporters", fmt)
     _check_outputs(paths, {"--out": out, "--plot": plot, "--labels-plot": labels_plot})
     report = load_report(paths)
     if select_on:
@@ -651,7 +651,20 @@ def render_report(
             xlabel="images/s (higher is better)",
             ylabel="accuracy (higher is better)",
         )
-    text = reporter_factory()(report)
+    try:
+        text = reporter.factory()(report)
+    except Exception as error:
+        if reporter.plugin in BUILTIN_PLUGINS:
+            raise  # bench's own bug: the traceback
+        # a plugin's bug: one line naming it
+        raise ResultsError(
+            f"reporter {fmt!r} (plugin {reporter.plugin!r}) failed: {type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(text, str):
+        raise ResultsError(
+            f"reporter {fmt!r} (plugin {reporter.plugin!r}) returned {type(text).__name__}; "
+            "a reporter returns the text to print"
+        )
     if out is not None:
         from bench.atomic import atomic_write_text
 

@@ -519,3 +519,26 @@ def test_accuracy_by_objects_of_one_seed_shows_no_spread(tmp_path: Path) -> None
     path = _one_seed_file(tmp_path, [_row("ddim", 10, 0, 100.0)])
     table = _table(load_report([path]), "by number of objects")
     assert table.rows[0][-2:] == ["0.900", "0.700"]
+
+
+def test_a_plugin_reporter_that_fails_or_returns_no_text_is_one_line(
+    results_file: Path, tmp_path: Path
+) -> None:
+    from bench.plugins import get_plugins
+
+    reporters = get_plugins().registry("reporters")
+    reporters.add("t-none", lambda **options: lambda report: None, plugin="test-plugin")
+    reporters.add("t-boom", lambda **options: lambda report: 1 / 0, plugin="test-plugin")
+    out = tmp_path / "r.txt"
+    try:
+        with pytest.raises(
+            ResultsError, match=r"reporter 't-none' \(plugin 'test-plugin'\) returned NoneType"
+        ):
+            render_report([results_file], "t-none", out=out)
+        with pytest.raises(
+            ResultsError, match=r"reporter 't-boom' \(plugin 'test-plugin'\) failed: ZeroDivisionError"
+        ):
+            render_report([results_file], "t-boom", out=out)
+        assert not out.exists()
+    finally:
+        reporters.remove_plugin("test-plugin")
