@@ -726,7 +726,10 @@ def export_command(checkpoint, out_file, dtype, guidance, guidance_interval) -> 
             param_hint="OUT_FILE",
         )
     # New guidance replaces the file's defaults whole: say so when that drops its interval.
-    before = sampling_defaults_of(source) if source.is_file() else None
+    try:
+        before = sampling_defaults_of(source) if source.is_file() else None
+    except Exception:  # noqa: BLE001 - a damaged file: export_weights below names what is wrong
+        before = None
     path = export_weights(
         checkpoint, out_file, dtype=dtype, guidance=guidance, guidance_interval=guidance_interval
     )

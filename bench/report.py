@@ -298,14 +298,21 @@ def _aggregate_speed(members: list[dict[str, Any]]) -> dict[str, Any]:
         values = [v for m in members if (v := _num((m.get("speed") or {}).get(key))) is not None]
         if values:
             out[key] = statistics.fmean(values)
+    times = [_num((m.get("speed") or {}).get("s_per_image")) for m in members]
+    if times and all(t for t in times):
+        # Over seeds, throughput is images over time: 1 / mean s/image (a mean of rates let one
+        # fast seed hide a slow one, and the two columns disagreed).
+        out["images_per_s"] = 1.0 / statistics.fmean(times)
     # memory: the worst seed is what a user must provision for
     mem = [v for m in members if (v := _num((m.get("speed") or {}).get("peak_memory_mb"))) is not None]
     if mem:
         out["peak_memory_mb"] = max(mem)
     for key in ("batch_size", "dtype", "device"):
-        values = {str(v) for m in members if (v := (m.get("speed") or {}).get(key)) not in (None, "")}
-        if values:
-            out[key] = ",".join(sorted(values))
+        values = {v for m in members if (v := (m.get("speed") or {}).get(key)) not in (None, "")}
+        if len(values) == 1:
+            out[key] = values.pop()  # as the file has it (a batch size stays a number)
+        elif values:
+            out[key] = ",".join(sorted(map(str, values)))
     return out
 
 
@@ -675,7 +682,8 @@ def render_report(
 def _check_outputs(paths: Sequence[str | Path], outputs: dict[str, str | Path | None]) -> None:
     """No output onto a results file being read (--out results.json erased the run's results), and
     no two outputs onto one file (the second replaced the first)."""
-    inputs = {Path(p).resolve() for p in paths}
+    # A run folder is read as its results.json: that file is the input an output must not replace.
+    inputs = {(Path(p) / "results.json" if Path(p).is_dir() else Path(p)).resolve() for p in paths}
     given = {option: Path(path).resolve() for option, path in outputs.items() if path is not None}
     for option, path in given.items():
         if path in inputs:

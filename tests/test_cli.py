@@ -712,6 +712,19 @@ def test_export_writes_sampling_defaults_and_run_uses_them(runner, tmp_path) -> 
     assert "guidance interval" in report.output and "900-1000" in report.output, report.output
 
 
+def test_export_of_a_truncated_file_is_one_line(runner, tmp_path) -> None:
+    shipped = tmp_path / "w.safetensors"
+    assert (
+        runner.invoke(cli.main, ["export", str(_tiny_checkpoint(tmp_path / "ck")), str(shipped)]).exit_code
+        == 0
+    )
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(shipped.read_bytes()[:60000])
+    result = runner.invoke(cli.main, ["export", str(truncated), str(tmp_path / "again.safetensors")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "cut.safetensors" in result.output and not (tmp_path / "again.safetensors").exists()
+
+
 def test_export_refuses_an_interval_without_guidance(runner, tmp_path) -> None:
     ck = _tiny_checkpoint(tmp_path / "ck")
     out = tmp_path / "w.safetensors"

@@ -158,7 +158,13 @@ def test_grouping_and_mean_std_over_seeds(results_file: Path) -> None:
     ddim = next(r for r in table.rows if r[table.headers.index("scheduler")] == "ddim")
     std = statistics.stdev([0.5, 0.6])
     assert ddim[acc_col] == f"0.550 ± {std:.3f} (n=2)"
-    assert ddim[table.headers.index("images/s ↑")] == "105.00"
+    # images over time: 1 / mean(1/100, 1/110) s per image, not the mean of the two rates (105)
+    assert (
+        ddim[table.headers.index("images/s ↑")]
+        == f"{1 / statistics.fmean([1 / 100, 1 / 110]):.2f}"
+        == "104.76"
+    )
+    assert float(ddim[table.headers.index("s/image ↓")]) == pytest.approx(1 / 104.76, abs=1e-4)
     assert ddim[table.headers.index("seeds")] == "0,1"
     fid = ddim[table.headers.index("FID-judge ↓")]
     assert fid.startswith("20.50 ± 0.71") and "N=32" in fid
@@ -253,6 +259,14 @@ def test_outputs_never_replace_an_input_or_each_other(results_file: Path, tmp_pa
     with pytest.raises(ResultsError, match=r"--plot and --labels-plot name the same file"):
         render_report([results_file], "plain", plot=same, labels_plot=same)
     assert not same.exists()
+
+
+def test_an_output_onto_the_results_file_of_a_run_folder_read_is_refused(results_file: Path) -> None:
+    before = results_file.read_bytes()
+    for option in ("out", "plot"):
+        with pytest.raises(ResultsError, match=r"is one of the files read"):
+            render_report([results_file.parent], "json", **{option: results_file})
+    assert results_file.read_bytes() == before
 
 
 def test_bad_file(tmp_path: Path) -> None:
