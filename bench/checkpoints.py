@@ -437,7 +437,8 @@ def load_model(
 
     Returns ``(model, noise_config, meta)``; weights are loaded in float32 (shipped fp16/bf16
     files are upcast). ``use_ema`` picks the EMA weights when the checkpoint has them.
-    ``meta["sampling_defaults"]`` (checked) is there when the checkpoint recommends sampling settings.
+    ``meta["sampling_defaults"]`` (checked) is there when the checkpoint recommends sampling settings;
+    ``meta["weights_sha256"]`` names the weights file loaded.
     """
     import torch
 
@@ -451,9 +452,13 @@ def load_model(
         _verify_files(path, meta, [name])
         state, _ = _read_safetensors(path / name)
         source = str(path / name)
+        weights_sha256 = meta.get("files", {}).get(name)
     else:
         state, meta = _single_file_meta(path)
         source = str(path)
+        weights_sha256 = sha256_of(path)
+    # Which weights sampled, whatever the path was called: a report keeps two models apart by it.
+    meta["weights_sha256"] = weights_sha256
     for key in ("model_name", "model_config", "noise_config"):
         if key not in meta:
             raise CheckpointError(

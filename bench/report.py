@@ -21,17 +21,24 @@ UP, DOWN = "↑", "↓"
 CONFIG_KEYS = (
     "model",
     "checkpoint",
+    "weights",
     "preset",
     "dtype",
+    "judge",
+    "ref_n",
+    "conditions",
     "scheduler",
     "steps",
     "guidance",
     "guidance_interval",
     "condition_set",
 )
-# Part of a row's identity, shown only where rows differ in them: the preset of random weights (a
-# checkpoint carries its own) and the sampling dtype. Seeds of a bf16 and an fp32 run are two cells.
-VARIANT_KEYS = ("preset", "dtype")
+# Part of a row's identity, shown only where rows differ in them: the sha256 (12 digits) of the
+# weights sampled (two models saved under one path), the preset of random weights (a checkpoint
+# carries its own), the sampling dtype, the judge and FID reference size the metrics used, and the
+# sha256 of the condition set's content (two files called test.json). Seeds that differ in any of
+# them are two cells, never one mean.
+VARIANT_KEYS = ("weights", "preset", "dtype", "judge", "ref_n", "conditions")
 # Identifying columns whose header is not the row key itself.
 ID_TITLES = {"guidance_interval": "guidance interval"}
 # Metric families where smaller is better; everything accuracy-like is larger-is-better.
@@ -423,7 +430,7 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
             if cond and len(values := {str(r.get(key) or "") for r in recs}) == 1 and values != {""}
         }
         id_keys = [k for k in ["model"] + (["checkpoint"] if show_ckpt else []) if k not in shared]
-        id_keys += [k for k in VARIANT_KEYS if len({str(r.get(k) or "") for r in recs}) > 1]
+        id_keys += [k for k in VARIANT_KEYS if tells_apart(recs, k)]
         id_keys += ["scheduler", "steps"]
         id_keys += ["guidance"] if show_guidance else []
         id_keys += ["guidance_interval"] if show_interval else []
@@ -456,6 +463,17 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
             ]
             tables.append(Table(f"{title}: accuracy by number of objects", heads, body))
     return tables
+
+
+def tells_apart(records: Sequence[dict[str, Any]], key: str) -> bool:
+    """Whether a VARIANT_KEYS column says something the others do not: its values differ, and for
+    the weights, between rows of one checkpoint (other checkpoints' weights differ anyway)."""
+    if key != "weights":
+        return len({str(r.get(key) or "") for r in records}) > 1
+    by_checkpoint: dict[str, set[str]] = {}
+    for r in records:
+        by_checkpoint.setdefault(str(r.get("checkpoint") or ""), set()).add(str(r.get("weights") or ""))
+    return any(len(values) > 1 for values in by_checkpoint.values())
 
 
 def id_cell(record: dict[str, Any], key: str) -> Any:
@@ -564,6 +582,26 @@ def draw_label_accuracy(report: Report, out_path: str | Path) -> Path:
     )
 
 
+def _run_identity(config: dict[str, Any], row: dict[str, Any]) -> dict[str, str]:
+    """The VARIANT_KEYS of a results row, read off its run's config (files before a field was
+    recorded leave it empty): what must match for two seeds to be averaged."""
+    meta = config.get("model_meta") or {}
+    files = meta.get("files") or {}
+    weights = meta.get("weights_sha256") or files.get("ema.safetensors") or files.get("model.safetensors")
+    metrics = row.get("metrics") or {}
+    judged = any(k == "acc" or k.endswith("-judge") for k in metrics)  # the judge scored or featured it
+    referenced = any(k.endswith("_ref_n") for k in metrics)  # FID / KID against a reference
+    condition_set = str(row.get("condition_set") or "")
+    return {
+        "weights": str(weights or "")[:12],
+        "preset": str(row.get("preset") or config.get("preset") or ""),
+        "dtype": str((row.get("speed") or {}).get("dtype") or ""),
+        "judge": str(config.get("judge") or "") if judged else "",
+        "ref_n": str(config.get("ref_n") or "") if referenced else "",
+        "conditions": str((config.get("condition_sha256") or {}).get(condition_set) or "")[:12],
+    }
+
+
 def load_report(paths: Sequence[str | Path]) -> Report:
     """Read results files (bench or pytest-benchmark JSON) into tables, plot points and images."""
     if not paths:
@@ -593,10 +631,9 @@ def load_report(paths: Sequence[str | Path]) -> Report:
         report.header.append(_results_header(data, path))
         for name, rel in (data.get("figures") or {}).items():
             report.figures[name] = (base / rel).resolve()
-        preset = (data.get("config") or {}).get("preset") or ""
+        config = data.get("config") or {}
         for row in data.get("rows") or []:
-            dtype = (row.get("speed") or {}).get("dtype") or ""
-            row = dict(row, source=str(path), preset=row.get("preset") or preset, dtype=dtype)
+            row = dict(row, source=str(path), **_run_identity(config, row))
             if row.get("grid"):
                 grid = (base / row["grid"]).resolve()
                 row["grid"] = str(grid)

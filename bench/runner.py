@@ -360,6 +360,13 @@ def make_evaluators(
     return evaluators
 
 
+def _conditions_sha256(condition_set: ConditionSet) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(condition_set.conditions).encode()).hexdigest()
+
+
 class MetricsError(ValueError):
     """An evaluator returned what results.json cannot hold as a metric."""
 
@@ -515,6 +522,8 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
             "guidance_interval": list(guidance.interval) if guidance.interval else None,
             "guidance_from": guidance.source,
             "model_meta": meta,
+            # what each set held, whatever its file was called: a report keeps two "test" sets apart
+            "condition_sha256": {s.name: _conditions_sha256(s) for s in sets},
             "train_noise_schedule": train_noise,
             "sampling": asdict(options),
         },

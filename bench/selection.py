@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.report import CONFIG_KEYS, UP, VARIANT_KEYS, Table, id_cell, id_text, mean_pm
+from bench.report import CONFIG_KEYS, UP, VARIANT_KEYS, Table, id_cell, id_text, mean_pm, tells_apart
 from bench.results import RENDERS_MODEL, ResultsError
 
-CELL_KEYS = tuple(k for k in CONFIG_KEYS if k != "condition_set")
+# The condition set and the hash of its content belong to the set, not to the cell.
+CELL_KEYS = tuple(k for k in CONFIG_KEYS if k not in ("condition_set", "conditions"))
 
 
 def cell_key(record: dict[str, Any]) -> tuple:
@@ -100,9 +101,7 @@ def selection_table(selection: Selection) -> Table:
         if len(values := {str(c.config.get(k) or "") for c in cells}) == 1
     }
     id_keys = [k for k in CELL_KEYS if k not in shared]
-    id_keys = [
-        k for k in id_keys if k not in VARIANT_KEYS or len({str(c.config.get(k) or "") for c in cells}) > 1
-    ]
+    id_keys = [k for k in id_keys if k not in VARIANT_KEYS or tells_apart([c.config for c in cells], k)]
     if not any(id_text(c.config, "guidance_interval") for c in cells):
         id_keys.remove("guidance_interval")
     names = " + ".join(selection.select_on)

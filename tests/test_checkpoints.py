@@ -10,6 +10,7 @@ import torch
 from bench import checkpoints
 from bench.checkpoints import CheckpointError, export_weights, load_checkpoint, load_model, save_checkpoint
 from bench.noise import noise_config
+from bench.weights import sha256_of
 from bench_builtins.models.ddpm_unet import make_ddpm_unet
 
 torch.set_num_threads(1)
@@ -53,8 +54,11 @@ def test_round_trip_and_export(tmp_path: Path, model: torch.nn.Module) -> None:
         torch.equal(a, b)
         for a, b in zip(loaded.state_dict().values(), ema.state_dict().values(), strict=True)
     )
-    raw, _, _ = load_model(tmp_path / "ck", use_ema=False)
+    raw, _, raw_meta = load_model(tmp_path / "ck", use_ema=False)
     assert torch.equal(raw.cond_embed.weight, model.cond_embed.weight)
+    # the sha256 of the weights file that was loaded, EMA or not
+    assert meta["weights_sha256"] == sha256_of(tmp_path / "ck" / "ema.safetensors")
+    assert raw_meta["weights_sha256"] == sha256_of(tmp_path / "ck" / "model.safetensors")
 
     shipped = export_weights(tmp_path / "ck", tmp_path / "w.safetensors", dtype="fp16")
     from safetensors import safe_open
@@ -63,6 +67,7 @@ def test_round_trip_and_export(tmp_path: Path, model: torch.nn.Module) -> None:
         assert f.get_tensor("cond_embed.weight").dtype == torch.float16
     single, noise2, meta2 = load_model(shipped)
     assert noise2 == noise and meta2["weights"] == "ema" and meta2["dtype"] == "float16"
+    assert meta2["weights_sha256"] == sha256_of(shipped)
     assert single.cond_embed.weight.dtype == torch.float32
     torch.testing.assert_close(single.cond_embed.weight, ema.cond_embed.weight, atol=1e-3, rtol=1e-3)
 

@@ -333,6 +333,41 @@ def test_runs_that_differ_in_dtype_or_preset_are_separate_rows_with_that_column(
     assert selection_table(ranked).headers[:3] == ["rank", "preset", "scheduler"]
 
 
+def test_seeds_of_other_weights_references_or_condition_contents_are_not_averaged(tmp_path: Path) -> None:
+    """Two models saved under one path, FID against 50 and against 500 renders, two files called
+    test.json with other conditions: each pair is two rows, the column that differs shown."""
+
+    def run(
+        name: str, seed: int, weights: str = "a" * 64, ref_n: int = 50, conditions: str = "c" * 64
+    ) -> Path:
+        rows = [_row("ddim", 10, seed, 100.0), _row("ddim", 10, seed, 100.0)]
+        rows[1].condition_set = "val"
+        config = {
+            "model_meta": {"weights_sha256": weights},
+            "ref_n": ref_n,
+            "condition_sha256": {"test": conditions, "val": "v" * 64},
+        }
+        return RunResult(config=config, seeds=[seed], rows=rows, environment=ENV).write(
+            tmp_path / name / "results.json"
+        )
+
+    base = run("base", 0)
+    cases = {"weights": run("retrained", 1, weights="b" * 64), "ref_n": run("ref500", 1, ref_n=500)}
+    cases["conditions"] = run("other-test", 1, conditions="d" * 64)
+    for column, other in cases.items():
+        table = _table(load_report([base, other]), "condition set: test")
+        assert table.headers[0] == column, (column, table.headers)
+        assert [r[table.headers.index("seeds")] for r in table.rows] == ["0", "1"]
+    # the same weights, reference and conditions: one row over both seeds, no extra column
+    table = _table(load_report([base, run("seed1", 1)]), "condition set: test")
+    assert table.headers[0] == "scheduler" and [r[table.headers.index("seeds")] for r in table.rows] == [
+        "0,1"
+    ]
+    # a cell is scored on sets of different contents: still one cell per config in the ranking
+    ranked = select_cell(load_report([base]).records, ["val"])
+    assert len(ranked.cells) == 1 and set(ranked.cells[0].accuracy) == {"test", "val"}
+
+
 def test_latex_escapes(results_file: Path) -> None:
     text = render_report([results_file], "latex")
     assert r"acc $\uparrow$" in text and r"$\pm$" in text and r"\toprule" in text
