@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from bench import __version__
 from bench.config import INTERVAL, config_option, parse_float_list, parse_int_list, parse_list
@@ -633,9 +634,10 @@ def train_judge_command(
 @click.option(
     "--resume",
     is_flag=True,
-    help="Continue from the checkpoint in --out, with the options it was trained with: only the limits "
-    "(--max-steps, --epochs, --max-minutes), --checkpoint-every, --device, the compile and layout "
-    "switches and --data-root may change.",
+    help="Continue from the checkpoint in --out, with the options it was trained with (those not given "
+    "are taken from it; one given with another value is refused): only the limits (--max-steps, "
+    "--epochs, --max-minutes), --checkpoint-every, --device, the compile and layout switches and "
+    "--data-root may change.",
 )
 @click.option(
     "--init-from",
@@ -645,7 +647,7 @@ def train_judge_command(
 )
 def train_command(recipe, data, data_root, scenes, **options) -> None:
     """Train a model on a dataset; checkpoints, EMA, resume, loss curve."""
-    from bench.training import TrainConfig, check_run, train
+    from bench.training import TrainConfig, check_run, resume_defaults, train
 
     entry = _dataset_entry(data, data_root)
     # Only what was given overrides the recipe; --no-compile (False) is given, unset (None) is not.
@@ -653,6 +655,15 @@ def train_command(recipe, data, data_root, scenes, **options) -> None:
     if options.get("ema_decay") == 0:
         overrides["ema_decay"] = None
     extra = {"scenes": scenes} if scenes else {}
+    if options.get("resume"):
+        # A resume continues the run with the checkpoint's options; only those given are compared
+        # with them (check_run refuses a change, naming it).
+        saved = resume_defaults(options["out_dir"])
+        given = click.get_current_context().get_parameter_source("recipe") is not ParameterSource.DEFAULT
+        recipe = saved.pop("recipe", recipe) if not given else recipe
+        overrides = {**{k: v for k, v in saved.items() if k != "recipe"}, **overrides}
+        extra = extra or saved.get("data_options") or {}
+    overrides.pop("data_options", None)
     # What it trains on goes into train_config.json and the checkpoint (the folder as an absolute path).
     root = str(Path(data_root).expanduser().resolve()) if data_root else None
     config = TrainConfig.from_recipe(recipe, **overrides, data=entry.name, data_root=root, data_options=extra)

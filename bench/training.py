@@ -724,6 +724,17 @@ def _resume_conflicts(saved: dict[str, Any], config: TrainConfig) -> tuple[list[
     return differ, fix
 
 
+def resume_defaults(out_dir: str | Path) -> dict[str, Any]:
+    """What a ``--resume`` of ``out_dir`` takes from its checkpoint for the options not given: the
+    options that shape the run (``_TRAJECTORY_OPTIONS``, the recipe among them) and the dataset's
+    options. Empty when there is no readable checkpoint (``check_run`` then says why)."""
+    meta = _saved_meta(Path(out_dir) / CHECKPOINT_DIR) or {}
+    saved = meta.get("train_config") if isinstance(meta.get("train_config"), dict) else {}
+    keep = [n for n in _TRAJECTORY_OPTIONS if n not in _DATA_FIELDS] + ["data_options"]
+    known = {f.name for f in fields(TrainConfig)}
+    return {n: saved[n] for n in keep if n in saved and n in known}
+
+
 def _refuse_changed_options(path: Path, saved: dict[str, Any], config: TrainConfig) -> None:
     differ, fix = _resume_conflicts(saved, config)
     if differ:

@@ -143,11 +143,37 @@ def test_a_resume_refuses_changed_training_options_and_takes_the_same_ones(runne
 def test_a_changed_dataset_or_scenes_is_refused_on_resume(runner, tmp_path, monkeypatch) -> None:
     out = tmp_path / "train"
     assert bench_train(runner, out, "--max-steps", "1").exit_code == 0
-    monkeypatch.setattr(cli, "_dataset", _no_dataset)  # 6003 scenes would render for minutes
-    args = [a for a in TINY if a not in ("--scenes", "1")]  # --scenes left out: 6003 scenes
-    result = runner.invoke(cli.main, [*args, "--out", str(out), "--max-steps", "2", "--resume"])
+    monkeypatch.setattr(cli, "_dataset", _no_dataset)  # refused before any scene renders
+    args = [a for a in TINY if a not in ("--scenes", "1")]
+    result = runner.invoke(
+        cli.main, [*args, "--scenes", "2", "--out", str(out), "--max-steps", "2", "--resume"]
+    )
     assert result.exit_code == 2, result.output
-    assert "--scenes 1 -> default" in " ".join(result.output.split())
+    assert "--scenes 1 -> 2" in " ".join(result.output.split())
+
+
+def test_a_resume_takes_the_options_it_is_not_given_from_the_checkpoint(runner, tmp_path) -> None:
+    """`--out X --resume` alone continues the run as it was trained (recipe, preset, lr, batch,
+    scenes...); only the options given are compared with the checkpoint's."""
+    out = tmp_path / "train"
+    trained = ["--recipe", "reference", "--lr", "3e-4", "--lr-schedule", "cosine"]
+    assert bench_train(runner, out, *trained, "--max-steps", "1").exit_code == 0
+    bare = ["train", "--device", "cpu", "--no-compile", "--out", str(out)]
+    result = runner.invoke(cli.main, [*bare, "--max-steps", "2", "--resume"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "checkpoint" / "config.json").read_text())
+    config = saved["train_config"]
+    assert saved["step"] == 2 and (config["recipe"], config["preset"], config["lr"]) == (
+        "reference",
+        "tiny",
+        3e-4,
+    )
+    assert (config["batch_size"], config["data_options"]) == (2, {"scenes": 1})
+    # an option given is still compared: a changed one is refused, naming it
+    result = runner.invoke(cli.main, [*bare, "--max-steps", "3", "--resume", "--lr", "1e-3"])
+    assert result.exit_code == 2 and "--lr 0.0003 -> 0.001" in " ".join(result.output.split())
+    result = runner.invoke(cli.main, [*bare, "--max-steps", "3", "--resume", "--recipe", "default"])
+    assert result.exit_code == 2 and "--recipe reference -> default" in " ".join(result.output.split())
 
 
 def _data(n: int = 8) -> ImageConditionDataset:
