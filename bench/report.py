@@ -476,6 +476,36 @@ def tells_apart(records: Sequence[dict[str, Any]], key: str) -> bool:
     return any(len(values) > 1 for values in by_checkpoint.values())
 
 
+def _short_path(path: str, paths: Sequence[str]) -> str:
+    """The fewest trailing parts of ``path`` that no other of ``paths`` ends with
+    (``trA/checkpoint`` beside ``trB/checkpoint``, ``a.safetensors`` beside ``b.safetensors``)."""
+    parts = Path(path).parts
+    for n in range(1, len(parts) + 1):
+        tail = parts[-n:]
+        if all(Path(p).parts[-n:] != tail for p in paths if p != path):
+            return str(Path(*tail))
+    return path
+
+
+def model_label(record: dict[str, Any], records: Sequence[dict[str, Any]]) -> str:
+    """What tells ``record``'s model apart from the others' in ``records``, in a few words for a
+    plot legend, a heatmap row or a grid caption: the model, the checkpoint's shortest telling path
+    and the identity columns that differ (``trA/checkpoint``, ``ckpt weights 82e5707fb780``); ""
+    when every record shares them."""
+    parts = []
+    if len({str(r.get("model") or "") for r in records}) > 1:
+        parts.append(str(record.get("model") or ""))
+    checkpoints = list(dict.fromkeys(str(r.get("checkpoint") or "") for r in records))
+    if len(checkpoints) > 1:
+        parts.append(_short_path(str(record.get("checkpoint") or ""), checkpoints))
+    parts += [
+        f"{key} {record.get(key) or '-'}"
+        for key in VARIANT_KEYS
+        if key != "conditions" and tells_apart(records, key)
+    ]
+    return " ".join(p for p in parts if p)
+
+
 def id_cell(record: dict[str, Any], key: str) -> Any:
     """An identifying cell: the value as in the record (numbers stay numbers), intervals as text."""
     return id_text(record, key) if key == "guidance_interval" else record.get(key, "")
@@ -493,18 +523,15 @@ def _points(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         r for r in records if not r.get("error") and "acc" in r["metrics"] and r["speed"].get("images_per_s")
     ]
     guidances = {str(r.get("guidance")) for r in usable}
-    series_keys = {(r.get("model"), r.get("checkpoint"), r.get("condition_set")) for r in usable}
-    models = {r.get("model") for r in usable}
     points = []
     for r in usable:
         label = f"{r['scheduler']}/{r['steps']}"
         if len(guidances) > 1:
             label += f" w={r['guidance']}"
         label += _interval_label(r)
-        series = str(r.get("condition_set") or "")
-        if len(models) > 1:
-            series = f"{r.get('model')} {series}".strip()
-        if len(series_keys) <= 1:
+        # a series per model and condition set; none when every point shares both
+        series = f"{model_label(r, usable)} {r.get('condition_set') or ''}".strip()
+        if len({f"{model_label(u, usable)} {u.get('condition_set') or ''}" for u in usable}) <= 1:
             series = ""
         points.append(
             {
@@ -539,15 +566,12 @@ def label_accuracy(records: list[dict[str, Any]]) -> tuple[list[str], list[str],
     known = load_labels_spec()
     if set(labels) <= set(known):  # the i-CLEVR labels: in objects.json's order, whichever set came first
         labels.sort(key=known.index)
-    several = {key: len({str(r.get(key)) for r in usable}) > 1 for key in ("model", "checkpoint")}
     names, values = [], []
     for r in usable:
         name = f"{r.get('scheduler')}/{r.get('steps')} w={r.get('guidance')}{_interval_label(r)}"
         name += f" · {r.get('condition_set') or ''}"
-        if several["checkpoint"]:
-            name = f"{Path(str(r.get('checkpoint'))).parent.name or r.get('checkpoint')}: {name}"
-        elif several["model"]:
-            name = f"{r.get('model')}: {name}"
+        if who := model_label(r, usable):
+            name = f"{who}: {name}"
         per_label = r["metrics"]["acc_per_label"]
         names.append(f"{name.strip(' ·')} · {r['n_seeds']} seed{'s' if r['n_seeds'] != 1 else ''}")
         values.append([per_label[k]["mean"] if k in per_label else None for k in labels])
@@ -635,17 +659,18 @@ def load_report(paths: Sequence[str | Path]) -> Report:
         for row in data.get("rows") or []:
             row = dict(row, source=str(path), **_run_identity(config, row))
             if row.get("grid"):
-                grid = (base / row["grid"]).resolve()
-                row["grid"] = str(grid)
-                label = f"{row.get('model', '')} {row.get('scheduler', '')}/{row.get('steps', '')}"
-                label += f" w={row.get('guidance')}{_interval_label(row)}"
-                label += f" {row.get('condition_set', '')} seed {row.get('seed')}"
-                report.grids.append((" ".join(label.split()), grid))
+                row["grid"] = str((base / row["grid"]).resolve())
                 if row.get("misses"):
-                    report.grids.append(
-                        (" ".join(label.split()) + ": images with a miss", base / row["misses"])
-                    )
+                    row["misses"] = str((base / row["misses"]).resolve())
             rows.append(row)
+    for row in rows:  # captioned once every file is read: the model named only where models differ
+        if row.get("grid"):
+            label = f"{model_label(row, rows) or row.get('model', '')} {row.get('scheduler', '')}/{row.get('steps', '')}"
+            label += f" w={row.get('guidance')}{_interval_label(row)}"
+            label = " ".join(f"{label} {row.get('condition_set', '')} seed {row.get('seed')}".split())
+            report.grids.append((label, Path(row["grid"])))
+            if row.get("misses"):
+                report.grids.append((f"{label}: images with a miss", Path(row["misses"])))
     report.records = aggregate(rows)
     report.tables = _tables(report.records)
     report.points = _points(report.records)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from bench.plugins import get
-from bench.report import load_report, render_report
+from bench.report import label_accuracy, load_report, render_report
 from bench.results import ResultsError, Row, RunResult
 from bench.selection import select_cell, selection_table
 
@@ -366,6 +366,37 @@ def test_seeds_of_other_weights_references_or_condition_contents_are_not_average
     # a cell is scored on sets of different contents: still one cell per config in the ranking
     ranked = select_cell(load_report([base]).records, ["val"])
     assert len(ranked.cells) == 1 and set(ranked.cells[0].accuracy) == {"test", "val"}
+
+
+def test_plot_heatmap_and_captions_name_the_model_where_models_differ(tmp_path: Path) -> None:
+    """Two exports in one folder, and one path holding two trainings: the legend, the heatmap rows
+    and the grid captions say which model is which (the folder's name alone said ``ex`` twice)."""
+    from bench.report import model_label
+
+    def run(name: str, checkpoint: str, weights: str) -> Path:
+        folder = tmp_path / name
+        (folder / "grids").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(folder / "grids" / "ddim-0.png")
+        row = _row("ddim", 10, 0, 100.0)
+        row.checkpoint = checkpoint
+        config = {"model_meta": {"weights_sha256": weights}}
+        return RunResult(config=config, seeds=[0], rows=[row], environment=ENV).write(folder / "results.json")
+
+    a, b = run("a", "ex/a.safetensors", "1" * 64), run("b", "ex/b.safetensors", "2" * 64)
+    report = load_report([a, b])
+    assert sorted(p["series"] for p in report.points) == ["a.safetensors test", "b.safetensors test"]
+    names, _, _ = label_accuracy(report.records)
+    assert [n.split(":")[0] for n in names] == ["a.safetensors", "b.safetensors"]
+    assert [caption.split(" ddim")[0] for caption, _ in report.grids] == ["a.safetensors", "b.safetensors"]
+    again = run("again", "runs/x/checkpoint", "3" * 64)
+    retrained = run("retrained", "runs/x/checkpoint", "4" * 64)
+    report = load_report([again, retrained])
+    assert [model_label(r, report.records) for r in report.records] == [
+        "weights 333333333333",
+        "weights 444444444444",
+    ]
+    one = load_report([a])
+    assert one.points[0]["series"] == "" and model_label(one.records[0], one.records) == ""
 
 
 def test_latex_escapes(results_file: Path) -> None:
