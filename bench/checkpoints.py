@@ -319,8 +319,16 @@ def state_dict_mismatch(expected: dict[str, Any], state: dict[str, Any]) -> list
     return parts
 
 
-def load_state_checked(model: Any, state: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict`` that names missing, unexpected and wrongly shaped keys when they differ."""
+def load_state_checked(
+    model: Any,
+    state: dict[str, torch.Tensor],
+    source: str,
+    target: str = "the model config they were saved with",
+    saved_preset: str | None = None,
+) -> None:
+    """``load_state_dict`` that names missing, unexpected and wrongly shaped keys when they differ.
+    ``target`` says which model they are loaded into (another run's, with ``--init-from``, where
+    ``saved_preset`` is the preset the weights were saved for)."""
     expected = model.state_dict()
     parts = state_dict_mismatch(expected, state)
     if parts:
@@ -330,7 +338,9 @@ def load_state_checked(model: Any, state: dict[str, torch.Tensor], source: str) 
             else None
         )
         raise CheckpointError(
-            f"the weights in {source} do not fit the model config they were saved with"
+            f"the weights in {source}"
+            + (f" (saved for preset {saved_preset!r})" if saved_preset else "")
+            + f" do not fit {target}"
             + (f" (preset {preset!r})" if preset else "")
             + f": {'; '.join(parts)}. The file was probably written for another preset or edited; "
             "pass the matching --preset/config or use another checkpoint"

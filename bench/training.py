@@ -430,8 +430,14 @@ class _Trainer:
         if config.init_from and not config.resume:
             from bench.checkpoints import load_model, load_state_checked
 
-            start, _, _ = load_model(config.init_from)  # EMA weights when it has them, fp32
-            load_state_checked(self.model, start.state_dict(), str(config.init_from))
+            start, _, start_meta = load_model(config.init_from)  # EMA weights when it has them, fp32
+            load_state_checked(
+                self.model,
+                start.state_dict(),
+                str(config.init_from),
+                target="the model this run trains",
+                saved_preset=(start_meta.get("model_config") or {}).get("preset"),
+            )
         use_group_norm(self.model, _group_norm_kind(config))
         self.model.to(self.device)
         if self.channels_last:
