@@ -34,6 +34,7 @@ from bench.guidance import (
     GuidanceIntervalError,
     GuidanceScaleError,
     check_interval,
+    check_interval_reaches,
     check_scale,
     format_interval,
 )
@@ -534,6 +535,12 @@ def export_weights(
             "epoch": loaded.epoch,
             "weights": "ema" if ema else "model",
         }
+    if defaults is not None and defaults.get("guidance_interval") is not None:
+        steps = (meta.get("noise_config") or {}).get("num_train_timesteps", 1000)
+        try:
+            check_interval_reaches(defaults["guidance_interval"], steps, "the recommended guidance interval")
+        except GuidanceIntervalError as error:
+            raise CheckpointError(f"{source}: {error}") from error
     dtype = own if dtype is None else dtypes[dtype] if isinstance(dtype, str) else dtype
     meta["dtype"] = str(dtype).replace("torch.", "")
     # Check the weights fit the model before shipping them.

@@ -61,6 +61,19 @@ def check_interval(
     return lo, hi
 
 
+def check_interval_reaches(
+    interval: Sequence[float] | None, num_train_timesteps: int, what: str = "guidance interval"
+) -> None:
+    """Raise GuidanceIntervalError when ``interval`` starts past the last training timestep: it
+    would guide no step, and the rows would still read the guidance scale."""
+    last = int(num_train_timesteps) - 1
+    if interval is not None and interval[0] > last:
+        raise GuidanceIntervalError(
+            f"{what} {format_interval(interval)} starts past the last training timestep {last}: it would "
+            f"guide no step (timesteps run 0 .. {last}; e.g. {round(0.3 * last)},{last} guides the noisiest 70 %)"
+        )
+
+
 def parse_interval(text: str, what: str = "guidance interval") -> tuple[float, float]:
     """``"300,1000"`` -> ``(300.0, 1000.0)``; raises GuidanceIntervalError for anything else."""
     parts = [p.strip() for p in str(text).split(",")]

@@ -19,7 +19,13 @@ from typing import Any
 
 from bench.conditions import ConditionSet, load_condition_set, load_labels_spec, multi_hot
 from bench.distributed import barrier, finish, gather, process_device, resolve_device, shard, world
-from bench.guidance import GuidanceIntervalError, check_interval, check_scale, format_interval
+from bench.guidance import (
+    GuidanceIntervalError,
+    check_interval,
+    check_interval_reaches,
+    check_scale,
+    format_interval,
+)
 from bench.plugins import Plugins, check_data_root, get_plugins
 from bench.results import Row, RunResult, environment
 from bench.run_resume import finished_cells
@@ -487,6 +493,16 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     model, train_noise, meta = _load_model(config, plugins, device)
     _check_cells(config, plugins, train_noise)  # before the judges load and any cell samples
     guidance = resolve_guidance(config, meta)
+    if any(g != 1.0 for g in guidance.guidance):
+        what = (
+            "--guidance-interval"
+            if config.guidance_interval is not None
+            else "the checkpoint's guidance interval"
+        )
+        try:
+            check_interval_reaches(guidance.interval, train_noise.get("num_train_timesteps", 1000), what)
+        except GuidanceIntervalError as error:
+            raise RunError(str(error)) from None
     if guidance.note and rank == 0:
         log(guidance.note)
     spans, start = {}, 0
