@@ -45,6 +45,14 @@ class Selection:
     def chosen(self) -> RankedCell | None:
         return self.cells[0] if self.cells and self.cells[0].score is not None else None
 
+    @property
+    def tied(self) -> int:
+        """How many cells share the chosen one's score (1: a clear choice; 0: none scored)."""
+        best = self.chosen
+        if best is None or best.score is None:
+            return 0
+        return sum(1 for c in self.cells if c.score is not None and abs(c.score - best.score) < 1e-12)
+
 
 def parse_select_on(values: Sequence[str]) -> list[str]:
     """``("val-101,val-102",)`` or ``("val-101", "val-102")`` -> ``["val-101", "val-102"]``."""
@@ -111,7 +119,11 @@ def selection_table(selection: Selection) -> Table:
     headers += [f"{s} acc {UP}" for s in selection.other_sets]
     rows = []
     for i, cell in enumerate(cells, 1):
-        rank = ("chosen" if i == 1 else str(i)) if cell.score is not None else "-"
+        rank = (
+            ("chosen" if i == 1 else "tie" if i <= selection.tied else str(i))
+            if cell.score is not None
+            else "-"
+        )
         row: list[Any] = [rank, *(id_cell(cell.config, k) for k in id_keys)]
         row += [mean_pm(cell.accuracy[s]) if s in cell.accuracy else "" for s in selection.select_on]
         if len(selection.select_on) > 1:
@@ -121,5 +133,7 @@ def selection_table(selection: Selection) -> Table:
     title = f"cells ranked by accuracy on {names}"
     if selection.other_sets:
         title += " (chosen on these alone; the other sets are only read)"
+    if selection.tied > 1:
+        title += f"; {selection.tied} cells tie for first, the first read is marked chosen: the sets cannot tell them apart"
     title += "".join(f", {k} {v}" for k, v in shared.items() if v)
     return Table(title, headers, rows)

@@ -96,6 +96,24 @@ def test_table_first_with_the_chosen_row_on_top(results_file: Path) -> None:
     assert rest[-1].split()[0] == "-"  # the cell without val-b
 
 
+def test_a_tie_for_first_is_said(tmp_path: Path) -> None:
+    """Cells that read the same on the selection sets: the first read is marked chosen, the others
+    'tie', and the title says the sets cannot tell them apart."""
+    rows = [r for r in _rows() if r.condition_set == "val-a" and r.error is None and r.steps != 10]
+    for r in rows:
+        r.metrics = {"acc": 0.95, "acc_n": 32}
+    path = RunResult(config={}, seeds=[0, 1], rows=rows).write(tmp_path / "results.json")
+    selection = select_cell(load_report([path]).records, ["val-a"])
+    assert selection.tied == 3
+    text = render_report([path], "plain", select_on=["val-a"])
+    assert "3 cells tie for first, the first read is marked chosen" in text
+    ranks = [line.split()[0] for line in text.splitlines() if line.split()[:1] in (["chosen"], ["tie"])]
+    assert ranks == ["chosen", "tie", "tie"]
+    clear = RunResult(config={}, seeds=[0, 1], rows=_rows()).write(tmp_path / "clear" / "results.json")
+    assert select_cell(load_report([clear]).records, ["val-a", "val-b"]).tied == 1
+    assert "tie for first" not in render_report([clear], "plain", select_on=["val-a", "val-b"])
+
+
 def test_unknown_selection_set_says_which_sets_there_are(results_file: Path) -> None:
     with pytest.raises(ResultsError, match=r"cannot choose on val-c: .*they hold: val-a, val-b, test"):
         select_cell(load_report([results_file]).records, ["val-a", "val-c"])
