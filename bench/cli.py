@@ -647,7 +647,7 @@ def train_judge_command(
 )
 def train_command(recipe, data, data_root, scenes, **options) -> None:
     """Train a model on a dataset; checkpoints, EMA, resume, loss curve."""
-    from bench.training import TrainConfig, check_run, resume_defaults, train
+    from bench.training import TrainConfig, check_run, resume_defaults, resume_notes, train
 
     entry = _dataset_entry(data, data_root)
     # Only what was given overrides the recipe; --no-compile (False) is given, unset (None) is not.
@@ -673,6 +673,8 @@ def train_command(recipe, data, data_root, scenes, **options) -> None:
     if done is not None:
         click.echo(done, err=True)
         return
+    for note in resume_notes(config):
+        click.echo(note, err=True)
     dataset = _dataset(data, data_root, **extra)
     summary = train(config, dataset)
     if not summary.is_main_process:  # the main process speaks for the launch

@@ -792,6 +792,27 @@ def check_run(config: TrainConfig) -> str | None:
     return None
 
 
+def resume_notes(config: TrainConfig) -> list[str]:
+    """What a resume changes that it may change but a user should hear of: a new limit under
+    ``--lr-schedule cosine`` stretches the decay to it, so the lr rises again from where the
+    checkpoint left it (near 0 when the last run ran to its end)."""
+    if not config.resume or config.lr_schedule != "cosine":
+        return []
+    saved = (_saved_meta(Path(config.out_dir) / CHECKPOINT_DIR) or {}).get("train_config") or {}
+    limits = {"max_steps": "--max-steps", "epochs": "--epochs", "max_minutes": "--max-minutes"}
+    changed = [
+        f"{option} {_shown(saved[name])} -> {_shown(getattr(config, name))}"
+        for name, option in limits.items()
+        if name in saved and _comparable(name, saved[name]) != _comparable(name, getattr(config, name))
+    ]
+    if not changed:
+        return []
+    return [
+        f"resume: {', '.join(changed)} stretches the cosine lr decay to the new limit, so the lr rises "
+        "again from where the checkpoint left it (a run trained to its end had decayed to about 0)"
+    ]
+
+
 def _nothing_to_train(config: TrainConfig, step: int, steps_per_epoch: int, message: str) -> TrainSummary:
     """The summary of a resume with nothing left to train: no step run, no file written."""
     out_dir = Path(config.out_dir)

@@ -296,3 +296,15 @@ def test_a_schedule_that_cannot_train_is_a_training_error_and_still_a_value_erro
     with pytest.raises(TrainingError, match="defines no training noise schedule") as caught:
         train(_config(tmp_path, scheduler="ddim"), _Untouchable(), show_progress=False)
     assert isinstance(caught.value, ValueError)
+
+
+def test_a_resume_that_stretches_a_cosine_lr_schedule_says_so(runner, tmp_path) -> None:
+    out = tmp_path / "train"
+    assert bench_train(runner, out, "--lr-schedule", "cosine", "--max-steps", "1").exit_code == 0
+    result = bench_train(runner, out, "--lr-schedule", "cosine", "--max-steps", "2", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "--max-steps 1 -> 2 stretches the cosine lr decay" in result.output
+    constant = ["--lr-schedule", "constant"]  # nothing to say
+    assert bench_train(runner, tmp_path / "c", *constant, "--max-steps", "1").exit_code == 0
+    result = bench_train(runner, tmp_path / "c", "--max-steps", "2", "--resume")
+    assert result.exit_code == 0 and "lr decay" not in result.output
