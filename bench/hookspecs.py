@@ -74,6 +74,8 @@ def register_evaluators(register: Register) -> None:
     carry their variant (``fid-judge`` is never called ``fid``) and a sample count where it
     matters (``fid_n``).
 
+    Optional: ``evaluator.lower_is_better``, the names of its metrics where lower is better
+    (``bench report`` marks them ↓; FID, KID, LPIPS and loss are known already).
     Optional: ``evaluator.misses(images, conditions)`` returns, for each image in which an object
     of its condition was not found, ``(index, [missed label names], [label names found instead])``;
     ``bench run`` then draws those images as ``<set>_misses.png`` (the first evaluator that has the

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,16 +227,17 @@ def _is_attribute(name: str, metrics: dict[str, Any]) -> bool:
     return any("_".join(parts[:i]) in metrics for i in range(1, len(parts)))
 
 
-def _direction(metric: str) -> str:
-    return DOWN if metric.lower().startswith(LOWER_IS_BETTER) else UP
+def _direction(metric: str, lower: Collection[str] = ()) -> str:
+    """↓ for the known lower-is-better families and for the metrics an evaluator declared so."""
+    return DOWN if metric in lower or metric.lower().startswith(LOWER_IS_BETTER) else UP
 
 
-def _metric_title(metric: str) -> str:
+def _metric_title(metric: str, lower: Collection[str] = ()) -> str:
     """``acc ↑``, ``FID-judge ↓``: an acronym family (FID, KID, LPIPS) upper-cased, its variant
     kept; any other name (a plugin's ``clip_score``) as it is."""
     family, _, variant = metric.partition("-")
     base = family.upper() if family.lower() in ("fid", "kid", "lpips") else family
-    return f"{base}{'-' + variant if variant else ''} {_direction(metric)}"
+    return f"{base}{'-' + variant if variant else ''} {_direction(metric, lower)}"
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -396,7 +397,7 @@ SPEED_COLUMNS = (
 )
 
 
-def _tables(records: list[dict[str, Any]]) -> list[Table]:
+def _tables(records: list[dict[str, Any]], lower: Collection[str] = ()) -> list[Table]:
     tables = []
     by_set: dict[str, list[dict[str, Any]]] = {}
     for rec in records:
@@ -436,7 +437,7 @@ def _tables(records: list[dict[str, Any]]) -> list[Table]:
         id_keys += ["guidance_interval"] if show_interval else []
         id_titles = [ID_TITLES.get(key, key) for key in id_keys]
         headers = [*id_titles, "seeds"]
-        headers += [title for _, title, _ in speed_cols] + [_metric_title(m) for m in metrics]
+        headers += [title for _, title, _ in speed_cols] + [_metric_title(m, lower) for m in metrics]
         headers += ["error"] if has_error else []
         rows = []
         for r in recs:
@@ -632,6 +633,7 @@ def load_report(paths: Sequence[str | Path]) -> Report:
         raise ResultsError("no results files given; pass one or more files written by `bench run --out`")
     report = Report()
     rows: list[dict[str, Any]] = []
+    lower: set[str] = set()
     seen: dict[Path, Path] = {}
     for raw in paths:
         path = Path(raw)
@@ -656,6 +658,7 @@ def load_report(paths: Sequence[str | Path]) -> Report:
         for name, rel in (data.get("figures") or {}).items():
             report.figures[name] = (base / rel).resolve()
         config = data.get("config") or {}
+        lower.update(config.get("lower_is_better") or ())  # declared by the run's evaluators
         for row in data.get("rows") or []:
             row = dict(row, source=str(path), **_run_identity(config, row))
             if row.get("grid"):
@@ -672,7 +675,7 @@ def load_report(paths: Sequence[str | Path]) -> Report:
             if row.get("misses"):
                 report.grids.append((f"{label}: images with a miss", Path(row["misses"])))
     report.records = aggregate(rows)
-    report.tables = _tables(report.records)
+    report.tables = _tables(report.records, lower)
     report.points = _points(report.records)
     return report
 

@@ -538,6 +538,10 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
             "guidance_interval": list(guidance.interval) if guidance.interval else None,
             "guidance_from": guidance.source,
             "model_meta": meta,
+            # metrics an evaluator declares lower-is-better (its `lower_is_better`): the report's ↓
+            "lower_is_better": sorted(
+                {str(m) for e in ctx.evaluators.values() for m in (getattr(e, "lower_is_better", None) or ())}
+            ),
             # what each set held, whatever its file was called: a report keeps two "test" sets apart
             "condition_sha256": {s.name: _conditions_sha256(s) for s in sets},
             "train_noise_schedule": train_noise,

@@ -412,3 +412,21 @@ def test_a_guidance_interval_past_the_last_timestep_is_refused_by_run_and_export
     result = runner.invoke(cli.main, ["export", str(ck), str(tmp_path / "w.safetensors"), "--guidance", "3",
                                       "--guidance-interval", "1000,5000"])  # fmt: skip
     assert result.exit_code == 2 and "starts past the last training timestep 999" in result.output
+
+
+def test_an_evaluator_can_declare_a_metric_lower_is_better(
+    runner, tmp_path, one_condition, plugin_components
+) -> None:
+    class Distance:
+        lower_is_better = ("my_distance",)
+
+        def __call__(self, images, conditions):
+            return {"my_distance": 0.5, "my_score": 0.25}
+
+    plugin_components("evaluators", "t-distance", lambda **options: Distance())
+    out = tmp_path / "run"
+    args = [*TINY_RUN, *one_condition, "--scheduler", "ddim", "--steps", "1", "--evaluators", "t-distance"]
+    assert runner.invoke(cli.main, [*args, "--out", str(out)]).exit_code == 0
+    assert json.loads((out / "results.json").read_text())["config"]["lower_is_better"] == ["my_distance"]
+    report = runner.invoke(cli.main, ["report", str(out), "--format", "plain"])
+    assert "my_distance ↓" in report.output and "my_score ↑" in report.output, report.output
