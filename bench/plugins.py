@@ -104,14 +104,13 @@ def _unknown_hooks(module: ModuleType) -> list[str]:
 
 
 def _unmarked_hooks(module: ModuleType) -> list[str]:
-    """Functions named like a hook but without ``@bench.hookimpl``: pluggy ignores them silently."""
+    """Functions named as a hook but without ``@bench.hookimpl``: pluggy ignores them silently."""
     marker = f"{PROJECT_NAME}_impl"
+    known = {n for n in dir(hookspecs) if n.startswith("register_")}
     return [
         attr
-        for attr in dir(module)
-        if attr.startswith("register_")
-        and callable(getattr(module, attr, None))
-        and getattr(getattr(module, attr), marker, None) is None
+        for attr in sorted(known)
+        if callable(getattr(module, attr, None)) and getattr(getattr(module, attr), marker, None) is None
     ]
 
 
@@ -121,6 +120,11 @@ def _register_module(plugins: Plugins, module: ModuleType, name: str) -> None:
     if unknown:
         raise pluggy.PluginValidationError(
             module, f"unknown hook(s) {', '.join(unknown)}; known hooks: {hint}"
+        )
+    unmarked = _unmarked_hooks(module)
+    if unmarked:
+        raise pluggy.PluginValidationError(
+            module, f"{', '.join(unmarked)} lack @bench.hookimpl, so pluggy would not call them"
         )
     taken = plugins.manager.get_plugin(name)
     if taken is not None:
@@ -138,13 +142,7 @@ def _register_module(plugins: Plugins, module: ModuleType, name: str) -> None:
         raise
     if not plugins.manager.get_hookcallers(module):
         plugins.manager.unregister(name=name)
-        unmarked = _unmarked_hooks(module)
-        raise pluggy.PluginValidationError(
-            module,
-            f"{', '.join(unmarked)} lack @bench.hookimpl, so pluggy does not call them"
-            if unmarked
-            else f"implements no bench hook (known hooks: {hint})",
-        )
+        raise pluggy.PluginValidationError(module, f"implements no bench hook (known hooks: {hint})")
     plugins.order.append(name)
 
 

@@ -247,11 +247,20 @@ def test_a_hook_without_the_marker_or_a_taken_plugin_name_is_a_load_error() -> N
     def register_schedulers(register):  # no @hookimpl: pluggy would ignore it without a word
         register("never", lambda train_config, **options: None)
 
-    names = _modules(unmarked={"register_schedulers": register_schedulers}, empty={})
+    @hookimpl
+    def register_models(register):
+        pass
+
+    names = _modules(
+        unmarked={"register_schedulers": register_schedulers},
+        half_marked={"register_models": register_models, "register_schedulers": register_schedulers},
+        empty={},
+    )
     try:
         plugins = load_plugins(tuple(names), entry_points=False)
         errors = {e.plugin: e.error for e in plugins.load_errors}
         assert "register_schedulers lack @bench.hookimpl" in errors["bench_test_unmarked"]
+        assert "register_schedulers lack @bench.hookimpl" in errors["bench_test_half_marked"]
         assert "implements no bench hook" in errors["bench_test_empty"]
         assert "never" not in plugins.registry("schedulers")
         # An entry point named like a loaded plugin (here a built-in) is refused; the built-in stays.
