@@ -8,6 +8,7 @@ position (condition index, item index) and says what to do instead.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,13 @@ class ConditionSet:
 
     def __len__(self) -> int:
         return len(self.conditions)
+
+    @property
+    def sha256(self) -> str:
+        """The sha256 of the conditions themselves, whatever the file was called."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.conditions).encode()).hexdigest()
 
 
 def load_labels_spec(path: str | os.PathLike | None = None) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import math
 import platform
 import subprocess
 import sys
@@ -22,6 +23,50 @@ SCHEMA = "bench.results/1"
 # The model name of rows that score renders, not a model (`bench data ceiling`): a reference line.
 RENDERS_MODEL = "renders"
 LIBRARIES = ("bench", "torch", "diffusers", "torchvision", "torchmetrics", "accelerate", "pluggy", "click")
+
+
+class MetricsError(ValueError):
+    """An evaluator returned what results.json cannot hold as a metric."""
+
+
+def checked_metrics(evaluator: str, returned: Any, taken: dict[str, str]) -> dict[str, Any]:
+    """An evaluator's metrics as a results file holds them: name -> finite number, or name -> dict
+    of such numbers (``acc_per_label``); a 0-dim tensor or numpy scalar becomes its number.
+    MetricsError names the evaluator and the metric for anything else (a string, NaN, a list), and
+    for a name another evaluator of the row gave already (``taken``: metric -> evaluator)."""
+    if not isinstance(returned, dict):
+        raise MetricsError(
+            f"evaluator {evaluator!r} returned {type(returned).__name__}; expected a dict of metric name -> number"
+        )
+
+    def number(key: str, value: Any, inner: bool = False) -> Any:
+        if inner and value is None:
+            return None  # a label absent from the set
+        if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+            value = value.item()  # torch / numpy scalar
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise MetricsError(
+                f"evaluator {evaluator!r} returned {type(value).__name__} {str(value)[:40]!r} for "
+                f"{key!r}; a metric is a number"
+            )
+        if not math.isfinite(value):
+            raise MetricsError(f"evaluator {evaluator!r} returned {value} for {key!r}")
+        return value
+
+    checked: dict[str, Any] = {}
+    for key, value in returned.items():
+        if not isinstance(key, str) or not key:
+            raise MetricsError(f"evaluator {evaluator!r} returned a metric named {key!r}")
+        if key in taken:
+            raise MetricsError(
+                f"evaluator {evaluator!r} returned {key!r}, which evaluator {taken[key]!r} gave already; "
+                "a metric name carries its evaluator's variant (fid-judge, not fid)"
+            )
+        if isinstance(value, dict):
+            checked[key] = {str(k): number(f"{key}[{k}]", v, inner=True) for k, v in value.items()}
+        else:
+            checked[key] = number(key, value)
+    return checked
 
 
 @dataclass

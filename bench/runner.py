@@ -9,7 +9,6 @@ its metadata: guidance and guidance interval), else 1 (off)."""
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import traceback
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from bench.guidance import (
     format_interval,
 )
 from bench.plugins import Plugins, check_data_root, get_plugins
-from bench.results import Row, RunResult, environment
+from bench.results import Row, RunResult, checked_metrics, environment
 from bench.run_resume import finished_cells
 
 DENOISING_CONDITION = ["red sphere", "cyan cylinder", "cyan cube"]
@@ -366,57 +365,6 @@ def make_evaluators(
     return evaluators
 
 
-def _conditions_sha256(condition_set: ConditionSet) -> str:
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(condition_set.conditions).encode()).hexdigest()
-
-
-class MetricsError(ValueError):
-    """An evaluator returned what results.json cannot hold as a metric."""
-
-
-def checked_metrics(evaluator: str, returned: Any, taken: dict[str, str]) -> dict[str, Any]:
-    """An evaluator's metrics as a results file holds them: name -> finite number, or name -> dict
-    of such numbers (``acc_per_label``); a 0-dim tensor or numpy scalar becomes its number.
-    MetricsError names the evaluator and the metric for anything else (a string, NaN, a list), and
-    for a name another evaluator of the row gave already (``taken``: metric -> evaluator)."""
-    if not isinstance(returned, dict):
-        raise MetricsError(
-            f"evaluator {evaluator!r} returned {type(returned).__name__}; expected a dict of metric name -> number"
-        )
-
-    def number(key: str, value: Any, inner: bool = False) -> Any:
-        if inner and value is None:
-            return None  # a label absent from the set
-        if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
-            value = value.item()  # torch / numpy scalar
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise MetricsError(
-                f"evaluator {evaluator!r} returned {type(value).__name__} {str(value)[:40]!r} for "
-                f"{key!r}; a metric is a number"
-            )
-        if not math.isfinite(value):
-            raise MetricsError(f"evaluator {evaluator!r} returned {value} for {key!r}")
-        return value
-
-    checked: dict[str, Any] = {}
-    for key, value in returned.items():
-        if not isinstance(key, str) or not key:
-            raise MetricsError(f"evaluator {evaluator!r} returned a metric named {key!r}")
-        if key in taken:
-            raise MetricsError(
-                f"evaluator {evaluator!r} returned {key!r}, which evaluator {taken[key]!r} gave already; "
-                "a metric name carries its evaluator's variant (fid-judge, not fid)"
-            )
-        if isinstance(value, dict):
-            checked[key] = {str(k): number(f"{key}[{k}]", v, inner=True) for k, v in value.items()}
-        else:
-            checked[key] = number(key, value)
-    return checked
-
-
 def _reference_dataset(config: RunConfig, plugins: Plugins):
     """Real images for FID: held-out renders for synthetic data, the user's folder otherwise."""
     entry = plugins.registry("datasets").get(config.data)
@@ -543,7 +491,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
                 {str(m) for e in ctx.evaluators.values() for m in (getattr(e, "lower_is_better", None) or ())}
             ),
             # what each set held, whatever its file was called: a report keeps two "test" sets apart
-            "condition_sha256": {s.name: _conditions_sha256(s) for s in sets},
+            "condition_sha256": {s.name: s.sha256 for s in sets},
             "train_noise_schedule": train_noise,
             "sampling": asdict(options),
         },
