@@ -77,7 +77,7 @@ def test_an_exported_file_is_rewritten_with_new_sampling_defaults(
 ) -> None:
     _save(tmp_path / "ck", model, step=7)
     first = export_weights(tmp_path / "ck", tmp_path / "a.safetensors", dtype="fp16")
-    second = export_weights(first, tmp_path / "b.safetensors", guidance=3, guidance_interval=(400, 900))
+    second = export_weights(first, tmp_path / "b.safetensors", guidance=3, guidance_interval=(40, 90))
     third = export_weights(second, tmp_path / "c.safetensors", dtype="bf16")  # keeps the defaults
     # Re-writing without a dtype keeps the file's own (it fell back to fp16).
     from safetensors.torch import load_file
@@ -88,7 +88,7 @@ def test_an_exported_file_is_rewritten_with_new_sampling_defaults(
     b, noise_b, meta_b = load_model(second)
     c, _, meta_c = load_model(third)
     assert "sampling_defaults" not in meta_a and meta_b["step"] == 7 and noise_b["num_train_timesteps"] == 100
-    assert meta_b["sampling_defaults"] == {"guidance": 3.0, "guidance_interval": [400.0, 900.0]}
+    assert meta_b["sampling_defaults"] == {"guidance": 3.0, "guidance_interval": [40.0, 90.0]}
     assert meta_c["sampling_defaults"] == meta_b["sampling_defaults"] and meta_c["dtype"] == "bfloat16"
     assert all(
         torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)

@@ -728,6 +728,12 @@ def test_export_of_a_truncated_file_is_one_line(runner, tmp_path) -> None:
 def test_export_refuses_an_interval_without_guidance(runner, tmp_path) -> None:
     ck = _tiny_checkpoint(tmp_path / "ck")
     out = tmp_path / "w.safetensors"
+    # past the checkpoint's last training timestep (999): it would guide no step
+    result = runner.invoke(
+        cli.main, ["export", str(ck), str(out), "--guidance", "3", "--guidance-interval", "1000,5000"]
+    )
+    assert result.exit_code == 2 and "starts past the last training timestep 999" in result.output
+    assert not out.exists()
     result = runner.invoke(cli.main, ["export", str(ck), str(out), "--guidance-interval", "300,1000"])
     assert result.exit_code == 2 and "give the guidance too" in result.output and not out.exists()
     result = runner.invoke(cli.main, ["export", str(ck), str(out), "--guidance-interval", "3"])
