@@ -80,7 +80,7 @@ _conditions_option = click.option(
     "--conditions",
     "condition_files",
     multiple=True,
-    help="Condition set JSON (test.json format); repeatable. Default: the shipped test and new_test.",
+    help="Condition set JSON (test.json format); repeatable. Default: test.json and new_test.json from --data-root when it holds them, else the shipped ones.",
 )
 # One switch, the same on `bench run` and `bench train` (bench/groupnorm.py).
 _GROUP_NORM_BY_VIEWS_HELP = "GroupNorm as channel-splitting views, for torch.compile (default off)."

@@ -80,8 +80,26 @@ class RunConfig:
         return asdict(self)
 
 
-def _condition_sets(config: RunConfig, labels: list[str]) -> list[ConditionSet]:
-    files = config.condition_files or [str(p) for p in DEFAULT_CONDITION_FILES]
+def default_condition_files(data_root: str | None) -> list[str]:
+    """Without --conditions: test.json and new_test.json, each from the --data-root folder when it
+    holds one (a user's course files), else the shipped copy."""
+    root = Path(data_root).expanduser() if data_root else None
+    return [
+        str(root / p.name if root is not None and (root / p.name).is_file() else p)
+        for p in DEFAULT_CONDITION_FILES
+    ]
+
+
+def _condition_sets(
+    config: RunConfig, labels: list[str], log: Callable[[str], None] = print
+) -> list[ConditionSet]:
+    files = config.condition_files or default_condition_files(config.data_root)
+    if not config.condition_files and config.data_root:
+        own = [f for f in files if Path(f).parent != SHIPPED_CONDITIONS_DIR]
+        log(
+            f"condition sets: {', '.join(files)}"
+            + ("" if own else f" (none in {config.data_root}: the shipped ones)")
+        )
     sets = [load_condition_set(f, labels) for f in files]
     names = [s.name for s in sets]
     dupes = {n for n in names if names.count(n) > 1}
@@ -420,7 +438,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     if note and rank == 0:
         log(note)
     labels = load_labels_spec()
-    sets = _condition_sets(config, labels)
+    sets = _condition_sets(config, labels, log if rank == 0 else _quiet)
     options = SamplingOptions(
         dtype=config.dtype,
         channels_last=config.channels_last,
@@ -486,6 +504,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
             "guidance_interval": list(guidance.interval) if guidance.interval else None,
             "guidance_from": guidance.source,
             "model_meta": meta,
+            "condition_files": [s.source for s in sets],  # the files read, defaults included
             # metrics an evaluator declares lower-is-better (its `lower_is_better`): the report's ↓
             "lower_is_better": sorted(
                 {str(m) for e in ctx.evaluators.values() for m in (getattr(e, "lower_is_better", None) or ())}

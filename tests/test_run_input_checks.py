@@ -422,3 +422,20 @@ def test_an_evaluator_can_declare_a_metric_lower_is_better(
     assert json.loads((out / "results.json").read_text())["config"]["lower_is_better"] == ["my_distance"]
     report = runner.invoke(cli.main, ["report", str(out), "--format", "plain"])
     assert "my_distance ↓" in report.output and "my_score ↑" in report.output, report.output
+
+
+def test_without_conditions_a_data_roots_own_test_json_is_used_and_named(runner, tmp_path) -> None:
+    """A student's course folder holds its own test.json: it is read (and said), not the shipped one;
+    new_test.json, absent there, comes from the shipped copy."""
+    folder = tmp_path / "course"
+    folder.mkdir()
+    (folder / "test.json").write_text('[["red sphere"], ["cyan cube", "gray cylinder"]]')
+    out = tmp_path / "run"
+    args = [*TINY_RUN, "--data", "iclevr", "--data-root", str(folder), "--scheduler", "ddim", "--steps", "1"]
+    result = runner.invoke(cli.main, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"condition sets: {folder / 'test.json'}, " in result.output
+    counts = {r["condition_set"]: r["n_images"] for r in _rows(out)}
+    assert counts == {"test": 2, "new_test": 32}
+    config = json.loads((out / "results.json").read_text())["config"]
+    assert config["condition_files"][0] == str(folder / "test.json")
