@@ -206,7 +206,9 @@ def test_loader_errors(tmp_path):
         dataset("iclevr", data_root=tmp_path / "empty")
     root = hand_made_folder(tmp_path / "a", subdir=True)
     (root / "images" / "CLEVR_train_000001_0.png").unlink()
-    with pytest.raises(DatasetError, match=r"names 'CLEVR_train_000001_0.png' but it is not in"):
+    with pytest.raises(
+        DatasetError, match=r"1 of the 3 images train.json names are not in .*: 'CLEVR_train_000001_0.png'"
+    ):
         dataset("iclevr", data_root=root, use_cache=False)
     root = hand_made_folder(tmp_path / "b", subdir=False, size=(100, 60))
     with pytest.raises(DatasetError, match=r"is 100x60; i-CLEVR images are 320x240"):
@@ -227,6 +229,33 @@ def test_loader_errors(tmp_path):
         DatasetError, match=r"entry 'CLEVR_train_000001_0.png', item 0: unknown label 'gray cylindre'"
     ):
         dataset("iclevr", data_root=root, use_cache=False)
+
+
+def test_the_image_folder_is_the_one_that_holds_the_images(tmp_path):
+    """Course files keep the PNGs in a folder of their own; an empty images/ does not hide PNGs
+    beside train.json; every missing file is counted before any image is decoded."""
+    root = hand_made_folder(tmp_path / "course", subdir=True)
+    (root / "images").rename(root / "iclevr")
+    ds = dataset("iclevr", data_root=root, use_cache=False)
+    assert len(ds) == 3 and ds.info["images_dir"] == str(root / "iclevr")
+    flat = hand_made_folder(tmp_path / "flat", subdir=False)
+    (flat / "images").mkdir()
+    assert dataset("iclevr", data_root=flat, use_cache=False).info["images_dir"] == str(flat)
+    for png in (root / "iclevr").glob("*.png"):
+        png.unlink()
+    with pytest.raises(DatasetError, match=r"3 of the 3 images .* \(nor in any folder beside it in"):
+        dataset("iclevr", data_root=root, use_cache=False)
+
+
+@pytest.mark.parametrize(("mode", "what"), [("L", "grayscale"), ("I;16", "16-bit"), ("1", "1-bit")])
+def test_images_without_8_bit_colour_are_refused(tmp_path, mode, what):
+    """A 16-bit PNG read as all white, a grey one trained against colour labels: other data."""
+    root = hand_made_folder(tmp_path / "data", subdir=True)
+    Image.new(mode, (320, 240)).save(root / "images" / "CLEVR_train_000001_0.png")
+    with pytest.raises(DatasetError, match=rf"CLEVR_train_000001_0.png is a {what} image \(mode {mode}\)"):
+        dataset("iclevr", data_root=root, use_cache=False)
+    Image.new("RGBA", (320, 240), (10, 20, 30, 255)).save(root / "images" / "CLEVR_train_000001_0.png")
+    assert len(dataset("iclevr", data_root=root, use_cache=False)) == 3  # RGBA, as renders are saved
 
 
 def test_synthetic_folder_round_trip(tmp_path):

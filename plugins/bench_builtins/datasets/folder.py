@@ -2,7 +2,7 @@
 
 Layout: ``train.json`` (file name -> list of label names), optional ``objects.json``
 (name -> index; when present its order must equal the spec's), and the PNGs beside
-``train.json`` or in ``images/``. Images are preprocessed once to the model size and cached
+``train.json``, in ``images/`` or in another folder beside it (8-bit colour: RGB, RGBA or palette). Images are preprocessed once to the model size and cached
 under the cache dir, keyed by the folder's contents, so a second load takes a second.
 """
 
@@ -26,6 +26,17 @@ from bench_builtins.datasets.base import (
 
 SOURCE_SIZE = (320, 240)
 IMAGE_DIRS = ("images", ".")
+# PIL modes that hold no 8-bit colour: refused rather than converted.
+NOT_COLOUR = {
+    "1": "1-bit",
+    "L": "grayscale",
+    "LA": "grayscale",
+    "I": "32-bit integer",
+    "I;16": "16-bit",
+    "I;16B": "16-bit",
+    "I;16L": "16-bit",
+    "F": "floating-point",
+}
 
 
 class DatasetError(Exception):
@@ -86,6 +97,34 @@ def read_train_json(path: Path, labels: list[str]) -> tuple[list[str], list[list
     return files, conditions
 
 
+def locate_images(base: Path, images: Path, files: list[str], explicit: bool, train: Path) -> Path:
+    """The folder holding the images ``train.json`` names: the one given, else the first of
+    ``images/``, ``base`` itself and its other subfolders that holds the first file (course files
+    keep the PNGs in a folder of their own; an empty ``images/`` does not hide PNGs beside
+    train.json). Every missing file is found here, before minutes of decoding, and named."""
+    if not explicit:
+        others = sorted(
+            d for d in base.iterdir() if d.is_dir() and d.name != "images" and not d.name.startswith(".")
+        )
+        candidates = [base / "images", base, *others]
+        images = next((c for c in candidates if (c / files[0]).is_file()), images)
+    missing = [name for name in files if not (images / name).is_file()]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        where = (
+            ""
+            if explicit
+            else f" (nor in any folder beside it in {base})"
+            if len(missing) == len(files)
+            else ""
+        )
+        raise DatasetError(
+            f"{len(missing)} of the {len(files)} images {train.name} names are not in {images}{where}: {shown}; "
+            "put the PNGs beside train.json or in images/"
+        )
+    return images
+
+
 def _fingerprint(train: Path, images: Path, files: list[str]) -> str:
     """Changes when train.json or any image file changes (size or mtime)."""
     h = hashlib.sha256(train.read_bytes())
@@ -108,14 +147,14 @@ def _read_images(images: Path, files: list[str], train: Path, image_size: int):
     start = 0
     for i, name in enumerate(progress(files, label=f"reading {len(files)} images", length=len(files))):
         path = images / name
-        if not path.is_file():
-            where = f"{images}" if images == train.parent else f"{images} (the images folder)"
-            raise DatasetError(
-                f"{train.name} names {name!r} but it is not in {where}; "
-                "put the PNGs beside train.json or in images/"
-            )
         try:
             with Image.open(path) as im:
+                if im.mode in NOT_COLOUR:
+                    # Colour labels on grey pixels, or 16-bit values read as white: other data.
+                    raise DatasetError(
+                        f"{path} is a {NOT_COLOUR[im.mode]} image (mode {im.mode}); i-CLEVR renders are "
+                        "8-bit colour PNGs (RGB or RGBA), and the labels name colours"
+                    )
                 w, h = im.size
                 # Squashing 4:3 to a square is the task's preprocessing; a square image at least
                 # image_size wide has been squashed already. Another aspect means other data.
@@ -159,6 +198,8 @@ def load_iclevr_folder(
     except ConditionError as error:
         raise DatasetError(str(error)) from None
     files, conditions = read_train_json(train, labels)
+    base = Path(data_root).expanduser() if data_root is not None else train.parent
+    images = locate_images(base, images, files, images_dir is not None, train)
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     key = cache_key(
         {
