@@ -508,6 +508,12 @@ def train_judge_command(
     from bench.distributed import resolve_device
     from bench_builtins.evaluators.judge_training import train_judge
 
+    if Path(out_path).suffix != ".safetensors":  # a .pth name promised the course's torch format
+        raise click.BadParameter(
+            f"{out_path}: the judge is written as safetensors; name it *.safetensors "
+            "(`bench run --judge` reads it, and a course .pth checkpoint too)",
+            param_hint="--out",
+        )
     if Path(out_path).exists() and not force:  # a judge may be hours of training: never replace it unasked
         raise click.BadParameter(
             f"{out_path} exists; pass --force to replace it, or another --out", param_hint="--out"
@@ -515,6 +521,15 @@ def train_judge_command(
     device = resolve_device(device)
     synthetic = _dataset_entry(data, data_root).name == "synthetic"
     extra = {"scenes": scenes, "max_objects": max_objects} if synthetic else {}
+    ctx = click.get_current_context()
+    moot = [f"--{n.replace('_', '-')}" for n in ("scenes", "max_objects", "heldout_scenes")
+            if ctx.get_parameter_source(n) is not ParameterSource.DEFAULT]  # fmt: skip
+    if moot and not synthetic:
+        click.echo(
+            f"{', '.join(moot)}: synthetic-data options, ignored with --data {data} "
+            "(its held-out images are whole scenes of the folder)",
+            err=True,
+        )
     dataset = _dataset(data, data_root, **extra)
     heldout = None
     if synthetic:

@@ -183,6 +183,18 @@ def test_judge_training_never_replaces_a_judge_unasked(runner, monkeypatch, tmp_
     result = runner.invoke(cli.main, ["train-judge", "--out", str(judge), "--force"])
     assert result.exit_code == 0, result.output
     assert calls == [str(judge)]
+    # a .pth name would promise the course's torch format: refused before any work
+    result = runner.invoke(cli.main, ["train-judge", "--out", str(tmp_path / "judge.pth")])
+    assert result.exit_code == 2 and "name it *.safetensors" in result.output and calls == [str(judge)]
+    # synthetic-data options with a folder are said to do nothing
+    folder = tmp_path / "course"
+    folder.mkdir()
+    result = runner.invoke(cli.main, ["train-judge", "--data", "iclevr", "--data-root", str(folder), "--scenes", "9",
+                                      "--out", str(tmp_path / "j2.safetensors")])  # fmt: skip
+    assert (
+        result.exit_code == 0
+        and "--scenes: synthetic-data options, ignored with --data iclevr" in result.output
+    )
 
 
 @pytest.mark.parametrize(

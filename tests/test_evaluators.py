@@ -321,6 +321,19 @@ def test_fid_errors(course_ckpt, tmp_path, no_network):
 # --- judge training -------------------------------------------------------------------------------
 
 
+def test_the_judges_held_out_images_are_whole_scenes():
+    """Frames _0, _1, _2 of one i-CLEVR scene share objects and pixels: they go to one side."""
+    from bench_builtins.evaluators.judge_training import heldout_split
+
+    files = [f"CLEVR_train_{s:06d}_{k}.png" for s in range(40) for k in range(3)]
+    held, train = heldout_split(files, len(files), 0.1, seed=0)
+    assert len(held) == 12 and len(held) + len(train) == 120  # 4 of 40 scenes, 3 frames each
+    scene = lambda i: files[i].rsplit("_", 1)[0]  # noqa: E731
+    assert not {scene(i) for i in held.tolist()} & {scene(i) for i in train.tolist()}
+    held, train = heldout_split(None, 50, 0.1, seed=0)  # no file names: images
+    assert len(held) == 5 and sorted(held.tolist() + train.tolist()) == list(range(50))
+
+
 def test_train_judge_writes_a_loadable_judge(tmp_path):
     import json
 

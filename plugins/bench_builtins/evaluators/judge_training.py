@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -194,6 +195,30 @@ def save_judge(net: torch.nn.Module, out_path: str | Path, metadata: dict[str, s
     return atomic_write(out_path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
+_SCENE = re.compile(r"^(.*)_\d+\.png$")  # CLEVR_train_002066_1.png: frame 1 of scene 002066
+
+
+def heldout_split(files: Sequence[str] | None, n: int, fraction: float, seed: int) -> tuple[Any, Any]:
+    """(held-out, training) indices: about ``fraction`` of the images, as whole scenes when the file
+    names number frames of one scene (i-CLEVR's _0, _1, _2 share objects and pixels, so a random
+    split of images held out frames whose scene it trained on and overstated the judge)."""
+    import torch
+
+    keys = (
+        [m.group(1) if (m := _SCENE.match(str(f))) else str(f) for f in files]
+        if files and len(files) == n
+        else None
+    )
+    groups = list(dict.fromkeys(keys)) if keys is not None else list(range(n))
+    perm = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_held = max(1, int(round(len(groups) * fraction))) if len(groups) > 1 else 0
+    held = {groups[i] for i in perm[:n_held]}
+    of = keys if keys is not None else list(range(n))
+    held_idx = torch.tensor([i for i in range(n) if of[i] in held], dtype=torch.long)
+    train_idx = torch.tensor([i for i in range(n) if of[i] not in held], dtype=torch.long)
+    return held_idx, train_idx
+
+
 def train_judge(
     dataset: Any,
     out_path: str | Path,
@@ -231,9 +256,9 @@ def train_judge(
     if heldout is not None:
         held_images, held_conditions = dataset_tensors(heldout)
     else:
-        perm = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
-        n_held = max(1, int(round(images.shape[0] * heldout_fraction))) if images.shape[0] > 1 else 0
-        held_idx, train_idx = perm[:n_held], perm[n_held:]
+        held_idx, train_idx = heldout_split(
+            getattr(dataset, "files", None), images.shape[0], heldout_fraction, seed
+        )
         held_images, held_conditions = images[held_idx], conditions[held_idx]
         images, conditions = images[train_idx], conditions[train_idx]
     if conditions.shape[1] != 24:
