@@ -134,6 +134,15 @@ def test_write_condition_set(tmp_path):
     assert len(s) == 10 and all(shares_attribute(c) for c in s.conditions)
 
 
+def test_a_key_given_twice_in_train_json_is_refused(tmp_path):
+    """json keeps the last of two equal keys: one image's labels were replaced without a word."""
+    root = hand_made_folder(tmp_path / "data", subdir=True)
+    text = (root / "train.json").read_text()
+    (root / "train.json").write_text(text[:-1] + ', "CLEVR_train_000001_0.png": ["red cube"]}')
+    with pytest.raises(DatasetError, match=r"train.json: the key 'CLEVR_train_000001_0.png' appears twice"):
+        dataset("iclevr", data_root=root, use_cache=False)
+
+
 def test_objects_json_checked(tmp_path):
     good = write_objects_json(tmp_path / "objects.json")
     assert labels_from_objects_json(good, LABELS) == LABELS
