@@ -462,9 +462,14 @@ def _dataset_entry(name: str, data_root: str | None):
 
 def _dataset(name: str, data_root: str | None, **options):
     entry = get_plugins().registry("datasets").get(name)
-    if data_root:
-        options["data_root"] = data_root
-    return entry.factory(**options)
+    if not data_root:
+        return entry.factory(**options)
+    dataset = entry.factory(**options, data_root=data_root)
+    # A user's folder: say what was read, and from where (the loader picks the image folder).
+    where = (getattr(dataset, "info", None) or {}).get("images_dir", data_root)
+    size = getattr(dataset, "image_size", "?")
+    click.echo(f"--data {name}: {len(dataset)} images from {where}, at {size}x{size}", err=True)
+    return dataset
 
 
 @main.command("train-judge")

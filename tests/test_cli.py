@@ -508,6 +508,7 @@ def test_a_folder_in_the_real_layout_trains_and_runs_without_conversion(
         ],
     )
     assert result.exit_code == 0, result.output
+    assert f"--data iclevr: 6 images from {folder / 'images'}, at 64x64" in result.output  # what was read
     assert (out / "checkpoint" / "config.json").exists()
 
     shipped = tmp_path / "tiny.safetensors"
