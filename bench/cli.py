@@ -45,13 +45,13 @@ def main() -> None:
 
 
 @main.command("list")
-@click.argument("kind", required=False, type=click.Choice(KINDS))
-def list_components(kind: str | None) -> None:
-    """List registered models, schedulers, evaluators, datasets and reporters."""
+@click.argument("kinds", nargs=-1, type=click.Choice(KINDS))
+def list_components(kinds: tuple[str, ...]) -> None:
+    """List registered models, schedulers, evaluators, datasets and reporters (or the KINDS named)."""
     from tabulate import tabulate
 
     plugins = get_plugins()
-    for k in [kind] if kind else KINDS:
+    for k in dict.fromkeys(kinds) or KINDS:
         rows = [(e.name, ", ".join(e.aliases), e.plugin, e.description) for e in plugins.registry(k)]
         click.echo(f"{k}:")
         click.echo(tabulate(rows, headers=["name", "aliases", "plugin", "description"], tablefmt="simple"))

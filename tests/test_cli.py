@@ -895,3 +895,14 @@ def test_cpu_run_says_when_it_chose_bf16(runner: CliRunner, tmp_path, monkeypatc
         chosen = "bf16" if amx and not extra else "fp32"
         assert {r["speed"]["dtype"] for r in rows} == {chosen}
         assert ("bf16 autocast: this CPU has AMX" in result.output) == (chosen == "bf16")
+
+
+def test_list_takes_several_kinds_or_none(runner) -> None:
+    both = runner.invoke(cli.main, ["list", "schedulers", "evaluators"])
+    assert both.exit_code == 0 and both.output.startswith("schedulers:") and "\nevaluators:" in both.output
+    assert "models:" not in both.output
+    every = runner.invoke(cli.main, ["list"])
+    assert all(
+        f"{kind}:" in every.output for kind in ("models", "schedulers", "evaluators", "datasets", "reporters")
+    )
+    assert runner.invoke(cli.main, ["list", "schedulerz"]).exit_code == 2
