@@ -80,6 +80,28 @@ class RunConfig:
         return asdict(self)
 
 
+def _beyond_training(sets: list[ConditionSet], meta: dict[str, Any]) -> str | None:
+    """A note when conditions name more objects than the checkpoint's training scenes held: its
+    accuracy there measures extrapolation. Known for the synthetic set (its max_objects, 3 by
+    default; checkpoints that did not record their data were trained on it) and i-CLEVR (1-3)."""
+    train = meta.get("train_config") or {}
+    data = train.get("data") or "synthetic"
+    if data not in ("synthetic", "iclevr") or "train_config" not in meta:
+        return None  # random weights, or data whose scenes are not known
+    most = int((train.get("data_options") or {}).get("max_objects", 3)) if data == "synthetic" else 3
+    over = {s.name: sum(len(c) > most for c in s.conditions) for s in sets}
+    over = {name: n for name, n in over.items() if n}
+    if not over:
+        return None
+    counts = ", ".join(
+        f"{name} {n} of {len(next(s for s in sets if s.name == name))}" for name, n in over.items()
+    )
+    return (
+        f"conditions with more than {most} objects ({counts}): the checkpoint trained on {data} scenes of "
+        f"at most {most}, so its accuracy there measures extrapolation"
+    )
+
+
 def default_condition_files(data_root: str | None) -> list[str]:
     """Without --conditions: test.json and new_test.json, each from the --data-root folder when it
     holds one (a user's course files), else the shipped copy."""
@@ -471,6 +493,9 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
             raise RunError(str(error)) from None
     if guidance.note and rank == 0:
         log(guidance.note)
+    beyond = _beyond_training(sets, meta)
+    if beyond and rank == 0:
+        log(beyond)
     spans, start = {}, 0
     for s in sets:
         spans[s.name] = (start, start + len(s.conditions))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -439,3 +440,34 @@ def test_without_conditions_a_data_roots_own_test_json_is_used_and_named(runner,
     assert counts == {"test": 2, "new_test": 32}
     config = json.loads((out / "results.json").read_text())["config"]
     assert config["condition_files"][0] == str(folder / "test.json")
+
+
+def test_conditions_beyond_the_training_scenes_are_noted(runner, tmp_path) -> None:
+    from bench.conditions import ConditionSet
+    from bench.runner import _beyond_training
+
+    four = ["red sphere", "cyan cube", "gray cylinder", "blue cube"]
+    sets = [
+        ConditionSet("mine", "mine.json", [four, four[:2]]),
+        ConditionSet("test", "test.json", [four[:3]]),
+    ]
+    meta = {"train_config": {"data": "synthetic", "data_options": {}}}
+    assert _beyond_training(sets, meta) == (
+        "conditions with more than 3 objects (mine 1 of 2): the checkpoint trained on synthetic scenes of "
+        "at most 3, so its accuracy there measures extrapolation"
+    )
+    meta = {"train_config": {"data": "synthetic", "data_options": {"max_objects": 5}}}
+    assert _beyond_training(sets, meta) is None
+    assert _beyond_training(sets, {"checkpoint": "random"}) is None  # untrained: nothing to extrapolate from
+    path = tmp_path / "four.json"
+    path.write_text(json.dumps([four]))
+    out = tmp_path / "r"
+    shipped = (
+        Path(__file__).resolve().parent.parent
+        / "plugins/bench_builtins/weights/ddpm-unet-small-synthetic.safetensors"
+    )
+    args = ["run", "--checkpoint", str(shipped),
+            "--conditions", str(path), "--evaluators", "none", "--device", "cpu", "--no-denoising-figure",
+            "--scheduler", "ddim", "--steps", "1", "--guidance", "1", "--out", str(out)]  # fmt: skip
+    result = runner.invoke(cli.main, args)
+    assert result.exit_code == 0 and "conditions with more than 3 objects (four 1 of 1)" in result.output
