@@ -184,6 +184,8 @@ def run_command(
     """Sample a checkpoint under every scheduler/steps/seed cell, judge the images, write results."""
     from bench.runner import RunConfig, run
 
+    if options.get("data_root"):  # recorded as bench train records it: the folder, wherever run from
+        options["data_root"] = str(Path(options["data_root"]).expanduser().resolve())
     config = RunConfig(
         # An empty value (--seeds '') stays empty: the runner refuses it before writing anything.
         schedulers=parse_list(schedulers),

@@ -440,6 +440,7 @@ def test_without_conditions_a_data_roots_own_test_json_is_used_and_named(runner,
     assert counts == {"test": 2, "new_test": 32}
     config = json.loads((out / "results.json").read_text())["config"]
     assert config["condition_files"][0] == str(folder / "test.json")
+    assert config["data_root"] == str(folder.resolve())  # absolute, as bench train records it
 
 
 def test_conditions_beyond_the_training_scenes_are_noted(runner, tmp_path) -> None:
