@@ -396,13 +396,16 @@ def check_sampling_defaults(value: Any, source: str) -> dict[str, Any]:
     return {**value, **(checked or {})}
 
 
-def sampling_defaults_of(file: str | os.PathLike) -> dict[str, Any] | None:
-    """The checked ``sampling_defaults`` an exported ``.safetensors`` carries (its header only)."""
+def export_header(file: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """An exported ``.safetensors`` file's bench config (dtype, model...) and its checked
+    ``sampling_defaults`` (None without), read from its header only."""
     from safetensors import safe_open
 
     with safe_open(str(file), framework="pt") as f:
-        raw = (f.metadata() or {}).get(SAMPLING_DEFAULTS_KEY)
-    return None if raw is None else check_sampling_defaults(raw, str(file))
+        metadata = f.metadata() or {}
+    raw = metadata.get(SAMPLING_DEFAULTS_KEY)
+    defaults = None if raw is None else check_sampling_defaults(raw, str(file))
+    return json.loads(metadata.get(METADATA_KEY, "{}")), defaults
 
 
 def describe_sampling_defaults(defaults: dict[str, Any] | None) -> str:

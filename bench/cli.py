@@ -669,7 +669,7 @@ def train_judge_command(
 )
 def train_command(recipe, data, data_root, scenes, **options) -> None:
     """Train a model on a dataset; checkpoints, EMA, resume, loss curve."""
-    from bench.training import TrainConfig, check_run, resume_defaults, resume_notes, train
+    from bench.training import TrainConfig, check_run, resume_defaults, train
 
     entry = _dataset_entry(data, data_root)
     # Only what was given overrides the recipe; --no-compile (False) is given, unset (None) is not.
@@ -681,11 +681,14 @@ def train_command(recipe, data, data_root, scenes, **options) -> None:
         # A resume continues the run with the checkpoint's options; only those given are compared
         # with them (check_run refuses a change, naming it).
         saved = resume_defaults(options["out_dir"])
-        given = click.get_current_context().get_parameter_source("recipe") is not ParameterSource.DEFAULT
-        recipe = saved.pop("recipe", recipe) if not given else recipe
-        overrides = {**{k: v for k, v in saved.items() if k != "recipe"}, **overrides}
-        extra = extra or saved.get("data_options") or {}
-    overrides.pop("data_options", None)
+        saved_recipe, saved_data = saved.pop("recipe", None), saved.pop("data_options", None)
+        if (
+            saved_recipe
+            and click.get_current_context().get_parameter_source("recipe") is ParameterSource.DEFAULT
+        ):
+            recipe = saved_recipe
+        overrides = {**saved, **overrides}
+        extra = extra or saved_data or {}
     # What it trains on goes into train_config.json and the checkpoint (the folder as an absolute path).
     root = str(Path(data_root).expanduser().resolve()) if data_root else None
     config = TrainConfig.from_recipe(recipe, **overrides, data=entry.name, data_root=root, data_options=extra)
@@ -695,8 +698,6 @@ def train_command(recipe, data, data_root, scenes, **options) -> None:
     if done is not None:
         click.echo(done, err=True)
         return
-    for note in resume_notes(config):
-        click.echo(note, err=True)
     dataset = _dataset(data, data_root, **extra)
     summary = train(config, dataset)
     if not summary.is_main_process:  # the main process speaks for the launch
@@ -742,14 +743,7 @@ def train_command(recipe, data, data_root, scenes, **options) -> None:
 def export_command(checkpoint, out_file, dtype, guidance, guidance_interval) -> None:
     """Write a training checkpoint's EMA weights as one .safetensors file (the shipped format),
     or re-write an exported file (another dtype, new sampling defaults)."""
-    from safetensors import safe_open
-
-    from bench.checkpoints import (
-        METADATA_KEY,
-        describe_sampling_defaults,
-        export_weights,
-        sampling_defaults_of,
-    )
+    from bench.checkpoints import describe_sampling_defaults, export_header, export_weights
     from bench.guidance import format_interval
     from bench.weights import sha256_of
 
@@ -762,16 +756,15 @@ def export_command(checkpoint, out_file, dtype, guidance, guidance_interval) -> 
         )
     # New guidance replaces the file's defaults whole: say so when that drops its interval.
     try:
-        before = sampling_defaults_of(source) if source.is_file() else None
+        before = export_header(source)[1] if source.is_file() else None
     except Exception:  # noqa: BLE001 - a damaged file: export_weights below names what is wrong
         before = None
     path = export_weights(
         checkpoint, out_file, dtype=dtype, guidance=guidance, guidance_interval=guidance_interval
     )
-    with safe_open(str(path), "pt") as f:  # what was written, not what was asked
-        written = json.loads(f.metadata()[METADATA_KEY])["dtype"]
-    click.echo(f"wrote {path} ({written}) sha256 {sha256_of(path)}")
-    defaults = sampling_defaults_of(path)  # what the file carries: given now, or kept from it
+    # What was written, not what was asked: the dtype, and the defaults given now or kept from the file.
+    written, defaults = export_header(path)
+    click.echo(f"wrote {path} ({written['dtype']}) sha256 {sha256_of(path)}")
     if defaults:
         click.echo(f"sampling defaults: {describe_sampling_defaults(defaults)}")
     dropped = (before or {}).get("guidance_interval")

@@ -488,23 +488,22 @@ def _short_path(path: str, paths: Sequence[str]) -> str:
     return path
 
 
-def model_label(record: dict[str, Any], records: Sequence[dict[str, Any]]) -> str:
-    """What tells ``record``'s model apart from the others' in ``records``, in a few words for a
-    plot legend, a heatmap row or a grid caption: the model, the checkpoint's shortest telling path
-    and the identity columns that differ (``trA/checkpoint``, ``ckpt weights 82e5707fb780``); ""
-    when every record shares them."""
-    parts = []
-    if len({str(r.get("model") or "") for r in records}) > 1:
-        parts.append(str(record.get("model") or ""))
+def model_labels(records: Sequence[dict[str, Any]]) -> list[str]:
+    """What tells each record's model apart from the others', in a few words for a plot legend, a
+    heatmap row or a grid caption: the model, the checkpoint's shortest telling path and the
+    identity columns that differ (``trA/checkpoint``, ``ckpt weights 82e5707fb780``); ""
+    for every record when they share all of them."""
+    several_models = len({str(r.get("model") or "") for r in records}) > 1
     checkpoints = list(dict.fromkeys(str(r.get("checkpoint") or "") for r in records))
-    if len(checkpoints) > 1:
-        parts.append(_short_path(str(record.get("checkpoint") or ""), checkpoints))
-    parts += [
-        f"{key} {record.get(key) or '-'}"
-        for key in VARIANT_KEYS
-        if key != "conditions" and tells_apart(records, key)
-    ]
-    return " ".join(p for p in parts if p)
+    keys = [key for key in VARIANT_KEYS if key != "conditions" and tells_apart(records, key)]
+    labels = []
+    for record in records:
+        parts = [str(record.get("model") or "")] if several_models else []
+        if len(checkpoints) > 1:
+            parts.append(_short_path(str(record.get("checkpoint") or ""), checkpoints))
+        parts += [f"{key} {record.get(key) or '-'}" for key in keys]
+        labels.append(" ".join(p for p in parts if p))
+    return labels
 
 
 def id_cell(record: dict[str, Any], key: str) -> Any:
@@ -524,16 +523,19 @@ def _points(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         r for r in records if not r.get("error") and "acc" in r["metrics"] and r["speed"].get("images_per_s")
     ]
     guidances = {str(r.get("guidance")) for r in usable}
+    # a series per model and condition set; none when every point shares both
+    series_of = [
+        f"{who} {r.get('condition_set') or ''}".strip()
+        for who, r in zip(model_labels(usable), usable, strict=True)
+    ]
+    if len(set(series_of)) <= 1:
+        series_of = [""] * len(usable)
     points = []
-    for r in usable:
+    for r, series in zip(usable, series_of, strict=True):
         label = f"{r['scheduler']}/{r['steps']}"
         if len(guidances) > 1:
             label += f" w={r['guidance']}"
         label += _interval_label(r)
-        # a series per model and condition set; none when every point shares both
-        series = f"{model_label(r, usable)} {r.get('condition_set') or ''}".strip()
-        if len({f"{model_label(u, usable)} {u.get('condition_set') or ''}" for u in usable}) <= 1:
-            series = ""
         points.append(
             {
                 "x": r["speed"]["images_per_s"],
@@ -568,10 +570,10 @@ def label_accuracy(records: list[dict[str, Any]]) -> tuple[list[str], list[str],
     if set(labels) <= set(known):  # the i-CLEVR labels: in objects.json's order, whichever set came first
         labels.sort(key=known.index)
     names, values = [], []
-    for r in usable:
+    for r, who in zip(usable, model_labels(usable), strict=True):
         name = f"{r.get('scheduler')}/{r.get('steps')} w={r.get('guidance')}{_interval_label(r)}"
         name += f" · {r.get('condition_set') or ''}"
-        if who := model_label(r, usable):
+        if who:
             name = f"{who}: {name}"
         per_label = r["metrics"]["acc_per_label"]
         names.append(f"{name.strip(' ·')} · {r['n_seeds']} seed{'s' if r['n_seeds'] != 1 else ''}")
@@ -607,6 +609,12 @@ def draw_label_accuracy(report: Report, out_path: str | Path) -> Path:
     )
 
 
+def _results_file(path: str | Path) -> Path:
+    """A `bench run --out` folder is read as its results.json; a folder without one stays itself."""
+    path = Path(path)
+    return path / "results.json" if path.is_dir() and (path / "results.json").is_file() else path
+
+
 def _run_identity(config: dict[str, Any], row: dict[str, Any]) -> dict[str, str]:
     """The VARIANT_KEYS of a results row, read off its run's config (files before a field was
     recorded leave it empty): what must match for two seeds to be averaged."""
@@ -636,11 +644,9 @@ def load_report(paths: Sequence[str | Path]) -> Report:
     lower: set[str] = set()
     seen: dict[Path, Path] = {}
     for raw in paths:
-        path = Path(raw)
-        if path.is_dir():  # a `bench run --out` folder: its results.json
-            if not (path / "results.json").is_file():
-                raise ResultsError(f"{path} is a folder without a results.json; pass a results file")
-            path = path / "results.json"
+        path = _results_file(raw)
+        if path.is_dir():
+            raise ResultsError(f"{path} is a folder without a results.json; pass a results file")
         # The same file twice would count each seed twice (n=2 from one run).
         if path.resolve() in seen:
             raise ResultsError(
@@ -666,9 +672,10 @@ def load_report(paths: Sequence[str | Path]) -> Report:
                 if row.get("misses"):
                     row["misses"] = str((base / row["misses"]).resolve())
             rows.append(row)
-    for row in rows:  # captioned once every file is read: the model named only where models differ
+    # captioned once every file is read: the model named only where models differ
+    for row, who in zip(rows, model_labels(rows), strict=True):
         if row.get("grid"):
-            label = f"{model_label(row, rows) or row.get('model', '')} {row.get('scheduler', '')}/{row.get('steps', '')}"
+            label = f"{who or row.get('model', '')} {row.get('scheduler', '')}/{row.get('steps', '')}"
             label += f" w={row.get('guidance')}{_interval_label(row)}"
             label = " ".join(f"{label} {row.get('condition_set', '')} seed {row.get('seed')}".split())
             report.grids.append((label, Path(row["grid"])))
@@ -747,8 +754,7 @@ def render_report(
 def _check_outputs(paths: Sequence[str | Path], outputs: dict[str, str | Path | None]) -> None:
     """No output onto a results file being read (--out results.json erased the run's results), and
     no two outputs onto one file (the second replaced the first)."""
-    # A run folder is read as its results.json: that file is the input an output must not replace.
-    inputs = {(Path(p) / "results.json" if Path(p).is_dir() else Path(p)).resolve() for p in paths}
+    inputs = {_results_file(p).resolve() for p in paths}  # a run folder's input is its results.json
     given = {option: Path(path).resolve() for option, path in outputs.items() if path is not None}
     for option, path in given.items():
         if path in inputs:

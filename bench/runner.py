@@ -84,18 +84,17 @@ def _beyond_training(sets: list[ConditionSet], meta: dict[str, Any]) -> str | No
     """A note when conditions name more objects than the checkpoint's training scenes held: its
     accuracy there measures extrapolation. Known for the synthetic set (its max_objects, 3 by
     default; checkpoints that did not record their data were trained on it) and i-CLEVR (1-3)."""
-    train = meta.get("train_config") or {}
+    if "train_config" not in meta:
+        return None  # random weights: no training scenes
+    train = meta["train_config"] or {}
     data = train.get("data") or "synthetic"
-    if data not in ("synthetic", "iclevr") or "train_config" not in meta:
-        return None  # random weights, or data whose scenes are not known
+    if data not in ("synthetic", "iclevr"):
+        return None  # data whose scenes are not known
     most = int((train.get("data_options") or {}).get("max_objects", 3)) if data == "synthetic" else 3
-    over = {s.name: sum(len(c) > most for c in s.conditions) for s in sets}
-    over = {name: n for name, n in over.items() if n}
-    if not over:
+    over = [(s.name, sum(len(c) > most for c in s.conditions), len(s)) for s in sets]
+    counts = ", ".join(f"{name} {n} of {total}" for name, n, total in over if n)
+    if not counts:
         return None
-    counts = ", ".join(
-        f"{name} {n} of {len(next(s for s in sets if s.name == name))}" for name, n in over.items()
-    )
     return (
         f"conditions with more than {most} objects ({counts}): the checkpoint trained on {data} scenes of "
         f"at most {most}, so its accuracy there measures extrapolation"

@@ -792,13 +792,12 @@ def check_run(config: TrainConfig) -> str | None:
     return None
 
 
-def resume_notes(config: TrainConfig) -> list[str]:
-    """What a resume changes that it may change but a user should hear of: a new limit under
-    ``--lr-schedule cosine`` stretches the decay to it, so the lr rises again from where the
-    checkpoint left it (near 0 when the last run ran to its end)."""
-    if not config.resume or config.lr_schedule != "cosine":
-        return []
-    saved = (_saved_meta(Path(config.out_dir) / CHECKPOINT_DIR) or {}).get("train_config") or {}
+def _stretch_note(saved: dict[str, Any], config: TrainConfig) -> str | None:
+    """A resume may change its limits, but under ``--lr-schedule cosine`` a new limit stretches the
+    decay to it, so the lr rises again from where the checkpoint (``saved``: its train config) left
+    it, near 0 when the last run ran to its end: worth a line."""
+    if config.lr_schedule != "cosine":
+        return None
     limits = {"max_steps": "--max-steps", "epochs": "--epochs", "max_minutes": "--max-minutes"}
     changed = [
         f"{option} {_shown(saved[name])} -> {_shown(getattr(config, name))}"
@@ -806,11 +805,11 @@ def resume_notes(config: TrainConfig) -> list[str]:
         if name in saved and _comparable(name, saved[name]) != _comparable(name, getattr(config, name))
     ]
     if not changed:
-        return []
-    return [
+        return None
+    return (
         f"resume: {', '.join(changed)} stretches the cosine lr decay to the new limit, so the lr rises "
         "again from where the checkpoint left it (a run trained to its end had decayed to about 0)"
-    ]
+    )
 
 
 def _nothing_to_train(config: TrainConfig, step: int, steps_per_epoch: int, message: str) -> TrainSummary:
@@ -893,6 +892,9 @@ def train(
                 f"{config.max_minutes:g} (the budget counts the training time of every run of this --out): "
                 f"nothing to train (raise --max-minutes to train on); {ckpt_dir} is left as it is",
             )
+        note = _stretch_note(meta.get("train_config") or {}, config)
+        if note and trainer.is_main:
+            print(note, file=sys.stderr, flush=True)
     log_path = out_dir / LOSS_LOG
     log_rows = _read_log(log_path, trainer.step) if config.resume else []
     if trainer.is_main:

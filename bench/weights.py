@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "plugins" / "bench_builtins" / "weights"
@@ -14,6 +16,15 @@ class WeightsError(Exception):
 
 
 def sha256_of(path: str | Path) -> str:
+    """The file's sha256, hashed once per content: the default checkpoint is checked when it is
+    chosen, again when it loads, and named in results (each was a full read). A rewritten file
+    has another size or mtime, so it is hashed again."""
+    stat = os.stat(path)
+    return _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

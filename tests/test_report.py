@@ -371,7 +371,7 @@ def test_seeds_of_other_weights_references_or_condition_contents_are_not_average
 def test_plot_heatmap_and_captions_name_the_model_where_models_differ(tmp_path: Path) -> None:
     """Two exports in one folder, and one path holding two trainings: the legend, the heatmap rows
     and the grid captions say which model is which (the folder's name alone said ``ex`` twice)."""
-    from bench.report import model_label
+    from bench.report import model_labels
 
     def run(name: str, checkpoint: str, weights: str) -> Path:
         folder = tmp_path / name
@@ -391,12 +391,12 @@ def test_plot_heatmap_and_captions_name_the_model_where_models_differ(tmp_path: 
     again = run("again", "runs/x/checkpoint", "3" * 64)
     retrained = run("retrained", "runs/x/checkpoint", "4" * 64)
     report = load_report([again, retrained])
-    assert [model_label(r, report.records) for r in report.records] == [
+    assert model_labels(report.records) == [
         "weights 333333333333",
         "weights 444444444444",
     ]
     one = load_report([a])
-    assert one.points[0]["series"] == "" and model_label(one.records[0], one.records) == ""
+    assert one.points[0]["series"] == "" and model_labels(one.records) == [""]
 
 
 def test_latex_escapes(results_file: Path) -> None:
