@@ -9,7 +9,11 @@
 #      after the other at BATCH (scripts/tuning_pair.sh, 20 steps)
 #   3. sampling: the 100-step suite at BATCH, the one-image reference loop as its baseline (the
 #      compiled graphs of stage 2 come from Inductor's cache)
-#   4. training with --tune-kernels (coordinate-descent tuning), loss curve checked: its compile is
+#   4. `bench run` itself, guided and unguided, compiled (its GPU default) beside --no-compile: the
+#      `seed` preset with random weights on the 192 conditions that scripts/gpu_campaign.sh judges
+#      (test, new_test and the two validation sets), one seed, 100 cosine steps, no evaluators;
+#      images/s, compile time and peak memory (compile and capture included) per cell
+#   5. training with --tune-kernels (coordinate-descent tuning), loss curve checked: its compile is
 #      the longest (11 minutes at batch 256 on an H100, session 17), so it comes last
 # Usage: scripts/gpu_speed.sh OUT_DIR [BATCH (512)]
 # STAGES="train-baseline train-tuned" runs only the stages it names (default: all four, in order);
@@ -25,7 +29,7 @@ OUT=$(realpath -m "$OUT")
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-STAGES=${STAGES:-train-baseline sample-pair sample-suite train-tuned}
+STAGES=${STAGES:-train-baseline sample-pair sample-suite run-guided train-tuned}
 stage() {  # stage NAME SECONDS COMMAND...: run it with a time limit, log to OUT/NAME.log
   local name=$1 limit=$2
   shift 2
@@ -41,6 +45,17 @@ stage train-baseline 600 env BENCH_TRAIN_MODES=eager,compile-graphs BENCH_TRAIN_
 stage sample-pair 480 bash scripts/tuning_pair.sh "$OUT/sample-pair" "$BATCH" 20 420
 stage sample-suite 420 env BENCH_SPEED_MODES=reference,graphs,graphs-tuned BENCH_SPEED_BATCH="$BATCH" \
     BENCH_SPEED_K="sampling and gpu" bash scripts/speed.sh "$OUT/sample-suite"
+SETS=()
+for set in plugins/bench_builtins/conditions/test.json plugins/bench_builtins/conditions/new_test.json \
+    results/h100x4-session7/val-101.json results/h100x4-session7/val-102-shared.json; do
+  SETS+=(--conditions "$set")
+done
+for mode in compile no-compile; do
+  stage "run-guided" 300 python3 -m bench run --checkpoint random --preset seed --scheduler cosine --steps 100 \
+      --seeds 0 --guidance 1,5 --evaluators none --no-denoising-figure "${SETS[@]}" --"$mode" \
+      --out "$OUT/run-guided-$mode"
+  mv "$OUT/run-guided.log" "$OUT/run-guided-$mode.log" 2>/dev/null
+done
 # Last: its compile and tuning took 649 s at batch 256 on an H100 (session 17).
 stage train-tuned "${TUNED_LIMIT:-1200}" env BENCH_TRAIN_MODES=compile-graphs-tuned BENCH_TRAIN_BATCH="${TRAIN_BATCH:-256}" \
     BENCH_SPEED_K=test_training_gpu bash scripts/speed.sh "$OUT/train-tuned"
