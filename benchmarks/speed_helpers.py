@@ -145,9 +145,14 @@ def record_sampling(
     dtype: str,
     batch_size: int,
     peak: dict[str, Any] | None = None,
+    warmup: Any = None,
 ) -> dict[str, Any]:
-    """Fill ``benchmark.extra_info`` from the rounds' SampleResults (the last round is the figure)."""
+    """Fill ``benchmark.extra_info`` from the rounds' SampleResults (the last round is the figure).
+    ``warmup``: the SampleResult of the untimed call that compiled and captured at this shape; its
+    compile time and peak memory count (a replayed CUDA graph allocates almost nothing)."""
     last = results[-1]
+    every = [*results, *([warmup] if warmup is not None else [])]
+    peaks = [r.peak_memory_mb for r in every if r.peak_memory_mb is not None]
     n = len(last.images)
     per_round = [len(r.images) / r.seconds for r in results if r.seconds > 0]
     ips = n / last.seconds
@@ -169,8 +174,8 @@ def record_sampling(
         "images_per_s_median": statistics.median(per_round),
         "s_per_image": 1.0 / ips,
         "seconds_last_round": last.seconds,
-        "warmup_seconds": max(r.warmup_seconds for r in results),
-        "peak_memory_mb": last.peak_memory_mb,
+        "warmup_seconds": max(r.warmup_seconds for r in every),
+        "peak_memory_mb": max(peaks) if peaks else None,
         "rounds": len(results),
     }
     if peak is not None and preset == "seed":

@@ -162,7 +162,9 @@ def test_sampling_gpu(
         gpu_model.to(memory_format=torch.contiguous_format)  # an earlier variant may have converted it
     conds = make_conditions(batch)
     # Warm-up off the clock: a 2-step run compiles / captures graphs at the same batch shape.
-    sample(gpu_model, "cosine", conds, train_config=cosine_noise, steps=2, device="cuda", options=options)
+    warm = sample(
+        gpu_model, "cosine", conds, train_config=cosine_noise, steps=2, device="cuda", options=options
+    )
     sync("cuda")
     run = RoundLog(
         lambda: sample(
@@ -187,5 +189,6 @@ def test_sampling_gpu(
         dtype=options.dtype,
         batch_size=batch,
         peak=gpu_peak,
+        warmup=warm,
     )
     assert torch.isfinite(run.results[-1].images).all()
