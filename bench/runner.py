@@ -434,22 +434,28 @@ class _Run:
     log: Any
     rank: int = 0
     size: int = 1
-    # guided (doubled batch) or not -> peak CUDA MB of the untimed warm-up at that batch shape:
-    # compile and CUDA-graph capture happen there, and a graph's private pool is allocated there
-    warmup_peak_mb: dict[bool, float] = field(default_factory=dict)
+    # guided (doubled batch) or not -> (peak CUDA MB or None, seconds before the clock) of the
+    # untimed warm-up at that batch shape: compile and CUDA-graph capture happen there, and a
+    # graph's private pool is allocated there
+    warm_ups: dict[bool, tuple[float | None, float]] = field(default_factory=dict)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
-    def peak_memory_mb(self, cell_peak: float | None, guidance: float) -> float | None:
-        """A cell's peak: its own sampling call's, or its batch shapes' warm-up peak if higher
-        (a replayed CUDA graph allocates almost nothing: session 20's guided compiled cell read
-        521 MB, the eager one 7,424)."""
+    def warm_up_figures(self, result: Any, guidance: float) -> tuple[float | None, float]:
+        """A cell's peak CUDA memory and seconds before its clock started: its own sampling call's,
+        or its batch shapes' warm-up's where larger. A replayed CUDA graph allocates almost nothing
+        (session 20's guided compiled cell read 521 MB without this, 3,573 with it, 7,424 eager),
+        and the compile happened in the warm-up."""
         guided = guidance != 1.0
         shapes = {guided, False} if guided and _interval(self, guidance) else {guided}
-        peaks = [p for p in [cell_peak, *(self.warmup_peak_mb.get(g) for g in shapes)] if p is not None]
-        return max(peaks) if peaks else None
+        every = [
+            (result.peak_memory_mb, result.warmup_seconds),
+            *(self.warm_ups[g] for g in shapes if g in self.warm_ups),
+        ]
+        peaks = [peak for peak, _ in every if peak is not None]
+        return (max(peaks) if peaks else None), max(seconds for _, seconds in every)
 
 
 def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResult | None:
@@ -685,8 +691,7 @@ def _warm_up(ctx: _Run) -> None:
             device=ctx.device,
             options=ctx.options,
         )
-        if warm.peak_memory_mb is not None:
-            ctx.warmup_peak_mb[guidance != 1.0] = warm.peak_memory_mb
+        ctx.warm_ups[guidance != 1.0] = (warm.peak_memory_mb, warm.warmup_seconds)
 
 
 def _run_cell(ctx: _Run, scheduler_name: str, steps: int, guidance: float, seed: int) -> list[Row]:
@@ -732,12 +737,13 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int, guidance: float, seed:
         return rows  # the main process saves, evaluates and keeps the rows
     n_total = result.images.shape[0]
     options = result.options or ctx.options
+    peak_mb, warmup_seconds = ctx.warm_up_figures(result, guidance)
     speed = {
         "images_per_s": n_total / result.seconds if result.seconds else None,
         "s_per_image": result.seconds / n_total,
         "nfe": result.nfe,
         "guided_nfe": result.extra.get("guided_nfe"),
-        "peak_memory_mb": ctx.peak_memory_mb(result.peak_memory_mb, guidance),
+        "peak_memory_mb": peak_mb,
         "batch_size": options.batch_size,
         "dtype": options.dtype,
         "device": ctx.device,
@@ -747,7 +753,7 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int, guidance: float, seed:
         "autotune": options.autotune,
         "tune_kernels": options.tune_kernels,
         "group_norm_by_views": options.group_norm_by_views,
-        "warmup_seconds": result.warmup_seconds,
+        "warmup_seconds": warmup_seconds,
         "total_images": n_total,
         "seconds": result.seconds,
         "processes": ctx.size,

@@ -346,9 +346,9 @@ def test_a_failing_cell_records_its_error_and_the_rest_run(runner, tmp_path, mon
 
 def test_a_cells_peak_memory_counts_its_batch_shapes_warm_up(runner, tmp_path, monkeypatch) -> None:
     """Compile and CUDA-graph capture happen in the warm-up, whose graphs the cells replay while
-    allocating almost nothing: each cell's peak is the larger of its own and its shape's warm-up's.
-    Peaks are simulated (the CPU has none): warm-up 1-step calls read 4,000 MB guided and 2,000
-    unguided, the timed cells 500."""
+    allocating almost nothing: each cell's peak and seconds before the clock are the larger of its
+    own and its shape's warm-up's. Simulated (the CPU has no peak): warm-up 1-step calls read
+    4,000 MB and 60 s guided, 2,000 MB and 50 s unguided; the timed cells 500 MB and 0.1 s."""
     from dataclasses import replace
 
     from bench import sampling
@@ -357,9 +357,12 @@ def test_a_cells_peak_memory_counts_its_batch_shapes_warm_up(runner, tmp_path, m
 
     def with_peaks(*args, **kwargs):
         result = real(*args, **kwargs)
-        warm_up = kwargs["steps"] == 1
         guided = kwargs.get("guidance", 1.0) != 1.0
-        return replace(result, peak_memory_mb=(4000.0 if guided else 2000.0) if warm_up else 500.0)
+        if kwargs["steps"] == 1:  # the warm-up
+            return replace(
+                result, peak_memory_mb=4000.0 if guided else 2000.0, warmup_seconds=60.0 if guided else 50.0
+            )
+        return replace(result, peak_memory_mb=500.0, warmup_seconds=0.1)
 
     monkeypatch.setattr(sampling, "sample", with_peaks)
     out = tmp_path / "run"
@@ -368,11 +371,9 @@ def test_a_cells_peak_memory_counts_its_batch_shapes_warm_up(runner, tmp_path, m
         "--no-denoising-figure", *_two_conditions(tmp_path), "--out", str(out),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    peaks = {
-        r["guidance"]: r["speed"]["peak_memory_mb"]
-        for r in json.loads((out / "results.json").read_text())["rows"]
-    }
-    assert peaks == {1.0: 2000.0, 3.0: 4000.0}
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    figures = {r["guidance"]: (r["speed"]["peak_memory_mb"], r["speed"]["warmup_seconds"]) for r in rows}
+    assert figures == {1.0: (2000.0, 50.0), 3.0: (4000.0, 60.0)}
 
 
 def _count_cells(monkeypatch, fail_steps: int | None = None) -> list[int]:
