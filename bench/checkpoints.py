@@ -101,11 +101,22 @@ def _previous(path: Path) -> Path:
     return path.parent / f".{path.name}.previous"
 
 
-def _recover(path: Path) -> None:
+def recover(path: str | os.PathLike) -> None:
     """Finish a swap an interrupted save left half-done (the old checkpoint renamed aside)."""
+    path = Path(path)
     previous = _previous(path)
     if not path.exists() and previous.is_dir():
         os.replace(previous, path)
+
+
+def recover_for_writing(path: str | os.PathLike) -> None:
+    """``recover``, and remove the temporary folders of saves killed while writing (each as large as
+    a checkpoint, hidden by its dot). Only for the one process that saves to ``path``: a reader
+    would delete a save in progress."""
+    path = Path(path)
+    recover(path)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def save_checkpoint(
@@ -132,7 +143,7 @@ def save_checkpoint(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _recover(path)
+    recover_for_writing(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700: on a shared machine others could not read the checkpoint
     try:
@@ -158,6 +169,7 @@ def save_checkpoint(
         for f in tmp.iterdir():  # durable before the rename makes it visible
             with open(f, "rb") as handle:
                 os.fsync(handle.fileno())
+            os.chmod(f, 0o644)  # as the folder: safetensors writes its files 0600
         previous = _previous(path)
         if previous.exists():
             shutil.rmtree(previous)
@@ -245,7 +257,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     import torch
 
     path = Path(path)
-    _recover(path)
+    recover(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not path.is_dir():
@@ -457,7 +469,7 @@ def load_model(
     import torch
 
     path = Path(path)
-    _recover(path)
+    recover(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():

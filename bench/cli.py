@@ -657,9 +657,9 @@ def train_judge_command(
     "--resume",
     is_flag=True,
     help="Continue from the checkpoint in --out, with the options it was trained with (those not given "
-    "are taken from it; one given with another value is refused): only the limits (--max-steps, "
-    "--epochs, --max-minutes), --checkpoint-every, --device, the compile and layout switches and "
-    "--data-root may change.",
+    "are taken from it, its limits, dataset and folder too; one given with another value is refused): "
+    "only the limits (--max-steps, --epochs, --max-minutes), --checkpoint-every, --device, the compile "
+    "and layout switches and --data-root may change.",
 )
 @click.option(
     "--init-from",
@@ -671,24 +671,27 @@ def train_command(recipe, data, data_root, scenes, **options) -> None:
     """Train a model on a dataset; checkpoints, EMA, resume, loss curve."""
     from bench.training import TrainConfig, check_run, resume_defaults, train
 
-    entry = _dataset_entry(data, data_root)
     # Only what was given overrides the recipe; --no-compile (False) is given, unset (None) is not.
     overrides = {k: v for k, v in options.items() if v is not None}
     if options.get("ema_decay") == 0:
         overrides["ema_decay"] = None
     extra = {"scenes": scenes} if scenes else {}
     if options.get("resume"):
-        # A resume continues the run with the checkpoint's options; only those given are compared
-        # with them (check_run refuses a change, naming it).
+        # A resume continues the run with the checkpoint's options, its limits and dataset among
+        # them; only those given are compared with them (check_run refuses a change, naming it).
         saved = resume_defaults(options["out_dir"])
-        saved_recipe, saved_data = saved.pop("recipe", None), saved.pop("data_options", None)
-        if (
-            saved_recipe
-            and click.get_current_context().get_parameter_source("recipe") is ParameterSource.DEFAULT
-        ):
+        saved_recipe, saved_options = saved.pop("recipe", None), saved.pop("data_options", None)
+        saved_data, saved_root = saved.pop("data", None), saved.pop("data_root", None)
+        given = click.get_current_context().get_parameter_source
+        if saved_recipe and given("recipe") is ParameterSource.DEFAULT:
             recipe = saved_recipe
+        if saved_data and given("data") is ParameterSource.DEFAULT:
+            data = saved_data
+        if data_root is None and data == saved_data:
+            data_root = saved_root
         overrides = {**saved, **overrides}
-        extra = extra or saved_data or {}
+        extra = extra or saved_options or {}
+    entry = _dataset_entry(data, data_root)
     # What it trains on goes into train_config.json and the checkpoint (the folder as an absolute path).
     root = str(Path(data_root).expanduser().resolve()) if data_root else None
     config = TrainConfig.from_recipe(recipe, **overrides, data=entry.name, data_root=root, data_options=extra)

@@ -29,7 +29,14 @@ import torch
 import torch.nn.functional as F
 
 from bench.atomic import atomic_write_text
-from bench.checkpoints import CheckpointError, load_checkpoint, save_checkpoint, unwrap_model
+from bench.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    recover,
+    recover_for_writing,
+    save_checkpoint,
+    unwrap_model,
+)
 from bench.compile_mode import (
     compile_only_switch_error,
     compile_options,
@@ -603,19 +610,27 @@ class _Trainer:
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "rng_python": list(random.getstate()[1]),
         }
-        return save_checkpoint(
-            path,
-            model_name=self.config.model,
-            model=self.model,
-            model_config=self.model_config,
-            noise_config=self.noise_config,
-            train_config=self.config.to_dict(),
-            step=self.step,
-            epoch=epoch,
-            ema=self.ema,
-            training_state=state,
-            extra={"images_seen": self.step * self.config.batch_size},
-        )
+        try:
+            return save_checkpoint(
+                path,
+                model_name=self.config.model,
+                model=self.model,
+                model_config=self.model_config,
+                noise_config=self.noise_config,
+                train_config=self.config.to_dict(),
+                step=self.step,
+                epoch=epoch,
+                ema=self.ema,
+                training_state=state,
+                extra={"images_seen": self.step * self.config.batch_size},
+            )
+        except (OSError, RuntimeError) as error:  # a full disk reaches torch.save as a RuntimeError
+            kept = f"the last complete one, {path}, is kept" if path.exists() else "no earlier one exists"
+            raise TrainingError(
+                f"could not write the step-{self.step} checkpoint beside {path} ({type(error).__name__}: "
+                f"{str(error).strip()}); {kept}. Free disk space or fix the folder's permissions, then "
+                "resume with --resume"
+            ) from error
 
     def restore(self, path: Path) -> None:
         ckpt = load_checkpoint(path, map_location=self.device)
@@ -730,13 +745,22 @@ def _resume_conflicts(saved: dict[str, Any], config: TrainConfig) -> tuple[list[
     return differ, fix
 
 
+# What a resume takes from the checkpoint where not given, besides the trajectory: the run's limits
+# (else a resume would fall back to the recipe's 20,000 steps and drop --max-minutes, whose budget
+# counts over every run of an --out) and its checkpoint interval.
+_RESUMED_LIMITS = ("max_steps", "epochs", "max_minutes", "checkpoint_every")
+
+
 def resume_defaults(out_dir: str | Path) -> dict[str, Any]:
     """What a ``--resume`` of ``out_dir`` takes from its checkpoint for the options not given: the
-    options that shape the run (``_TRAJECTORY_OPTIONS``, the recipe among them) and the dataset's
-    options. Empty when there is no readable checkpoint (``check_run`` then says why)."""
-    meta = _saved_meta(Path(out_dir) / CHECKPOINT_DIR) or {}
+    options that shape the run (``_TRAJECTORY_OPTIONS``, the recipe among them), its limits, and
+    its dataset (name, folder, options). Empty when there is no readable checkpoint (``check_run``
+    then says why)."""
+    out_dir = Path(out_dir)
+    recover(out_dir / CHECKPOINT_DIR)
+    meta = _saved_meta(out_dir / CHECKPOINT_DIR) or {}
     saved = meta.get("train_config") if isinstance(meta.get("train_config"), dict) else {}
-    keep = [n for n in _TRAJECTORY_OPTIONS if n not in _DATA_FIELDS] + ["data_options"]
+    keep = [*_TRAJECTORY_OPTIONS, *_RESUMED_LIMITS, *_DATA_FIELDS]
     known = {f.name for f in fields(TrainConfig)}
     return {n: saved[n] for n in keep if n in saved and n in known}
 
@@ -769,9 +793,12 @@ def check_run(config: TrainConfig) -> str | None:
     to show when the checkpoint is already at --max-steps or --epochs (nothing to train); raises
     TrainingError otherwise. Cheap: reads only the checkpoint's config.json."""
     config.check()
+    ckpt_dir = Path(config.out_dir) / CHECKPOINT_DIR
+    # What killed saves left: a checkpoint renamed aside is put back (a resume finds it, a fresh start
+    # is refused rather than writing over it), and half-written copies go.
+    recover_for_writing(ckpt_dir)
     if not config.resume:
         return None
-    ckpt_dir = Path(config.out_dir) / CHECKPOINT_DIR
     if not ckpt_dir.exists():
         raise TrainingError(f"--resume: no checkpoint at {ckpt_dir}; start without --resume")
     meta = _saved_meta(ckpt_dir)

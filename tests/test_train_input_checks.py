@@ -176,6 +176,96 @@ def test_a_resume_takes_the_options_it_is_not_given_from_the_checkpoint(runner, 
     assert result.exit_code == 2 and "--recipe reference -> default" in " ".join(result.output.split())
 
 
+def test_a_bare_resume_keeps_the_runs_limits(runner, tmp_path, monkeypatch) -> None:
+    """`--out X --resume` alone used to fall back to the recipe's 20,000 steps and drop
+    --max-minutes (whose budget counts over every run of an --out), changing the lr schedule."""
+    out = tmp_path / "train"
+    assert bench_train(runner, out, "--max-steps", "2", "--max-minutes", "30").exit_code == 0
+    monkeypatch.setattr(cli, "_dataset", _no_dataset)  # nothing is left to train: no data is read
+    result = runner.invoke(cli.main, ["train", "--device", "cpu", "--out", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "already at step 2 >= --max-steps 2: nothing to train" in " ".join(result.output.split())
+    assert "stretches" not in result.output
+    monkeypatch.undo()
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    result = runner.invoke(
+        cli.main, ["train", "--device", "cpu", "--out", str(out), "--resume", "--max-steps", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "checkpoint" / "config.json").read_text())["train_config"]
+    assert (config["max_steps"], config["max_minutes"]) == (3, 30)
+
+
+def test_a_bare_resume_trains_on_the_recorded_folder(runner, tmp_path) -> None:
+    folder = tmp_path / "iclevr"
+    assert runner.invoke(cli.main, ["data", "synth", "--out", str(folder), "--scenes", "1"]).exit_code == 0
+    out = tmp_path / "train"
+    args = ["--data", "iclevr", "--data-root", str(folder), "--max-steps", "1"]
+    assert bench_train(runner, out, *args).exit_code == 0
+    result = runner.invoke(
+        cli.main, ["train", "--device", "cpu", "--out", str(out), "--resume", "--max-steps", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "checkpoint" / "config.json").read_text())["train_config"]
+    assert (config["data"], config["data_root"]) == ("iclevr", str(folder.resolve()))
+    # A dataset given is still compared with the recorded one.
+    result = runner.invoke(
+        cli.main,
+        [
+            "train",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--resume",
+            "--max-steps",
+            "3",
+            "--data",
+            "synthetic",
+        ],
+    )
+    assert result.exit_code == 2 and "--data iclevr -> synthetic" in " ".join(result.output.split())
+
+
+def test_what_killed_saves_left_is_tidied_before_training(runner, tmp_path) -> None:
+    """A save killed while writing leaves a hidden folder as large as a checkpoint; one killed
+    between its two renames leaves the checkpoint renamed aside, which a resume must find and a
+    fresh start must not write over."""
+    out = tmp_path / "train"
+    assert bench_train(runner, out, "--max-steps", "1").exit_code == 0
+    stale = out / ".checkpoint.tmp-killed"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    (out / "checkpoint").rename(out / ".checkpoint.previous")
+    result = bench_train(runner, out, "--max-steps", "1")  # a fresh start is refused
+    assert result.exit_code != 0 and "already holds a checkpoint" in " ".join(result.output.split())
+    assert not stale.exists() and (out / "checkpoint" / "config.json").exists()
+    result = bench_train(runner, out, "--max-steps", "2", "--resume")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "checkpoint" / "config.json").read_text())["step"] == 2
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (out / "checkpoint").iterdir()}
+    assert set(modes.values()) == {0o644}, modes  # safetensors writes 0600: others could not read
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_last_one(
+    runner, tmp_path, monkeypatch
+) -> None:
+    out = tmp_path / "train"
+    assert bench_train(runner, out, "--max-steps", "1").exit_code == 0
+    before = (out / "checkpoint" / "model.safetensors").read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 124864 vs 124756")
+
+    monkeypatch.setattr("torch.save", disk_full)
+    result = bench_train(runner, out, "--max-steps", "2", "--resume")
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    assert "could not write the step-2 checkpoint" in text and "unexpected pos" in text and "is kept" in text
+    assert (out / "checkpoint" / "model.safetensors").read_bytes() == before
+    assert not list(out.glob(".checkpoint.tmp-*"))
+
+
 def _data(n: int = 8) -> ImageConditionDataset:
     labels = [f"label {i}" for i in range(24)]
     images = torch.randint(
@@ -221,8 +311,12 @@ def test_a_resume_already_at_its_limit_says_so_and_changes_nothing(runner, tmp_p
     for limit, message in [
         (["--max-steps", "2"], "the checkpoint is already at step 2 >= --max-steps 2: nothing to train"),
         (["--max-steps", "1"], "the checkpoint is already at step 2 >= --max-steps 1: nothing to train"),
-        # 3 images in batches of 2: one step an epoch, so 2 epochs are done
-        (["--epochs", "2"], "the checkpoint has already trained 2 epoch(s) >= --epochs 2: nothing to train"),
+        # 3 images in batches of 2: one step an epoch, so 2 epochs are done (a higher --max-steps:
+        # the checkpoint's 2 would otherwise stop it first)
+        (
+            ["--epochs", "2", "--max-steps", "9"],
+            "the checkpoint has already trained 2 epoch(s) >= --epochs 2: nothing to train",
+        ),
     ]:
         result = bench_train(runner, out, *limit, "--resume")
         assert result.exit_code == 0, result.output
