@@ -37,3 +37,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def unwritable_folder(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be written into ``folder`` (made where missing), or None when they can.
+    Probed by a file made and removed in the first folder that exists at or above it (a permission
+    check alone misses read-only mounts and immutable folders), so that a command says so before its
+    minutes of work instead of a traceback after them; nothing is left behind."""
+    folder = Path(folder)
+    for path in (folder, *folder.parents):
+        if not path.exists():
+            continue
+        if not path.is_dir():
+            return f"{path} is a file" + ("" if path == folder else ", so the folder cannot be made")
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".bench-write-check-", dir=path)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as error:
+            return f"{path} cannot be written to ({error.strerror or error})"
+        return None
+    return None

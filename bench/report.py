@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.atomic import unwritable_folder
 from bench.guidance import format_interval
 from bench.results import ResultsError, load_results
 
@@ -764,6 +765,10 @@ def _check_outputs(paths: Sequence[str | Path], outputs: dict[str, str | Path | 
     for (a, path_a), (b, path_b) in itertools.combinations(given.items(), 2):
         if path_a == path_b:
             raise ResultsError(f"{a} and {b} name the same file {outputs[a]}; give each its own")
+    for option, path in given.items():
+        problem = unwritable_folder(path.parent)
+        if problem:
+            raise ResultsError(f"{option} {outputs[option]}: {problem}; write the report elsewhere")
 
 
 def _short(message: str, limit: int = 160) -> str:

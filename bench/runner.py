@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bench.atomic import unwritable_folder
 from bench.conditions import ConditionSet, load_condition_set, load_labels_spec, multi_hot
 from bench.distributed import barrier, finish, gather, process_device, resolve_device, shard, world
 from bench.guidance import (
@@ -168,17 +169,11 @@ def _check_request(config: RunConfig, plugins: Plugins) -> None:
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    """--out must be (or become) a folder: a file there, or above it, was a FileExistsError
-    traceback after the model and judges had loaded."""
-    for path in (out_dir, *out_dir.parents):
-        if path.exists():
-            if path.is_dir():
-                return
-            if path == out_dir:
-                raise RunError(
-                    f"--out {out_dir} is a file; give a folder (bench run writes results.json there)"
-                )
-            raise RunError(f"--out {out_dir}: {path} is a file, so the folder cannot be made; give another")
+    """--out must be (or become) a folder that can be written: a file there, or above it, or a
+    read-only folder was a traceback after the model had loaded and the first cell sampled."""
+    problem = unwritable_folder(out_dir)
+    if problem:
+        raise RunError(f"--out {out_dir}: {problem}; give a folder bench run can write results.json into")
 
 
 def unique_matrix(config: RunConfig, plugins: Plugins) -> tuple[RunConfig, str | None]:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.atomic import atomic_write_text
+from bench.atomic import atomic_write_text, unwritable_folder
 from bench.checkpoints import (
     CheckpointError,
     load_checkpoint,
@@ -793,6 +793,11 @@ def check_run(config: TrainConfig) -> str | None:
     to show when the checkpoint is already at --max-steps or --epochs (nothing to train); raises
     TrainingError otherwise. Cheap: reads only the checkpoint's config.json."""
     config.check()
+    problem = unwritable_folder(config.out_dir)
+    if problem:
+        raise TrainingError(
+            f"--out {config.out_dir}: {problem}; give a folder the checkpoints can be written into"
+        )
     ckpt_dir = Path(config.out_dir) / CHECKPOINT_DIR
     # What killed saves left: a checkpoint renamed aside is put back (a resume finds it, a fresh start
     # is refused rather than writing over it), and half-written copies go.

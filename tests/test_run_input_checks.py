@@ -205,6 +205,43 @@ def test_out_on_a_file_is_one_clear_line(runner, tmp_path, one_condition, inside
     assert "Traceback" not in result.output and file.read_text() == "mine"
 
 
+def test_an_out_that_cannot_be_written_is_one_line_before_any_work(
+    runner, tmp_path, monkeypatch, one_condition
+) -> None:
+    """A read-only folder (a mount, an immutable folder: root passes a permission check there, so
+    the probe writes a file) was a PermissionError traceback after the first cell had sampled, or
+    after bench train had built its data."""
+    import tempfile
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == locked:
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr("bench.atomic.tempfile.mkstemp", read_only)
+    _no_work(monkeypatch)
+    monkeypatch.setattr(cli, "_dataset", lambda *a, **k: pytest.fail("the data was read"))
+    for args in (
+        [*TINY_RUN, "--steps", "2", *one_condition, "--out", str(locked / "run")],
+        ["train", "--preset", "tiny", "--device", "cpu", "--out", str(locked / "train")],
+    ):
+        result = runner.invoke(cli.main, args)
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert f"{locked} cannot be written to (Permission denied)" in text and "Traceback" not in text
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"schema": "bench.results/1", "rows": []}))
+    result = runner.invoke(cli.main, ["report", str(results), "--out", str(locked / "report.md")])
+    assert (
+        result.exit_code != 0 and "cannot be written to" in result.output and "Traceback" not in result.output
+    )
+    assert list(locked.iterdir()) == []  # nothing left behind
+
+
 def test_an_unknown_preset_is_one_line_listing_the_presets(runner, tmp_path) -> None:
     args = ["run", "--checkpoint", "random", "--preset", "tinyy", "--out", str(tmp_path / "o")]
     result = runner.invoke(cli.main, args)
