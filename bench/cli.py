@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import click
@@ -184,8 +185,14 @@ def run_command(
     """Sample a checkpoint under every scheduler/steps/seed cell, judge the images, write results."""
     from bench.runner import RunConfig, run
 
-    if options.get("data_root"):  # recorded as bench train records it: the folder, wherever run from
+    # Paths recorded absolute, as bench train records them: the same files wherever the command runs
+    # from (a --resume from another folder compares the same checkpoint, not two spellings of it).
+    if options.get("data_root"):
         options["data_root"] = str(Path(options["data_root"]).expanduser().resolve())
+    checkpoint = options.get("checkpoint")
+    if checkpoint not in (None, "random") and Path(checkpoint).expanduser().exists():
+        options["checkpoint"] = str(Path(checkpoint).expanduser().resolve())
+    started = time.time()
     config = RunConfig(
         # An empty value (--seeds '') stays empty: the runner refuses it before writing anything.
         schedulers=parse_list(schedulers),
@@ -201,10 +208,13 @@ def run_command(
         result = run(config, log=lambda m: click.echo(m, err=True))
     except KeyboardInterrupt:
         done = Path(config.out_dir) / "results.json"
-        if done.exists():
+        # (a file's time comes from a coarser clock than time.time(): a second's margin)
+        if done.exists() and done.stat().st_mtime >= started - 1:
             click.echo(
                 f"\ninterrupted: {done} holds the finished cells; --resume goes on from them", err=True
             )
+        elif done.exists():  # an earlier run's file: this one finished no cell
+            click.echo(f"\ninterrupted before the first cell finished; {done} is an earlier run's", err=True)
         raise SystemExit(130) from None
     if result is not None:  # None on the other processes of a multi-process run
         _print_summary(Path(config.out_dir), result)

@@ -488,6 +488,36 @@ def test_an_interrupted_run_points_at_resume(runner, tmp_path, monkeypatch) -> N
     assert "results.json holds the finished cells; --resume goes on from them" in result.output
 
 
+def test_an_interrupt_before_the_first_cell_does_not_offer_an_earlier_runs_file(
+    runner, tmp_path, monkeypatch
+) -> None:
+    import os
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    os.utime(out / "results.json", (0, 1_000_000_000))  # written by a run of 2001
+
+    def ctrl_c_in_the_first_cell(config, **_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("bench.runner.run", ctrl_c_in_the_first_cell)
+    result = tiny_run(runner, "--out", str(out))
+    assert result.exit_code == 130
+    assert "interrupted before the first cell finished" in result.output and "--resume" not in result.output
+
+
+def test_a_checkpoint_is_recorded_by_its_absolute_path(runner, tmp_path, monkeypatch) -> None:
+    """So that a --resume run from another folder names the same checkpoint the same way."""
+    seen = {}
+    monkeypatch.setattr("bench.runner.run", lambda config, **_: seen.setdefault("config", config) and None)
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    tiny = [a for a in TINY_RUN if a not in ("--checkpoint", "random", "--preset", "tiny")]
+    assert runner.invoke(cli.main, [*tiny, "--checkpoint", "weights.safetensors"]).exit_code == 0
+    assert seen["config"].checkpoint == str(tmp_path.resolve() / "weights.safetensors")
+
+
 def test_resume_refuses_a_file_from_another_machine(runner, tmp_path) -> None:
     out = tmp_path / "run"
     args = ["--scheduler", "ddim", "--steps", "2", "--seeds", "0", "--no-denoising-figure", "--out", str(out)]
