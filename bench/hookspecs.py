@@ -28,7 +28,8 @@ def register_models(register: Register) -> None:
     """Register model factories.
 
     Contract: ``factory(preset: str | None = None, **config) -> torch.nn.Module``. The module's
-    ``forward(sample, timesteps, conditions)`` returns the predicted noise for ``sample``
+    ``forward(sample, timesteps, conditions)`` returns the prediction (the noise, or v under
+    ``prediction_type="v_prediction"``, as the noise config says) for ``sample``
     (B, C, H, W) at integer ``timesteps`` (B,) under multi-hot ``conditions`` (B, num_labels),
     and its attribute ``config`` is a JSON-serialisable dict such that ``factory(**config)``
     rebuilds the same architecture (it is stored in every checkpoint). ``preset`` names a set

@@ -24,6 +24,7 @@ from speed_helpers import (
     RoundLog,
     env_int,
     env_ints,
+    env_list,
     env_modes,
     make_conditions,
     make_model,
@@ -34,6 +35,7 @@ from speed_helpers import (
 
 from bench.sampling import SamplingOptions, plain_reference_loop, sample
 
+CPU_SCHEDULER_NAMES = env_list("BENCH_CPU_SCHEDULERS", ",".join(CPU_SCHEDULERS))
 CPU_STEPS = env_ints("BENCH_CPU_STEPS", "10,25")
 CPU_BATCH = env_int("BENCH_CPU_BATCH", 8)
 CPU_ROUNDS = env_int("BENCH_CPU_ROUNDS", 2)
@@ -76,7 +78,7 @@ def tiny_cpu() -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("steps", CPU_STEPS)
-@pytest.mark.parametrize("scheduler", CPU_SCHEDULERS)
+@pytest.mark.parametrize("scheduler", CPU_SCHEDULER_NAMES)
 def test_sampling_cpu_tiny(
     benchmark: Any, tiny_cpu: torch.nn.Module, cosine_noise: dict, scheduler: str, steps: int
 ) -> None:

@@ -82,6 +82,17 @@ def run_script(name: str, out: Path, *args: str, **env: str) -> None:
     )
 
 
+def test_the_cpu_schedulers_are_chosen_by_environment(tmp_path: Path) -> None:
+    """BENCH_CPU_SCHEDULERS was documented and ignored: every scheduler ran."""
+    env = {**os.environ, "BENCH_CPU_SCHEDULERS": "cosine,ddim", "BENCH_CPU_STEPS": "2"}
+    command = [sys.executable, "-m", "pytest", "benchmarks/", "--collect-only", "-q", "-k", "sampling_cpu"]
+    listed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    collected = sorted(
+        line.split("[", 1)[1] for line in listed.splitlines() if "::test_sampling_cpu_tiny[" in line
+    )
+    assert collected == ["cosine-2]", "ddim-2]"], listed
+
+
 def test_the_sampling_profiler_splits_the_time_by_op_family(tmp_path: Path) -> None:
     """scripts/profile_sampling.py on the CPU, tiny preset: the table and the family shares exist."""
     run_script(

@@ -120,7 +120,7 @@ def locate_images(base: Path, images: Path, files: list[str], explicit: bool, tr
         )
         raise DatasetError(
             f"{len(missing)} of the {len(files)} images {train.name} names are not in {images}{where}: {shown}; "
-            "put the PNGs beside train.json or in images/"
+            "put the PNGs beside train.json, in images/ or in a folder of their own beside it"
         )
     return images
 
