@@ -238,6 +238,39 @@ def test_the_same_file_twice_is_refused(results_file: Path) -> None:
         load_report([results_file, results_file])
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["rows"].__setitem__(0, None), r"row 0 is null, expected an object"),
+        (lambda d: d["rows"][1].pop("scheduler"), r"row 1 has no scheduler"),
+        (
+            lambda d: d.__setitem__("schema", "bench.results/99"),
+            r"schema 'bench.results/99'; this bench reads",
+        ),
+        (lambda d: d["rows"][0].__setitem__("metrics", "acc=1"), r"row 0's 'metrics' is a str"),
+        (lambda d: d.__setitem__("rows", {"0": {}}), r"'rows' is a dict"),
+    ],
+)
+def test_a_malformed_results_file_is_one_line_naming_what_is_wrong(
+    results_file: Path, tmp_path: Path, edit, message
+) -> None:
+    """A file edited by hand was an AttributeError from the aggregation, or lost a row silently."""
+    data = json.loads(results_file.read_text())
+    edit(data)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(ResultsError, match=message):
+        load_report([bad])
+
+
+def test_a_per_label_metric_that_is_no_mapping_is_left_out(results_file: Path, tmp_path: Path) -> None:
+    data = json.loads(results_file.read_text())
+    data["rows"][0]["metrics"]["acc_per_label"] = "red cube: 1.0"
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(data))
+    assert "ddim" in render_report([edited], "plain")
+
+
 def test_one_seed_twice_in_a_cell_is_refused(results_file: Path, tmp_path: Path) -> None:
     # A copied results file (or runs that differ only in what a row does not name) merged as n=4.
     copy = tmp_path / "copy" / "results.json"
