@@ -24,6 +24,11 @@ class BenchGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except KeyboardInterrupt:
+            # 130, the shell's code for Ctrl-C, as run and train give it (click's own handler said
+            # "Aborted!" and exited 1, so a script could not tell an interrupt from a failure)
+            click.echo("\ninterrupted", err=True)
+            raise SystemExit(130) from None
         except Exception as error:
             if not _is_user_error(error):
                 raise  # a bug: keep the traceback

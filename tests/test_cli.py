@@ -488,6 +488,18 @@ def test_an_interrupted_run_points_at_resume(runner, tmp_path, monkeypatch) -> N
     assert "results.json holds the finished cells; --resume goes on from them" in result.output
 
 
+def test_an_interrupt_in_any_command_exits_130(runner, monkeypatch) -> None:
+    """Ctrl-C while `bench data cache` rendered said "Aborted!" and exited 1, like a failure."""
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_dataset", ctrl_c)
+    result = runner.invoke(cli.main, ["data", "cache", "--scenes", "1"])
+    assert result.exit_code == 130, result.output
+    assert "interrupted" in result.output and "Aborted" not in result.output
+
+
 def test_an_interrupt_before_the_first_cell_does_not_offer_an_earlier_runs_file(
     runner, tmp_path, monkeypatch
 ) -> None:
