@@ -194,6 +194,12 @@ def _read_safetensors(file: Path, device: str = "cpu") -> tuple[dict[str, torch.
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
         # A .pt/.pth from torch.save (a course model) fails as "header too large": say what it is.
+        if file.suffix in (".json", ".jsonl"):  # e.g. a checkpoint's config.json, or a loss log
+            if (file.parent / CONFIG_FILE).exists() and (file.parent / MODEL_FILE).exists():
+                raise CheckpointError(
+                    f"{file} is a file inside the checkpoint folder {file.parent}; pass the folder instead"
+                ) from None
+            raise CheckpointError(f"{file} is a JSON file, not weights; bench reads {ACCEPTED}") from None
         if _is_torch_pickle(file):
             raise CheckpointError(
                 f"{file} is a torch pickle (torch.save, .pt/.pth), not a safetensors file or a bench "

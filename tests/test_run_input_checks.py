@@ -305,6 +305,12 @@ def test_a_file_inside_a_checkpoint_folder_points_at_the_folder(tmp_path) -> Non
     with pytest.raises(CheckpointError) as error:
         load_model(folder / "model.safetensors")
     assert f"inside the checkpoint folder {folder}; pass the folder" in str(error.value)
+    # its config.json too (it was "truncated or corrupt"), and any other JSON file is named as one
+    with pytest.raises(CheckpointError, match=f"inside the checkpoint folder {folder}; pass the folder"):
+        load_model(folder / "config.json")
+    (tmp_path / "loss.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(CheckpointError, match="loss.jsonl is a JSON file, not weights"):
+        load_model(tmp_path / "loss.jsonl")
     # A bare safetensors file elsewhere: the command that makes a loadable one, not a Python name.
     import torch
 
