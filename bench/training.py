@@ -679,7 +679,7 @@ def _oom_message(config: TrainConfig) -> str:
 # over a new --lr, a new --batch-size would move the epoch counter, --ema 0 would drop the EMA
 # weights). The other fields may change on resume: the limits (--max-steps, --epochs, --max-minutes),
 # --checkpoint-every, log_every, num_workers, --device, the compile/bf16/layout switches, --out, and
-# --data-root (a folder may move). init_from is kept from the checkpoint (a resume ignores it).
+# --data-root (a folder may move). init_from is kept from the checkpoint (other --init-from weights are refused).
 _TRAJECTORY_OPTIONS = {
     "recipe": "--recipe",
     "model": "--model",
@@ -810,6 +810,16 @@ def check_run(config: TrainConfig) -> str | None:
     if meta is None:
         return None
     _refuse_changed_options(ckpt_dir, meta.get("train_config") or {}, config)
+    started_from = (meta.get("train_config") or {}).get("init_from")
+    if config.init_from and (
+        not started_from or Path(config.init_from).resolve() != Path(started_from).resolve()
+    ):
+        # A resume goes on from its checkpoint: other starting weights would be dropped unseen.
+        raise TrainingError(
+            f"--init-from {config.init_from} starts a fresh run; a --resume goes on from {ckpt_dir}, "
+            f"which started from {started_from or 'random weights'}: drop --init-from, or train into "
+            "another --out"
+        )
     step, epoch = int(meta.get("step", 0)), int(meta.get("epoch", 0))
     if config.max_steps is not None and step >= config.max_steps:
         return (

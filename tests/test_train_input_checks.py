@@ -266,6 +266,25 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_last_one(
     assert not list(out.glob(".checkpoint.tmp-*"))
 
 
+def test_a_resume_refuses_other_starting_weights(runner, tmp_path, monkeypatch) -> None:
+    """--init-from on a resume was dropped without a word; the same command again, with --resume
+    added, still resumes."""
+    first, out = tmp_path / "first", tmp_path / "train"
+    assert bench_train(runner, first, "--max-steps", "1").exit_code == 0
+    start = ["--init-from", str(first / "checkpoint")]
+    assert bench_train(runner, out, *start, "--max-steps", "1").exit_code == 0
+    assert bench_train(runner, out, *start, "--max-steps", "2", "--resume").exit_code == 0
+    monkeypatch.setattr(cli, "_dataset", _no_dataset)  # refused before any data is read
+    for resumed, weights, started in [(first, out, "random weights"), (out, out, str(first / "checkpoint"))]:
+        result = bench_train(
+            runner, resumed, "--init-from", str(weights / "checkpoint"), "--max-steps", "3", "--resume"
+        )
+        assert result.exit_code == 2, result.output
+        assert f"a --resume goes on from {resumed / 'checkpoint'}, which started from {started}" in " ".join(
+            result.output.split()
+        )
+
+
 def _data(n: int = 8) -> ImageConditionDataset:
     labels = [f"label {i}" for i in range(24)]
     images = torch.randint(
