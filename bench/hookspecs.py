@@ -70,8 +70,10 @@ def register_evaluators(register: Register) -> None:
     ``images`` is a float tensor (B, 3, H, W) with values in [-1, 1]; ``conditions`` is the
     multi-hot float tensor (B, num_labels). Options the harness passes: ``device``, ``labels``
     (the label names in condition index order), ``judge`` and ``fid_weights`` (paths, when
-    given); the built-in ``fid`` and ``kid`` also get ``dataset`` (the reference images) and
-    ``ref_n``. An evaluator ignores options it does not use (accept ``**options``). Metric names
+    given). A factory with the attribute ``needs_reference = True`` (the built-in ``fid`` and
+    ``kid`` have it) also gets ``dataset`` (the reference images: held-out renders, or the
+    user's folder) and ``ref_n`` (how many of them to use). An evaluator ignores options it does
+    not use (accept ``**options``). Metric names
     carry their variant (``fid-judge`` is never called ``fid``) and a sample count where it
     matters (``fid_n``).
 

@@ -361,8 +361,9 @@ def make_evaluators(
     labels: list[str],
     log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
-    """The evaluators `config` names, by name, built once: FID and KID share one reference set
-    (held-out renders for synthetic data, the user's folder otherwise). ``log`` hears of options
+    """The evaluators `config` names, by name, built once: those whose factory sets
+    ``needs_reference`` (FID, KID, a plugin's) share one reference set (held-out renders for
+    synthetic data, the user's folder otherwise), loaded only when one of them runs. ``log`` hears of options
     that change less than asked (a judge given to no evaluator, a reference smaller than --ref-n)."""
     if not config.evaluators and (config.judge or config.fid_weights):
         given = " and ".join(
@@ -378,12 +379,13 @@ def make_evaluators(
             options["judge"] = config.judge
         if config.fid_weights:
             options["fid_weights"] = config.fid_weights
-        if entry.name in ("fid", "kid"):
+        if getattr(entry.factory, "needs_reference", False):  # FID-like: built-in or a plugin's
             if reference is None:
                 reference = _reference_dataset(config, plugins)
                 if len(reference) < config.ref_n:  # FID then uses every image it has: say so once
                     log(
-                        f"--ref-n {config.ref_n}: the reference holds {len(reference)} images; FID/KID use those"
+                        f"--ref-n {config.ref_n}: the reference holds {len(reference)} images; "
+                        "the evaluators that compare with it use those"
                     )
             options.update(dataset=reference, ref_n=config.ref_n)
         try:

@@ -367,7 +367,9 @@ def test_options_that_change_less_than_asked_are_named(runner, tmp_path, one_con
     args = [a if a != "none" else "fid" for a in TINY_RUN]
     args += ["--scheduler", "ddim", "--steps", "1", "--data", "iclevr", "--data-root", str(folder)]
     result = runner.invoke(cli.main, [*args, "--ref-n", "500", *one_condition, "--out", str(tmp_path / "b")])
-    assert "--ref-n 500: the reference holds 3 images; FID/KID use those" in result.output, result.output
+    assert "--ref-n 500: the reference holds 3 images; the evaluators that compare with it use those" in (
+        " ".join(result.output.split())
+    ), result.output
 
 
 @pytest.fixture()
@@ -466,6 +468,43 @@ def test_an_evaluator_can_declare_a_metric_lower_is_better(
     assert json.loads((out / "results.json").read_text())["config"]["lower_is_better"] == ["my_distance"]
     report = runner.invoke(cli.main, ["report", str(out), "--format", "plain"])
     assert "my_distance ↓" in report.output and "my_score ↑" in report.output, report.output
+
+
+def test_a_plugin_evaluator_that_needs_the_reference_gets_it(
+    runner, tmp_path, one_condition, plugin_components
+) -> None:
+    """Only the built-in fid and kid were given the reference images: a plugin's FID-like metric
+    had nothing to compare with. An evaluator asks for them by ``needs_reference``."""
+    from bench_builtins.datasets.synthetic.export import write_synthetic_folder
+
+    given: dict[str, object] = {}
+
+    def make(**options):
+        given.update(options)
+        return lambda images, conditions: {"my_distance": float(len(options.get("dataset") or []))}
+
+    make.needs_reference = True
+    plugin_components("evaluators", "t-reference", make)
+    plugin_components(
+        "evaluators",
+        "t-plain",
+        lambda **options: given.setdefault("plain", options) and (lambda i, c: {"x": 1.0}),
+    )
+    folder = write_synthetic_folder(tmp_path / "ref", scenes=1)
+    args = [
+        *TINY_RUN,
+        *one_condition,
+        "--scheduler",
+        "ddim",
+        "--steps",
+        "1",
+        "--evaluators",
+        "t-reference,t-plain",
+    ]
+    args += ["--data", "iclevr", "--data-root", str(folder), "--ref-n", "2"]
+    assert runner.invoke(cli.main, [*args, "--out", str(tmp_path / "run")]).exit_code == 0
+    assert given["ref_n"] == 2 and len(given["dataset"]) == 3
+    assert "dataset" not in given["plain"] and "ref_n" not in given["plain"]
 
 
 def test_without_conditions_a_data_roots_own_test_json_is_used_and_named(runner, tmp_path) -> None:

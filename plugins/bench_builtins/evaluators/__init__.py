@@ -32,6 +32,11 @@ def make_kid(**options: Any):
     return make_kid_evaluator(**options)
 
 
+# Both compare with the reference images: bench run passes them `dataset` and `ref_n`.
+make_fid.needs_reference = True
+make_kid.needs_reference = True
+
+
 @hookimpl
 def register_evaluators(register) -> None:
     register("iclevr-acc", make_iclevr_accuracy, aliases=("acc",))
