@@ -39,16 +39,20 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def unwritable_folder(folder: str | os.PathLike) -> str | None:
+def why_unwritable(folder: str | os.PathLike) -> str | None:
     """Why files cannot be written into ``folder`` (made where missing), or None when they can.
     Probed by a file made and removed in the first folder that exists at or above it (a permission
     check alone misses read-only mounts and immutable folders), so that a command says so before its
     minutes of work instead of a traceback after them; nothing is left behind."""
     folder = Path(folder)
     for path in (folder, *folder.parents):
-        if not path.exists():
+        try:
+            exists, is_dir = path.exists(), path.is_dir()
+        except OSError as error:  # a parent that cannot be entered raises, it does not say False
+            return f"{path} cannot be reached ({error.strerror or error})"
+        if not exists:
             continue
-        if not path.is_dir():
+        if not is_dir:
             return f"{path} is a file" + ("" if path == folder else ", so the folder cannot be made")
         try:
             fd, probe = tempfile.mkstemp(prefix=".bench-write-check-", dir=path)

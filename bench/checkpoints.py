@@ -101,20 +101,27 @@ def _previous(path: Path) -> Path:
     return path.parent / f".{path.name}.previous"
 
 
-def recover(path: str | os.PathLike) -> None:
-    """Finish a swap an interrupted save left half-done (the old checkpoint renamed aside)."""
+def readable(path: str | os.PathLike) -> Path:
+    """Where a reader finds the checkpoint ``path``: a save caught between its two renames has the
+    old copy aside, read where it lies. Readers never rename: only the writer does (tidy_killed_saves),
+    or a reader's rename would make a save in progress fail."""
+    path = Path(path)
+    previous = _previous(path)
+    return previous if not path.exists() and previous.is_dir() else path
+
+
+def tidy_killed_saves(path: str | os.PathLike) -> None:
+    """What killed saves left beside the checkpoint ``path``, tidied by its one writer (the main
+    process of a training, before it saves): the old copy renamed aside by a save killed between
+    its renames is put back, and the temporary folders of saves killed while writing (each as
+    large as a checkpoint, hidden by its dot) are removed."""
     path = Path(path)
     previous = _previous(path)
     if not path.exists() and previous.is_dir():
-        os.replace(previous, path)
-
-
-def recover_for_writing(path: str | os.PathLike) -> None:
-    """``recover``, and remove the temporary folders of saves killed while writing (each as large as
-    a checkpoint, hidden by its dot). Only for the one process that saves to ``path``: a reader
-    would delete a save in progress."""
-    path = Path(path)
-    recover(path)
+        try:
+            os.replace(previous, path)
+        except FileNotFoundError:
+            pass  # another process of the launch put it back first
     for stale in path.parent.glob(f".{path.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
 
@@ -143,7 +150,7 @@ def save_checkpoint(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    recover_for_writing(path)
+    tidy_killed_saves(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700: on a shared machine others could not read the checkpoint
     try:
@@ -262,8 +269,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Read a checkpoint directory (sha256 of every file checked) into a :class:`Checkpoint`."""
     import torch
 
-    path = Path(path)
-    recover(path)
+    path = readable(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not path.is_dir():
@@ -474,8 +480,7 @@ def load_model(
     """
     import torch
 
-    path = Path(path)
-    recover(path)
+    path = readable(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():

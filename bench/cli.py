@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import click
@@ -195,12 +194,11 @@ def run_command(
 
     # Paths recorded absolute, as bench train records them: the same files wherever the command runs
     # from (a --resume from another folder compares the same checkpoint, not two spellings of it).
-    if options.get("data_root"):
-        options["data_root"] = str(Path(options["data_root"]).expanduser().resolve())
-    checkpoint = options.get("checkpoint")
-    if checkpoint not in (None, "random") and Path(checkpoint).expanduser().exists():
-        options["checkpoint"] = str(Path(checkpoint).expanduser().resolve())
-    started = time.time()
+    options["data_root"] = _absolute(options.get("data_root"))
+    if options.get("checkpoint") != "random":
+        options["checkpoint"] = _absolute(options.get("checkpoint"))
+    results = Path(options["out_dir"]) / "results.json"
+    before = results.stat().st_mtime_ns if results.exists() else None  # an earlier run's file
     config = RunConfig(
         # An empty value (--seeds '') stays empty: the runner refuses it before writing anything.
         schedulers=parse_list(schedulers),
@@ -215,19 +213,27 @@ def run_command(
     try:
         result = run(config, log=lambda m: click.echo(m, err=True))
     except KeyboardInterrupt:
-        done = Path(config.out_dir) / "results.json"
-        # (a file's time comes from a coarser clock than time.time(): a second's margin)
-        if done.exists() and done.stat().st_mtime >= started - 1:
+        # results.json is rewritten after every cell: a file this run did not write holds none of its
+        # cells (and, without --resume, is not one that --resume would go on from)
+        written = results.exists() and results.stat().st_mtime_ns != before
+        if written or (results.exists() and config.resume):
             click.echo(
-                f"\ninterrupted: {done} holds the finished cells; --resume goes on from them", err=True
+                f"\ninterrupted: {results} holds the finished cells; --resume goes on from them", err=True
             )
-        elif done.exists():  # an earlier run's file: this one finished no cell
-            click.echo(f"\ninterrupted before the first cell finished; {done} is an earlier run's", err=True)
+        elif results.exists():
+            click.echo(
+                f"\ninterrupted before the first cell finished; {results} is an earlier run's", err=True
+            )
         raise SystemExit(130) from None
     if result is not None:  # None on the other processes of a multi-process run
         _print_summary(Path(config.out_dir), result)
         if any(r.error or _evaluator_errors(r) for r in result.rows):
             raise SystemExit(1)  # results are written; a script or CI must still see the failure
+
+
+def _absolute(path: str | None) -> str | None:
+    """A path option as recorded in results and checkpoints: absolute, ``~`` expanded."""
+    return str(Path(path).expanduser().resolve()) if path else path
 
 
 def _evaluator_errors(row) -> list[str]:
@@ -710,9 +716,13 @@ def train_command(recipe, data, data_root, scenes, **options) -> None:
         overrides = {**saved, **overrides}
         extra = extra or saved_options or {}
     entry = _dataset_entry(data, data_root)
-    # What it trains on goes into train_config.json and the checkpoint (the folder as an absolute path).
-    root = str(Path(data_root).expanduser().resolve()) if data_root else None
-    config = TrainConfig.from_recipe(recipe, **overrides, data=entry.name, data_root=root, data_options=extra)
+    # What it trains on and from goes into train_config.json and the checkpoint, as absolute paths
+    # (a resume from another folder then names the same folder and the same starting weights).
+    if overrides.get("init_from"):
+        overrides["init_from"] = _absolute(overrides["init_from"])
+    config = TrainConfig.from_recipe(
+        recipe, **overrides, data=entry.name, data_root=_absolute(data_root), data_options=extra
+    )
     # The options, the device and a resume are checked before the dataset renders or loads (minutes
     # for the synthetic set); a resume already at its limit says so and changes nothing.
     done = check_run(config)

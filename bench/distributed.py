@@ -37,6 +37,12 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "ACCELERATE_MIXED_PRECISION" in os.environ
 
 
+def main_process() -> bool:
+    """Whether this is the launch's main process (or the only one), known from the launcher's
+    environment before any process group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def accelerate_cpu(device: str | None) -> bool:
     """accelerate's ``cpu=`` flag for ``device``: accelerate picks gloo on CPU only when told
     (torchrun sets no flag for it)."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.atomic import unwritable_folder
+from bench.atomic import why_unwritable
 from bench.guidance import format_interval
 from bench.results import SCHEMA, ResultsError, load_results
 
@@ -792,7 +792,7 @@ def _check_outputs(paths: Sequence[str | Path], outputs: dict[str, str | Path | 
         if path_a == path_b:
             raise ResultsError(f"{a} and {b} name the same file {outputs[a]}; give each its own")
     for option, path in given.items():
-        problem = unwritable_folder(path.parent)
+        problem = why_unwritable(path.parent)
         if problem:
             raise ResultsError(f"{option} {outputs[option]}: {problem}; write the report elsewhere")
 

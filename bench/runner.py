@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench.atomic import unwritable_folder
+from bench.atomic import why_unwritable
 from bench.conditions import ConditionSet, load_condition_set, load_labels_spec, multi_hot
 from bench.distributed import barrier, finish, gather, process_device, resolve_device, shard, world
 from bench.guidance import (
@@ -171,7 +171,7 @@ def _check_request(config: RunConfig, plugins: Plugins) -> None:
 def _check_out_dir(out_dir: Path) -> None:
     """--out must be (or become) a folder that can be written: a file there, or above it, or a
     read-only folder was a traceback after the model had loaded and the first cell sampled."""
-    problem = unwritable_folder(out_dir)
+    problem = why_unwritable(out_dir)
     if problem:
         raise RunError(f"--out {out_dir}: {problem}; give a folder bench run can write results.json into")
 

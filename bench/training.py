@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -28,13 +27,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.atomic import atomic_write_text, unwritable_folder
+from bench.atomic import atomic_write_text, why_unwritable
 from bench.checkpoints import (
     CheckpointError,
     load_checkpoint,
-    recover,
-    recover_for_writing,
+    readable,
     save_checkpoint,
+    tidy_killed_saves,
     unwrap_model,
 )
 from bench.compile_mode import (
@@ -43,7 +42,7 @@ from bench.compile_mode import (
     compile_wait_note,
     quiet_known_compile_warnings,
 )
-from bench.distributed import accelerate_cpu, largest, resolve_device
+from bench.distributed import accelerate_cpu, largest, main_process, resolve_device
 from bench.distributed import launched as _under_accelerate
 from bench.groupnorm import use_group_norm
 from bench.interrupt import StopRequest, ignore_stop_signals
@@ -624,6 +623,8 @@ class _Trainer:
                 training_state=state,
                 extra={"images_seen": self.step * self.config.batch_size},
             )
+        except torch.cuda.OutOfMemoryError:
+            raise  # not a write failure: the training loop names a batch size to try
         except (OSError, RuntimeError) as error:  # a full disk reaches torch.save as a RuntimeError
             kept = f"the last complete one, {path}, is kept" if path.exists() else "no earlier one exists"
             raise TrainingError(
@@ -756,9 +757,7 @@ def resume_defaults(out_dir: str | Path) -> dict[str, Any]:
     options that shape the run (``_TRAJECTORY_OPTIONS``, the recipe among them), its limits, and
     its dataset (name, folder, options). Empty when there is no readable checkpoint (``check_run``
     then says why)."""
-    out_dir = Path(out_dir)
-    recover(out_dir / CHECKPOINT_DIR)
-    meta = _saved_meta(out_dir / CHECKPOINT_DIR) or {}
+    meta = _saved_meta(readable(Path(out_dir) / CHECKPOINT_DIR)) or {}
     saved = meta.get("train_config") if isinstance(meta.get("train_config"), dict) else {}
     keep = [*_TRAJECTORY_OPTIONS, *_RESUMED_LIMITS, *_DATA_FIELDS]
     known = {f.name for f in fields(TrainConfig)}
@@ -791,22 +790,20 @@ def check_run(config: TrainConfig) -> str | None:
     ``config.resume``, that a checkpoint is there, that the options which shape the run are the
     checkpoint's, and whether anything is left to train. Returns None to train, or the message
     to show when the checkpoint is already at --max-steps or --epochs (nothing to train); raises
-    TrainingError otherwise. Cheap: reads only the checkpoint's config.json."""
+    TrainingError otherwise. Cheap: reads only the checkpoint's config.json (and makes and removes
+    a probe file in --out, to know it can be written)."""
     config.check()
-    problem = unwritable_folder(config.out_dir)
+    problem = why_unwritable(config.out_dir)
     if problem:
         raise TrainingError(
             f"--out {config.out_dir}: {problem}; give a folder the checkpoints can be written into"
         )
     ckpt_dir = Path(config.out_dir) / CHECKPOINT_DIR
-    # What killed saves left: a checkpoint renamed aside is put back (a resume finds it, a fresh start
-    # is refused rather than writing over it), and half-written copies go.
-    recover_for_writing(ckpt_dir)
     if not config.resume:
         return None
-    if not ckpt_dir.exists():
+    if not readable(ckpt_dir).exists():
         raise TrainingError(f"--resume: no checkpoint at {ckpt_dir}; start without --resume")
-    meta = _saved_meta(ckpt_dir)
+    meta = _saved_meta(readable(ckpt_dir))
     if meta is None:
         return None
     _refuse_changed_options(ckpt_dir, meta.get("train_config") or {}, config)
@@ -871,7 +868,7 @@ def _nothing_to_train(config: TrainConfig, step: int, steps_per_epoch: int, mess
         loss_plot=plot_path if plot_path.exists() else None,
         resumed_from_step=step,
         stopped_by="nothing_to_train",
-        is_main_process=int(os.environ.get("RANK", "0")) == 0,
+        is_main_process=main_process(),
         message=message,
     )
 
@@ -904,15 +901,19 @@ def train(
     ckpt_dir = out_dir / CHECKPOINT_DIR
     # Before the trainer reads the data and builds the model: these need neither.
     done = check_run(config)
-    if not config.resume and ckpt_dir.exists():
+    if main_process():
+        # What killed saves left: a checkpoint renamed aside is put back (a resume goes on from it, a
+        # fresh start is refused below rather than writing over it), and half-written copies go.
+        tidy_killed_saves(ckpt_dir)
+    if not config.resume and readable(ckpt_dir).exists():
         raise TrainingError(
             f"{ckpt_dir} already holds a checkpoint; pass --resume to continue it or choose another --out"
         )
-    meta = (_saved_meta(ckpt_dir) or {}) if config.resume else {}
+    meta = (_saved_meta(readable(ckpt_dir)) or {}) if config.resume else {}
     if done is not None:
         return _nothing_to_train(config, int(meta.get("step", 0)), len(dataset) // config.batch_size, done)
     if config.resume:
-        # What the resumed run records: the checkpoint's init_from (a resume ignores --init-from) and,
+        # What the resumed run records: the checkpoint's init_from (check_run refused another) and,
         # where the caller names no dataset, the checkpoint's.
         saved = meta.get("train_config") or {}
         kept = {
