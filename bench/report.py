@@ -7,7 +7,6 @@ JSON (``--benchmark-json``) into a :class:`Report`; reporter plugins render it.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import statistics
 from collections.abc import Collection, Iterable, Sequence
@@ -17,7 +16,7 @@ from typing import Any
 
 from bench.atomic import why_unwritable
 from bench.guidance import format_interval
-from bench.results import SCHEMA, ResultsError, load_results
+from bench.results import ResultsError, load_results
 
 UP, DOWN = "↑", "↓"
 CONFIG_KEYS = (
@@ -172,10 +171,6 @@ def _results_header(data: dict[str, Any], path: Path) -> str:
     return ", ".join(parts)
 
 
-# What every row of a results file names: its cell and its condition set.
-_ROW_KEYS = ("scheduler", "steps", "guidance", "seed", "condition_set")
-
-
 def _read(path: Path) -> dict[str, Any]:
     data = load_results(path)
     if _is_pytest_benchmark(data):
@@ -185,24 +180,6 @@ def _read(path: Path) -> dict[str, Any]:
             f"{path} is neither a bench results file (no 'rows') nor pytest-benchmark JSON "
             f"(no 'benchmarks'); pass files written by `bench run --out` or `pytest --benchmark-json`"
         )
-    # A file edited by hand or by another tool: one line naming what is wrong, not a traceback
-    # from the middle of the aggregation (or a row dropped without a word).
-    schema = data.get("schema")
-    if schema is not None and schema != SCHEMA:
-        raise ResultsError(f"{path} is in schema {schema!r}; this bench reads {SCHEMA!r}")
-    if not isinstance(data["rows"], list):
-        raise ResultsError(f"{path}: 'rows' is a {type(data['rows']).__name__}, expected a list of rows")
-    for index, row in enumerate(data["rows"]):
-        if not isinstance(row, dict):
-            raise ResultsError(f"{path}: row {index} is {json.dumps(row)[:40]}, expected an object")
-        missing = [key for key in _ROW_KEYS if key not in row]
-        if missing:
-            raise ResultsError(f"{path}: row {index} has no {', '.join(missing)}")
-        for key in ("metrics", "speed"):
-            if row.get(key) is not None and not isinstance(row[key], dict):
-                raise ResultsError(
-                    f"{path}: row {index}'s {key!r} is a {type(row[key]).__name__}, expected an object"
-                )
     return data
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import json
 import math
 import platform
 import subprocess
@@ -168,11 +169,40 @@ class ResultsError(Exception):
     """A results file that is missing, not JSON, or not in the bench schema."""
 
 
+# What every row of a results file names: its cell and its condition set.
+ROW_KEYS = ("scheduler", "steps", "guidance", "seed", "condition_set")
+
+
 def load_results(path: str | Path) -> dict[str, Any]:
+    """A JSON object from ``path``: a bench results file (its schema and rows checked) or another
+    tool's JSON (pytest-benchmark's, which has no ``rows``)."""
     path = Path(path)
     if not path.exists():
         raise ResultsError(f"results file {path} does not exist")
     data = read_json(path, ResultsError)
     if not isinstance(data, dict):
         raise ResultsError(f"results file {path} holds a {type(data).__name__}, expected an object")
+    if "rows" in data:
+        _check_rows(data, path)
     return data
+
+
+def _check_rows(data: dict[str, Any], path: Path) -> None:
+    """A file edited by hand or by another tool: one line naming what is wrong, not a traceback from
+    the middle of a report or a resume (or a row dropped without a word)."""
+    schema = data.get("schema")
+    if schema is not None and schema != SCHEMA:
+        raise ResultsError(f"{path} is in schema {schema!r}; this bench reads {SCHEMA!r}")
+    if not isinstance(data["rows"], list):
+        raise ResultsError(f"{path}: 'rows' is a {type(data['rows']).__name__}, expected a list of rows")
+    for index, row in enumerate(data["rows"]):
+        if not isinstance(row, dict):
+            raise ResultsError(f"{path}: row {index} is {json.dumps(row)[:40]}, expected an object")
+        missing = [key for key in ROW_KEYS if key not in row]
+        if missing:
+            raise ResultsError(f"{path}: row {index} has no {', '.join(missing)}")
+        for key in ("metrics", "speed"):
+            if row.get(key) is not None and not isinstance(row[key], dict):
+                raise ResultsError(
+                    f"{path}: row {index}'s {key!r} is a {type(row[key]).__name__}, expected an object"
+                )

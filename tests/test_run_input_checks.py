@@ -242,6 +242,19 @@ def test_an_out_that_cannot_be_written_is_one_line_before_any_work(
     assert list(locked.iterdir()) == []  # nothing left behind
 
 
+def test_resume_names_a_malformed_row_of_the_results_file(runner, tmp_path, one_condition) -> None:
+    """The resume read rows unchecked: a null row was a TypeError traceback."""
+    out = tmp_path / "run"
+    args = [*TINY_RUN, "--scheduler", "ddim", "--steps", "1", *one_condition, "--out", str(out)]
+    assert runner.invoke(cli.main, args).exit_code == 0
+    data = json.loads((out / "results.json").read_text())
+    data["rows"].insert(0, None)
+    (out / "results.json").write_text(json.dumps(data))
+    result = runner.invoke(cli.main, [*args, "--resume"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "row 0 is null, expected an object" in " ".join(result.output.split())
+
+
 def test_an_unknown_preset_is_one_line_listing_the_presets(runner, tmp_path) -> None:
     args = ["run", "--checkpoint", "random", "--preset", "tinyy", "--out", str(tmp_path / "o")]
     result = runner.invoke(cli.main, args)
