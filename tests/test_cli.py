@@ -374,6 +374,26 @@ def test_a_cells_peak_memory_counts_its_batch_shapes_warm_up(runner, tmp_path, m
     rows = json.loads((out / "results.json").read_text())["rows"]
     figures = {r["guidance"]: (r["speed"]["peak_memory_mb"], r["speed"]["warmup_seconds"]) for r in rows}
     assert figures == {1.0: (2000.0, 50.0), 3.0: (4000.0, 60.0)}
+    # A guidance interval runs both shapes in one cell: both warm-ups count (here the unguided one
+    # is the larger).
+    monkeypatch.setattr(
+        sampling,
+        "sample",
+        lambda *a, **k: replace(
+            real(*a, **k),
+            peak_memory_mb=(7000.0 if k.get("guidance", 1.0) == 1.0 else 3000.0)
+            if k["steps"] == 1
+            else 500.0,
+        ),
+    )
+    interval = tmp_path / "interval"
+    result = tiny_run(
+        runner, "--scheduler", "ddim", "--steps", "2", "--guidance", "3", "--guidance-interval", "0,500",
+        "--seeds", "0", "--no-denoising-figure", *_two_conditions(tmp_path), "--out", str(interval),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads((interval / "results.json").read_text())["rows"]
+    assert {r["speed"]["peak_memory_mb"] for r in rows} == {7000.0}
 
 
 def _count_cells(monkeypatch, fail_steps: int | None = None) -> list[int]:

@@ -247,6 +247,26 @@ def test_what_killed_saves_left_is_tidied_before_training(runner, tmp_path) -> N
     assert set(modes.values()) == {0o644}, modes  # safetensors writes 0600: others could not read
 
 
+def test_a_bare_resume_reads_its_options_from_a_checkpoint_left_aside(runner, tmp_path) -> None:
+    """Right after a save killed between its renames, a bare --resume still takes the run's limits
+    and dataset from the checkpoint (left aside until training puts it back)."""
+    out = tmp_path / "train"
+    assert bench_train(runner, out, "--max-steps", "1", "--max-minutes", "30", "--lr", "3e-4").exit_code == 0
+    (out / "checkpoint").rename(out / ".checkpoint.previous")
+    result = runner.invoke(
+        cli.main, ["train", "--device", "cpu", "--out", str(out), "--resume", "--max-steps", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "checkpoint" / "config.json").read_text())
+    config = saved["train_config"]
+    assert saved["step"] == 2 and (config["max_minutes"], config["lr"], config["data_options"]) == (
+        30,
+        3e-4,
+        {"scenes": 1},
+    )
+    assert not (out / ".checkpoint.previous").exists()
+
+
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_last_one(
     runner, tmp_path, monkeypatch
 ) -> None:
