@@ -16,7 +16,7 @@
 #   5. training with --tune-kernels (coordinate-descent tuning), loss curve checked: its compile is
 #      the longest (11 minutes at batch 256 on an H100, session 17), so it comes last
 # Usage: scripts/gpu_speed.sh OUT_DIR [BATCH (512)]
-# STAGES="train-baseline train-tuned" runs only the stages it names (default: all four, in order);
+# STAGES="train-baseline train-tuned" runs only the stages it names (default: all five, in order);
 # TUNED_LIMIT sets the tuned training's time limit in seconds (default 1200); TRAIN_BATCH the
 # batch of both training stages (default 256; the tuned compile at 512 took over 13 minutes).
 # Writes OUT_DIR/DONE when finished and OUT_DIR.bundle/ (scripts/bundle_results.sh; not with
