@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0)  # read by setting: put back at once (read once per process)
+    os.umask(mask)
+    return mask
+
+
+def shared_mode(mode: int) -> int:
+    """``mode`` less the user's umask: what a file or folder made by ``open`` gets. Temporary files
+    are made 0600 (mkstemp, safetensors), which would keep results and weights from the others on a
+    shared machine; a umask of 077 still keeps them private."""
+    return mode & ~_umask()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -19,9 +34,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
-        # mkstemp makes 0600 (and a writer may replace the file with its own): results and weights
-        # are for everyone on a shared machine to read.
-        os.chmod(tmp_path, 0o644)
+        # mkstemp makes 0600 (and a writer may replace the file with its own)
+        os.chmod(tmp_path, shared_mode(0o666))
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)

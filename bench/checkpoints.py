@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.atomic import atomic_write, atomic_write_json
+from bench.atomic import atomic_write, atomic_write_json, shared_mode
 from bench.guidance import (
     GuidanceIntervalError,
     GuidanceScaleError,
@@ -152,7 +152,7 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     tidy_killed_saves(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes 0700: on a shared machine others could not read the checkpoint
+    os.chmod(tmp, shared_mode(0o777))  # mkdtemp makes 0700
     try:
         save_file(_state_dict(model), str(tmp / MODEL_FILE))
         if ema is not None:
@@ -176,7 +176,7 @@ def save_checkpoint(
         for f in tmp.iterdir():  # durable before the rename makes it visible
             with open(f, "rb") as handle:
                 os.fsync(handle.fileno())
-            os.chmod(f, 0o644)  # as the folder: safetensors writes its files 0600
+            os.chmod(f, shared_mode(0o666))  # safetensors writes its files 0600
         previous = _previous(path)
         if previous.exists():
             shutil.rmtree(previous)

@@ -44,8 +44,10 @@ def test_round_trip_and_export(tmp_path: Path, model: torch.nn.Module) -> None:
         "model.safetensors",
         "optimizer.pt",
     ]
-    # Readable by the other users of a shared machine (the folder was 0700, from mkdtemp).
-    assert (tmp_path / "ck").stat().st_mode & 0o755 == 0o755
+    # As any folder of the user's (the folder was 0700, from mkdtemp, whatever the umask).
+    from bench.atomic import shared_mode
+
+    assert (tmp_path / "ck").stat().st_mode & 0o777 == shared_mode(0o777)
     ckpt = load_checkpoint(tmp_path / "ck")
     assert ckpt.step == 7 and ckpt.training_state["position"] == 3 and ckpt.model_config["preset"] == "tiny"
     loaded, noise, meta = load_model(tmp_path / "ck")  # EMA weights by default
@@ -173,7 +175,24 @@ def test_files_written_atomically_are_readable_by_others(tmp_path: Path) -> None
     # safetensors replaced mkstemp's file with its own 0600 one: exported weights were private.
     from safetensors.torch import save_file
 
-    from bench.atomic import atomic_write
+    from bench import atomic
 
-    path = atomic_write(tmp_path / "w.safetensors", lambda tmp: save_file({"a": torch.zeros(2)}, str(tmp)))
-    assert path.stat().st_mode & 0o777 == 0o644
+    path = atomic.atomic_write(
+        tmp_path / "w.safetensors", lambda tmp: save_file({"a": torch.zeros(2)}, str(tmp))
+    )
+    assert path.stat().st_mode & 0o777 == atomic.shared_mode(0o666)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_users_umask(
+    tmp_path: Path, model: torch.nn.Module, monkeypatch, umask: int, mode: int
+) -> None:
+    """0644 was forced: a user whose umask keeps files private got world-readable checkpoints."""
+    from bench import atomic
+
+    monkeypatch.setattr(atomic, "_umask", lambda: umask)
+    path = atomic.atomic_write_text(tmp_path / "r.json", "{}")
+    assert path.stat().st_mode & 0o777 == mode
+    folder = _save(tmp_path / "ck", model)
+    assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {mode}
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask
