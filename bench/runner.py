@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.atomic import why_unwritable
 from bench.conditions import ConditionSet, load_condition_set, load_labels_spec, multi_hot
@@ -29,6 +29,9 @@ from bench.guidance import (
 from bench.plugins import Plugins, check_data_root, get_plugins
 from bench.results import Row, RunResult, checked_metrics, environment
 from bench.run_resume import finished_cells
+
+if TYPE_CHECKING:  # torch is imported only when a run starts
+    from bench.sampling import SampleResult
 
 DENOISING_CONDITION = ["red sphere", "cyan cylinder", "cyan cube"]
 SHIPPED_CONDITIONS_DIR = Path(__file__).resolve().parent.parent / "plugins" / "bench_builtins" / "conditions"
@@ -440,7 +443,7 @@ class _Run:
     def main(self) -> bool:
         return self.rank == 0
 
-    def warm_up_figures(self, result: Any, guidance: float) -> tuple[float | None, float]:
+    def warm_up_figures(self, result: SampleResult, guidance: float) -> tuple[float | None, float]:
         """A cell's peak CUDA memory and seconds before its clock started: its own sampling call's,
         or its batch shapes' warm-up's where larger. A replayed CUDA graph allocates almost nothing
         (session 20's guided compiled cell read 521 MB without this, 3,573 with it, 7,424 eager),
@@ -451,8 +454,9 @@ class _Run:
             (result.peak_memory_mb, result.warmup_seconds),
             *(self.warm_ups[g] for g in shapes if g in self.warm_ups),
         ]
-        peaks = [peak for peak, _ in every if peak is not None]
-        return (max(peaks) if peaks else None), max(seconds for _, seconds in every)
+        from bench.sampling import largest_peak
+
+        return largest_peak(peak for peak, _ in every), max(seconds for _, seconds in every)
 
 
 def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResult | None:
@@ -631,7 +635,7 @@ def _sample_all(ctx: _Run, scheduler, *, seed: int, **kwargs):
     """
     import torch
 
-    from bench.sampling import sample
+    from bench.sampling import largest_peak, sample
 
     args = dict(train_config=ctx.train_noise, device=ctx.device, options=ctx.options, seed=seed, **kwargs)
     # A bar over the steps where a cell takes minutes (the CPU); on a GPU it would only run ahead.
@@ -654,13 +658,12 @@ def _sample_all(ctx: _Run, scheduler, *, seed: int, **kwargs):
     for index, value in enumerate(parts):
         if isinstance(value, str):
             raise RuntimeError(f"process {index} of {size} failed: {value}")
-    peaks = [p.peak_memory_mb for p in parts if p.peak_memory_mb is not None]
     return replace(
         mine,
         images=torch.cat([p.images for p in parts]),
         seconds=max(p.seconds for p in parts),
         warmup_seconds=max(p.warmup_seconds for p in parts),
-        peak_memory_mb=max(peaks) if peaks else None,
+        peak_memory_mb=largest_peak(p.peak_memory_mb for p in parts),
     )
 
 

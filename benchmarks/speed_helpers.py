@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import torch
 
+from bench.sampling import SampleResult, largest_peak
+
 # FLOPs of one forward of the reference (``seed``) UNet on one 64x64 image (docs/iclevr.md).
 SEED_GFLOP_PER_IMAGE = 31.0
 # Nominal dense bf16 tensor-core peak (no sparsity): H100 SXM; the H200 has the same compute.
@@ -145,14 +147,13 @@ def record_sampling(
     dtype: str,
     batch_size: int,
     peak: dict[str, Any] | None = None,
-    warmup: Any = None,
+    warmup: SampleResult | None = None,
 ) -> dict[str, Any]:
     """Fill ``benchmark.extra_info`` from the rounds' SampleResults (the last round is the figure).
     ``warmup``: the SampleResult of the untimed call that compiled and captured at this shape; its
     compile time and peak memory count (a replayed CUDA graph allocates almost nothing)."""
     last = results[-1]
     every = [*results, *([warmup] if warmup is not None else [])]
-    peaks = [r.peak_memory_mb for r in every if r.peak_memory_mb is not None]
     n = len(last.images)
     per_round = [len(r.images) / r.seconds for r in results if r.seconds > 0]
     ips = n / last.seconds
@@ -175,7 +176,7 @@ def record_sampling(
         "s_per_image": 1.0 / ips,
         "seconds_last_round": last.seconds,
         "warmup_seconds": max(r.warmup_seconds for r in every),
-        "peak_memory_mb": max(peaks) if peaks else None,
+        "peak_memory_mb": largest_peak(r.peak_memory_mb for r in every),
         "rounds": len(results),
     }
     if peak is not None and preset == "seed":
