@@ -672,7 +672,7 @@ def _warm_up(ctx: _Run) -> None:
     guided): first-call costs (allocator, kernel selection, lazy init) must not land in the
     first cell's images/s."""
     from bench.compile_mode import compile_wait_note
-    from bench.sampling import sample
+    from bench.sampling import largest_peak, sample
 
     resolved = ctx.options.resolved(ctx.device)
     if resolved.compile:
@@ -691,7 +691,10 @@ def _warm_up(ctx: _Run) -> None:
             device=ctx.device,
             options=ctx.options,
         )
-        ctx.warm_ups[guidance != 1.0] = (warm.peak_memory_mb, warm.warmup_seconds)
+        # every process's figures reach the main one, which records the largest (as for the cells)
+        parts = gather((warm.peak_memory_mb, warm.warmup_seconds)) if ctx.size > 1 else None
+        figures = [(warm.peak_memory_mb, warm.warmup_seconds)] if parts is None else parts
+        ctx.warm_ups[guidance != 1.0] = (largest_peak(p for p, _ in figures), max(s for _, s in figures))
 
 
 def _run_cell(ctx: _Run, scheduler_name: str, steps: int, guidance: float, seed: int) -> list[Row]:
