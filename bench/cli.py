@@ -141,6 +141,13 @@ def _bool_flag(name: str, help: str):
 @click.option("--data", default="synthetic", show_default=True, help="Dataset plugin (FID reference images).")
 @click.option("--data-root", default=None, help="Folder of a dataset in the i-CLEVR format.")
 @click.option(
+    "--images-dir",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder of the PNGs (with --data-root), where they are not beside train.json, in images/ "
+    "or in a folder of their own beside it.",
+)
+@click.option(
     "--evaluators",
     default="iclevr-acc,fid",
     show_default=True,
@@ -195,6 +202,7 @@ def run_command(
     # Paths recorded absolute, as bench train records them: the same files wherever the command runs
     # from (a --resume from another folder compares the same checkpoint, not two spellings of it).
     options["data_root"] = _absolute(options.get("data_root"))
+    options["images_dir"] = _absolute(options.get("images_dir"))
     if options.get("checkpoint") != "random":
         options["checkpoint"] = _absolute(options.get("checkpoint"))
     results = Path(options["out_dir"]) / "results.json"
@@ -476,13 +484,13 @@ def data_show(folder, out_png, n) -> None:
     click.echo(f"wrote {out_png}")
 
 
-def _dataset_entry(name: str, data_root: str | None):
-    """The dataset plugin ``name``; --data-root refused for one that reads no folder (the synthetic
-    set would drop it without a word and use its own data)."""
+def _dataset_entry(name: str, data_root: str | None, images_dir: str | None = None):
+    """The dataset plugin ``name``; --data-root and --images-dir refused for one that reads no
+    folder (the synthetic set would drop them without a word and use its own data)."""
     from bench.plugins import check_data_root
 
     entry = get_plugins().registry("datasets").get(name)
-    check_data_root(entry.name, entry.factory, data_root)
+    check_data_root(entry.name, entry.factory, data_root, images_dir)
     return entry
 
 
@@ -502,6 +510,13 @@ def _dataset(name: str, data_root: str | None, **options):
 @config_option
 @click.option("--data", default="synthetic", show_default=True, help="Dataset plugin.")
 @click.option("--data-root", default=None, help="Folder in the i-CLEVR format (with --data iclevr).")
+@click.option(
+    "--images-dir",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder of the PNGs (with --data-root), where they are not beside train.json, in images/ "
+    "or in a folder of their own beside it.",
+)
 @_scenes_option("Synthetic scenes (with --data synthetic).")
 @_max_objects_option(5, "Objects per synthetic scene.")
 @_count_option("--heldout-scenes", 400, "Unseen synthetic scenes to score on.")
@@ -523,6 +538,7 @@ def _dataset(name: str, data_root: str | None, **options):
 def train_judge_command(
     data,
     data_root,
+    images_dir,
     scenes,
     max_objects,
     heldout_scenes,
@@ -550,8 +566,10 @@ def train_judge_command(
             f"{out_path} exists; pass --force to replace it, or another --out", param_hint="--out"
         )
     device = resolve_device(device)
-    synthetic = _dataset_entry(data, data_root).name == "synthetic"
+    synthetic = _dataset_entry(data, data_root, images_dir).name == "synthetic"
     extra = {"scenes": scenes, "max_objects": max_objects} if synthetic else {}
+    if images_dir:
+        extra["images_dir"] = _absolute(images_dir)
     ctx = click.get_current_context()
     moot = [f"--{n.replace('_', '-')}" for n in ("scenes", "max_objects", "heldout_scenes")
             if ctx.get_parameter_source(n) is not ParameterSource.DEFAULT]  # fmt: skip
@@ -671,6 +689,13 @@ def train_judge_command(
 @click.option("--data", default="synthetic", show_default=True, help="Dataset plugin.")
 @click.option("--data-root", default=None, help="Folder in the i-CLEVR format (with --data iclevr).")
 @click.option(
+    "--images-dir",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder of the PNGs (with --data-root), where they are not beside train.json, in images/ "
+    "or in a folder of their own beside it.",
+)
+@click.option(
     "--scenes",
     type=click.IntRange(min=1),
     default=None,
@@ -691,7 +716,7 @@ def train_judge_command(
     type=click.Path(exists=True),
     help="Start from these weights (checkpoint dir or .safetensors) with a fresh optimizer.",
 )
-def train_command(recipe, data, data_root, scenes, **options) -> None:
+def train_command(recipe, data, data_root, images_dir, scenes, **options) -> None:
     """Train a model on a dataset; checkpoints, EMA, resume, loss curve."""
     from bench.training import TrainConfig, check_run, resume_defaults, train
 
@@ -700,6 +725,8 @@ def train_command(recipe, data, data_root, scenes, **options) -> None:
     if options.get("ema_decay") == 0:
         overrides["ema_decay"] = None
     extra = {"scenes": scenes} if scenes else {}
+    if images_dir:  # a data option, recorded absolute; a resume may name another folder
+        extra["images_dir"] = _absolute(images_dir)
     if options.get("resume"):
         # A resume continues the run with the checkpoint's options, its limits and dataset among
         # them; only those given are compared with them (check_run refuses a change, naming it).
@@ -714,8 +741,8 @@ def train_command(recipe, data, data_root, scenes, **options) -> None:
         if data_root is None and data == saved_data:
             data_root = saved_root
         overrides = {**saved, **overrides}
-        extra = extra or saved_options or {}
-    entry = _dataset_entry(data, data_root)
+        extra = {**(saved_options or {}), **extra}
+    entry = _dataset_entry(data, data_root, extra.get("images_dir"))
     # What it trains on and from goes into train_config.json and the checkpoint, as absolute paths
     # (a resume from another folder then names the same folder and the same starting weights).
     if overrides.get("init_from"):

@@ -221,16 +221,24 @@ class DataRootError(ValueError):
     """``--data-root`` given to a dataset that reads no folder."""
 
 
-def check_data_root(data: str, factory: Callable[..., Any], data_root: str | None) -> None:
-    """Refuse ``--data-root`` for a dataset whose factory takes no ``data_root`` option: the
-    factory would drop it without a word (the synthetic set keeps only its own options), and the
-    training, judge or FID reference would use other data than the folder named."""
+def check_data_root(
+    data: str, factory: Callable[..., Any], data_root: str | None, images_dir: str | None = None
+) -> None:
+    """Refuse ``--data-root`` (and ``--images-dir``) for a dataset whose factory takes no such
+    option: the factory would drop it without a word (the synthetic set keeps only its own options),
+    and the training, judge or FID reference would use other data than the folder named."""
+    if images_dir and not data_root:
+        raise DataRootError(
+            f"--images-dir {images_dir} goes with --data-root, the folder of train.json and objects.json"
+        )
     if not data_root:
         return
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # no signature to read: let the factory decide
         return
+    if images_dir and "images_dir" not in params:
+        raise DataRootError(f"--data {data} takes no --images-dir: its folder holds its own images")
     if "data_root" not in params:
         raise DataRootError(
             f"--data {data} takes no --data-root: it would use its own data, not {data_root}. "

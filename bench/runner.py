@@ -60,6 +60,7 @@ class RunConfig:
     condition_files: list[str] = field(default_factory=list)
     data: str = "synthetic"
     data_root: str | None = None
+    images_dir: str | None = None  # the folder's PNGs, where they are not found beside train.json
     evaluators: list[str] = field(default_factory=lambda: ["iclevr-acc", "fid"])
     judge: str | None = None
     fid_weights: str | None = None
@@ -151,7 +152,7 @@ def _check_request(config: RunConfig, plugins: Plugins) -> None:
         # A checkpoint carries its architecture: a preset would be silently ignored.
         raise RunError(f"--preset {config.preset} applies only with --checkpoint random (untrained weights)")
     data = plugins.registry("datasets").get(config.data)  # the FID reference's dataset
-    check_data_root(data.name, data.factory, config.data_root)
+    check_data_root(data.name, data.factory, config.data_root, config.images_dir)
     if config.ref_n < 2:  # FID's covariance needs two images at least
         raise RunError(f"--ref-n must be at least 2, got {config.ref_n}")
     for scale in config.guidance or []:
@@ -410,7 +411,8 @@ def _reference_dataset(config: RunConfig, plugins: Plugins):
     if entry.name == "synthetic":
         scenes = -(-config.ref_n // 3)
         return entry.factory(split="heldout", scenes=scenes)
-    return entry.factory(data_root=config.data_root)
+    folder = {"images_dir": config.images_dir} if config.images_dir else {}
+    return entry.factory(data_root=config.data_root, **folder)
 
 
 @dataclass

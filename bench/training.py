@@ -703,6 +703,7 @@ _TRAJECTORY_OPTIONS = {
     "data": "--data",
 }
 _DATA_FIELDS = ("data", "data_root", "data_options")
+_MOVABLE_DATA_OPTIONS = {"images_dir"}  # where the images are, like --data-root: a folder may move
 _OFF_WHEN_ZERO = ("ema_decay", "min_snr_gamma", "grad_clip")  # 0 and None both mean off
 
 
@@ -737,7 +738,7 @@ def _resume_conflicts(saved: dict[str, Any], config: TrainConfig) -> tuple[list[
     ]
     if config.data is not None and "data_options" in saved:  # --scenes and the like, one by one
         old_options, new_options = saved["data_options"] or {}, _comparable("", config.data_options)
-        for key in sorted(set(old_options) | set(new_options)):
+        for key in sorted((set(old_options) | set(new_options)) - _MOVABLE_DATA_OPTIONS):
             if old_options.get(key) != new_options.get(key):
                 old, now = (_shown(o.get(key, "default")) for o in (old_options, new_options))
                 differ.append(f"--{key.replace('_', '-')} {old} -> {now}")

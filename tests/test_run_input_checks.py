@@ -349,6 +349,38 @@ def test_data_root_for_a_dataset_without_one_is_refused_by_run_and_train_judge(
     assert not judge.exists()
 
 
+def test_run_and_train_judge_read_a_folders_images_from_images_dir(runner, tmp_path, one_condition) -> None:
+    from bench_builtins.datasets.synthetic.export import write_synthetic_folder
+
+    folder = write_synthetic_folder(tmp_path / "course", scenes=1)
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    for png in folder.rglob("*.png"):
+        png.rename(pngs / png.name)
+    args = [a if a != "none" else "fid" for a in TINY_RUN]
+    two = tmp_path / "two.json"  # FID needs two generated images
+    two.write_text('[["red sphere"], ["blue cube"]]')
+    args += ["--scheduler", "ddim", "--steps", "1", "--data", "iclevr", "--data-root", str(folder)]
+    args += ["--conditions", str(two)]
+    result = runner.invoke(cli.main, [*args, "--images-dir", str(pngs), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "the reference holds 3 images" in result.output  # FID's reference came from --images-dir
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["config"]["images_dir"] == str(
+        pngs.resolve()
+    )
+    judge = tmp_path / "judge.safetensors"
+    result = runner.invoke(
+        cli.main,
+        ["train-judge", "--data", "iclevr", "--data-root", str(folder), "--images-dir", str(pngs), "--epochs", "1",
+         "--device", "cpu", "--out", str(judge)],
+    )  # fmt: skip
+    assert result.exit_code == 0 and judge.exists(), result.output
+    result = runner.invoke(
+        cli.main, [*TINY_RUN, "--images-dir", str(pngs), "--out", str(tmp_path / "x"), *one_condition]
+    )
+    assert result.exit_code == 2 and "--images-dir" in result.output and not (tmp_path / "x").exists()
+
+
 def test_a_preset_with_a_trained_checkpoint_is_refused(runner, tmp_path, one_condition) -> None:
     # A checkpoint carries its architecture: --preset was silently ignored.
     args = ["run", "--preset", "tiny", "--evaluators", "none", "--out", str(tmp_path / "run"), *one_condition]

@@ -196,6 +196,40 @@ def test_a_bare_resume_keeps_the_runs_limits(runner, tmp_path, monkeypatch) -> N
     assert (config["max_steps"], config["max_minutes"]) == (3, 30)
 
 
+def test_images_kept_apart_from_train_json_are_read_with_images_dir(runner, tmp_path, monkeypatch) -> None:
+    """Course files whose PNGs live elsewhere (another disk) needed a link; --images-dir names them,
+    is recorded, and may name a moved folder on resume, as --data-root may."""
+    folder = tmp_path / "course"
+    assert runner.invoke(cli.main, ["data", "synth", "--out", str(folder), "--scenes", "1"]).exit_code == 0
+    pngs = tmp_path / "disk" / "pngs"
+    pngs.mkdir(parents=True)
+    for png in folder.rglob("*.png"):
+        png.rename(pngs / png.name)
+    out = tmp_path / "train"
+    args = ["--data", "iclevr", "--data-root", str(folder), "--max-steps", "1"]
+    result = bench_train(runner, out, *args)
+    assert result.exit_code != 0 and "are not in" in " ".join(result.output.split())  # not found alone
+    result = bench_train(runner, out, *args, "--images-dir", str(pngs))
+    assert result.exit_code == 0, result.output
+    assert f"3 images from {pngs}" in " ".join(result.output.split())
+    config = json.loads((out / "checkpoint" / "config.json").read_text())["train_config"]
+    assert config["data_options"]["images_dir"] == str(pngs.resolve())
+    bare = ["train", "--device", "cpu", "--out", str(out), "--resume"]
+    assert runner.invoke(cli.main, [*bare, "--max-steps", "2"]).exit_code == 0  # the recorded folder
+    moved = tmp_path / "moved"
+    pngs.rename(moved)
+    result = runner.invoke(cli.main, [*bare, "--max-steps", "3", "--images-dir", str(moved)])
+    assert result.exit_code == 0, result.output
+    # Where no folder is read, it is refused before anything loads.
+    monkeypatch.setattr(cli, "_dataset", _no_dataset)
+    for extra, message in [
+        (["--images-dir", str(moved)], "--images-dir"),
+        (["--data-root", str(folder), "--images-dir", str(moved)], "--data synthetic takes no --images-dir"),
+    ]:
+        result = bench_train(runner, tmp_path / "synthetic", "--max-steps", "1", *extra)
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
 def test_a_bare_resume_trains_on_the_recorded_folder(runner, tmp_path) -> None:
     folder = tmp_path / "iclevr"
     assert runner.invoke(cli.main, ["data", "synth", "--out", str(folder), "--scenes", "1"]).exit_code == 0
