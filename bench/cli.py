@@ -81,6 +81,13 @@ def list_plugins() -> None:
 
 # One declaration where two commands take the same option.
 _JUDGE_HELP = "Judge checkpoint (course format or .safetensors); default: shipped."
+_images_dir_option = click.option(
+    "--images-dir",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder of the PNGs (with --data-root), where they are not beside train.json, in images/ "
+    "or in a folder of their own beside it.",
+)
 _conditions_option = click.option(
     "--conditions",
     "condition_files",
@@ -140,13 +147,7 @@ def _bool_flag(name: str, help: str):
 @_conditions_option
 @click.option("--data", default="synthetic", show_default=True, help="Dataset plugin (FID reference images).")
 @click.option("--data-root", default=None, help="Folder of a dataset in the i-CLEVR format.")
-@click.option(
-    "--images-dir",
-    default=None,
-    type=click.Path(exists=True, file_okay=False),
-    help="Folder of the PNGs (with --data-root), where they are not beside train.json, in images/ "
-    "or in a folder of their own beside it.",
-)
+@_images_dir_option
 @click.option(
     "--evaluators",
     default="iclevr-acc,fid",
@@ -510,13 +511,7 @@ def _dataset(name: str, data_root: str | None, **options):
 @config_option
 @click.option("--data", default="synthetic", show_default=True, help="Dataset plugin.")
 @click.option("--data-root", default=None, help="Folder in the i-CLEVR format (with --data iclevr).")
-@click.option(
-    "--images-dir",
-    default=None,
-    type=click.Path(exists=True, file_okay=False),
-    help="Folder of the PNGs (with --data-root), where they are not beside train.json, in images/ "
-    "or in a folder of their own beside it.",
-)
+@_images_dir_option
 @_scenes_option("Synthetic scenes (with --data synthetic).")
 @_max_objects_option(5, "Objects per synthetic scene.")
 @_count_option("--heldout-scenes", 400, "Unseen synthetic scenes to score on.")
@@ -688,13 +683,7 @@ def train_judge_command(
 )
 @click.option("--data", default="synthetic", show_default=True, help="Dataset plugin.")
 @click.option("--data-root", default=None, help="Folder in the i-CLEVR format (with --data iclevr).")
-@click.option(
-    "--images-dir",
-    default=None,
-    type=click.Path(exists=True, file_okay=False),
-    help="Folder of the PNGs (with --data-root), where they are not beside train.json, in images/ "
-    "or in a folder of their own beside it.",
-)
+@_images_dir_option
 @click.option(
     "--scenes",
     type=click.IntRange(min=1),
