@@ -77,6 +77,8 @@ def register_evaluators(register: Register) -> None:
     carry their variant (``fid-judge`` is never called ``fid``) and a sample count where it
     matters (``fid_n``).
 
+    Optional: ``factory.min_images``, the fewest images per condition set it can judge (FID and
+    KID: 2); ``bench run`` refuses a smaller set before any work.
     Optional: ``evaluator.lower_is_better``, the names of its metrics where lower is better
     (``bench report`` marks them ↓; FID, KID, LPIPS and loss are known already).
     Optional: ``evaluator.misses(images, conditions)`` returns, for each image in which an object

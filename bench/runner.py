@@ -134,6 +134,20 @@ def _condition_sets(
     return sets
 
 
+def _check_set_sizes(config: RunConfig, plugins: Plugins, sets: list[ConditionSet]) -> None:
+    """An evaluator that needs several images per condition set (``factory.min_images``: FID's and
+    KID's statistics need two) refuses a smaller set before any work, not after every cell sampled."""
+    for name in config.evaluators:
+        entry = plugins.registry("evaluators").get(name)
+        least = int(getattr(entry.factory, "min_images", 1))
+        small = [f"{s.name} ({len(s.conditions)})" for s in sets if len(s.conditions) < least]
+        if small:
+            raise RunError(
+                f"--evaluators {entry.name} needs at least {least} images per condition set; "
+                f"{', '.join(small)} has fewer: add conditions, or leave {entry.name} out"
+            )
+
+
 def _check_request(config: RunConfig, plugins: Plugins) -> None:
     """Check what the run asks for before any work: a misspelt plugin name fails at once, with its
     close matches, and so do step counts and guidance scales that mean nothing, not after the
@@ -481,6 +495,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         log(note)
     labels = load_labels_spec()
     sets = _condition_sets(config, labels, log if rank == 0 else _quiet)
+    _check_set_sizes(config, plugins, sets)
     options = SamplingOptions(
         dtype=config.dtype,
         channels_last=config.channels_last,

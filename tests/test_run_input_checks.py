@@ -381,6 +381,19 @@ def test_run_and_train_judge_read_a_folders_images_from_images_dir(runner, tmp_p
     assert result.exit_code == 2 and "--images-dir" in result.output and not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("evaluator", ["fid", "kid"])
+def test_a_set_too_small_for_an_evaluator_is_refused_before_any_work(
+    runner, tmp_path, one_condition, monkeypatch, evaluator
+) -> None:
+    """FID and KID need two images per set: a one-condition set failed after every cell sampled."""
+    _no_work(monkeypatch)
+    args = [a if a != "none" else f"iclevr-acc,{evaluator}" for a in TINY_RUN]
+    result = runner.invoke(cli.main, [*args, "--steps", "2", *one_condition, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    assert f"--evaluators {evaluator} needs at least 2 images per condition set; one (1) has fewer" in text
+
+
 def test_a_preset_with_a_trained_checkpoint_is_refused(runner, tmp_path, one_condition) -> None:
     # A checkpoint carries its architecture: --preset was silently ignored.
     args = ["run", "--preset", "tiny", "--evaluators", "none", "--out", str(tmp_path / "run"), *one_condition]
@@ -411,7 +424,11 @@ def test_options_that_change_less_than_asked_are_named(runner, tmp_path, one_con
     folder = write_synthetic_folder(tmp_path / "ref", scenes=1)
     args = [a if a != "none" else "fid" for a in TINY_RUN]
     args += ["--scheduler", "ddim", "--steps", "1", "--data", "iclevr", "--data-root", str(folder)]
-    result = runner.invoke(cli.main, [*args, "--ref-n", "500", *one_condition, "--out", str(tmp_path / "b")])
+    two = tmp_path / "two.json"  # FID needs two generated images per set
+    two.write_text('[["red sphere"], ["blue cube"]]')
+    result = runner.invoke(
+        cli.main, [*args, "--ref-n", "500", "--conditions", str(two), "--out", str(tmp_path / "b")]
+    )
     assert "--ref-n 500: the reference holds 3 images; the evaluators that compare with it use those" in (
         " ".join(result.output.split())
     ), result.output

@@ -32,9 +32,10 @@ def make_kid(**options: Any):
     return make_kid_evaluator(**options)
 
 
-# Both compare with the reference images: bench run passes them `dataset` and `ref_n`.
-make_fid.needs_reference = True
-make_kid.needs_reference = True
+# Both compare with the reference images: bench run passes them `dataset` and `ref_n`; their
+# statistics need two generated images per condition set at least.
+make_fid.needs_reference = make_kid.needs_reference = True
+make_fid.min_images = make_kid.min_images = 2
 
 
 @hookimpl
