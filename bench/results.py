@@ -13,6 +13,7 @@ import math
 import platform
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,15 @@ def environment(device: str | None = None) -> dict[str, Any]:
             env["gpu_count"] = torch.cuda.device_count()
         env["cpu_threads"] = torch.get_num_threads()
     return env
+
+
+def largest_costs(costs: Iterable[tuple[float | None, float]]) -> tuple[float | None, float]:
+    """Of several (peak memory MB or None, seconds before the clock) figures, the largest of each
+    (the peak None when none was measured, off CUDA): what a cell reports for its processes, or
+    for itself and the warm-up of its batch shapes."""
+    costs = list(costs)
+    peaks = [peak for peak, _ in costs if peak is not None]
+    return (max(peaks) if peaks else None), max(seconds for _, seconds in costs)
 
 
 class ResultsError(Exception):

@@ -27,7 +27,7 @@ from bench.guidance import (
     format_interval,
 )
 from bench.plugins import Plugins, check_data_root, get_plugins
-from bench.results import Row, RunResult, checked_metrics, environment
+from bench.results import Row, RunResult, checked_metrics, environment, largest_costs
 from bench.run_resume import finished_cells
 
 if TYPE_CHECKING:  # torch is imported only when a run starts
@@ -466,13 +466,8 @@ class _Run:
         and the compile happened in the warm-up."""
         guided = guidance != 1.0
         shapes = {guided, False} if guided and _interval(self, guidance) else {guided}
-        every = [
-            (result.peak_memory_mb, result.warmup_seconds),
-            *(self.warm_ups[g] for g in shapes if g in self.warm_ups),
-        ]
-        from bench.sampling import largest_peak
-
-        return largest_peak(peak for peak, _ in every), max(seconds for _, seconds in every)
+        own = (result.peak_memory_mb, result.warmup_seconds)
+        return largest_costs([own, *(self.warm_ups[g] for g in shapes if g in self.warm_ups)])
 
 
 def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResult | None:
@@ -652,7 +647,7 @@ def _sample_all(ctx: _Run, scheduler, *, seed: int, **kwargs):
     """
     import torch
 
-    from bench.sampling import largest_peak, sample
+    from bench.sampling import sample
 
     args = dict(train_config=ctx.train_noise, device=ctx.device, options=ctx.options, seed=seed, **kwargs)
     # A bar over the steps where a cell takes minutes (the CPU); on a GPU it would only run ahead.
@@ -675,12 +670,13 @@ def _sample_all(ctx: _Run, scheduler, *, seed: int, **kwargs):
     for index, value in enumerate(parts):
         if isinstance(value, str):
             raise RuntimeError(f"process {index} of {size} failed: {value}")
+    peak, warmup = largest_costs((p.peak_memory_mb, p.warmup_seconds) for p in parts)
     return replace(
         mine,
         images=torch.cat([p.images for p in parts]),
         seconds=max(p.seconds for p in parts),
-        warmup_seconds=max(p.warmup_seconds for p in parts),
-        peak_memory_mb=largest_peak(p.peak_memory_mb for p in parts),
+        warmup_seconds=warmup,
+        peak_memory_mb=peak,
     )
 
 
@@ -689,7 +685,7 @@ def _warm_up(ctx: _Run) -> None:
     guided): first-call costs (allocator, kernel selection, lazy init) must not land in the
     first cell's images/s."""
     from bench.compile_mode import compile_wait_note
-    from bench.sampling import largest_peak, sample
+    from bench.sampling import sample
 
     resolved = ctx.options.resolved(ctx.device)
     if resolved.compile:
@@ -709,9 +705,8 @@ def _warm_up(ctx: _Run) -> None:
             options=ctx.options,
         )
         # every process's figures reach the main one, which records the largest (as for the cells)
-        parts = gather((warm.peak_memory_mb, warm.warmup_seconds)) if ctx.size > 1 else None
-        figures = [(warm.peak_memory_mb, warm.warmup_seconds)] if parts is None else parts
-        ctx.warm_ups[guidance != 1.0] = (largest_peak(p for p, _ in figures), max(s for _, s in figures))
+        own = (warm.peak_memory_mb, warm.warmup_seconds)
+        ctx.warm_ups[guidance != 1.0] = largest_costs((gather(own) if ctx.size > 1 else None) or [own])
 
 
 def _run_cell(ctx: _Run, scheduler_name: str, steps: int, guidance: float, seed: int) -> list[Row]:

@@ -188,13 +188,6 @@ class SampleResult:
         return len(self.images) / self.seconds if self.seconds > 0 else float("inf")
 
 
-def largest_peak(peaks: Iterable[float | None]) -> float | None:
-    """The highest of several peak-memory figures (of processes, or of a warm-up and a timed call);
-    None when none was measured (off CUDA)."""
-    measured = [peak for peak in peaks if peak is not None]
-    return max(measured) if measured else None
-
-
 def image_seed(seed: int, index: int) -> int:
     """The generator seed of image ``index`` under run seed ``seed`` (stable across batch sizes)."""
     return (int(seed) * 1_000_003 + int(index)) % (2**63 - 1)

@@ -750,7 +750,8 @@ def _resume_conflicts(saved: dict[str, Any], config: TrainConfig) -> tuple[list[
 # What a resume takes from the checkpoint where not given, besides the trajectory: the run's limits
 # (else a resume would fall back to the recipe's 20,000 steps and drop --max-minutes, whose budget
 # counts over every run of an --out) and its checkpoint interval.
-_RESUMED_LIMITS = ("max_steps", "epochs", "max_minutes", "checkpoint_every")
+_LIMITS = {"max_steps": "--max-steps", "epochs": "--epochs", "max_minutes": "--max-minutes"}
+_RESUMED_LIMITS = (*_LIMITS, "checkpoint_every")
 
 
 def resume_defaults(out_dir: str | Path) -> dict[str, Any]:
@@ -838,10 +839,9 @@ def _stretch_note(saved: dict[str, Any], config: TrainConfig) -> str | None:
     it, near 0 when the last run ran to its end: worth a line."""
     if config.lr_schedule != "cosine":
         return None
-    limits = {"max_steps": "--max-steps", "epochs": "--epochs", "max_minutes": "--max-minutes"}
     changed = [
         f"{option} {_shown(saved[name])} -> {_shown(getattr(config, name))}"
-        for name, option in limits.items()
+        for name, option in _LIMITS.items()
         if name in saved and _comparable(name, saved[name]) != _comparable(name, getattr(config, name))
     ]
     if not changed:

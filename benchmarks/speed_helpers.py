@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from bench.sampling import SampleResult, largest_peak
+from bench.results import largest_costs
+from bench.sampling import SampleResult
 
 # FLOPs of one forward of the reference (``seed``) UNet on one 64x64 image (docs/iclevr.md).
 SEED_GFLOP_PER_IMAGE = 31.0
@@ -154,6 +155,7 @@ def record_sampling(
     compile time and peak memory count (a replayed CUDA graph allocates almost nothing)."""
     last = results[-1]
     every = [*results, *([warmup] if warmup is not None else [])]
+    peak, warmup_seconds = largest_costs((r.peak_memory_mb, r.warmup_seconds) for r in every)
     n = len(last.images)
     per_round = [len(r.images) / r.seconds for r in results if r.seconds > 0]
     ips = n / last.seconds
@@ -175,8 +177,8 @@ def record_sampling(
         "images_per_s_median": statistics.median(per_round),
         "s_per_image": 1.0 / ips,
         "seconds_last_round": last.seconds,
-        "warmup_seconds": max(r.warmup_seconds for r in every),
-        "peak_memory_mb": largest_peak(r.peak_memory_mb for r in every),
+        "warmup_seconds": warmup_seconds,
+        "peak_memory_mb": peak,
         "rounds": len(results),
     }
     if peak is not None and preset == "seed":
