@@ -12,12 +12,13 @@
 #   GPU 2 (3+ GPUs): `seed`, session 9's chosen recipe (lr 5e-4), now with the forced layout
 #   GPU 3 (4 GPUs): the speed measurements of scripts/gpu_speed.sh
 # then samples + judges every `seed` model with the shipped judge at 100 and 25 DDPM steps and
-# guidance 4, 5 and 6 (session 16's follow-ups read guidance 6 best on new_test), on test, new_test
+# guidance 4-7 (session 16's follow-ups read guidance 6 best on new_test), on test, new_test
 # and the two validation condition sets of session 7 (the choice is made on those). On one H100,
 # session 16 ran it at commit f5bab30 (guidance 4 and 5 only) with 14 training minutes in about
 # 1,210 s of a held machine; session 18 at commit 236829c with 16 minutes in about 1,480 s; session 19
 # at commit 51002b4 with 18 minutes in about 1,630 s (three calls), 310 s of it eager sampling;
-# session 20 samples compiled instead and trains 19 minutes.
+# session 21 samples compiled instead, trains 20 minutes and adds guidance 7 (test has read best at 6,
+# the highest tried).
 # Earlier sessions' versions of this script (TRAINING.md names the commits) trained the judge, the
 # shipped `small` model's four stages, and the cosine/linear and sampler comparisons.
 # Usage: scripts/gpu_campaign.sh OUT_DIR [TRAIN_MINUTES]
@@ -98,7 +99,7 @@ for run in "${EVAL_RUNS[@]}"; do
   name=${run%%:*}
   (
     judge() { CUDA_VISIBLE_DEVICES=${run##*:} bench run --checkpoint "$OUT/$name/checkpoint" "${JUDGE[@]}" \
-        --scheduler cosine --steps 100,25 --seeds 0-4 --guidance 4,5,6 "${SETS[@]}" --out "$OUT/run-$name" "$@"; }
+        --scheduler cosine --steps 100,25 --seeds 0-4 --guidance 4,5,6,7 "${SETS[@]}" --out "$OUT/run-$name" "$@"; }
     # bench run exits 1 when any cell failed and keeps the others: only a run without one good row
     # (no results.json, or every cell failed: the compile or the capture) is judged again eagerly.
     some_row() { python3 -c 'import json, sys; rows = json.load(open(sys.argv[1]))["rows"]
