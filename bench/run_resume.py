@@ -4,7 +4,11 @@
 are kept, not sampled again, when they were made by the same configuration on the same machine and
 code; the matrix (schedulers, steps, guidance, seeds) may grow, so more seeds can be added to a run.
 A cell that failed is sampled again. Anything else refuses, naming what differs, so that one
-results file never mixes two machines' speeds or two configurations' images."""
+results file never mixes two machines' speeds or two configurations' images.
+
+Without ``--resume`` a new run replaces the file, and first removes the pictures it names
+(``remove_replaced_outputs``), so that no grid of a cell the new run does not have is left beside
+the new ones."""
 
 from __future__ import annotations
 
@@ -93,3 +97,44 @@ def finished_cells(
         if sorted(r["condition_set"] for r in rows) == sorted(set_names)
         and all(r.get("error") is None for r in rows)
     }
+
+
+def remove_replaced_outputs(out_dir: Path) -> int:
+    """Delete what the results.json in ``out_dir`` says its run wrote: each row's images (the
+    numbered PNGs of its folder), grid and misses sheet, and the figures. Only paths inside
+    ``out_dir``, nothing the file does not name; folders left empty go too. A file that cannot be
+    read removes nothing. Returns how many files were deleted."""
+    out_dir = out_dir.resolve()
+    try:
+        old = load_results(out_dir / "results.json")
+    except ResultsError:
+        return 0
+    named: set[Path] = set()
+    folders: set[Path] = set()
+    for row in old.get("rows", []):
+        for key in ("grid", "misses"):
+            if isinstance(row.get(key), str):
+                named.add(out_dir / row[key])
+        if isinstance(row.get("images_dir"), str):
+            folder = out_dir / row["images_dir"]
+            folders.add(folder)
+            if folder.is_dir():
+                named.update(p for p in folder.glob("*.png") if p.stem.isdigit())
+    figures = old.get("figures")
+    if isinstance(figures, dict):
+        named.update(out_dir / f for f in figures.values() if isinstance(f, str))
+
+    def inside(path: Path) -> bool:
+        return path.is_relative_to(out_dir) and path != out_dir
+
+    removed = 0
+    for path in {p.resolve() for p in named}:
+        if inside(path) and path.is_file():
+            path.unlink()
+            removed += 1
+    # Then the folders this left empty, deepest first, up to (not including) out_dir.
+    parents = {p for f in folders | named for p in [f.resolve(), *f.resolve().parents] if inside(p)}
+    for folder in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    return removed

@@ -28,7 +28,7 @@ from bench.guidance import (
 )
 from bench.plugins import Plugins, check_data_root, get_plugins
 from bench.results import Row, RunResult, checked_metrics, environment, largest_costs
-from bench.run_resume import finished_cells
+from bench.run_resume import finished_cells, remove_replaced_outputs
 
 if TYPE_CHECKING:  # torch is imported only when a run starts
     from bench.sampling import SampleResult
@@ -592,7 +592,11 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     elif config.resume and not (ctx.out_dir / "results.json").exists():
         ctx.log(f"--resume: no results.json in {ctx.out_dir} yet; every cell runs")
     elif not config.resume and (ctx.out_dir / "results.json").exists():
-        ctx.log(f"replacing the results.json in {ctx.out_dir} (--resume would keep its finished cells)")
+        removed = remove_replaced_outputs(ctx.out_dir) if ctx.main else 0  # only the main one saves images
+        ctx.log(
+            f"replacing the results.json in {ctx.out_dir} (--resume would keep its finished cells)"
+            + (f"; removed the {removed} images, grids and figures it named" if removed else "")
+        )
     if len(done) < len(cells):
         _warm_up(ctx)
     n = len(ctx.conditions)

@@ -412,6 +412,40 @@ def test_run_says_when_resume_finds_nothing_and_when_it_replaces_results(
     assert result.exit_code == 0 and "replacing the results.json in" in result.output
 
 
+def test_a_replaced_run_leaves_none_of_its_pictures(runner, tmp_path, one_condition) -> None:
+    """Run again into the same --out with another matrix: the old cell's images and grid go (they
+    would sit beside the new ones as if this run had made them); what bench did not write stays."""
+    out = tmp_path / "run"
+    args = [*TINY_RUN, "--scheduler", "ddim", "--out", str(out), *one_condition]
+    assert runner.invoke(cli.main, [*args, "--steps", "2"]).exit_code == 0
+    old_cell = out / "images" / "ddim-2-g1"
+    assert sorted(p.name for p in (old_cell / "seed0").iterdir()) == ["one", "one_grid.png"]
+    (old_cell / "seed0" / "one" / "notes.txt").write_text("mine")
+    result = runner.invoke(cli.main, [*args, "--steps", "1"])
+    assert result.exit_code == 0 and "removed the 2 images, grids and figures it named" in result.output
+    assert [p.name for p in (old_cell / "seed0" / "one").iterdir()] == ["notes.txt"]
+    assert not (old_cell / "seed0" / "one_grid.png").exists()
+    assert (out / "images" / "ddim-1-g1" / "seed0" / "one" / "0.png").is_file()
+
+
+def test_only_what_the_replaced_file_names_inside_out_is_removed(tmp_path) -> None:
+    from bench.run_resume import remove_replaced_outputs
+
+    out, outside = tmp_path / "run", tmp_path / "keep.png"
+    (out / "images" / "c" / "s").mkdir(parents=True)
+    for name in ("0.png", "1.png", "mine.png"):
+        (out / "images" / "c" / "s" / name).write_bytes(b"png")
+    (out / "grid.png").write_bytes(b"png")
+    outside.write_bytes(b"png")
+    row = {"model": "m", "scheduler": "ddim", "steps": 1, "seed": 0, "condition_set": "test", "guidance": 1.0}
+    rows = [{**row, "images_dir": "images/c/s", "grid": "grid.png", "misses": "../keep.png"}]
+    (out / "results.json").write_text(json.dumps({"rows": rows, "figures": {"denoising": "../keep.png"}}))
+    assert remove_replaced_outputs(out) == 3
+    assert [p.name for p in (out / "images" / "c" / "s").iterdir()] == ["mine.png"] and outside.exists()
+    (out / "results.json").write_text("{not json")
+    assert remove_replaced_outputs(out) == 0  # an unreadable file names nothing
+
+
 def test_options_that_change_less_than_asked_are_named(runner, tmp_path, one_condition) -> None:
     judge = tmp_path / "judge.safetensors"
     judge.write_bytes(b"unused")
