@@ -12,6 +12,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from bench.registry import Entry
+
 ALLOW_MISMATCH_FLAG = "--allow-schedule-mismatch"
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -20,7 +22,11 @@ class ScheduleMismatchError(Exception):
     """A scheduler's own noise schedule differs from the one the checkpoint was trained with."""
 
 
-def _factory(scheduler: str | Callable) -> tuple[str, Callable]:
+def _factory(scheduler: str | Callable | Entry) -> tuple[str, Callable]:
+    """The registered name and factory of a name (looked up in the loaded plugins), a registry
+    entry (of whichever plugin set the caller holds) or a bare factory."""
+    if isinstance(scheduler, Entry):
+        return scheduler.name, scheduler.factory
     if callable(scheduler):
         return getattr(scheduler, "__name__", repr(scheduler)), scheduler
     from bench.plugins import get
@@ -113,7 +119,7 @@ def _schedule_takers(train_config: dict[str, Any]) -> list[str]:
 
 
 def check_schedule_compatible(
-    train_config: dict[str, Any], scheduler: str | Callable, allow_mismatch: bool = False
+    train_config: dict[str, Any], scheduler: str | Callable | Entry, allow_mismatch: bool = False
 ) -> dict[str, tuple[Any, Any]]:
     """Raise ``ScheduleMismatchError`` if ``scheduler`` would sample on other betas than trained.
 

@@ -69,6 +69,14 @@ class Plugins:
     def registry(self, kind: str) -> Registry:
         return self.registries[kind]
 
+    def external_versions(self) -> dict[str, str]:
+        """Name -> version ("" when unknown) of every loaded plugin that is not built in."""
+        return {
+            name: self.versions.get(name, "")
+            for name, plugin in self.manager.list_name_plugin()
+            if plugin is not None and name not in BUILTIN_PLUGINS
+        }
+
     def info(self) -> list[PluginInfo]:
         out = []
         for name, plugin in self.manager.list_name_plugin():

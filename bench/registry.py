@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 
 class RegistryError(Exception):
     """A registration conflict or an unknown name; the message says what to do."""
+
+
+# A name is typed on the command line, split on commas in a matrix option and becomes a folder of
+# a run's images: letters, digits and . _ + - only, starting with a letter or digit.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 @dataclass(frozen=True)
@@ -37,13 +43,18 @@ class Registry:
     _names: dict[str, str] = field(default_factory=dict)  # name or alias -> canonical name
 
     def add(self, name: str, factory: Callable, aliases: Sequence[str] = (), *, plugin: str) -> None:
-        if not isinstance(name, str) or not name:
-            raise RegistryError(f"plugin {plugin!r} registered a {self.kind} with an invalid name {name!r}")
+        aliases = (aliases,) if isinstance(aliases, str) else tuple(aliases)
+        for key in (name, *aliases):
+            if not isinstance(key, str) or not _NAME.fullmatch(key):
+                raise RegistryError(
+                    f"plugin {plugin!r} registered a {self.kind} with an invalid name {key!r}: use letters, "
+                    "digits and . _ + - only, starting with a letter or digit (a name is typed in "
+                    "comma-separated lists and names a folder of images)"
+                )
         if not callable(factory):
             raise RegistryError(
                 f"plugin {plugin!r} registered {self.kind} {name!r} with a non-callable factory"
             )
-        aliases = (aliases,) if isinstance(aliases, str) else tuple(aliases)
         for key in (name, *aliases):
             if key in self._names:
                 owner = self._entries[self._names[key]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import statistics
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -231,8 +232,10 @@ def _is_attribute(name: str, metrics: dict[str, Any]) -> bool:
 
 
 def _direction(metric: str, lower: Collection[str] = ()) -> str:
-    """↓ for the known lower-is-better families and for the metrics an evaluator declared so."""
-    return DOWN if metric in lower or metric.lower().startswith(LOWER_IS_BETTER) else UP
+    """↓ for the known lower-is-better families (``fid``, ``fid-judge``, ``kid_std``; not a
+    plugin's ``fidelity``) and for the metrics an evaluator declared so."""
+    family = re.split(r"[-_]", metric.lower(), maxsplit=1)[0]
+    return DOWN if metric in lower or family in LOWER_IS_BETTER else UP
 
 
 def _metric_title(metric: str, lower: Collection[str] = ()) -> str:

@@ -146,14 +146,17 @@ def git_revision(cwd: Path | None = None) -> dict[str, Any]:
     return {"revision": rev.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
-def environment(device: str | None = None) -> dict[str, Any]:
-    """Library versions, the device and the git revision, for the results file."""
+def environment(device: str | None = None, plugins: dict[str, str] | None = None) -> dict[str, Any]:
+    """Library versions, the device and the git revision, for the results file; ``plugins``: the
+    version of each plugin loaded besides the built-ins (their code makes rows too)."""
     env: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "libraries": {name: _version(name) for name in LIBRARIES},
         "git": git_revision(),
     }
+    if plugins is not None:
+        env["plugins"] = dict(sorted(plugins.items()))
     if "torch" in sys.modules or device is not None:
         import torch
 

@@ -27,7 +27,7 @@ _FREE_KEYS = frozenset(
     {"schedulers", "steps", "seeds", "guidance", "guidance_from", "resume", "out_dir", "denoising_figure"}
 )
 # What decides the speed and the images besides the configuration.
-_ENVIRONMENT_KEYS = ("device", "gpu", "gpu_count", "cpu_threads", "libraries")
+_ENVIRONMENT_KEYS = ("device", "gpu", "gpu_count", "cpu_threads", "libraries", "plugins")
 
 
 class ResumeError(Exception):
@@ -71,6 +71,7 @@ def finished_cells(
     old_env, new_env = old.get("environment", {}), _as_json(environment)
     for env in (old_env, new_env):  # each process of a launch has its own cuda:N; the kind counts
         env["device"] = str(env.get("device", "")).split(":")[0]
+        env.setdefault("plugins", {})  # a file from before plugins were recorded: none besides bench's
     differs += [f"environment.{k}" for k in _differences(old_env, new_env, _ENVIRONMENT_KEYS)]
     if old_env.get("git", {}).get("revision") != new_env.get("git", {}).get("revision"):
         differs.append("environment.git.revision")

@@ -239,11 +239,11 @@ def _check_cells(config: RunConfig, plugins: Plugins, train_noise: dict[str, Any
         entry = plugins.registry("schedulers").get(name)
         _check_scheduler_factory(name, entry, train_noise)
         try:
-            check_schedule_compatible(train_noise, entry.name, config.allow_schedule_mismatch)
+            check_schedule_compatible(train_noise, entry, config.allow_schedule_mismatch)
         except ScheduleMismatchError as error:
             raise RunError(f"--scheduler {name}: {error}") from None
         for steps in config.steps:
-            steps = resolve_steps(entry.factory, steps)
+            steps = resolve_steps(entry, steps)
             error = _refusal(entry.factory, train_noise, steps)
             if error is None:
                 continue
@@ -268,9 +268,7 @@ def _check_scheduler_factory(name: str, entry: Any, train_noise: dict[str, Any])
     try:
         scheduler = entry.factory(train_noise)
     except Exception as error:  # noqa: BLE001 - a plugin's bug, said in one line
-        raise RunError(
-            f"--scheduler {name}: its factory (plugin {entry.plugin!r}) failed: {type(error).__name__}: {error}"
-        ) from None
+        raise plugin_failure(f"--scheduler {name}", entry, error) from None
     missing = [a for a in ("set_timesteps", "step", "config") if not hasattr(scheduler, a)]
     if missing:
         raise RunError(
@@ -300,8 +298,10 @@ def _load_model(config: RunConfig, plugins: Plugins, device: str):
             torch.manual_seed(0)
             try:
                 model = entry.factory(preset=config.preset)
-            except (TypeError, ValueError) as error:  # an unknown preset: one line, as `bench train`
-                raise RunError(f"--preset {config.preset}: {error}") from None
+            except Exception as error:  # noqa: BLE001 - one line
+                if config.preset is not None and isinstance(error, (TypeError, ValueError)):
+                    raise RunError(f"--preset {config.preset}: {error}") from None  # as `bench train`
+                raise plugin_failure(f"--model {config.model}", entry, error) from None
         from bench.noise import noise_config
 
         return (
@@ -410,13 +410,26 @@ def make_evaluators(
             evaluators[entry.name] = entry.factory(**options)
         except TypeError as error:
             if "unexpected keyword argument" not in str(error):
-                raise
+                raise plugin_failure(f"evaluator {name!r}", entry, error) from None
             # A plugin factory that does not take the options every evaluator is given.
             raise RunError(
                 f"evaluator {name!r} (plugin {entry.plugin!r}): {error}; an evaluator factory takes "
                 "**options and ignores those it does not use (register_evaluators in bench/hookspecs.py)"
             ) from None
+        except Exception as error:  # noqa: BLE001 - said in one line, naming the plugin
+            raise plugin_failure(f"evaluator {name!r}", entry, error) from None
     return evaluators
+
+
+def plugin_failure(what: str, entry: Any, error: Exception) -> Exception:
+    """What to raise when a component's factory failed: bench's own errors (a missing judge file,
+    a bad option) as they are, anything else as one line naming the plugin, since a plugin's bug
+    is not the user's to debug from a traceback (``BENCH_DEBUG=1`` prints it)."""
+    if type(error).__module__.split(".")[0] in ("bench", "bench_builtins"):
+        return error
+    if os.environ.get("BENCH_DEBUG"):
+        traceback.print_exception(error)
+    return RunError(f"{what}: its factory (plugin {entry.plugin!r}) failed: {type(error).__name__}: {error}")
 
 
 def _reference_dataset(config: RunConfig, plugins: Plugins):
@@ -562,7 +575,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
             "condition_files": [s.source for s in sets],  # the files read, defaults included
             # metrics an evaluator declares lower-is-better (its `lower_is_better`): the report's ↓
             "lower_is_better": sorted(
-                {str(m) for e in ctx.evaluators.values() for m in (getattr(e, "lower_is_better", None) or ())}
+                {m for e in ctx.evaluators.values() for m in _names(getattr(e, "lower_is_better", None))}
             ),
             # what each set held, whatever its file was called: a report keeps two "test" sets apart
             "condition_sha256": {s.name: s.sha256 for s in sets},
@@ -570,11 +583,15 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
             "sampling": asdict(options),
         },
         seeds=list(config.seeds),
-        environment=environment(device),
+        environment=environment(device, plugins=plugins.external_versions()),
     )
     # Each cell as (scheduler, resolved steps, guidance, seed), which is also its key in a results file.
     matrix = itertools.product(config.schedulers, config.steps, guidance.guidance, config.seeds)
-    cells = [(name, resolve_steps(name, steps), float(scale), seed) for name, steps, scale, seed in matrix]
+    schedulers = plugins.registry("schedulers")
+    cells = [
+        (name, resolve_steps(schedulers.get(name), steps), float(scale), seed)
+        for name, steps, scale, seed in matrix
+    ]
     done = (
         finished_cells(
             ctx.out_dir / "results.json",
@@ -626,6 +643,14 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
             log(f"warning: denoising figure failed: {error}")
     result.write(ctx.out_dir / "results.json")
     return result
+
+
+def _names(value: Any) -> list[str]:
+    """An evaluator's ``lower_is_better``: a collection of names, or one name (``("fid_x")`` is a
+    string, the missing comma of a one-tuple, not eleven one-letter names)."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
 def _registered_name(plugins: Plugins) -> Callable[[str], str]:
@@ -700,7 +725,7 @@ def _warm_up(ctx: _Run) -> None:
     for guidance in sorted({1.0, max(ctx.guidance.guidance)}):
         warm = sample(
             ctx.model,
-            "ddim",
+            ctx.plugins.registry("schedulers").get("ddim"),
             mine[: resolved.batch_size],
             train_config=ctx.train_noise,
             steps=1,
@@ -733,7 +758,7 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int, guidance: float, seed:
         entry = ctx.plugins.registry("schedulers").get(scheduler_name)
         result = _sample_all(
             ctx,
-            entry.factory,
+            entry,
             seed=seed,
             steps=steps,
             guidance=guidance,
@@ -791,7 +816,9 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int, guidance: float, seed:
         owners: dict[str, str] = {}  # metric -> the evaluator that gave it
         for name, evaluator in ctx.evaluators.items():
             try:
-                metrics = checked_metrics(name, evaluator(images, conditions), owners)
+                # Copies: an evaluator that writes into its input cannot change what the next one
+                # judges, the misses sheet or the saved images.
+                metrics = checked_metrics(name, evaluator(images.clone(), conditions.clone()), owners)
             except Exception as error:  # noqa: BLE001 - keep the other metrics
                 row.metrics[f"{name}_error"] = f"{type(error).__name__}: {error}"
                 continue
@@ -838,7 +865,7 @@ def _denoising_figure(ctx: _Run) -> str:
     entry = ctx.plugins.registry("schedulers").get(config.schedulers[0])
     result = sample(
         ctx.model,
-        entry.factory,
+        entry,
         multi_hot([DENOISING_CONDITION], ctx.labels),
         train_config=ctx.train_noise,
         steps=config.steps[0],

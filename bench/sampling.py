@@ -39,6 +39,7 @@ from bench.compile_mode import compile_only_switch_error, compile_options, quiet
 from bench.groupnorm import use_group_norm_by_views
 from bench.guidance import check_interval, in_interval
 from bench.noise import check_schedule_compatible
+from bench.registry import Entry
 
 # Schedulers whose ``step`` draws no noise (with their default options): no generators passed.
 _DETERMINISTIC = {
@@ -67,6 +68,10 @@ def cpu_has_bf16_matmul() -> bool:
 
 class SamplingOptionsError(ValueError):
     """Options that cannot run together or on this device (a user error: one clear line)."""
+
+
+class SamplingError(RuntimeError):
+    """The loop made no usable images: a scheduler's step of the wrong shape, or NaN/inf values."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +198,10 @@ def image_seed(seed: int, index: int) -> int:
     return (int(seed) * 1_000_003 + int(index)) % (2**63 - 1)
 
 
-def _resolve_factory(scheduler: str | Callable) -> tuple[str, Callable]:
+def _resolve_factory(scheduler: str | Callable | Entry) -> tuple[str, Callable]:
+    """As bench.noise's: a name, a registry entry or a bare factory."""
+    if isinstance(scheduler, Entry):
+        return scheduler.name, scheduler.factory
     if isinstance(scheduler, str):
         from bench.plugins import get
 
@@ -209,10 +217,17 @@ def check_steps(steps: int) -> int:
     return int(steps)
 
 
-def resolve_steps(scheduler: str | Callable, steps: int | None = None) -> int:
+def resolve_steps(scheduler: str | Callable | Entry, steps: int | None = None) -> int:
     """``steps``, or the scheduler's ``default_steps`` when not given (else 50)."""
     if steps is None:
-        return int(getattr(_resolve_factory(scheduler)[1], "default_steps", 50))
+        name, factory = _resolve_factory(scheduler)
+        default = getattr(factory, "default_steps", 50)
+        if isinstance(default, bool) or not isinstance(default, int) or default < 1:
+            raise SamplingOptionsError(
+                f"scheduler {name!r} declares default_steps = {default!r}; it must be a whole number "
+                "of at least 1 (give --steps meanwhile)"
+            )
+        return default
     return check_steps(steps)
 
 
@@ -290,6 +305,7 @@ def _frame_points(total: int, frames: int) -> list[int]:
 
 def _run_chunk(
     call: _ModelCall,
+    name: str,
     factory: Callable,
     train_config: dict[str, Any],
     scheduler_options: dict[str, Any],
@@ -331,7 +347,13 @@ def _run_chunk(
         # Guidance inside the interval only: a host decision, no device sync.
         scale = guidance if in_interval(float(t_host), interval) else 1.0
         eps = call(model_input, timesteps[i], cond, scale)
+        before = x.shape
         x = scheduler.step(eps, t_host, x, return_dict=False, **step_kwargs)[0]
+        if x.shape != before:  # a host check: no sync
+            raise SamplingError(
+                f"scheduler {name!r}: its step {i + 1} of {len(timesteps)} returned samples of shape "
+                f"{tuple(x.shape)} for samples of shape {tuple(before)}"
+            )
         if i + 1 in keep:
             if i + 1 == len(timesteps):
                 frames.append(x.clamp(-1, 1).float().cpu())
@@ -344,7 +366,7 @@ def _run_chunk(
 
 def sample(
     model: torch.nn.Module,
-    scheduler: str | Callable,
+    scheduler: str | Callable | Entry,
     conditions: torch.Tensor,
     *,
     train_config: dict[str, Any],
@@ -367,7 +389,8 @@ def sample(
     ``image_seed(seed, first_index + i)``, so a shard of the rows sampled elsewhere gives the
     same images as the whole run in one place.
 
-    ``scheduler`` is a registered name or a factory ``factory(train_config, **options)``;
+    ``scheduler`` is a registered name, a registry entry or a factory
+    ``factory(train_config, **options)``;
     ``train_config`` is the checkpoint's noise-schedule config. ``steps`` defaults to the
     factory's ``default_steps`` (else 50). ``guidance`` is the CFG scale (1.0 = off, no
     doubled batch). ``guidance_interval=(lo, hi)`` limits guidance to the steps whose timestep
@@ -439,6 +462,7 @@ def sample(
             label = "denoising steps" + (f" (chunk {k + 1}/{len(chunks)})" if len(chunks) > 1 else "")
             x, frames = _run_chunk(
                 call,
+                name,
                 factory,
                 train_config,
                 scheduler_options or {},
@@ -452,7 +476,15 @@ def sample(
                 progress_label=label if show_progress else None,
             )
             keep = min(batch, n - first)
-            outputs.append(x[:keep].clamp(-1, 1).float().cpu())
+            images = x[:keep].float().cpu()
+            bad = int((~torch.isfinite(images)).sum())
+            if bad:  # scored as black images otherwise
+                raise SamplingError(
+                    f"{bad} of {images.numel()} values of the images sampled with scheduler {name!r} "
+                    f"({steps} steps) are NaN or inf: its step, or the model (a diverged checkpoint?), "
+                    "gave non-finite values"
+                )
+            outputs.append(images.clamp(-1, 1))
             if frames:
                 frame_chunks.append(torch.stack([f[:keep] for f in frames]))
         _sync(device)
@@ -510,5 +542,6 @@ __all__: Sequence[str] = (
     "image_seed",
     "with_batch_size",
     "check_steps",
+    "SamplingError",
     "resolve_steps",
 )

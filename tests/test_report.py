@@ -663,3 +663,13 @@ def test_a_plugin_reporter_that_fails_or_returns_no_text_is_one_line(
         assert not out.exists()
     finally:
         reporters.remove_plugin("test-plugin")
+
+
+def test_the_lower_is_better_families_match_whole_names_only() -> None:
+    from bench.report import _metric_title
+
+    assert [_metric_title(m) for m in ("fid", "fid-judge", "kid_std", "loss")] == [
+        "FID ↓", "FID-judge ↓", "kid_std ↓", "loss ↓"
+    ]  # fmt: skip
+    assert _metric_title("fidelity") == "fidelity ↑"  # a plugin's metric that only starts like one
+    assert _metric_title("fidelity", lower={"fidelity"}) == "fidelity ↓"  # unless it says so
