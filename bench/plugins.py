@@ -13,6 +13,7 @@ import importlib.metadata
 import inspect
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -22,7 +23,7 @@ from typing import Any
 import pluggy
 
 from bench import PROJECT_NAME, hookspecs
-from bench.registry import Registry
+from bench.registry import Registry, RegistryError
 
 ENTRY_POINT_GROUP = "bench"
 STRICT_ENV = "BENCH_STRICT_PLUGINS"
@@ -154,14 +155,26 @@ def _register_module(plugins: Plugins, module: ModuleType, name: str) -> None:
     plugins.order.append(name)
 
 
+def _raised(hook: str, error: BaseException) -> str:
+    """A hook's own exception, said with the hook and the line that raised it (``BENCH_DEBUG=1``
+    prints the whole traceback)."""
+    if os.environ.get("BENCH_DEBUG"):
+        traceback.print_exception(error)
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return f"{hook} raised {type(error).__name__}: {error}{where}"
+
+
 def _fill_registries(plugins: Plugins) -> None:
     """Call the component hooks plugin by plugin, built-ins first (so they own their names). A
     plugin counts whole or not at all: if one of its hooks raises, or one of its names is taken,
     every component it registered is taken back and the plugin is skipped like any broken one."""
     plugins.registries.update({kind: Registry(kind) for kind in KINDS})
     for plugin_name in list(plugins.order):
+        hook = ""
         try:
             for kind in KINDS:
+                hook = f"register_{kind}"
                 registry = plugins.registries[kind]
 
                 def register(name, factory, aliases=(), _reg=registry, _plugin=plugin_name):
@@ -178,7 +191,7 @@ def _fill_registries(plugins: Plugins) -> None:
                 raise
             plugins.manager.unregister(name=plugin_name)
             plugins.order.remove(plugin_name)
-            _fail(plugins, plugin_name, error)
+            _fail(plugins, plugin_name, error if isinstance(error, RegistryError) else _raised(hook, error))
 
 
 def load_plugins(extra_modules: tuple[str, ...] = (), entry_points: bool = True) -> Plugins:
