@@ -496,10 +496,15 @@ def _dataset_entry(name: str, data_root: str | None, images_dir: str | None = No
 
 
 def _dataset(name: str, data_root: str | None, **options):
+    from bench.plugins import plugin_failure
+
     entry = get_plugins().registry("datasets").get(name)
+    try:
+        dataset = entry.factory(**options, **({"data_root": data_root} if data_root else {}))
+    except Exception as error:  # noqa: BLE001 - one line naming the plugin
+        raise plugin_failure(f"--data {name}", entry, error) from None
     if not data_root:
-        return entry.factory(**options)
-    dataset = entry.factory(**options, data_root=data_root)
+        return dataset
     # A user's folder: say what was read, and from where (the loader picks the image folder).
     where = (getattr(dataset, "info", None) or {}).get("images_dir", data_root)
     size = getattr(dataset, "image_size", "?")

@@ -43,6 +43,10 @@ class PluginLoadError(Exception):
     """Raised instead of skipping a broken plugin when BENCH_STRICT_PLUGINS=1."""
 
 
+class PluginFactoryError(Exception):
+    """A plugin's component factory raised when bench called it (its message names the plugin)."""
+
+
 @dataclass
 class LoadError:
     plugin: str
@@ -153,6 +157,19 @@ def _register_module(plugins: Plugins, module: ModuleType, name: str) -> None:
         plugins.manager.unregister(name=name)
         raise pluggy.PluginValidationError(module, f"implements no bench hook (known hooks: {hint})")
     plugins.order.append(name)
+
+
+def plugin_failure(what: str, entry: Any, error: Exception) -> Exception:
+    """What to raise when a component's factory failed: bench's own errors (a missing judge file,
+    a bad option) as they are, anything else as one line naming the plugin, since a plugin's bug
+    is not the user's to debug from a traceback (``BENCH_DEBUG=1`` prints it)."""
+    if type(error).__module__.split(".")[0] in ("bench", "bench_builtins"):
+        return error
+    if os.environ.get("BENCH_DEBUG"):
+        traceback.print_exception(error)
+    return PluginFactoryError(
+        f"{what}: its factory (plugin {entry.plugin!r}) failed: {type(error).__name__}: {error}"
+    )
 
 
 def _raised(hook: str, error: BaseException) -> str:

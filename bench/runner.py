@@ -26,7 +26,7 @@ from bench.guidance import (
     check_scale,
     format_interval,
 )
-from bench.plugins import Plugins, check_data_root, get_plugins
+from bench.plugins import Plugins, check_data_root, get_plugins, plugin_failure
 from bench.results import Row, RunResult, checked_metrics, environment, largest_costs
 from bench.run_resume import finished_cells, remove_replaced_outputs
 
@@ -419,17 +419,6 @@ def make_evaluators(
         except Exception as error:  # noqa: BLE001 - said in one line, naming the plugin
             raise plugin_failure(f"evaluator {name!r}", entry, error) from None
     return evaluators
-
-
-def plugin_failure(what: str, entry: Any, error: Exception) -> Exception:
-    """What to raise when a component's factory failed: bench's own errors (a missing judge file,
-    a bad option) as they are, anything else as one line naming the plugin, since a plugin's bug
-    is not the user's to debug from a traceback (``BENCH_DEBUG=1`` prints it)."""
-    if type(error).__module__.split(".")[0] in ("bench", "bench_builtins"):
-        return error
-    if os.environ.get("BENCH_DEBUG"):
-        traceback.print_exception(error)
-    return RunError(f"{what}: its factory (plugin {entry.plugin!r}) failed: {type(error).__name__}: {error}")
 
 
 def _reference_dataset(config: RunConfig, plugins: Plugins):

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from bench import hookimpl
-from bench.plugins import Plugins, load_plugins
+from bench.plugins import PluginFactoryError, Plugins, load_plugins
 from bench.registry import Registry, RegistryError
 from bench.run_resume import ResumeError
-from bench.runner import RunConfig, RunError, run
+from bench.runner import RunConfig, run
 from bench.sampling import SamplingOptionsError, resolve_steps
 
 
@@ -133,7 +133,7 @@ def test_a_scheduler_that_breaks_the_samples_fails_its_cell(
 def test_an_evaluator_factory_that_raises_is_one_line_naming_its_plugin(
     tmp_path, condition_file, plugins
 ) -> None:
-    with pytest.raises(RunError) as caught:
+    with pytest.raises(PluginFactoryError) as caught:
         run(_config(tmp_path, condition_file, evaluators=["explodes"]), plugins, log=_quiet)
     assert str(caught.value) == (
         "evaluator 'explodes': its factory (plugin 'bench_test_components') failed: "
