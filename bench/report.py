@@ -29,6 +29,8 @@ CONFIG_KEYS = (
     "judge",
     "ref_n",
     "conditions",
+    "device",
+    "sampling",
     "scheduler",
     "steps",
     "guidance",
@@ -38,9 +40,10 @@ CONFIG_KEYS = (
 # Part of a row's identity, shown only where rows differ in them: the sha256 (12 digits) of the
 # weights sampled (two models saved under one path), the preset of random weights (a checkpoint
 # carries its own), the sampling dtype, the judge and FID reference size the metrics used, and the
-# sha256 of the condition set's content (two files called test.json). Seeds that differ in any of
-# them are two cells, never one mean.
-VARIANT_KEYS = ("weights", "preset", "dtype", "judge", "ref_n", "conditions")
+# sha256 of the condition set's content (two files called test.json), the device (a GPU's name) and
+# how the loop ran (batch size, channels_last, compile, CUDA graphs). Seeds that differ in any of
+# them are two cells, never one mean: not of their accuracy, and not of their speed.
+VARIANT_KEYS = ("weights", "preset", "dtype", "judge", "ref_n", "conditions", "device", "sampling")
 # Identifying columns whose header is not the row key itself.
 ID_TITLES = {"guidance_interval": "guidance interval"}
 # Metric families where smaller is better; everything accuracy-like is larger-is-better.
@@ -119,6 +122,7 @@ def _benchmark_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "condition_set": extra.get("condition_set", ""),
                 "preset": extra.get("preset") or params.get("preset") or "",
                 "dtype": speed["dtype"] or "",
+                "device": _device_name(extra.get("device"), extra.get("gpu")),
                 "n_images": extra.get("n_images", 0),
                 "speed": speed,
                 "metrics": {},
@@ -246,6 +250,14 @@ def _metric_title(metric: str, lower: Collection[str] = ()) -> str:
     return f"{base}{'-' + variant if variant else ''} {_direction(metric, lower)}"
 
 
+def _same_draw(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two rows of one config that cannot be two draws of a mean: the same seed, or two
+    pytest-benchmark measurements (they have no seed: each is the whole measurement)."""
+    if a.get("benchmark") and b.get("benchmark"):
+        return True
+    return b.get("seed") is not None and a.get("seed") == b["seed"]
+
+
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Group successful rows by config and aggregate over seeds; errored rows stay single."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -254,9 +266,14 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if row.get("error"):
             continue
         members = groups.setdefault(_config_key(row), [])
-        twin = next(
-            (m for m in members if row.get("seed") is not None and m.get("seed") == row["seed"]), None
-        )
+        twin = next((m for m in members if _same_draw(m, row)), None)
+        if twin is not None and row.get("benchmark"):
+            where = " and ".join(dict.fromkeys(str(r.get("source", "?")) for r in (twin, row)))
+            raise ResultsError(
+                f"benchmark {row['benchmark']} on {row.get('device') or 'the same device'} appears twice, in "
+                f"{where}: two measurements of one benchmark are not seeds to average; report those files "
+                "separately (files from other devices are kept apart by their device column)"
+            )
         if twin is not None:
             # Two runs of one seed (a copied file, or runs that differ in what a row does not name,
             # such as its condition file's content) would be averaged as if they were two seeds.
@@ -476,6 +493,7 @@ def _tables(records: list[dict[str, Any]], lower: Collection[str] = ()) -> list[
 def tells_apart(records: Sequence[dict[str, Any]], key: str) -> bool:
     """Whether a VARIANT_KEYS column says something the others do not: its values differ, and for
     the weights, between rows of one checkpoint (other checkpoints' weights differ anyway)."""
+    records = [r for r in records if not r.get("error")]  # a failed cell has no speed, so no dtype
     if key != "weights":
         return len({str(r.get(key) or "") for r in records}) > 1
     by_checkpoint: dict[str, set[str]] = {}
@@ -622,24 +640,48 @@ def _results_file(path: str | Path) -> Path:
     return path / "results.json" if path.is_dir() and (path / "results.json").is_file() else path
 
 
-def _run_identity(config: dict[str, Any], row: dict[str, Any]) -> dict[str, str]:
+def _run_identity(config: dict[str, Any], row: dict[str, Any], environment: dict[str, Any]) -> dict[str, str]:
     """The VARIANT_KEYS of a results row, read off its run's config (files before a field was
     recorded leave it empty): what must match for two seeds to be averaged."""
     meta = config.get("model_meta") or {}
     files = meta.get("files") or {}
     weights = meta.get("weights_sha256") or files.get("ema.safetensors") or files.get("model.safetensors")
+    weights = str(weights or "")[:12]
+    if not weights and meta.get("step") is not None:
+        # files from before the weights' sha256 was recorded: the training step tells models apart
+        weights = f"step {meta['step']}"
     metrics = row.get("metrics") or {}
     judged = any(k == "acc" or k.endswith("-judge") for k in metrics)  # the judge scored or featured it
     referenced = any(k.endswith("_ref_n") for k in metrics)  # FID / KID against a reference
     condition_set = str(row.get("condition_set") or "")
     return {
-        "weights": str(weights or "")[:12],
+        "weights": weights,
         "preset": str(row.get("preset") or config.get("preset") or ""),
         "dtype": str((row.get("speed") or {}).get("dtype") or ""),
         "judge": str(config.get("judge") or "") if judged else "",
         "ref_n": str(config.get("ref_n") or "") if referenced else "",
         "conditions": str((config.get("condition_sha256") or {}).get(condition_set) or "")[:12],
+        "device": _device_name(environment.get("device"), environment.get("gpu")),
+        "sampling": _sampling_text(row.get("speed") or {}, config.get("sampling") or {}),
     }
+
+
+def _device_name(device: Any, gpu: Any = None) -> str:
+    """``cpu``, or the GPU's name (``NVIDIA H100 80GB HBM3``) where it is known."""
+    kind = str(device or "").split(":")[0]
+    return str(gpu) if gpu and kind != "cpu" else kind
+
+
+def _sampling_text(speed: dict[str, Any], sampling: dict[str, Any]) -> str:
+    """How a row's loop ran, in a few words (``b64 cl compile graphs``): two runs that differ in it
+    are two speeds."""
+    parts = [f"b{speed['batch_size']}"] if speed.get("batch_size") else []
+    flags = (
+        ("cl", sampling.get("channels_last")),
+        ("compile", speed.get("compile")),
+        ("graphs", speed.get("cuda_graphs")),
+    )
+    return " ".join(parts + [word for word, on in flags if on])
 
 
 def load_report(paths: Sequence[str | Path]) -> Report:
@@ -648,6 +690,7 @@ def load_report(paths: Sequence[str | Path]) -> Report:
         raise ResultsError("no results files given; pass one or more files written by `bench run --out`")
     report = Report()
     rows: list[dict[str, Any]] = []
+    figures: list[tuple[str, Path, Path]] = []  # name, results file, picture
     lower: set[str] = set()
     seen: dict[Path, Path] = {}
     for raw in paths:
@@ -664,21 +707,26 @@ def load_report(paths: Sequence[str | Path]) -> Report:
         report.sources.append(path)
         base = path.resolve().parent
         if _is_pytest_benchmark(data):
-            rows.extend(_benchmark_rows(data))
+            rows.extend(dict(row, source=str(path)) for row in _benchmark_rows(data))
             report.header.append(_benchmark_header(data, path))
             continue
         report.header.append(_results_header(data, path))
         for name, rel in (data.get("figures") or {}).items():
-            report.figures[name] = (base / rel).resolve()
+            figures.append((name, path, (base / rel).resolve()))
         config = data.get("config") or {}
         lower.update(config.get("lower_is_better") or ())  # declared by the run's evaluators
         for row in data.get("rows") or []:
-            row = dict(row, source=str(path), **_run_identity(config, row))
+            row = dict(row, source=str(path), **_run_identity(config, row, data.get("environment") or {}))
             if row.get("grid"):
                 row["grid"] = str((base / row["grid"]).resolve())
                 if row.get("misses"):
                     row["misses"] = str((base / row["misses"]).resolve())
             rows.append(row)
+    # A figure of each run: named by its run where several runs have one of that name.
+    files = [str(source) for _, source, _ in figures]
+    for name, source, picture in figures:
+        several = sum(n == name for n, _, _ in figures) > 1
+        report.figures[f"{name} ({_short_path(str(source), files)})" if several else name] = picture
     # captioned once every file is read: the model named only where models differ
     for row, who in zip(rows, model_labels(rows), strict=True):
         if row.get("grid"):

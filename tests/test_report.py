@@ -673,3 +673,74 @@ def test_the_lower_is_better_families_match_whole_names_only() -> None:
     ]  # fmt: skip
     assert _metric_title("fidelity") == "fidelity ↑"  # a plugin's metric that only starts like one
     assert _metric_title("fidelity", lower={"fidelity"}) == "fidelity ↓"  # unless it says so
+
+
+def test_seeds_sampled_on_other_devices_or_loops_are_not_averaged(tmp_path: Path) -> None:
+    """Speed depends on the card and on how the loop ran: seeds of an H100 and an H200 run, or of
+    batch 32 and batch 1, are two rows with the column that differs (their mean was one speed)."""
+
+    def run(name: str, seed: int, gpu: str = "NVIDIA H100", batch: int = 32, compiled: bool = True) -> Path:
+        row = _row("ddim", 10, seed, 100.0 if batch == 32 else 5.0)
+        row.speed.update(batch_size=batch, compile=compiled, cuda_graphs=compiled)
+        config = {"sampling": {"channels_last": True}}
+        return RunResult(config=config, seeds=[seed], rows=[row], environment={**ENV, "gpu": gpu}).write(
+            tmp_path / name / "results.json"
+        )
+
+    base = run("base", 0)
+    for column, other, shown in [
+        ("device", run("h200", 1, gpu="NVIDIA H200"), ["NVIDIA H100", "NVIDIA H200"]),
+        ("sampling", run("b1", 1, batch=1), ["b32 cl compile graphs", "b1 cl compile graphs"]),
+        ("sampling", run("eager", 1, compiled=False), ["b32 cl compile graphs", "b32 cl"]),
+    ]:
+        table = _table(load_report([base, other]), "condition set: test")
+        assert table.headers[0] == column and [r[0] for r in table.rows] == shown
+        assert [r[table.headers.index("seeds")] for r in table.rows] == ["0", "1"]
+    table = _table(load_report([base, run("seed1", 1)]), "condition set: test")
+    assert table.headers[0] == "scheduler" and len(table.rows) == 1  # the same card and loop: one mean
+
+
+def test_files_without_the_weights_hash_tell_models_apart_by_their_training_step(tmp_path: Path) -> None:
+    def run(name: str, seed: int, step: int) -> Path:
+        config = {"model_meta": {"step": step}}  # as written before weights_sha256 was recorded
+        return RunResult(
+            config=config, seeds=[seed], rows=[_row("ddim", 10, seed, 100.0)], environment=ENV
+        ).write(tmp_path / name / "results.json")
+
+    table = _table(load_report([run("old", 0, 8461), run("new", 1, 11470)]), "condition set: test")
+    assert table.headers[0] == "weights" and [r[0] for r in table.rows] == ["step 8461", "step 11470"]
+
+
+def test_one_benchmark_in_two_files_of_one_device_is_refused(benchmark_file: Path, tmp_path: Path) -> None:
+    """pytest-benchmark rows have no seed: two files' measurements were merged as if they were two."""
+    copy = tmp_path / "copy.json"
+    copy.write_text(benchmark_file.read_text())
+    with pytest.raises(ResultsError, match="appears twice, in .*bench.json and .*copy.json"):
+        load_report([benchmark_file, copy])
+    other = json.loads(benchmark_file.read_text())
+    for entry in other["benchmarks"]:
+        entry["extra_info"]["device"] = "cuda:0"
+        entry["extra_info"]["gpu"] = "NVIDIA H200"
+    copy.write_text(json.dumps(other))
+    table = _table(load_report([benchmark_file, copy]), "speed")
+    assert "device" in table.headers and len(table.rows) == 4  # two devices: kept apart
+
+
+def test_each_run_keeps_its_figure_and_a_failed_cell_adds_no_column(
+    results_file: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    row = _row("ddim", 10, 1, 100.0)
+    row.checkpoint = "other"
+    failed = Row(model="ddpm-unet", scheduler="cosine", steps=10, seed=1, condition_set="test",
+                 checkpoint="other", error="RuntimeError: boom")  # fmt: skip
+    RunResult(
+        config={}, seeds=[5], rows=[row, failed], environment=ENV, figures={"denoising": "d.png"}
+    ).write(other / "results.json")
+    first = json.loads(results_file.read_text())
+    first["figures"] = {"denoising": "denoising.png"}
+    results_file.write_text(json.dumps(first))
+    report = load_report([results_file, other / "results.json"])
+    assert sorted(report.figures) == ["denoising (other/results.json)", "denoising (run/results.json)"]
+    assert "dtype" not in _table(load_report([other / "results.json"]), "condition set: test").headers
