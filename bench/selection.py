@@ -40,6 +40,7 @@ class Selection:
     select_on: list[str]
     other_sets: list[str]
     cells: list[RankedCell]  # best first
+    failed: list[str] = field(default_factory=list)  # the failed cell-seeds, which rank nowhere
 
     @property
     def chosen(self) -> RankedCell | None:
@@ -96,7 +97,12 @@ def select_cell(records: list[dict[str, Any]], select_on: Sequence[str]) -> Sele
     # Best first; unscored cells last; ties keep the files' order (sorted() is stable).
     ranked = sorted(cells.values(), key=lambda c: (c.score is None, -(c.score or 0.0)))
     others = [s for s in present if s not in select_on]
-    return Selection(select_on, others, ranked)
+    failed = [
+        f"{r.get('scheduler')}/{r.get('steps')} g{r.get('guidance')} seed {(r.get('seeds') or ['?'])[0]}"
+        for r in records
+        if r.get("error") and r.get("condition_set") in select_on
+    ]
+    return Selection(select_on, others, ranked, list(dict.fromkeys(failed)))
 
 
 def selection_table(selection: Selection) -> Table:
@@ -113,7 +119,14 @@ def selection_table(selection: Selection) -> Table:
     if not any(id_text(c.config, "guidance_interval") for c in cells):
         id_keys.remove("guidance_interval")
     names = " + ".join(selection.select_on)
-    headers = ["rank", *id_keys]
+    # Seeds scored on the choice sets, shown where cells differ in them: a mean over fewer seeds
+    # (a failed seed) is noisier, and may top the ranking by that alone.
+    seeds = [
+        min((c.accuracy[s].get("n") or 0 for s in selection.select_on if s in c.accuracy), default=0)
+        for c in cells
+    ]
+    show_seeds = len({n for n, c in zip(seeds, cells, strict=True) if c.score is not None}) > 1
+    headers = ["rank", *id_keys, *(["seeds"] if show_seeds else [])]
     headers += [f"{s} acc {UP}" for s in selection.select_on]
     headers += [f"mean {UP}"] if len(selection.select_on) > 1 else []
     headers += [f"{s} acc {UP}" for s in selection.other_sets]
@@ -125,6 +138,7 @@ def selection_table(selection: Selection) -> Table:
             else "-"
         )
         row: list[Any] = [rank, *(id_cell(cell.config, k) for k in id_keys)]
+        row += [seeds[i - 1]] if show_seeds else []
         row += [mean_pm(cell.accuracy[s]) if s in cell.accuracy else "" for s in selection.select_on]
         if len(selection.select_on) > 1:
             row.append(f"{cell.score:.4f}" if cell.score is not None else "")
@@ -136,4 +150,7 @@ def selection_table(selection: Selection) -> Table:
     if selection.tied > 1:
         title += f"; {selection.tied} cells tie for first, the first read is marked chosen: the sets cannot tell them apart"
     title += "".join(f", {k} {v}" for k, v in shared.items() if v)
+    if selection.failed:
+        shown = ", ".join(selection.failed[:4]) + (" ..." if len(selection.failed) > 4 else "")
+        title += f"; {len(selection.failed)} failed cell-seed(s) are not ranked ({shown})"
     return Table(title, headers, rows)

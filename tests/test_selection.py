@@ -164,3 +164,36 @@ def test_csv_carries_each_rows_rank(results_file: Path) -> None:
     }
     assert ranks[("100", "4.0", "test")] == ranks[("100", "4.0", "val-a")] == "1"
     assert ranks[("25", "5.0", "test")] == "3" and ranks[("10", "5.0", "val-a")] == ""  # unscored: no rank
+
+
+def test_a_cell_scored_on_fewer_seeds_says_so_and_failed_cells_are_named(tmp_path: Path) -> None:
+    """A failed seed leaves its cell a mean over fewer seeds, which may top the ranking by noise
+    alone: the seeds column shows it; the failed cell-seeds are named, not silently missing."""
+    rows = [r for r in _rows() if not (r.steps == 25 and r.seed == 1 and r.condition_set.startswith("val"))]
+    for set_name in ("val-a", "val-b"):  # seed 1 of 25 steps failed on the choice sets
+        rows.append(Row(model="ddpm-unet", scheduler="cosine", steps=25, seed=1, condition_set=set_name,
+                        guidance=5.0, checkpoint="ck", error="RuntimeError: boom"))  # fmt: skip
+    path = RunResult(config={}, seeds=[0, 1], rows=rows).write(tmp_path / "results.json")
+    from bench.selection import selection_table
+
+    table = selection_table(select_cell(load_report([path]).records, ["val-a", "val-b"]))
+    column = table.headers.index("seeds")
+    assert {(r[table.headers.index("steps")], r[column]) for r in table.rows if r[0] != "-"} == {
+        (100, 2), (25, 1)
+    }  # fmt: skip
+    assert table.title.endswith(
+        "; 2 failed cell-seed(s) are not ranked (heun/10 g5.0 seed 0, cosine/25 g5.0 seed 1)"
+    )
+
+
+def test_tied_cells_all_rank_first_in_csv(tmp_path: Path) -> None:
+    import csv
+    import io
+
+    rows = [r for r in _rows() if r.steps != 10]
+    for r in rows:
+        if r.condition_set.startswith("val"):
+            r.metrics = {"acc": 0.95, "acc_n": 32}  # every cell ties on the choice sets
+    path = RunResult(config={}, seeds=[0, 1], rows=rows).write(tmp_path / "results.json")
+    text = render_report([path], "csv", select_on=["val-a", "val-b"])
+    assert {r["selection_rank"] for r in csv.DictReader(io.StringIO(text))} == {"1"}

@@ -54,8 +54,12 @@ class CsvReporter:
     def __call__(self, report) -> str:
         rows = [flatten(r) for r in report.records]
         if getattr(report, "selection", None) is not None:  # --select-on: each row's rank (1 = chosen)
+            # cells that tie for first all rank 1, as the table's "tie" says
+            tied = report.selection.tied
             rank = {
-                cell_key(c.config): i for i, c in enumerate(report.selection.cells, 1) if c.score is not None
+                cell_key(c.config): 1 if i <= tied else i
+                for i, c in enumerate(report.selection.cells, 1)
+                if c.score is not None
             }
             for row, record in zip(rows, report.records, strict=True):
                 row["selection_rank"] = rank.get(cell_key(record), "")
