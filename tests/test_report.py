@@ -444,6 +444,11 @@ def test_latex_escapes(results_file: Path) -> None:
     text = render_report([results_file], "latex")
     assert r"acc $\uparrow$" in text and r"$\pm$" in text and r"\toprule" in text
     assert "↑" not in text and "±" not in text
+    from bench_builtins.reporters.tabular import latex_escape
+
+    assert latex_escape("out of memory | tried <1 GiB> 50% a_b #1") == (
+        r"out of memory \textbar{} tried \textless{}1 GiB\textgreater{} 50\% a\_b \#1"
+    )
 
 
 def test_csv_raw_numbers(results_file: Path, tmp_path: Path) -> None:
