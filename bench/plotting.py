@@ -98,7 +98,11 @@ _SCATTER_COLORS = (
     (148, 103, 189),
     (140, 86, 75),
     (23, 190, 207),
-)
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (0, 0, 128),
+)  # tab10's without its orange (the Pareto ring's), and navy: ten series before a colour repeats
 _PARETO_COLOR = (255, 127, 14)
 
 
@@ -194,7 +198,7 @@ def scatter_plot(
         xticks = _nice_ticks(x0, x1)
     pad = (hi_y - lo_y) * 0.1 or 0.05
     y0, y1 = lo_y - pad, hi_y + pad
-    if 0 <= lo_y and hi_y <= 1:  # accuracy: stay inside [0, 1]
+    if all(0 <= y <= 1 for y in ys):  # accuracy: the axis stays inside [0, 1], error bars clipped to it
         y0, y1 = max(0.0, y0), min(1.0, y1) if hi_y < 1 else 1.0 + pad / 2
     yticks = _nice_ticks(y0, y1)
     y0, y1 = min(y0, yticks[0]), max(y1, yticks[-1])
@@ -237,8 +241,8 @@ def scatter_plot(
         local = pareto_front([(pts[i]["x"], pts[i]["y"]) for i in idx])
         ordered = [idx[k] for k in local]
         front.update(ordered)
-        if connect_pareto and len(ordered) > 1:
-            draw.line([(px(pts[i]["x"]), py(pts[i]["y"])) for i in ordered], fill=_PARETO_COLOR, width=3)
+        if connect_pareto and len(ordered) > 1:  # in the series' colour: each set's front its own
+            draw.line([(px(pts[i]["x"]), py(pts[i]["y"])) for i in ordered], fill=colors[s], width=2)
     taken: list[tuple[float, float, float, float]] = []
     for p in pts:
         cx, cy = px(p["x"]), py(p["y"])
@@ -249,13 +253,14 @@ def scatter_plot(
         cx, cy = px(p["x"]), py(p["y"])
         color = colors[p["series"]]
         if p["yerr"]:
-            top_y, bot_y = py(p["y"] + p["yerr"]), py(p["y"] - p["yerr"])
+            top_y, bot_y = py(min(p["y"] + p["yerr"], y1)), py(max(p["y"] - p["yerr"], y0))
             draw.line([(cx, top_y), (cx, bot_y)], fill=color, width=1)
             draw.line([(cx - 4, top_y), (cx + 4, top_y)], fill=color)
             draw.line([(cx - 4, bot_y), (cx + 4, bot_y)], fill=color)
         if i in front:
             draw.ellipse((cx - 9, cy - 9, cx + 9, cy + 9), outline=_PARETO_COLOR, width=3)
         draw.ellipse((cx - 5, cy - 5, cx + 5, cy + 5), fill=color, outline="black")
+    crowded = 0  # labels left out: no clear spot, and one on top of another reads as neither
     for p in pts:
         if not p["label"]:
             continue
@@ -280,6 +285,9 @@ def scatter_plot(
             clear = all(box[2] < o[0] or box[0] > o[2] or box[3] < o[1] or box[1] > o[3] for o in taken)
             if inside and clear:
                 break
+        else:
+            crowded += 1
+            continue
         taken.append(box)
         # a faint leader line says which point a displaced label belongs to
         near = (min(max(cx, box[0]), box[2]), min(max(cy, box[1]), box[3]))
@@ -292,7 +300,7 @@ def scatter_plot(
     # legend: series colours and the front marker, top-left inside the frame... or wherever fits
     entries = [(s or "configs", colors[s], False) for s in series]
     if front:
-        entries.append(("Pareto front", _PARETO_COLOR, True))
+        entries.append(("Pareto front (each set's joined in its colour)", _PARETO_COLOR, True))
     lw = max(draw.textlength(e[0], font=small) for e in entries) + 34
     lh = 18 * len(entries) + 8
     corners = [
@@ -312,11 +320,13 @@ def scatter_plot(
     for k, (name, color, ring) in enumerate(entries):
         cy = ly + 13 + 18 * k
         if ring:
-            draw.line([(lx + 6, cy), (lx + 24, cy)], fill=color, width=3)
             draw.ellipse((lx + 8, cy - 7, lx + 22, cy + 7), outline=color, width=3)
         else:
             draw.ellipse((lx + 10, cy - 5, lx + 20, cy + 5), fill=color, outline="black")
         draw.text((lx + 28, cy - 8), name, fill="black", font=small)
+    if crowded:
+        note = f"{crowded} label(s) left out: no room beside their points"
+        draw.text((8, height - 20), note, fill=(120, 120, 120), font=small)
     return save_figure(image, out_path)
 
 

@@ -749,3 +749,13 @@ def test_each_run_keeps_its_figure_and_a_failed_cell_adds_no_column(
     report = load_report([results_file, other / "results.json"])
     assert sorted(report.figures) == ["denoising (other/results.json)", "denoising (run/results.json)"]
     assert "dtype" not in _table(load_report([other / "results.json"]), "condition set: test").headers
+
+
+def test_the_pareto_plot_gives_eight_series_eight_colours(tmp_path: Path) -> None:
+    """Two runs on four condition sets are eight series; the palette of six repeated two of them."""
+    from bench.plotting import _SCATTER_COLORS, scatter_plot
+
+    points = [{"x": 10.0 + k, "y": 0.5 + k / 20, "series": f"set {k}", "label": ""} for k in range(8)]
+    image = Image.open(scatter_plot(points, tmp_path / "p.png", title="t", xlabel="x", ylabel="y"))
+    present = {image.getpixel((x, y)) for x in range(image.width) for y in range(image.height)}
+    assert set(_SCATTER_COLORS[:8]) <= present
