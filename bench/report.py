@@ -728,7 +728,8 @@ def load_report(paths: Sequence[str | Path]) -> Report:
         several = sum(n == name for n, _, _ in figures) > 1
         report.figures[f"{name} ({_short_path(str(source), files)})" if several else name] = picture
     # captioned once every file is read: the model named only where models differ
-    for row, who in zip(rows, model_labels(rows), strict=True):
+    pictured = [row for row in rows if row.get("grid")]  # a speed file's rows tell no grid apart
+    for row, who in zip(pictured, model_labels(pictured), strict=True):
         if row.get("grid"):
             label = f"{who or row.get('model', '')} {row.get('scheduler', '')}/{row.get('steps', '')}"
             label += f" w={row.get('guidance')}{_interval_label(row)}"
