@@ -17,6 +17,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -271,6 +272,13 @@ def check_data_root(
         )
     if not data_root:
         return
+    root = Path(data_root).expanduser()
+    if not root.exists():
+        raise DataRootError(f"--data-root {data_root} does not exist")
+    if not root.is_dir():
+        raise DataRootError(
+            f"--data-root {data_root} is a file; name the folder that holds train.json and objects.json"
+        )
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # no signature to read: let the factory decide

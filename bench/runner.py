@@ -107,13 +107,12 @@ def _beyond_training(sets: list[ConditionSet], meta: dict[str, Any]) -> str | No
 
 
 def default_condition_files(data_root: str | None) -> list[str]:
-    """Without --conditions: test.json and new_test.json, each from the --data-root folder when it
-    holds one (a user's course files), else the shipped copy."""
+    """Without --conditions: the test.json and new_test.json of the --data-root folder (a user's
+    course files), those it holds only; the shipped copies when it holds neither or none is named.
+    Never one of each: a shipped set scored under the name of the user's would pass for theirs."""
     root = Path(data_root).expanduser() if data_root else None
-    return [
-        str(root / p.name if root is not None and (root / p.name).is_file() else p)
-        for p in DEFAULT_CONDITION_FILES
-    ]
+    own = [root / p.name for p in DEFAULT_CONDITION_FILES if root is not None and (root / p.name).is_file()]
+    return [str(p) for p in own or DEFAULT_CONDITION_FILES]
 
 
 def _condition_sets(
@@ -122,9 +121,13 @@ def _condition_sets(
     files = config.condition_files or default_condition_files(config.data_root)
     if not config.condition_files and config.data_root:
         own = [f for f in files if Path(f).parent != SHIPPED_CONDITIONS_DIR]
+        lacking = [
+            p.name for p in DEFAULT_CONDITION_FILES if own and p.name not in {Path(f).name for f in own}
+        ]
         log(
             f"condition sets: {', '.join(files)}"
             + ("" if own else f" (none in {config.data_root}: the shipped ones)")
+            + (f" ({', '.join(lacking)} not in {config.data_root}: not scored)" if lacking else "")
         )
     sets = [load_condition_set(f, labels) for f in files]
     names = [s.name for s in sets]

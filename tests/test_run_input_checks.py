@@ -605,7 +605,7 @@ def test_a_plugin_evaluator_that_needs_the_reference_gets_it(
 
 def test_without_conditions_a_data_roots_own_test_json_is_used_and_named(runner, tmp_path) -> None:
     """A student's course folder holds its own test.json: it is read (and said), not the shipped one;
-    new_test.json, absent there, comes from the shipped copy."""
+    new_test.json, absent there, is not scored: the shipped copy under that name passed for theirs."""
     folder = tmp_path / "course"
     folder.mkdir()
     (folder / "test.json").write_text('[["red sphere"], ["cyan cube", "gray cylinder"]]')
@@ -613,12 +613,29 @@ def test_without_conditions_a_data_roots_own_test_json_is_used_and_named(runner,
     args = [*TINY_RUN, "--data", "iclevr", "--data-root", str(folder), "--scheduler", "ddim", "--steps", "1"]
     result = runner.invoke(cli.main, [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert f"condition sets: {folder / 'test.json'}, " in result.output
+    assert (
+        f"condition sets: {folder / 'test.json'} (new_test.json not in {folder}: not scored)" in result.output
+    )
     counts = {r["condition_set"]: r["n_images"] for r in _rows(out)}
-    assert counts == {"test": 2, "new_test": 32}
+    assert counts == {"test": 2}
     config = json.loads((out / "results.json").read_text())["config"]
     assert config["condition_files"][0] == str(folder / "test.json")
     assert config["data_root"] == str(folder.resolve())  # absolute, as bench train records it
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_a_data_root_that_is_no_folder_is_refused_before_the_shipped_sets_stand_in(
+    runner, tmp_path, kind
+) -> None:
+    """A typo in --data-root scored the shipped test and new_test as if they were the folder's."""
+    root = tmp_path / "course"
+    if kind == "file":
+        root.write_text("[]")
+    args = [*TINY_RUN, "--data", "iclevr", "--data-root", str(root), "--out", str(tmp_path / "run")]
+    result = runner.invoke(cli.main, args)
+    says = "does not exist" if kind == "missing" else "is a file; name the folder that holds train.json"
+    assert result.exit_code == 2 and f"--data-root {root} {says}" in result.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_conditions_beyond_the_training_scenes_are_noted(runner, tmp_path) -> None:
