@@ -29,7 +29,8 @@ def read_json(path: str | os.PathLike, error: type[Exception]) -> Any:
     """
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+        # utf-8-sig: a file saved by an editor that writes a byte-order mark reads as any other
+        return json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_unique_keys)
     except _DuplicateKey as e:  # json keeps the last of two equal keys without a word
         raise error(f"{path}: the key {e.args[0]!r} appears twice in one object; keep one") from None
     except json.JSONDecodeError as e:

@@ -203,6 +203,15 @@ def test_loader_explicit_paths(tmp_path):
     root = hand_made_folder(tmp_path / "data", subdir=True)
     ds = dataset("iclevr", train_json=root / "train.json", images_dir=root / "images", use_cache=False)
     assert len(ds) == 3
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match=r"3 of the 3 images .* check --images-dir: it names the folder"):
+        dataset("iclevr", data_root=root, images_dir=tmp_path / "empty", use_cache=False)
+
+
+def test_json_files_saved_with_a_byte_order_mark_read_as_any_other(tmp_path):
+    path = tmp_path / "test.json"
+    path.write_bytes(b"\xef\xbb\xbf" + b'[["red sphere"]]')  # as some Windows editors save UTF-8
+    assert load_condition_set(path, LABELS).conditions == [["red sphere"]]
 
 
 def test_loader_errors(tmp_path):

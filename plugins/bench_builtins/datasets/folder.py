@@ -120,7 +120,11 @@ def locate_images(base: Path, images: Path, files: list[str], explicit: bool, tr
         )
         raise DatasetError(
             f"{len(missing)} of the {len(files)} images {train.name} names are not in {images}{where}: {shown}; "
-            "put the PNGs beside train.json, in images/ or in a folder of their own beside it"
+            + (
+                "check --images-dir: it names the folder of the PNGs"
+                if explicit
+                else "put the PNGs beside train.json, in images/ or in a folder of their own beside it"
+            )
         )
     return images
 
