@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -36,6 +36,28 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 
 # ---------------------------------------------------------------- environment knobs
+
+# Every BENCH_* variable the suite, its scripts or bench itself reads: another name is a typo that
+# would leave a default in place without a word (a run at sizes nobody asked for).
+KNOWN_ENV = frozenset(
+    {
+        *(f"BENCH_CPU_{k}" for k in ("SCHEDULERS", "STEPS", "BATCH", "ROUNDS", "TRAIN_BATCH", "TRAIN_STEPS")),
+        *(f"BENCH_SPEED_{k}" for k in ("PRESET", "BATCH", "STEPS", "MODES", "ROUNDS", "REF_IMAGES", "K")),
+        *(f"BENCH_TRAIN_{k}" for k in ("BATCH", "MODES", "STEPS", "WARMUP", "LOSS_STEPS", "LOSS_TOL")),
+        "BENCH_CACHE_DIR", "BENCH_DEBUG", "BENCH_STRICT_PLUGINS", "BENCH_RENDER_WORKERS",
+    }
+)  # fmt: skip
+
+
+def unknown_env(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The BENCH_* names set in ``environ`` that nothing reads, each with its likely meaning."""
+    import difflib
+
+    out = []
+    for name in sorted(n for n in environ if n.startswith("BENCH_") and n not in KNOWN_ENV):
+        close = difflib.get_close_matches(name, sorted(KNOWN_ENV), n=1)
+        out.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return out
 
 
 def env_list(name: str, default: str) -> list[str]:
@@ -150,7 +172,7 @@ def record_sampling(
     peak: dict[str, Any] | None = None,
     warmup: SampleResult | None = None,
 ) -> dict[str, Any]:
-    """Fill ``benchmark.extra_info`` from the rounds' SampleResults (the last round is the figure).
+    """Fill ``benchmark.extra_info`` from the rounds' SampleResults (the figure is their median).
     ``warmup``: the SampleResult of the untimed call that compiled and captured at this shape; its
     compile time and peak memory count (a replayed CUDA graph allocates almost nothing)."""
     last = results[-1]
@@ -158,7 +180,9 @@ def record_sampling(
     peak, warmup_seconds = largest_costs((r.peak_memory_mb, r.warmup_seconds) for r in every)
     n = len(last.images)
     per_round = [len(r.images) / r.seconds for r in results if r.seconds > 0]
-    ips = n / last.seconds
+    # The median of the rounds: one round's figure made unipc at 25 steps read faster than at 10 on
+    # a busy CPU. A round's seconds are the loop's (sample()'s untimed warm-up forwards excluded).
+    ips = statistics.median(per_round)
     info: dict[str, Any] = {
         # the variant is part of the model label: `bench report` groups rows by model/scheduler/steps
         "model": f"ddpm-unet/{preset} {variant}",
@@ -174,7 +198,7 @@ def record_sampling(
         "compile": compile_,
         "cuda_graphs": cuda_graphs,
         "images_per_s": ips,
-        "images_per_s_median": statistics.median(per_round),
+        "images_per_s_last": n / last.seconds,
         "s_per_image": 1.0 / ips,
         "seconds_last_round": last.seconds,
         "warmup_seconds": warmup_seconds,
@@ -184,7 +208,7 @@ def record_sampling(
     if peak is not None and preset == "seed":
         # achieved model FLOP/s against the card's dense bf16 peak (fp32 variants included:
         # the fraction then shows how far from the bf16 roofline they are)
-        tflops = SEED_GFLOP_PER_IMAGE * 1e9 * last.nfe * n / last.seconds / 1e12
+        tflops = SEED_GFLOP_PER_IMAGE * 1e9 * last.nfe * ips / 1e12
         info["achieved_tflops"] = tflops
         info["peak_tflops_measured"] = peak["measured_tflops"]
         info["peak_tflops_nominal"] = peak["nominal_tflops"]

@@ -29,7 +29,11 @@ OUT=$(realpath -m "$OUT")
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-STAGES=${STAGES:-train-baseline sample-pair sample-suite run-guided train-tuned}
+ALL_STAGES="train-baseline sample-pair sample-suite run-guided train-tuned"
+STAGES=${STAGES:-$ALL_STAGES}
+for name in $STAGES; do  # a misspelt stage would run nothing and still end in DONE
+  [[ " $ALL_STAGES " == *" $name "* ]] || { echo "unknown stage '$name'; known: $ALL_STAGES" >&2; exit 2; }
+done
 stage() {  # stage NAME SECONDS COMMAND...: run it with a time limit, log to OUT/NAME.log
   local name=$1 limit=$2
   shift 2

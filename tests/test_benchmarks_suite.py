@@ -151,3 +151,20 @@ def test_conv_layouts_counts_the_backward_convolutions_and_what_each_group_norm_
         assert summary["convolution_backward_calls"] == summaries["native"]["convolution_backward_calls"]
     for kind in ("views", "channels-last"):
         assert summaries[kind]["mixed_layout_calls"] < summaries["native"]["mixed_layout_calls"]
+
+
+def test_a_misspelt_size_variable_stops_the_suite_before_it_measures() -> None:
+    env = {**os.environ, "BENCH_CPU_STPES": "2"}  # BENCH_CPU_STEPS, misspelt: the default 10,25 ran
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "benchmarks/",
+        "--collect-only",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+    ]
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "unknown environment variable(s): BENCH_CPU_STPES (did you mean BENCH_CPU_STEPS?)" in proc.stderr
