@@ -95,7 +95,8 @@ def _beyond_training(sets: list[ConditionSet], meta: dict[str, Any]) -> str | No
     data = train.get("data") or "synthetic"
     if data not in ("synthetic", "iclevr"):
         return None  # data whose scenes are not known
-    most = int((train.get("data_options") or {}).get("max_objects", 3)) if data == "synthetic" else 3
+    options = train.get("data_options") or {}
+    most = int(options.get("max_objects", 3)) if data == "synthetic" else _iclevr_most_objects(train)
     over = [(s.name, sum(len(c) > most for c in s.conditions), len(s)) for s in sets]
     counts = ", ".join(f"{name} {n} of {total}" for name, n, total in over if n)
     if not counts:
@@ -104,6 +105,22 @@ def _beyond_training(sets: list[ConditionSet], meta: dict[str, Any]) -> str | No
         f"conditions with more than {most} objects ({counts}): the checkpoint trained on {data} scenes of "
         f"at most {most}, so its accuracy there measures extrapolation"
     )
+
+
+def _iclevr_most_objects(train: dict[str, Any]) -> int:
+    """The most objects an i-CLEVR-format training set named in one scene: read off its train.json
+    where that file is still there (a user's folder may hold more than the task's 3), else 3."""
+    from bench.jsonfile import read_json
+
+    options = train.get("data_options") or {}
+    path = options.get("train_json") or (
+        Path(train["data_root"]) / "train.json" if train.get("data_root") else None
+    )
+    try:
+        scenes = read_json(Path(path), ValueError) if path else None
+        return max(len(labels) for labels in scenes.values())
+    except (OSError, ValueError, AttributeError, TypeError):  # gone, unreadable or not the format
+        return 3
 
 
 def default_condition_files(data_root: str | None) -> list[str]:

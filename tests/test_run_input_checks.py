@@ -655,6 +655,13 @@ def test_conditions_beyond_the_training_scenes_are_noted(runner, tmp_path) -> No
     meta = {"train_config": {"data": "synthetic", "data_options": {"max_objects": 5}}}
     assert _beyond_training(sets, meta) is None
     assert _beyond_training(sets, {"checkpoint": "random"}) is None  # untrained: nothing to extrapolate from
+    # i-CLEVR-format data: the task's 3, unless the folder's train.json named more in a scene
+    course = tmp_path / "course"
+    course.mkdir()
+    meta = {"train_config": {"data": "iclevr", "data_root": str(course)}}
+    assert "iclevr scenes of at most 3" in _beyond_training(sets, meta)  # train.json gone: the task's 3
+    (course / "train.json").write_text(json.dumps({"a.png": four, "b.png": four[:1]}))
+    assert _beyond_training(sets, meta) is None  # it trained on scenes of 4
     path = tmp_path / "four.json"
     path.write_text(json.dumps([four]))
     out = tmp_path / "r"
