@@ -46,13 +46,27 @@ def read_config_file(path: str | Path, command: str, commands: Collection[str] =
     return {key.replace("-", "_"): value for key, value in merged.items()}
 
 
-def _as_option_value(param: click.Parameter, value: Any) -> Any:
+def _as_option_value(param: click.Parameter, value: Any, key: str = "", path: str = "") -> Any:
     """A TOML value as the option takes it: a list for a repeatable option (one string becomes a
     list of one); for the others a TOML list becomes the comma-separated text the matrix options
-    parse (``scheduler = ["cosine", "ddim"]`` reads as ``--scheduler cosine,ddim``)."""
+    parse (``scheduler = ["cosine", "ddim"]`` reads as ``--scheduler cosine,ddim``). A number goes
+    as the text typed on the command line would, so ``batch-size = 1.5`` is refused as
+    ``--batch-size 1.5`` is (click's integer type truncated the float); a flag takes true or false."""
     if getattr(param, "multiple", False):
         return [str(v) for v in value] if isinstance(value, list) else [value]
-    return ",".join(str(v) for v in value) if isinstance(value, list) else value
+    if getattr(param, "is_flag", False):
+        if not isinstance(value, bool):
+            raise click.BadParameter(
+                f"{key} = {value!r} in {path}: write true or false", param_hint="--config"
+            )
+        return value
+    if isinstance(value, bool):
+        raise click.BadParameter(
+            f"{key} = {value!r} in {path}: this option takes a value", param_hint="--config"
+        )
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value) if isinstance(value, int | float) else value
 
 
 def _apply_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -75,7 +89,7 @@ def _apply_config(ctx: click.Context, _param: click.Parameter, value: str | None
                 param_hint="--config",
             )
         params = {p.name: p for p in ctx.command.params}
-        mapped = {names[k]: _as_option_value(params[names[k]], v) for k, v in defaults.items()}
+        mapped = {names[k]: _as_option_value(params[names[k]], v, k, value) for k, v in defaults.items()}
         ctx.default_map = {**(ctx.default_map or {}), **mapped}
     return value
 

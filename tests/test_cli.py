@@ -253,6 +253,23 @@ def test_unknown_key_in_config_file_is_an_error(runner, tmp_path) -> None:
     assert "schedulr" in result.output
 
 
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("batch-size = 1.5", "'1.5' is not a valid integer"),  # was truncated to 1 without a word
+        ("compile = 0", "compile = 0 in"),  # was a traceback from click
+        ("steps = true", "this option takes a value"),
+    ],
+)
+def test_config_values_are_checked_as_the_command_line_would_be(runner, tmp_path, line, says) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text(line + "\n")
+    out = tmp_path / "run"
+    args = ["run", "--config", str(path), "--checkpoint", "random", "--preset", "tiny", "--out", str(out)]
+    result = runner.invoke(cli.main, args)
+    assert result.exit_code == 2 and says in result.output and not out.exists()
+
+
 def test_unknown_plugin_name_fails_before_any_work(runner, tmp_path) -> None:
     # A checkpoint that does not exist would be the first error if anything were loaded first.
     for option, name, hint in (
