@@ -356,7 +356,7 @@ def data_group() -> None:
 @data_group.command("synth")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 @_scenes_option("Scenes; each gives max-objects frames (images), the k-th holding k objects.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--split", type=click.Choice(["train", "heldout"]), default="train", show_default=True)
 @_max_objects_option(3, "Objects in the last frame of a scene.")
 @click.option(
@@ -383,7 +383,7 @@ def data_synth(out_dir, scenes, seed, split, max_objects, device) -> None:
 
 @data_group.command("cache")
 @_scenes_option("Scenes; each gives max-objects frames.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--split", type=click.Choice(["train", "heldout"]), default="train", show_default=True)
 @_max_objects_option(3, "Objects in the last frame of a scene.")
 def data_cache(scenes, seed, split, max_objects) -> None:
@@ -396,7 +396,7 @@ def data_cache(scenes, seed, split, max_objects) -> None:
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="JSON file to write.")
 @_count_option("--n", 32, "Number of conditions.")
 @click.option("--objects", default="1-3", show_default=True, help="Objects per condition: 2 or 1-3.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option(
     "--shared",
     is_flag=True,
@@ -410,6 +410,8 @@ def data_conditions(out_file, n, objects, seed, shared) -> None:
     counts = parse_int_list(objects, "object count")
     if not 1 <= min(counts) <= max(counts) <= 24:  # 24 labels: no condition holds more objects
         raise click.BadParameter(f"object counts must lie in 1-24, got {objects}", param_hint="--objects")
+    if sorted(set(counts)) != list(range(min(counts), max(counts) + 1)):  # 2,5 drew 2, 3, 4 and 5
+        raise click.BadParameter(f"{objects}: give one count (2) or a range (1-3)", param_hint="--objects")
     if shared and max(counts) < 2:
         raise click.BadParameter("--shared needs conditions of 2 or more objects", param_hint="--objects")
     conditions = make_conditions(n, (min(counts), max(counts)), seed, shared)
@@ -426,7 +428,9 @@ def data_conditions(out_file, n, objects, seed, shared) -> None:
 @_count_option(
     "--per-condition", 20, "Renders per condition (1 gives the N of a bench run cell: FID's floor at that N)."
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the renders' layouts.")
+@click.option(
+    "--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the renders' layouts."
+)
 @click.option(
     "--evaluators",
     default="iclevr-acc",
@@ -529,7 +533,7 @@ def _dataset(name: str, data_root: str | None, **options):
     type=click.FloatRange(min=0, min_open=True),
     help="Stop after this wall time.",
 )
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--device", default="auto", show_default=True)
 @click.option(
     "--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Judge .safetensors file."

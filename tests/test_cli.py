@@ -1017,3 +1017,16 @@ def test_list_takes_several_kinds_or_none(runner) -> None:
         f"{kind}:" in every.output for kind in ("models", "schedulers", "evaluators", "datasets", "reporters")
     )
     assert runner.invoke(cli.main, ["list", "schedulerz"]).exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--objects", "2,5"], "2,5: give one count (2) or a range (1-3)"),  # drew 2, 3, 4 and 5 objects
+        (["--seed", "-1"], "-1 is not in the range x>=0"),  # was numpy's traceback
+    ],
+)
+def test_data_conditions_refuses_what_it_cannot_draw(runner, tmp_path, args, says) -> None:
+    out = tmp_path / "c.json"
+    result = runner.invoke(cli.main, ["data", "conditions", "--out", str(out), *args])
+    assert result.exit_code == 2 and says in result.output and not out.exists()
