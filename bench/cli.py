@@ -565,9 +565,14 @@ def train_judge_command(
             "(`bench run --judge` reads it, and a course .pth checkpoint too)",
             param_hint="--out",
         )
-    if Path(out_path).exists() and not force:  # a judge may be hours of training: never replace it unasked
+    # A judge may be hours of training: never replace it, or the metrics file written beside it
+    # (its name with .json, which may be a user's own file), unasked.
+    taken = [p for p in (Path(out_path), Path(out_path).with_suffix(".json")) if p.exists()]
+    if taken and not force:
         raise click.BadParameter(
-            f"{out_path} exists; pass --force to replace it, or another --out", param_hint="--out"
+            f"{' and '.join(map(str, taken))} exist{'s' if len(taken) == 1 else ''}; pass --force to replace "
+            "them, or another --out (the judge's metrics go beside it, as .json)",
+            param_hint="--out",
         )
     device = resolve_device(device)
     synthetic = _dataset_entry(data, data_root, images_dir).name == "synthetic"

@@ -179,7 +179,12 @@ def test_judge_training_never_replaces_a_judge_unasked(runner, monkeypatch, tmp_
     judge = tmp_path / "judge.safetensors"
     judge.write_bytes(b"hours of training")
     result = runner.invoke(cli.main, ["train-judge", "--out", str(judge)])
-    assert result.exit_code == 2 and "exists; pass --force to replace it" in result.output and not calls
+    assert result.exit_code == 2 and "exists; pass --force to replace them" in result.output and not calls
+    # nor the file its metrics would overwrite: a user's k.json beside k.safetensors
+    mine = tmp_path / "k.json"
+    mine.write_text('[["red sphere"]]')
+    result = runner.invoke(cli.main, ["train-judge", "--out", str(tmp_path / "k.safetensors")])
+    assert result.exit_code == 2 and f"{mine} exists; pass --force" in result.output and not calls
     result = runner.invoke(cli.main, ["train-judge", "--out", str(judge), "--force"])
     assert result.exit_code == 0, result.output
     assert calls == [str(judge)]
