@@ -25,6 +25,11 @@ CellKey = tuple[str, int, float, int]  # scheduler, steps, guidance, seed
 # row names its own cell), where the folder was named from, and what no row depends on.
 _FREE_KEYS = frozenset(
     {"schedulers", "steps", "seeds", "guidance", "guidance_from", "resume", "out_dir", "denoising_figure"}
+    # The sampling switches and the device as typed: what they resolve to is compared instead (the
+    # config's `sampling`, the environment's device), so `--device cpu` resumes a run of `auto`
+    # on a CPU, and `--dtype bf16` one of the default where bf16 is the default.
+    | {"device", "dtype", "channels_last", "compile", "cuda_graphs", "cudnn_benchmark", "autotune"}
+    | {"tune_kernels", "group_norm_by_views"}
 )
 # What decides the speed and the images besides the configuration.
 _ENVIRONMENT_KEYS = ("device", "gpu", "gpu_count", "cpu_threads", "libraries", "plugins")
@@ -44,7 +49,24 @@ def _as_json(value: Any) -> Any:
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], keys: Iterable[str]) -> list[str]:
-    return sorted(k for k in keys if old.get(k) != new.get(k))
+    """Each key whose value differs, with both values (a nested one only where it changed)."""
+
+    def shown(value: Any) -> str:
+        text = json.dumps(value, default=str)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    out = []
+    for key in sorted(k for k in keys if old.get(k) != new.get(k)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [
+                f"{key}.{k}: {shown(a.get(k))} -> {shown(b.get(k))}"
+                for k in sorted(set(a) | set(b))
+                if a.get(k) != b.get(k)
+            ]
+        else:
+            out.append(f"{key}: {shown(a)} -> {shown(b)}")
+    return out
 
 
 def finished_cells(
@@ -73,12 +95,13 @@ def finished_cells(
         env["device"] = str(env.get("device", "")).split(":")[0]
         env.setdefault("plugins", {})  # a file from before plugins were recorded: none besides bench's
     differs += [f"environment.{k}" for k in _differences(old_env, new_env, _ENVIRONMENT_KEYS)]
-    if old_env.get("git", {}).get("revision") != new_env.get("git", {}).get("revision"):
-        differs.append("environment.git.revision")
+    revisions = [(env.get("git") or {}).get("revision") for env in (old_env, new_env)]
+    if revisions[0] != revisions[1]:
+        differs.append(f"environment.git.revision: {revisions[0]} -> {revisions[1]}")
     if differs:
         raise ResumeError(
             f"--resume: {path} was written by another configuration or machine "
-            f"({', '.join(differs)} differ); run without --resume to start over, or use another --out"
+            f"({'; '.join(differs)}); run without --resume to start over, or use another --out"
         )
     by_cell: dict[CellKey, list[dict[str, Any]]] = {}
     for row in old.get("rows", []):

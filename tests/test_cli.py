@@ -489,7 +489,7 @@ def test_resume_samples_failed_cells_again(runner, tmp_path, monkeypatch) -> Non
 @pytest.mark.parametrize(
     "second, message",
     [
-        (["--seeds", "0", "--batch-size", "8"], "(batch_size, sampling differ)"),
+        (["--seeds", "0", "--batch-size", "8"], "(batch_size: null -> 8; sampling.batch_size: null -> 8)"),
         (["--seeds", "1"], "holds 1 cell(s) this matrix leaves out (ddim 2 steps g1 seed 0)"),
     ],
 )
@@ -581,7 +581,8 @@ def test_resume_refuses_a_file_from_another_machine(runner, tmp_path) -> None:
     data["environment"]["cpu_threads"] += 1  # its speeds were measured with other threads
     (out / "results.json").write_text(json.dumps(data))
     result = tiny_run(runner, *args, "--resume")
-    assert result.exit_code == 2 and "(environment.cpu_threads differ)" in result.output
+    threads = data["environment"]["cpu_threads"]
+    assert result.exit_code == 2 and f"(environment.cpu_threads: {threads} -> {threads - 1})" in result.output
 
 
 def test_bad_condition_file_is_one_clear_line(runner, tmp_path) -> None:
@@ -1035,3 +1036,18 @@ def test_data_conditions_refuses_what_it_cannot_draw(runner, tmp_path, args, say
     out = tmp_path / "c.json"
     result = runner.invoke(cli.main, ["data", "conditions", "--out", str(out), *args])
     assert result.exit_code == 2 and says in result.output and not out.exists()
+
+
+def test_resume_compares_what_options_resolve_to_not_how_they_were_typed(runner, tmp_path) -> None:
+    """A run of the defaults on a CPU resumed with `--device cpu --channels-last`, which the
+    defaults resolve to there: the same run, not "another configuration"."""
+    out = tmp_path / "run"
+    args = ["--scheduler", "ddim", "--steps", "2", "--no-denoising-figure", "--out", str(out)]
+    args += _two_conditions(tmp_path)
+    first = runner.invoke(
+        cli.main, [*[a for a in TINY_RUN if a not in ("--device", "cpu")], *args, "--seeds", "0"]
+    )
+    assert first.exit_code == 0, first.output
+    result = tiny_run(runner, *args, "--seeds", "0-1", "--channels-last", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "--resume: 1 of 2 cells are in" in result.output

@@ -158,7 +158,7 @@ def test_the_plugins_versions_are_recorded_and_resume_requires_them(
     path = tmp_path / "run" / "results.json"
     assert json.loads(path.read_text())["environment"]["plugins"] == {"bench_test_components": ""}
     plugins.versions["bench_test_components"] = "0.3.0"  # the plugin was upgraded meanwhile
-    with pytest.raises(ResumeError, match=r"environment\.plugins differ"):
+    with pytest.raises(ResumeError, match=r'environment\.plugins\.bench_test_components: "" -> "0\.3\.0"'):
         run(_config(tmp_path, condition_file, seeds=[0, 1], resume=True), plugins, log=_quiet)
 
 
