@@ -19,8 +19,11 @@ class BenchGroup(click.Group):
     """Turns the errors a user can act on into one clear line and exit code 2."""
 
     def invoke(self, ctx: click.Context):
+        from bench.interrupt import sigterm_as_ctrl_c
+
         try:
-            return super().invoke(ctx)
+            with sigterm_as_ctrl_c():
+                return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:
@@ -233,6 +236,8 @@ def run_command(
             click.echo(
                 f"\ninterrupted before the first cell finished; {results} is an earlier run's", err=True
             )
+        else:
+            click.echo("\ninterrupted before the first cell finished: nothing was written", err=True)
         raise SystemExit(130) from None
     if result is not None:  # None on the other processes of a multi-process run
         _print_summary(Path(config.out_dir), result)

@@ -14,6 +14,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType, TracebackType
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -66,3 +68,22 @@ def ignore_stop_signals(_worker_id: int = 0) -> None:
     the main process's handler too, each announcing the stop once more."""
     for sig in _SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (``kill``, a cluster's time limit) handled as Ctrl-C while a command runs: its
+    interrupt path runs (what was kept is said, exit 130) instead of the process dying without a
+    word. ``StopRequest`` takes both signals over inside a training loop. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

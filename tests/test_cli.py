@@ -1051,3 +1051,24 @@ def test_resume_compares_what_options_resolve_to_not_how_they_were_typed(runner,
     result = tiny_run(runner, *args, "--seeds", "0-1", "--channels-last", "--resume")
     assert result.exit_code == 0, result.output
     assert "--resume: 1 of 2 cells are in" in result.output
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path) -> None:
+    """`kill` (a cluster's time limit) ended `bench run` with -15 and no word; train exited 130."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out, one = tmp_path / "run", tmp_path / "one.json"
+    one.write_text('[["red sphere"]]')  # one image a cell at 5 steps: the first cell is in at once
+    command = [sys.executable, "-m", "bench", *TINY_RUN, "--steps", "5", "--seeds", "0-999"]
+    command += ["--conditions", str(one), "--no-denoising-figure", "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "results.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # the first cell is in: a stop now keeps it
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert "holds the finished cells; --resume goes on from them" in output
