@@ -809,7 +809,7 @@ def train_command(recipe, data, data_root, images_dir, scenes, **options) -> Non
 def export_command(checkpoint, out_file, dtype, guidance, guidance_interval) -> None:
     """Write a training checkpoint's EMA weights as one .safetensors file (the shipped format),
     or re-write an exported file (another dtype, new sampling defaults)."""
-    from bench.checkpoints import describe_sampling_defaults, export_header, export_weights
+    from bench.checkpoints import EMA_FILE, describe_sampling_defaults, export_header, export_weights
     from bench.guidance import format_interval
     from bench.weights import sha256_of
 
@@ -831,6 +831,8 @@ def export_command(checkpoint, out_file, dtype, guidance, guidance_interval) -> 
     # What was written, not what was asked: the dtype, and the defaults given now or kept from the file.
     written, defaults = export_header(path)
     click.echo(f"wrote {path} ({written['dtype']}) sha256 {sha256_of(path)}")
+    if source.is_dir() and not (source / EMA_FILE).is_file():  # trained with --ema 0
+        click.echo(f"note: {checkpoint} holds no EMA weights (trained with --ema 0): wrote the model's own")
     if defaults:
         click.echo(f"sampling defaults: {describe_sampling_defaults(defaults)}")
     dropped = (before or {}).get("guidance_interval")

@@ -629,7 +629,8 @@ def test_a_folder_in_the_real_layout_trains_and_runs_without_conversion(
     assert (out / "checkpoint" / "config.json").exists()
 
     shipped = tmp_path / "tiny.safetensors"
-    assert runner.invoke(cli.main, ["export", str(out / "checkpoint"), str(shipped)]).exit_code == 0
+    exported = runner.invoke(cli.main, ["export", str(out / "checkpoint"), str(shipped)])
+    assert exported.exit_code == 0 and "no EMA weights" not in exported.output  # trained with EMA
     conditions = tmp_path / "c.json"
     assert (
         runner.invoke(cli.main, ["data", "conditions", "--out", str(conditions), "--n", "3"]).exit_code == 0
@@ -781,6 +782,7 @@ def test_export_writes_sampling_defaults_and_run_uses_them(runner, tmp_path) -> 
     result = runner.invoke(cli.main, args)
     assert result.exit_code == 0, result.output
     assert "sampling defaults: guidance 3, interval 300-1000" in result.output
+    assert "holds no EMA weights (trained with --ema 0): wrote the model's own" in result.output
     # Re-writing the exported file keeps (and names) the defaults it carries.
     again = runner.invoke(
         cli.main, ["export", str(shipped), str(tmp_path / "bf16.safetensors"), "--dtype", "bf16"]
