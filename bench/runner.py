@@ -523,6 +523,8 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         tune_kernels=config.tune_kernels,
         group_norm_by_views=config.group_norm_by_views,
     ).resolved(device)
+    if config.cudnn_benchmark and device == "cpu" and rank == 0:
+        log("--cudnn-benchmark has no effect on a CPU (cuDNN is a GPU library)")
     if config.dtype is None and options.dtype == "bf16" and device == "cpu" and rank == 0:
         # The same command gives other (equally good) images on a CPU without AMX: say why.
         log("bf16 autocast: this CPU has AMX (bf16 in hardware); --dtype fp32 for the fp32 path")

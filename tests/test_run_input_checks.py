@@ -452,6 +452,8 @@ def test_options_that_change_less_than_asked_are_named(runner, tmp_path, one_con
     args = [*TINY_RUN, "--scheduler", "ddim", "--steps", "1", "--judge", str(judge), *one_condition]
     result = runner.invoke(cli.main, [*args, "--out", str(tmp_path / "a")])
     assert result.exit_code == 0 and "--judge has no effect with --evaluators none" in result.output
+    result = runner.invoke(cli.main, [*args, "--cudnn-benchmark", "--out", str(tmp_path / "c")])
+    assert result.exit_code == 0 and "--cudnn-benchmark has no effect on a CPU" in result.output
     # A folder of 3 images as FID's reference, asked for 500: the run says it uses the 3.
     from bench_builtins.datasets.synthetic.export import write_synthetic_folder
 
