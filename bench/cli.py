@@ -11,8 +11,7 @@ from click.core import ParameterSource
 from bench import __version__
 from bench.config import INTERVAL, config_option, parse_float_list, parse_int_list, parse_list
 from bench.noise import PREDICTION_TYPES
-from bench.plugins import KINDS, PluginLoadError, get_plugins
-from bench.registry import RegistryError
+from bench.plugins import KINDS, get_plugins, is_bench_error
 
 
 class BenchGroup(click.Group):
@@ -32,18 +31,10 @@ class BenchGroup(click.Group):
             click.echo("\ninterrupted", err=True)
             raise SystemExit(130) from None
         except Exception as error:
-            if not _is_user_error(error):
+            if not is_bench_error(error):
                 raise  # a bug: keep the traceback
             click.echo(f"Error: {error}", err=True)
             ctx.exit(2)
-
-
-def _is_user_error(error: Exception) -> bool:
-    """Errors that bench raises on purpose (its own exception classes) carry a message to act on."""
-    if isinstance(error, (RegistryError, PluginLoadError)):
-        return True
-    module = type(error).__module__
-    return module.split(".")[0] in ("bench", "bench_builtins")
 
 
 @click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -22,7 +22,7 @@ class ScheduleMismatchError(Exception):
     """A scheduler's own noise schedule differs from the one the checkpoint was trained with."""
 
 
-def _factory(scheduler: str | Callable | Entry) -> tuple[str, Callable]:
+def scheduler_factory(scheduler: str | Callable | Entry) -> tuple[str, Callable]:
     """The registered name and factory of a name (looked up in the loaded plugins), a registry
     entry (of whichever plugin set the caller holds) or a bare factory."""
     if isinstance(scheduler, Entry):
@@ -53,7 +53,7 @@ def noise_config(
         raise ValueError(
             f"prediction type must be one of {', '.join(PREDICTION_TYPES)}, not {prediction_type!r}"
         )
-    name, factory = _factory(scheduler)
+    name, factory = scheduler_factory(scheduler)
     schedule = getattr(factory, "noise_schedule", None)
     if not schedule:
         raise ValueError(
@@ -101,7 +101,7 @@ def _built_schedule(factory: Callable, train_config: dict[str, Any]) -> dict[str
 def schedule_mismatch(train_config: dict[str, Any], scheduler: str | Callable) -> dict[str, tuple[Any, Any]]:
     """Keys where the scheduler's noise schedule differs from ``train_config`` (trained, asked): the
     schedule it declares (``factory.noise_schedule``) and the one the scheduler it builds holds."""
-    _, factory = _factory(scheduler)
+    _, factory = scheduler_factory(scheduler)
     schedule = {**_built_schedule(factory, train_config), **(getattr(factory, "noise_schedule", None) or {})}
     return {
         key: (train_config.get(key), value)
@@ -125,7 +125,7 @@ def check_schedule_compatible(
 
     Returns the mismatched keys (empty when compatible, or when ``allow_mismatch`` lets them by).
     """
-    name, factory = _factory(scheduler)
+    name, factory = scheduler_factory(scheduler)
     diff = schedule_mismatch(train_config, factory)
     if diff and not allow_mismatch:
         asked = {**train_config, **{key: a for key, (_, a) in diff.items()}}

@@ -160,14 +160,25 @@ def _register_module(plugins: Plugins, module: ModuleType, name: str) -> None:
     plugins.order.append(name)
 
 
+def is_bench_error(error: BaseException) -> bool:
+    """An error bench raises on purpose (its own exception classes, built-in plugins' included):
+    its message says what to do, so one line is enough."""
+    return type(error).__module__.split(".")[0] in ("bench", "bench_builtins")
+
+
+def debug_traceback(error: BaseException) -> None:
+    """The traceback a one-line message stands for, printed under ``BENCH_DEBUG=1``."""
+    if os.environ.get("BENCH_DEBUG"):
+        traceback.print_exception(error)
+
+
 def plugin_failure(what: str, entry: Any, error: Exception) -> Exception:
     """What to raise when a component's factory failed: bench's own errors (a missing judge file,
     a bad option) as they are, anything else as one line naming the plugin, since a plugin's bug
     is not the user's to debug from a traceback (``BENCH_DEBUG=1`` prints it)."""
-    if type(error).__module__.split(".")[0] in ("bench", "bench_builtins"):
+    if is_bench_error(error):
         return error
-    if os.environ.get("BENCH_DEBUG"):
-        traceback.print_exception(error)
+    debug_traceback(error)
     return PluginFactoryError(
         f"{what}: its factory (plugin {entry.plugin!r}) failed: {type(error).__name__}: {error}"
     )
@@ -176,8 +187,7 @@ def plugin_failure(what: str, entry: Any, error: Exception) -> Exception:
 def _raised(hook: str, error: BaseException) -> str:
     """A hook's own exception, said with the hook and the line that raised it (``BENCH_DEBUG=1``
     prints the whole traceback)."""
-    if os.environ.get("BENCH_DEBUG"):
-        traceback.print_exception(error)
+    debug_traceback(error)
     frames = traceback.extract_tb(error.__traceback__)
     where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
     return f"{hook} raised {type(error).__name__}: {error}{where}"

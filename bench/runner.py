@@ -9,8 +9,6 @@ its metadata: guidance and guidance interval), else 1 (off)."""
 from __future__ import annotations
 
 import itertools
-import os
-import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,7 +24,7 @@ from bench.guidance import (
     check_scale,
     format_interval,
 )
-from bench.plugins import Plugins, check_data_root, get_plugins, plugin_failure
+from bench.plugins import Plugins, check_data_root, debug_traceback, get_plugins, plugin_failure
 from bench.results import Row, RunResult, checked_metrics, environment, largest_costs
 from bench.run_resume import finished_cells, remove_replaced_outputs
 
@@ -778,8 +776,7 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int, guidance: float, seed:
         )
     except Exception as error:  # noqa: BLE001 - one failing cell must not stop the matrix
         ctx.log(f"cell {scheduler_name} steps={steps} guidance={guidance} seed={seed} failed: {error}")
-        if os.environ.get("BENCH_DEBUG"):
-            traceback.print_exc()
+        debug_traceback(error)
         message = f"{type(error).__name__}: {error}"
         if type(error).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
             batch = ctx.options.resolved(ctx.device, guided=guidance != 1.0).batch_size

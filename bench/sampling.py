@@ -38,7 +38,7 @@ import torch
 from bench.compile_mode import compile_only_switch_error, compile_options, quiet_known_compile_warnings
 from bench.groupnorm import use_group_norm_by_views
 from bench.guidance import check_interval, in_interval
-from bench.noise import check_schedule_compatible
+from bench.noise import check_schedule_compatible, scheduler_factory
 from bench.registry import Entry
 
 # Schedulers whose ``step`` draws no noise (with their default options): no generators passed.
@@ -198,18 +198,6 @@ def image_seed(seed: int, index: int) -> int:
     return (int(seed) * 1_000_003 + int(index)) % (2**63 - 1)
 
 
-def _resolve_factory(scheduler: str | Callable | Entry) -> tuple[str, Callable]:
-    """As bench.noise's: a name, a registry entry or a bare factory."""
-    if isinstance(scheduler, Entry):
-        return scheduler.name, scheduler.factory
-    if isinstance(scheduler, str):
-        from bench.plugins import get
-
-        entry = get("schedulers", scheduler)
-        return entry.name, entry.factory
-    return getattr(scheduler, "__name__", type(scheduler).__name__), scheduler
-
-
 def check_steps(steps: int) -> int:
     """A step count that can sample: at least 1."""
     if steps < 1:
@@ -220,7 +208,7 @@ def check_steps(steps: int) -> int:
 def resolve_steps(scheduler: str | Callable | Entry, steps: int | None = None) -> int:
     """``steps``, or the scheduler's ``default_steps`` when not given (else 50)."""
     if steps is None:
-        name, factory = _resolve_factory(scheduler)
+        name, factory = scheduler_factory(scheduler)
         default = getattr(factory, "default_steps", 50)
         if isinstance(default, bool) or not isinstance(default, int) or default < 1:
             raise SamplingOptionsError(
@@ -400,7 +388,7 @@ def sample(
     only queues work, so the bar runs ahead).
     The model is used in place (eval mode; channels_last converts its weights' layout).
     """
-    name, factory = _resolve_factory(scheduler)
+    name, factory = scheduler_factory(scheduler)
     interval = check_interval(guidance_interval)
     interval = interval if guidance != 1.0 else None  # without guidance it has no effect
     # The name as registered (or the callable): the error names `linear`, not its factory function.
