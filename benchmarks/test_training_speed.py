@@ -80,10 +80,34 @@ def loss_curve(config: TrainConfig, dataset: Any, steps: int) -> list[float]:
     batches = trainer.repeating_batches(steps)
     losses = [trainer.train_step(*next(batches)) for _ in range(steps)]
     values = [float(loss) for loss in losses]  # one host sync at the end
-    del trainer
+    del trainer, batches, losses
+    release_gpu_memory()
+    return values
+
+
+def release_gpu_memory() -> None:
+    """Free what compiled training left on the GPU before the next model is built.
+
+    CUDA graphs keep their memory pool in torch's global graph trees, not in the trainer: at batch
+    512 the `seed` preset's pool (33 GB) plus the eager bf16 reference (62 GB) overran an 80 GB H100
+    (BENCHMARKS.md, session 22). ``torch._dynamo.reset`` drops the trees and their pools.
+    """
+    torch._dynamo.reset()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return values
+
+
+def fp32_loss_curve(config: TrainConfig, dataset: Any, steps: int) -> list[float] | None:
+    """The fp32 eager curve, for information, or None where it does not fit: fp32 activations
+    take about twice bf16's, more than an 80 GB card holds for the `seed` preset at batch 512.
+    The assertion is against eager bf16, which always runs."""
+    try:
+        return loss_curve(config, dataset, steps)
+    except torch.cuda.OutOfMemoryError:
+        pass  # released below, once the exception no longer holds the trainer's frames
+    release_gpu_memory()
+    print(f"[speed] fp32 eager loss curve skipped at batch {config.batch_size}: out of GPU memory")
+    return None
 
 
 def max_abs_diff(a: list[float], b: list[float]) -> float:
@@ -199,20 +223,20 @@ def test_training_gpu(benchmark: Any, tmp_path: Any, gpu_peak: dict, mode: str, 
     forced = " (layout opt forced)" if compiled and forced_layout else ""
     variant = f"{label}{forced} b{batch}"
     record_training(benchmark, stats, config, variant, GPU_STEPS, gpu_peak)
-    torch.cuda.empty_cache()
+    release_gpu_memory()
     if compiled and batch == GPU_BATCHES[0] and LOSS_STEPS > 0:
         # Same seed, same data, same bf16: the compiled path must follow the eager loss curve.
         fast = loss_curve(config, dataset, LOSS_STEPS)
         plain = replace(config, **_PLAIN)
         eager = loss_curve(plain, dataset, LOSS_STEPS)
-        fp32 = loss_curve(replace(plain, bf16=False), dataset, LOSS_STEPS)
+        fp32 = fp32_loss_curve(replace(plain, bf16=False), dataset, LOSS_STEPS)
         benchmark.extra_info.update(
             {
                 "loss_compiled": fast,
                 "loss_eager_bf16": eager,
                 "loss_eager_fp32": fp32,
                 "loss_max_abs_diff": max_abs_diff(fast, eager),
-                "loss_max_abs_diff_vs_fp32": max_abs_diff(fast, fp32),
+                "loss_max_abs_diff_vs_fp32": max_abs_diff(fast, fp32) if fp32 else None,
                 "loss_tolerance": LOSS_TOLERANCE,
             }
         )
