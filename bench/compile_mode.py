@@ -52,9 +52,9 @@ def compile_options(
 
 def compile_wait_note(*, training: bool, autotune: bool, tune_kernels: bool) -> str:
     """What a compiled run waits for before its first step, as measured for the `seed` preset on an
-    H100 (BENCHMARKS.md, sessions 15 and 17), so that minutes of silence are not taken for a hang."""
+    H100 (BENCHMARKS.md, sessions 15, 17 and 22), so that minutes of silence are not taken for a hang."""
     if training:
-        wait = "about 11 minutes with --tune-kernels" if tune_kernels else "about 2 minutes"
+        wait = "about 11-12 minutes with --tune-kernels" if tune_kernels else "about 2 minutes"
     else:
         wait = (
             "about 3.5 minutes per batch shape with --tune-kernels"
