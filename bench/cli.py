@@ -157,7 +157,7 @@ def _bool_flag(name: str, help: str):
     default=None,
     help="Sampling chunk size (default: 256 on GPU; on CPU 32, or 16 when guided, whose doubled batch is 32 again).",
 )
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
     "--dtype",
     type=click.Choice(["bf16", "fp32"]),
@@ -352,8 +352,16 @@ def data_group() -> None:
 @data_group.command("synth")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 @_scenes_option("Scenes; each gives max-objects frames (images), the k-th holding k objects.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
-@click.option("--split", type=click.Choice(["train", "heldout"]), default="train", show_default=True)
+@click.option(
+    "--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the scenes' layouts."
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "heldout"]),
+    default="train",
+    show_default=True,
+    help="Random stream of the scenes: heldout never repeats a train scene (FID's reference renders).",
+)
 @_max_objects_option(3, "Objects in the last frame of a scene.")
 @click.option(
     "--device",
@@ -379,8 +387,16 @@ def data_synth(out_dir, scenes, seed, split, max_objects, device) -> None:
 
 @data_group.command("cache")
 @_scenes_option("Scenes; each gives max-objects frames.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
-@click.option("--split", type=click.Choice(["train", "heldout"]), default="train", show_default=True)
+@click.option(
+    "--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the scenes' layouts."
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "heldout"]),
+    default="train",
+    show_default=True,
+    help="Random stream of the scenes: heldout never repeats a train scene (FID's reference renders).",
+)
 @_max_objects_option(3, "Objects in the last frame of a scene.")
 def data_cache(scenes, seed, split, max_objects) -> None:
     """Render the synthetic set into the cache now (training and FID reuse it)."""
@@ -392,7 +408,9 @@ def data_cache(scenes, seed, split, max_objects) -> None:
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="JSON file to write.")
 @_count_option("--n", 32, "Number of conditions.")
 @click.option("--objects", default="1-3", show_default=True, help="Objects per condition: 2 or 1-3.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option(
+    "--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the drawn conditions."
+)
 @click.option(
     "--shared",
     is_flag=True,
@@ -474,7 +492,14 @@ def data_ceiling(condition_files, per_condition, seed, evaluators, ref_n, judge,
 
 @data_group.command("show")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", "out_png", default="sheet.png", show_default=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--out",
+    "out_png",
+    default="sheet.png",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="PNG to write.",
+)
 @_count_option("--n", 24, "Images on the sheet.")
 def data_show(folder, out_png, n) -> None:
     """Draw a contact sheet of a folder in the i-CLEVR layout (train.json and its PNGs, as `bench data
@@ -520,17 +545,29 @@ def _dataset(name: str, data_root: str | None, **options):
 @_scenes_option("Synthetic scenes (with --data synthetic).")
 @_max_objects_option(5, "Objects per synthetic scene.")
 @_count_option("--heldout-scenes", 400, "Unseen synthetic scenes to score on.")
-@_count_option("--epochs", 30)
-@_count_option("--batch-size", 256)
-@click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@_count_option("--epochs", 30, "Passes over the training renders.")
+@_count_option("--batch-size", 256, "Images per optimiser step.")
+@click.option(
+    "--lr",
+    default=2e-3,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Peak learning rate.",
+)
 @click.option(
     "--max-minutes",
     default=None,
     type=click.FloatRange(min=0, min_open=True),
     help="Stop after this wall time.",
 )
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
-@click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Seed of the weights and data order.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
     "--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Judge .safetensors file."
 )
@@ -688,7 +725,12 @@ def train_judge_command(
     "Keep GroupNorm's output channels_last, so the compiled backward's convolutions get one layout "
     "(default off; measured only without the forced layout, BENCHMARKS.md).",
 )
-@click.option("--seed", type=int, default=None)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Seed of the initial weights, the data order and every step's noise (default 0; on --resume, the checkpoint's).",
+)
 @click.option(
     "--device", default=None, help="auto, cpu, cuda or cuda:N. Default: auto (cuda if available, else cpu)."
 )
@@ -701,7 +743,14 @@ def train_judge_command(
     default=None,
     help="Synthetic scenes (default 6003 = 18,009 images).",
 )
-@click.option("--out", "out_dir", default="runs/train", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--out",
+    "out_dir",
+    default="runs/train",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Run folder: checkpoint/, train_config.json, the loss log and its plot.",
+)
 @click.option(
     "--resume",
     is_flag=True,

@@ -1074,3 +1074,19 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path) -> None:
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, output
     assert "holds the finished cells; --resume goes on from them" in output
+
+
+def test_every_option_of_every_command_says_what_it_does() -> None:
+    """`bench X --help` is the manual: an option listed without a word (fourteen were, up to
+    session 22) leaves the user to read the source."""
+
+    def silent(command: click.Command, path: str) -> list[str]:
+        if isinstance(command, click.Group):
+            return [name for sub, cmd in command.commands.items() for name in silent(cmd, f"{path} {sub}")]
+        return [
+            f"{path} {param.opts[0]}"
+            for param in command.params
+            if isinstance(param, click.Option) and not param.hidden and not param.help
+        ]
+
+    assert silent(cli.main, "bench") == []
