@@ -344,6 +344,31 @@ def _max_objects_option(default: int, help: str):
     )
 
 
+def _scene_stream_options(command):
+    """--seed, --split and --max-objects: which synthetic scenes `bench data synth` and `cache` render."""
+    for option in reversed(
+        (
+            click.option(
+                "--seed",
+                default=0,
+                show_default=True,
+                type=click.IntRange(min=0),
+                help="Seed of the scenes' layouts.",
+            ),
+            click.option(
+                "--split",
+                type=click.Choice(["train", "heldout"]),
+                default="train",
+                show_default=True,
+                help="heldout draws its scenes from another random stream than train (for FID's reference renders).",
+            ),
+            _max_objects_option(3, "Objects in the last frame of a scene."),
+        )
+    ):
+        command = option(command)
+    return command
+
+
 @main.group("data")
 def data_group() -> None:
     """Make and inspect datasets and condition sets."""
@@ -352,17 +377,7 @@ def data_group() -> None:
 @data_group.command("synth")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 @_scenes_option("Scenes; each gives max-objects frames (images), the k-th holding k objects.")
-@click.option(
-    "--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the scenes' layouts."
-)
-@click.option(
-    "--split",
-    type=click.Choice(["train", "heldout"]),
-    default="train",
-    show_default=True,
-    help="Random stream of the scenes: heldout never repeats a train scene (FID's reference renders).",
-)
-@_max_objects_option(3, "Objects in the last frame of a scene.")
+@_scene_stream_options
 @click.option(
     "--device",
     default="cpu",
@@ -387,17 +402,7 @@ def data_synth(out_dir, scenes, seed, split, max_objects, device) -> None:
 
 @data_group.command("cache")
 @_scenes_option("Scenes; each gives max-objects frames.")
-@click.option(
-    "--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the scenes' layouts."
-)
-@click.option(
-    "--split",
-    type=click.Choice(["train", "heldout"]),
-    default="train",
-    show_default=True,
-    help="Random stream of the scenes: heldout never repeats a train scene (FID's reference renders).",
-)
-@_max_objects_option(3, "Objects in the last frame of a scene.")
+@_scene_stream_options
 def data_cache(scenes, seed, split, max_objects) -> None:
     """Render the synthetic set into the cache now (training and FID reuse it)."""
     dataset = _dataset("synthetic", None, scenes=scenes, seed=seed, split=split, max_objects=max_objects)
