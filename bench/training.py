@@ -361,8 +361,20 @@ class _Data:
             persistent_workers=False,
             worker_init_fn=ignore_stop_signals if num_workers else None,
         )
-        for images, conds in loader:
-            yield images.to(self.device, non_blocking=True), conds.float().to(self.device, non_blocking=True)
+        batches = iter(loader)
+        try:
+            for images, conds in batches:
+                yield (
+                    images.to(self.device, non_blocking=True),
+                    conds.float().to(self.device, non_blocking=True),
+                )
+        finally:
+            # The workers ignore SIGTERM (ignore_stop_signals), so multiprocessing's terminate at
+            # interpreter exit cannot stop them: after an error whose traceback still holds this
+            # iterator, the process hung there for ever. Shut them down here, on every way out.
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
 
 class _Trainer:

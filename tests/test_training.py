@@ -299,7 +299,7 @@ def test_a_stop_signal_ends_at_the_next_step_with_a_checkpoint_to_resume(
 
 # A dataset without images_uint8() (a user's plugin): read through DataLoader workers.
 _WORKERS_DRIVER = """
-import json, sys, torch
+import json, os, sys, torch
 from bench.training import TrainConfig, train
 
 class Plain(torch.utils.data.Dataset):
@@ -307,6 +307,8 @@ class Plain(torch.utils.data.Dataset):
     def __len__(self):
         return 32
     def __getitem__(self, i):
+        if i == int(os.environ.get("BROKEN_ITEM", -1)):
+            raise FileNotFoundError(f"/data/img_{i}.png")
         return torch.rand(3, 64, 64) * 2 - 1, torch.nn.functional.one_hot(torch.tensor(i % 24), 24).float()
 
 config = TrainConfig(preset="tiny", batch_size=4, max_steps=100_000, num_workers=2, device="cpu",
@@ -344,6 +346,21 @@ def test_ctrl_c_with_dataloader_workers_stops_once_with_a_checkpoint(tmp_path: P
     assert report["stopped_by"] == "interrupted" and report["steps"] >= 3, stderr[-3000:]
     assert stderr.count("SIGINT: stopping after this step") == 1  # not once more per worker
     assert load_checkpoint(out / "checkpoint").step == report["steps"]
+
+
+@pytest.mark.slow
+def test_a_failing_dataset_read_by_workers_ends_the_process(tmp_path: Path) -> None:
+    """The workers ignore SIGTERM, so multiprocessing could not terminate them at exit: a dataset
+    error (a plugin's missing file) printed its traceback and the process hung for ever."""
+    (tmp_path / "driver.py").write_text(_WORKERS_DRIVER)
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "driver.py"), str(tmp_path / "out")],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "BROKEN_ITEM": "7"},
+        capture_output=True,
+        text=True,
+        timeout=120,  # before the fix: no exit at all
+    )
+    assert done.returncode == 1 and "FileNotFoundError: /data/img_7.png" in done.stderr, done.stderr[-3000:]
 
 
 def test_existing_checkpoint_needs_resume(tmp_path: Path) -> None:
