@@ -27,6 +27,7 @@ kernel per image.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -49,6 +50,20 @@ _DETERMINISTIC = {
     "UniPCMultistepScheduler",
     "DPMSolverSinglestepScheduler",
 }
+
+
+def _step_kwargs(scheduler: Any, generators: list[torch.Generator]) -> dict[str, Any]:
+    """The per-image generators for a stochastic ``step``; nothing for one that draws no noise (a
+    class of ``_DETERMINISTIC`` or a subclass) or whose ``step`` takes no ``generator`` (UniPC,
+    PNDM, DEIS, KDPM2...: passing one there was a TypeError in every cell)."""
+    if any(cls.__name__ in _DETERMINISTIC for cls in type(scheduler).__mro__):
+        return {}
+    try:
+        params = inspect.signature(scheduler.step).parameters
+    except (TypeError, ValueError):  # no signature to read: let step say what it takes
+        return {"generator": generators}
+    takes = "generator" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return {"generator": generators} if takes else {}
 
 
 def cpu_has_bf16_matmul() -> bool:
@@ -315,8 +330,7 @@ def _run_chunk(
         scheduler.set_begin_index(0)  # no timestep lookup at the first step
     host_timesteps = scheduler.timesteps.cpu()
     timesteps = host_timesteps.to(device)  # the model's copy, sent once per chunk
-    # Noise for stochastic steps from the per-image generators (UniPC's step takes none).
-    step_kwargs = {} if type(scheduler).__name__ in _DETERMINISTIC else {"generator": generators}
+    step_kwargs = _step_kwargs(scheduler, generators)
 
     x = torch.cat([torch.randn((1, *shape), generator=g, device=device) for g in generators])
     x = x * scheduler.init_noise_sigma

@@ -58,6 +58,25 @@ def test_every_scheduler_samples(model: torch.nn.Module, name: str) -> None:
     assert result.seconds > 0 and result.peak_memory_mb is None
 
 
+@pytest.mark.parametrize("kind", ["DEISMultistepScheduler", "UniPCSubclass"])
+def test_a_plugin_scheduler_whose_step_takes_no_generator_samples(model: torch.nn.Module, kind: str) -> None:
+    """Only a fixed list of class names went without generator=: DEIS, PNDM, KDPM2 or a subclass
+    of UniPC failed every cell with a TypeError. Now the step's own signature decides."""
+    import diffusers
+
+    class UniPCSubclass(diffusers.UniPCMultistepScheduler):
+        pass
+
+    cls = UniPCSubclass if kind == "UniPCSubclass" else getattr(diffusers, kind)
+
+    def factory(train_config: dict, **_options):
+        return cls.from_config(train_config)
+
+    train_config = noise_config("cosine", 1000)
+    result = sample(model, factory, conditions(2), train_config=train_config, steps=3, options=PLAIN)
+    assert result.images.shape == (2, 3, 64, 64) and torch.isfinite(result.images).all()
+
+
 class CountingModel(torch.nn.Module):
     def __init__(self, inner: torch.nn.Module) -> None:
         super().__init__()
