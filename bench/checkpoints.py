@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -315,9 +316,17 @@ def build_model(model_name: str, model_config: dict[str, Any], *, source: str = 
             f"{source} needs model {model_name!r}, which no installed plugin provides: {error}"
         ) from error
     try:
-        return factory(**model_config)
+        model = factory(**model_config)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{source}: the config for model {model_name!r} is invalid: {error}") from error
+    if not isinstance(getattr(model, "config", None), Mapping):
+        # Every checkpoint stores it to rebuild the model: without it training failed at its start
+        # with an AttributeError.
+        raise CheckpointError(
+            f"model {model_name!r} has no `config` dict attribute, which a checkpoint stores to rebuild "
+            "it (factory(**config)); see register_models in bench/hookspecs.py"
+        )
+    return model
 
 
 def state_dict_mismatch(expected: dict[str, Any], state: dict[str, Any]) -> list[str]:

@@ -29,10 +29,12 @@ def register_models(register: Register) -> None:
 
     Contract: ``factory(preset: str | None = None, **config) -> torch.nn.Module``. The module's
     ``forward(sample, timesteps, conditions)`` returns the prediction (the noise, or v under
-    ``prediction_type="v_prediction"``, as the noise config says) for ``sample``
-    (B, C, H, W) at integer ``timesteps`` (B,) under multi-hot ``conditions`` (B, num_labels),
-    and its attribute ``config`` is a JSON-serialisable dict such that ``factory(**config)``
-    rebuilds the same architecture (it is stored in every checkpoint). ``preset`` names a set
+    ``prediction_type="v_prediction"``, as the noise config says), a tensor of ``sample``'s
+    shape, for ``sample`` (B, C, H, W) at integer ``timesteps`` (B,) under multi-hot
+    ``conditions`` (B, num_labels), and its attribute ``config`` is a JSON-serialisable dict
+    such that ``factory(**config)`` rebuilds the same architecture (it is stored in every
+    checkpoint; training refuses a model without it). ``config["sample_size"]`` and
+    ``config["in_channels"]`` give the shape ``bench run`` samples (else 64 and 3). ``preset`` names a set
     of defaults; keyword arguments override them. A factory may carry ``factory.presets``
     (names) and ``factory.default_checkpoint`` (a zero-argument callable returning the path of
     shipped weights, or None).
@@ -49,6 +51,12 @@ def register_schedulers(register: Register) -> None:
             '''train_config: the noise-schedule config the model was trained with (a dict
             that diffusers' from_config accepts). Returns a NEW diffusers scheduler on every
             call.'''
+
+    Not a diffusers scheduler? The sampling loop reads ``config``, ``set_timesteps(steps)``,
+    ``timesteps`` (set by it), ``init_noise_sigma``, ``scale_model_input(x, t)`` and ``step(out, t, x,
+    return_dict=False, generator=...)`` (``generator`` only where ``step`` takes it) returning a
+    tuple whose first item is the next ``x``; a factory whose scheduler lacks one is refused
+    before any cell.
 
     A scheduler that defines a training noise schedule of its own (for example ``cosine``
     or ``linear``) says so with the attribute ``factory.noise_schedule``: a dict of the

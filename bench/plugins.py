@@ -172,15 +172,23 @@ def debug_traceback(error: BaseException) -> None:
         traceback.print_exception(error)
 
 
-def plugin_failure(what: str, entry: Any, error: Exception) -> Exception:
-    """What to raise when a component's factory failed: bench's own errors (a missing judge file,
-    a bad option) as they are, anything else as one line naming the plugin, since a plugin's bug
-    is not the user's to debug from a traceback (``BENCH_DEBUG=1`` prints it)."""
+def raised_where(error: BaseException) -> str:
+    """`` at FILE:LINE`` of the innermost frame that raised ``error`` ("" without a traceback): a
+    one-line message then still points into the plugin's own code."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
+def plugin_failure(what: str, entry: Any, error: Exception, *, call: str = "its factory") -> Exception:
+    """What to raise when a component's factory (or ``call``, another of its methods) failed:
+    bench's own errors (a missing judge file, a bad option) as they are, anything else as one line
+    naming the plugin and the line that raised, since a plugin's bug is not the user's to debug
+    from a traceback (``BENCH_DEBUG=1`` prints it)."""
     if is_bench_error(error):
         return error
     debug_traceback(error)
     return PluginFactoryError(
-        f"{what}: its factory (plugin {entry.plugin!r}) failed: {type(error).__name__}: {error}"
+        f"{what}: {call} (plugin {entry.plugin!r}) failed: {type(error).__name__}: {error}{raised_where(error)}"
     )
 
 
@@ -188,9 +196,7 @@ def _raised(hook: str, error: BaseException) -> str:
     """A hook's own exception, said with the hook and the line that raised it (``BENCH_DEBUG=1``
     prints the whole traceback)."""
     debug_traceback(error)
-    frames = traceback.extract_tb(error.__traceback__)
-    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
-    return f"{hook} raised {type(error).__name__}: {error}{where}"
+    return f"{hook} raised {type(error).__name__}: {error}{raised_where(error)}"
 
 
 def _fill_registries(plugins: Plugins) -> None:

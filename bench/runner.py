@@ -24,7 +24,15 @@ from bench.guidance import (
     check_scale,
     format_interval,
 )
-from bench.plugins import Plugins, check_data_root, debug_traceback, get_plugins, plugin_failure
+from bench.plugins import (
+    Plugins,
+    check_data_root,
+    debug_traceback,
+    get_plugins,
+    is_bench_error,
+    plugin_failure,
+    raised_where,
+)
 from bench.results import Row, RunResult, checked_metrics, environment, largest_costs
 from bench.run_resume import finished_cells, remove_replaced_outputs
 
@@ -262,15 +270,16 @@ def _check_cells(config: RunConfig, plugins: Plugins, train_noise: dict[str, Any
             raise RunError(f"--scheduler {name}: {error}") from None
         for steps in config.steps:
             steps = resolve_steps(entry, steps)
-            error = _refusal(entry.factory, train_noise, steps)
+            try:
+                error = _refusal(entry.factory, train_noise, steps)
+            except Exception as bug:  # noqa: BLE001 - a plugin's bug, said in one line
+                raise plugin_failure(f"--scheduler {name}", entry, bug, call="its set_timesteps") from None
             if error is None:
                 continue
             trained = train_noise.get("num_train_timesteps")
             if trained is not None and steps > int(trained):
                 takers = [
-                    e.name
-                    for e in plugins.registry("schedulers")
-                    if _refusal(e.factory, train_noise, steps) is None
+                    e.name for e in plugins.registry("schedulers") if _takes(e.factory, train_noise, steps)
                 ]
                 raise RunError(
                     f"--steps {steps}: scheduler {name!r} samples at most {trained} steps, the "
@@ -287,7 +296,11 @@ def _check_scheduler_factory(name: str, entry: Any, train_noise: dict[str, Any])
         scheduler = entry.factory(train_noise)
     except Exception as error:  # noqa: BLE001 - a plugin's bug, said in one line
         raise plugin_failure(f"--scheduler {name}", entry, error) from None
-    missing = [a for a in ("set_timesteps", "step", "config") if not hasattr(scheduler, a)]
+    # What the sampling loop reads (sampling._run_chunk), so that a toy scheduler lacking one is
+    # refused here rather than failing every cell with an AttributeError.
+    from bench.sampling import SCHEDULER_ATTRIBUTES
+
+    missing = [a for a in SCHEDULER_ATTRIBUTES if not hasattr(scheduler, a)]
     if missing:
         raise RunError(
             f"--scheduler {name}: its factory (plugin {entry.plugin!r}) returned {type(scheduler).__name__}, "
@@ -296,12 +309,28 @@ def _check_scheduler_factory(name: str, entry: Any, train_noise: dict[str, Any])
 
 
 def _refusal(factory: Callable, train_noise: dict[str, Any], steps: int) -> ValueError | None:
-    """The scheduler's own refusal of ``steps`` (as a cell would meet it), None when it takes them."""
+    """The scheduler's own refusal of ``steps`` (a ValueError, as a cell would meet it), None when it
+    takes them; any other exception is the scheduler's bug and propagates."""
     try:
         factory(train_noise).set_timesteps(steps)
     except ValueError as error:
         return error
     return None
+
+
+def _takes(factory: Callable, train_noise: dict[str, Any], steps: int) -> bool:
+    """Whether a scheduler can be offered for ``steps``: a broken one cannot."""
+    try:
+        return _refusal(factory, train_noise, steps) is None
+    except Exception:  # noqa: BLE001 - not offered, whatever its bug
+        return False
+
+
+def _about_the_preset(error: Exception) -> bool:
+    """A factory's refusal of the preset (a ValueError, or a TypeError for a factory without a
+    ``preset`` argument), not a bug inside it (a TypeError of its own arithmetic was blamed on
+    --preset before)."""
+    return isinstance(error, ValueError) or (isinstance(error, TypeError) and "preset" in str(error))
 
 
 def _load_model(config: RunConfig, plugins: Plugins, device: str):
@@ -317,7 +346,7 @@ def _load_model(config: RunConfig, plugins: Plugins, device: str):
             try:
                 model = entry.factory(preset=config.preset)
             except Exception as error:  # noqa: BLE001 - one line
-                if config.preset is not None and isinstance(error, (TypeError, ValueError)):
+                if config.preset is not None and _about_the_preset(error):
                     raise RunError(f"--preset {config.preset}: {error}") from None  # as `bench train`
                 raise plugin_failure(f"--model {config.model}", entry, error) from None
         from bench.noise import noise_config
@@ -336,6 +365,13 @@ def _load_model(config: RunConfig, plugins: Plugins, device: str):
             )
         path = default()
     model, noise, meta = load_model(path, device=device)
+    held = meta.get("model_name")
+    if held is not None and plugins.registry("models").get(held).name != entry.name:  # aliases agree
+        # The checkpoint builds its own model: rows labelled --model's name would name another one.
+        raise RunError(
+            f"--model {config.model}, but {path} holds a {held!r} model: pass --model {held} "
+            "(its results rows are labelled with it)"
+        )
     meta = {**meta, "checkpoint": str(path)}
     return model.eval(), noise, meta
 
@@ -732,16 +768,22 @@ def _warm_up(ctx: _Run) -> None:
         )
     mine = ctx.conditions[shard(len(ctx.conditions), ctx.rank, ctx.size)]
     for guidance in sorted({1.0, max(ctx.guidance.guidance)}):
-        warm = sample(
-            ctx.model,
-            ctx.plugins.registry("schedulers").get("ddim"),
-            mine[: resolved.batch_size],
-            train_config=ctx.train_noise,
-            steps=1,
-            guidance=guidance,
-            device=ctx.device,
-            options=ctx.options,
-        )
+        try:
+            warm = sample(
+                ctx.model,
+                ctx.plugins.registry("schedulers").get("ddim"),
+                mine[: resolved.batch_size],
+                train_config=ctx.train_noise,
+                steps=1,
+                guidance=guidance,
+                device=ctx.device,
+                options=ctx.options,
+            )
+        except Exception as error:  # noqa: BLE001 - the first model call: a plugin model's bug shows here
+            if type(error).__name__ == "OutOfMemoryError":
+                raise
+            entry = ctx.plugins.registry("models").get(ctx.config.model)
+            raise plugin_failure(f"--model {ctx.config.model}", entry, error, call="its forward") from None
         # every process's figures reach the main one, which records the largest (as for the cells)
         own = (warm.peak_memory_mb, warm.warmup_seconds)
         ctx.warm_ups[guidance != 1.0] = largest_costs((gather(own) if ctx.size > 1 else None) or [own])
@@ -828,7 +870,9 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int, guidance: float, seed:
                 # judges, the misses sheet or the saved images.
                 metrics = checked_metrics(name, evaluator(images.clone(), conditions.clone()), owners)
             except Exception as error:  # noqa: BLE001 - keep the other metrics
-                row.metrics[f"{name}_error"] = f"{type(error).__name__}: {error}"
+                debug_traceback(error)
+                where = "" if is_bench_error(error) else raised_where(error)  # a plugin's bug: its line
+                row.metrics[f"{name}_error"] = f"{type(error).__name__}: {error}{where}"
                 continue
             row.metrics.update(metrics)
             owners.update(dict.fromkeys(metrics, name))

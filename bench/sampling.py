@@ -42,6 +42,11 @@ from bench.guidance import check_interval, in_interval
 from bench.noise import check_schedule_compatible, scheduler_factory
 from bench.registry import Entry
 
+# What the sampling loop reads of a scheduler before its first step (``set_begin_index`` only where
+# present; ``timesteps`` once set_timesteps has run): a plugin's scheduler lacking one is refused
+# before any cell (runner._check_scheduler_factory).
+SCHEDULER_ATTRIBUTES = ("config", "set_timesteps", "init_noise_sigma", "scale_model_input", "step")
+
 # Schedulers whose ``step`` draws no noise (with their default options): no generators passed.
 _DETERMINISTIC = {
     "DDIMScheduler",
@@ -274,6 +279,13 @@ class _ModelCall:
             torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.forward(x, t, cond)
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            # A plugin model's (B, 1, H, W) was broadcast by the scheduler and scored as images.
+            got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+            raise SamplingError(
+                f"the model returned {got} for an input of shape {tuple(x.shape)}: "
+                "forward(x, t, cond) must return a tensor of x's shape"
+            )
         self.calls += 1
         self.guided_calls += int(guidance != 1.0)
         # A CUDA-graph output buffer is overwritten by the next replay; multistep schedulers keep

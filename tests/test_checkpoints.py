@@ -196,3 +196,16 @@ def test_written_files_follow_the_users_umask(
     folder = _save(tmp_path / "ck", model)
     assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {mode}
     assert folder.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_a_model_without_a_config_is_refused_with_what_it_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plugin model without ``config`` sampled, then failed `bench train` with an AttributeError
+    from deep inside the trainer: a checkpoint needs it to rebuild the model."""
+    import bench.plugins
+    from bench.checkpoints import build_model
+    from bench.registry import Entry
+
+    entry = Entry("models", "m-no-config", lambda **config: torch.nn.Linear(2, 2), "my_plugin")
+    monkeypatch.setattr(bench.plugins, "get", lambda kind, name: entry)
+    with pytest.raises(CheckpointError, match=r"model 'm-no-config' has no `config` dict attribute"):
+        build_model("m-no-config", {})

@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench import hookimpl
 from bench.plugins import PluginFactoryError, Plugins, load_plugins
 from bench.registry import Registry, RegistryError
 from bench.run_resume import ResumeError
-from bench.runner import RunConfig, run
-from bench.sampling import SamplingOptionsError, resolve_steps
+from bench.runner import RunConfig, RunError, run
+from bench.sampling import SamplingError, SamplingOptionsError, resolve_steps
 
 
 def _ddim(train_config, **options):
@@ -68,10 +69,61 @@ def _exploding_factory(**options):
     raise ValueError("factory exploded")
 
 
+class _NeedsDevice:
+    """A toy scheduler whose set_timesteps wants an argument the loop does not pass."""
+
+    config: dict = {}
+    init_noise_sigma = 1.0
+
+    def set_timesteps(self, steps, device):
+        pass
+
+    def scale_model_input(self, x, t):
+        return x
+
+    def step(self, *args, **kwargs):
+        raise AssertionError("never reached")
+
+
+class _NoInitSigma(_NeedsDevice):
+    init_noise_sigma = None
+
+    def __getattribute__(self, name):
+        if name == "init_noise_sigma":
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+class _HalfChannels(torch.nn.Module):
+    """A model plugin whose prediction has 1 channel for 3: the scheduler broadcast it before."""
+
+    def __init__(self, **config) -> None:
+        super().__init__()
+        self.config = {"sample_size": 64, "in_channels": 3}
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x, t, cond):
+        return x[:, :1] * self.scale
+
+
+class _Buggy(torch.nn.Module):
+    def __init__(self, preset=None, **config) -> None:
+        super().__init__()
+        self.width = None + 1  # a bug of the plugin's own, not a bad --preset
+
+
 @hookimpl
 def register_schedulers(register):
     register("s-nan", _nan_step)
     register("s-half", _half_step)
+    register("s-needs-device", lambda train_config, **options: _NeedsDevice())
+    register("s-no-sigma", lambda train_config, **options: _NoInitSigma())
+
+
+@hookimpl
+def register_models(register):
+    register("m-half-channels", lambda preset=None, **config: _HalfChannels())
+    register("m-buggy", _Buggy)
 
 
 @hookimpl
@@ -85,6 +137,7 @@ def register_evaluators(register):
 def plugins() -> Iterator[Plugins]:
     module = types.ModuleType("bench_test_components")
     module.register_schedulers = register_schedulers
+    module.register_models = register_models
     module.register_evaluators = register_evaluators
     sys.modules[module.__name__] = module
     try:
@@ -137,7 +190,7 @@ def test_an_evaluator_factory_that_raises_is_one_line_naming_its_plugin(
         run(_config(tmp_path, condition_file, evaluators=["explodes"]), plugins, log=_quiet)
     assert str(caught.value) == (
         "evaluator 'explodes': its factory (plugin 'bench_test_components') failed: "
-        "ValueError: factory exploded"
+        f"ValueError: factory exploded at {__file__}:{_exploding_factory.__code__.co_firstlineno + 1}"
     )
 
 
@@ -181,3 +234,54 @@ def test_names_that_would_break_a_list_or_a_path_are_refused(name) -> None:
     with pytest.raises(RegistryError, match="invalid name"):
         registry.add("fine", _ddim, aliases=(name,), plugin="p")
     registry.add("dpm++2m.v2_x-y", _ddim, plugin="p")  # the characters built-in names use
+
+
+def test_a_scheduler_whose_set_timesteps_has_a_bug_is_one_line_before_any_cell(
+    tmp_path, condition_file, plugins
+) -> None:
+    """Only a ValueError (a refusal of the steps) was caught: a TypeError was a traceback."""
+    with pytest.raises(PluginFactoryError, match=r"--scheduler s-needs-device: its set_timesteps \(plugin "
+                       r"'bench_test_components'\) failed: TypeError: .*'device'.* at "):  # fmt: skip
+        run(_config(tmp_path, condition_file, schedulers=["s-needs-device"]), plugins, log=_quiet)
+
+
+def test_a_scheduler_without_what_the_loop_reads_is_refused_before_any_cell(
+    tmp_path, condition_file, plugins
+) -> None:
+    with pytest.raises(RunError, match=r"--scheduler s-no-sigma: .* \(no init_noise_sigma\)"):
+        run(_config(tmp_path, condition_file, schedulers=["s-no-sigma"]), plugins, log=_quiet)
+
+
+def test_a_model_whose_prediction_is_not_the_samples_shape_is_refused(
+    tmp_path, condition_file, plugins
+) -> None:
+    with pytest.raises(
+        SamplingError, match=r"returned shape \(2, 1, 64, 64\) for an input of shape \(2, 3, 64, 64\)"
+    ):
+        run(_config(tmp_path, condition_file, model="m-half-channels", preset=None), plugins, log=_quiet)
+
+
+def test_a_bug_in_a_model_factory_names_the_plugin_not_the_preset(tmp_path, condition_file, plugins) -> None:
+    with pytest.raises(PluginFactoryError, match=r"--model m-buggy: its factory \(plugin 'bench_test_components'\) "
+                       r"failed: TypeError: unsupported operand"):  # fmt: skip
+        run(_config(tmp_path, condition_file, model="m-buggy"), plugins, log=_quiet)
+    with pytest.raises(RunError, match=r"--preset nope: unknown ddpm-unet preset 'nope'"):
+        run(_config(tmp_path, condition_file, preset="nope"), plugins, log=_quiet)
+
+
+def test_a_checkpoint_of_another_model_than_model_is_refused(tmp_path, condition_file, plugins) -> None:
+    """The checkpoint builds its own model: rows labelled with --model's name named another one."""
+    from bench.checkpoints import save_checkpoint
+    from bench.noise import noise_config
+    from bench_builtins.models.ddpm_unet import make_ddpm_unet
+
+    model = make_ddpm_unet("tiny")
+    path = save_checkpoint(
+        tmp_path / "ck", model_name="ddpm-unet", model=model, model_config=model.config,
+        noise_config=noise_config("cosine", 100),
+    )  # fmt: skip
+    config = _config(tmp_path, condition_file, checkpoint=str(path), preset=None, model="m-half-channels")
+    with pytest.raises(
+        RunError, match=r"--model m-half-channels, but .* holds a 'ddpm-unet' model: pass --model ddpm-unet"
+    ):
+        run(config, plugins, log=_quiet)

@@ -522,7 +522,7 @@ def test_a_plugin_factory_of_the_wrong_shape_is_one_line_naming_its_plugin(
     base = [*TINY_RUN, *one_condition, "--steps", "1", "--out", str(tmp_path / "r")]
     cases = {
         ("--scheduler", "t-dict"): "--scheduler t-dict: its factory (plugin 'test-plugin') returned dict, "
-        "not a diffusers scheduler (no set_timesteps, step, config)",
+        "not a diffusers scheduler (no config, set_timesteps, init_noise_sigma, scale_model_input, step)",
         ("--scheduler", "t-raises"): "--scheduler t-raises: its factory (plugin 'test-plugin') failed: "
         "ZeroDivisionError",
     }
