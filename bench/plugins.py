@@ -98,7 +98,9 @@ def _strict() -> bool:
 
 
 def _fail(plugins: Plugins, name: str, error: BaseException | str) -> None:
-    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}{raised_where(error)}"
+    if isinstance(error, SystemExit):
+        message += " (the plugin exits while it is imported: it parses arguments or calls sys.exit at import)"
     message = " ".join(str(message).split())
     if _strict():
         raise PluginLoadError(f"plugin {name!r} failed to load: {message}")
@@ -173,9 +175,12 @@ def debug_traceback(error: BaseException) -> None:
 
 
 def raised_where(error: BaseException) -> str:
-    """`` at FILE:LINE`` of the innermost frame that raised ``error`` ("" without a traceback): a
-    one-line message then still points into the plugin's own code."""
-    frames = traceback.extract_tb(error.__traceback__)
+    """`` at FILE:LINE`` of the innermost frame that raised ``error`` ("" without a traceback),
+    the import machinery's frozen frames left out, a syntax error's own line taken: a one-line
+    message then still points into the plugin's own code."""
+    if isinstance(error, SyntaxError) and error.filename:
+        return f" at {error.filename}:{error.lineno}"
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith("<frozen")]
     return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
@@ -242,14 +247,15 @@ def load_plugins(extra_modules: tuple[str, ...] = (), entry_points: bool = True)
         dist = ep.dist
         try:
             _register_module(plugins, ep.load(), name)
-        except Exception as error:  # noqa: BLE001 - ImportError, SyntaxError, validation...
+        # SystemExit too: a plugin that parses argv at import exited every command, `bench plugins` included
+        except (Exception, SystemExit) as error:  # noqa: BLE001 - ImportError, SyntaxError, validation...
             _fail(plugins, name, error)
             continue
         plugins.versions[name] = dist.version if dist is not None else ""
     for module_name in extra_modules:
         try:
             _register_module(plugins, importlib.import_module(module_name), module_name)
-        except Exception as error:  # noqa: BLE001
+        except (Exception, SystemExit) as error:  # noqa: BLE001
             _fail(plugins, module_name, error)
     _fill_registries(plugins)
     return plugins

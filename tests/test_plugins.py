@@ -366,3 +366,31 @@ def test_bench_run_with_example_scheduler(installed: dict[str, Path], tmp_path: 
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert rows and all(r["scheduler"] == "my-ddim" and not r["error"] for r in rows)
     assert all(r["speed"]["nfe"] == 2 for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        # argparse at import: every command, `bench plugins` included, exited with its usage line
+        ("import sys\nsys.exit(2)\n", "SystemExit: 2 at {file}:2 (the plugin exits while it is imported"),
+        (
+            "import bench_no_such_module_anywhere\n",
+            "No module named 'bench_no_such_module_anywhere' at {file}:1",
+        ),
+        ("def broken(:\n    pass\n", "SyntaxError: invalid syntax ({name}.py, line 1) at {file}:1"),
+    ],
+    ids=["sys-exit", "import-error", "syntax-error"],
+)
+def test_a_plugin_that_fails_at_import_is_skipped_saying_where(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, says: str
+) -> None:
+    name = f"bench_test_import_{abs(hash(source))}"
+    path = tmp_path / f"{name}.py"
+    path.write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        plugins = load_plugins((name,), entry_points=False)
+    finally:
+        sys.modules.pop(name, None)
+    ((plugin, error),) = [(e.plugin, e.error) for e in plugins.load_errors]
+    assert plugin == name and says.format(file=path, name=name) in error, error
