@@ -227,6 +227,14 @@ def run_command(
             click.echo(
                 f"\ninterrupted before the first cell finished; {results} is an earlier run's", err=True
             )
+        elif before is not None:  # this run replaced it: moved aside with its images deleted
+            from bench.run_resume import REPLACED_RESULTS
+
+            click.echo(
+                "\ninterrupted before the first cell finished; the earlier run's rows are in "
+                f"{results.with_name(REPLACED_RESULTS)} (the images it named were removed)",
+                err=True,
+            )
         else:
             click.echo("\ninterrupted before the first cell finished: nothing was written", err=True)
         raise SystemExit(130) from None

@@ -13,6 +13,7 @@ the new ones."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -123,16 +124,24 @@ def finished_cells(
     }
 
 
+# Where a replaced run's results.json goes, with its images deleted: its numbers are kept, and a
+# run interrupted before its first cell leaves no results.json naming images that are gone (which
+# --resume then took for finished cells).
+REPLACED_RESULTS = "results.replaced.json"
+
+
 def remove_replaced_outputs(out_dir: Path) -> int:
     """Delete what the results.json in ``out_dir`` says its run wrote: each row's images (the
-    numbered PNGs of its folder), grid and misses sheet, and the figures. Only paths inside
-    ``out_dir``, nothing the file does not name; folders left empty go too. A file that cannot be
-    read removes nothing. Returns how many files were deleted."""
+    numbered PNGs of its folder), grid and misses sheet, and the figures; then move the file
+    itself to ``REPLACED_RESULTS``. Only paths inside ``out_dir``, nothing the file does not name;
+    folders left empty go too. A file that cannot be read removes nothing and stays. Returns how
+    many files were deleted."""
     out_dir = out_dir.resolve()
     try:
         old = load_results(out_dir / "results.json")
     except ResultsError:
         return 0
+    os.replace(out_dir / "results.json", out_dir / REPLACED_RESULTS)
     named: set[Path] = set()
     folders: set[Path] = set()
     for row in old.get("rows", []):

@@ -34,7 +34,7 @@ from bench.plugins import (
     raised_where,
 )
 from bench.results import Row, RunResult, checked_metrics, environment, largest_costs
-from bench.run_resume import finished_cells, remove_replaced_outputs
+from bench.run_resume import REPLACED_RESULTS, finished_cells, remove_replaced_outputs
 
 if TYPE_CHECKING:  # torch is imported only when a run starts
     from bench.sampling import SampleResult
@@ -658,6 +658,11 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         ctx.log(
             f"replacing the results.json in {ctx.out_dir} (--resume would keep its finished cells)"
             + (f"; removed the {removed} images, grids and figures it named" if removed else "")
+            + (
+                f"; its rows are kept in {REPLACED_RESULTS}"
+                if (ctx.out_dir / REPLACED_RESULTS).exists()
+                else ""
+            )
         )
     if len(done) < len(cells):
         _warm_up(ctx)

@@ -561,6 +561,29 @@ def test_an_interrupt_before_the_first_cell_does_not_offer_an_earlier_runs_file(
     assert "interrupted before the first cell finished" in result.output and "--resume" not in result.output
 
 
+def test_an_interrupt_after_replacing_leaves_no_results_naming_deleted_images(
+    runner, tmp_path, monkeypatch
+) -> None:
+    """A replacing run deleted the old images and was stopped before its first cell: the old
+    results.json stayed, and --resume then took its cells for finished, images and all."""
+    from bench.run_resume import remove_replaced_outputs
+
+    out = tmp_path / "run"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "grid.png").write_bytes(b"png")
+    row = {"model": "m", "scheduler": "ddim", "steps": 1, "seed": 0, "condition_set": "one", "guidance": 1.0}
+    (out / "results.json").write_text(json.dumps({"rows": [{**row, "grid": "images/grid.png"}]}))
+
+    def replace_then_ctrl_c(config, **_):
+        remove_replaced_outputs(out)  # as run() does before its first cell
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("bench.runner.run", replace_then_ctrl_c)
+    result = tiny_run(runner, "--out", str(out))
+    assert result.exit_code == 130 and not (out / "results.json").exists()
+    assert "the earlier run's rows are in" in result.output and "results.replaced.json" in result.output
+
+
 def test_a_checkpoint_is_recorded_by_its_absolute_path(runner, tmp_path, monkeypatch) -> None:
     """So that a --resume run from another folder names the same checkpoint the same way."""
     seen = {}

@@ -442,8 +442,15 @@ def test_only_what_the_replaced_file_names_inside_out_is_removed(tmp_path) -> No
     (out / "results.json").write_text(json.dumps({"rows": rows, "figures": {"denoising": "../keep.png"}}))
     assert remove_replaced_outputs(out) == 3
     assert [p.name for p in (out / "images" / "c" / "s").iterdir()] == ["mine.png"] and outside.exists()
+    # its rows kept aside: no results.json is left naming images that are gone (--resume took them
+    # for finished cells after an interrupt before the first new cell)
+    assert (
+        not (out / "results.json").exists()
+        and json.loads((out / "results.replaced.json").read_text())["rows"]
+    )
     (out / "results.json").write_text("{not json")
     assert remove_replaced_outputs(out) == 0  # an unreadable file names nothing
+    assert (out / "results.json").read_text() == "{not json"
 
 
 def test_options_that_change_less_than_asked_are_named(runner, tmp_path, one_condition) -> None:
