@@ -42,6 +42,14 @@ def read_config_file(path: str | Path, command: str, commands: Collection[str] =
         )
     section = data.get(command, {})
     flat = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    if not flat and not section:
+        # A [train-judge] file given to `bench run` started the whole default run instead.
+        held = f"it holds only [{'], ['.join(tables)}]" if tables else "it is empty"
+        raise click.BadParameter(
+            f"config file {path} gives `bench {command}` no option: {held}; "
+            f"put them under [{command}] or at the top level",
+            param_hint="--config",
+        )
     merged = {**flat, **(section if isinstance(section, dict) else {})}
     return {key.replace("-", "_"): value for key, value in merged.items()}
 

@@ -259,6 +259,28 @@ def test_unknown_key_in_config_file_is_an_error(runner, tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("command", "text", "says"),
+    [
+        ("run", "[train-judge]\nepochs = 1\n", "it holds only [train-judge]"),
+        ("train", "[run]\nsteps = 2\n", "it holds only [run]"),
+        ("run", "", "it is empty"),
+    ],
+)
+def test_a_config_file_that_gives_the_command_nothing_is_an_error(
+    runner, tmp_path, command, text, says
+) -> None:
+    """A [train-judge] file given to `bench run` started the whole default run (shipped weights,
+    100 steps) as if no file were given."""
+    path = tmp_path / "other.toml"
+    path.write_text(text)
+    result = runner.invoke(cli.main, [command, "--config", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and f"gives `bench {command}` no option: {says}" in result.output, (
+        result.output
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
     ("line", "says"),
     [
         ("batch-size = 1.5", "'1.5' is not a valid integer"),  # was truncated to 1 without a word
