@@ -432,3 +432,29 @@ def test_data_synth_writes_only_into_an_empty_folder(tmp_path):
     result = CliRunner().invoke(main, ["data", "synth", "--out", str(out), "--scenes", "2"])
     assert result.exit_code == 2 and "is not empty; give a new or empty folder" in result.output
     assert sorted(p.name for p in (out / "images").iterdir()) == before
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_an_interrupted_data_synth_leaves_the_folder_as_it_was(tmp_path, monkeypatch, existed):
+    """Ctrl-C left PNGs without train.json: a folder `bench data show` could not read and the
+    retry refused as not empty."""
+    from PIL import Image
+
+    from bench_builtins.datasets.synthetic.export import write_synthetic_folder
+
+    out = tmp_path / "synth"
+    if existed:
+        out.mkdir()
+    saves = []
+
+    def save_twice_then_ctrl_c(self, path, *args, **kwargs):
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+        saves.append(path)
+        Path(path).write_bytes(b"png")
+
+    monkeypatch.setattr(Image.Image, "save", save_twice_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        write_synthetic_folder(out, scenes=2)
+    assert len(saves) == 2 and not any(Path(p).exists() for p in saves)
+    assert (out.is_dir() and not any(out.iterdir())) if existed else not out.exists()

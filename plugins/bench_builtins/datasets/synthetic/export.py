@@ -35,15 +35,29 @@ def write_synthetic_folder(
 
     out = Path(out_dir)
     image_dir = out / "images" if images_subdir else out
+    made = [d for d in (out, image_dir) if not d.exists()]  # folders this call creates
     image_dir.mkdir(parents=True, exist_ok=True)
     frame_dicts = sample_scenes(
         scenes, seed=seed, frames=frames, max_objects=max_objects, split=split, min_objects=min_objects
     )
     label = f"writing {len(frame_dicts)} images to {image_dir}"
-    for start, imgs in render_in_chunks(frame_dicts, device=device, label=label):
-        for frame, img in zip(frame_dicts[start : start + len(imgs)], imgs, strict=True):
-            # plain saves: train.json, written last and atomically, marks the folder complete
-            Image.fromarray(img.numpy()).save(image_dir / frame_file_name(frame), format="PNG")
+    written: list[Path] = []
+    try:
+        for start, imgs in render_in_chunks(frame_dicts, device=device, label=label):
+            for frame, img in zip(frame_dicts[start : start + len(imgs)], imgs, strict=True):
+                # plain saves: train.json, written last and atomically, marks the folder complete
+                path = image_dir / frame_file_name(frame)
+                written.append(path)  # before the save: a half-written PNG goes too
+                Image.fromarray(img.numpy()).save(path, format="PNG")
+    except BaseException:
+        # Ctrl-C or an error: take back what this call wrote, so the folder is as it was (an
+        # interrupted render left PNGs without train.json, a folder the retry refused as not empty).
+        for path in written:
+            path.unlink(missing_ok=True)
+        for folder in reversed(made):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
     atomic_write_json(out / "train.json", {frame_file_name(f): scene_labels(f) for f in frame_dicts})
     write_objects_json(out / "objects.json")
     return out
