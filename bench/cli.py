@@ -82,12 +82,17 @@ _images_dir_option = click.option(
     help="Folder of the PNGs (with --data-root), where they are not beside train.json, in images/ "
     "or in a folder of their own beside it.",
 )
-_conditions_option = click.option(
-    "--conditions",
-    "condition_files",
-    multiple=True,
-    help="Condition set JSON (test.json format); repeatable. Default: test.json and new_test.json from --data-root when it holds them, else the shipped ones.",
-)
+
+
+def _conditions_option(default: str):
+    return click.option(
+        "--conditions",
+        "condition_files",
+        multiple=True,
+        help=f"Condition set JSON (test.json format); repeatable. Default: {default}.",
+    )
+
+
 # One switch, the same on `bench run` and `bench train` (bench/groupnorm.py).
 _GROUP_NORM_BY_VIEWS_HELP = "GroupNorm as channel-splitting views, for torch.compile (default off)."
 
@@ -138,7 +143,7 @@ def _bool_flag(name: str, help: str):
     "run the model once, unguided. Default: the checkpoint's recommended interval with its guidance, "
     "else every step.",
 )
-@_conditions_option
+@_conditions_option("test.json and new_test.json from --data-root when it holds them, else the shipped ones")
 @click.option("--data", default="synthetic", show_default=True, help="Dataset plugin (FID reference images).")
 @click.option("--data-root", default=None, help="Folder of a dataset in the i-CLEVR format.")
 @_images_dir_option
@@ -451,7 +456,7 @@ def data_conditions(out_file, n, objects, seed, shared) -> None:
 
 
 @data_group.command("ceiling")
-@_conditions_option
+@_conditions_option("the shipped test.json and new_test.json")
 @_count_option(
     "--per-condition", 20, "Renders per condition (1 gives the N of a bench run cell: FID's floor at that N)."
 )
