@@ -792,6 +792,7 @@ def train_command(recipe, data, data_root, images_dir, scenes, **options) -> Non
     if options.get("ema_decay") == 0:
         overrides["ema_decay"] = None
     extra = {"scenes": scenes} if scenes else {}
+    saved_options = None
     if images_dir:  # a data option, recorded absolute; a resume may name another folder
         extra["images_dir"] = _absolute(images_dir)
     if options.get("resume"):
@@ -810,6 +811,11 @@ def train_command(recipe, data, data_root, images_dir, scenes, **options) -> Non
         overrides = {**saved, **overrides}
         extra = {**(saved_options or {}), **extra}
     entry = _dataset_entry(data, data_root, extra.get("images_dir"))
+    if entry.name != "synthetic" and scenes and "scenes" not in (saved_options or {}):
+        # A synthetic-data option: recorded with --data iclevr it said the run used it (a checkpoint
+        # that recorded it before keeps it, so that its resume compares equal).
+        extra.pop("scenes")
+        click.echo(f"--scenes: a synthetic-data option, ignored with --data {data}", err=True)
     # What it trains on and from goes into train_config.json and the checkpoint, as absolute paths
     # (a resume from another folder then names the same folder and the same starting weights).
     if overrides.get("init_from"):

@@ -85,7 +85,7 @@ def test_the_dataset_is_recorded_with_the_checkpoint(runner, tmp_path) -> None:
         expected = {
             "data": name,  # the registered name, not the alias
             "data_root": str(folder.resolve()) if args else None,
-            "data_options": {"scenes": 1},
+            "data_options": {"scenes": 1} if name == "synthetic" else {},  # --scenes is the renders'
         }
         for recorded in (saved, in_checkpoint):
             assert {k: recorded[k] for k in expected} == expected
@@ -228,6 +228,20 @@ def test_images_kept_apart_from_train_json_are_read_with_images_dir(runner, tmp_
     ]:
         result = bench_train(runner, tmp_path / "synthetic", "--max-steps", "1", *extra)
         assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
+def test_scenes_with_a_data_folder_is_said_to_be_ignored_and_not_recorded(runner, tmp_path) -> None:
+    """--scenes with --data iclevr was dropped without a word and recorded in data_options."""
+    folder = tmp_path / "iclevr"
+    assert runner.invoke(cli.main, ["data", "synth", "--out", str(folder), "--scenes", "1"]).exit_code == 0
+    out = tmp_path / "train"
+    result = bench_train(
+        runner, out, "--data", "iclevr", "--data-root", str(folder), "--max-steps", "1", "--scenes", "5"
+    )
+    assert result.exit_code == 0, result.output
+    assert "--scenes: a synthetic-data option, ignored with --data iclevr" in result.output
+    config = json.loads((out / "checkpoint" / "config.json").read_text())["train_config"]
+    assert "scenes" not in config["data_options"]
 
 
 def test_a_bare_resume_trains_on_the_recorded_folder(runner, tmp_path) -> None:
