@@ -187,6 +187,9 @@ def _check_request(config: RunConfig, plugins: Plugins) -> None:
     ):
         if values is not None and not list(values):
             raise RunError(f"{option} is empty: the matrix would have no cell; give at least one value")
+    negative = [seed for seed in config.seeds if seed < 0]
+    if negative:  # its images' folder would read seed-1, as if a range; bench data and train take >= 0 too
+        raise RunError(f"--seeds {negative[0]}: seeds are 0 or more")
     _check_out_dir(Path(config.out_dir))
     if config.preset is not None and config.checkpoint != "random":
         # A checkpoint carries its architecture: a preset would be silently ignored.

@@ -180,6 +180,15 @@ def test_an_empty_matrix_list_is_a_usage_error(runner, tmp_path, one_condition, 
     assert (out / "results.json").read_text() == "{}" and "Traceback" not in result.output
 
 
+def test_a_negative_seed_is_refused_before_anything_is_written(runner, tmp_path, one_condition) -> None:
+    """--seeds -1 wrote images/.../seed-1, a folder name that reads as a range."""
+    result = runner.invoke(
+        cli.main, [*TINY_RUN, "--seeds", "-1", "--out", str(tmp_path / "run"), *one_condition]
+    )
+    assert result.exit_code == 2 and "--seeds -1: seeds are 0 or more" in result.output, result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_empty_matrix_is_refused_by_the_python_api_too(tmp_path) -> None:
     from bench.runner import RunConfig, RunError, run
 
