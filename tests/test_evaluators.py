@@ -424,3 +424,21 @@ def test_misses_after_accuracy_of_the_same_images_runs_the_judge_once(course_ckp
     assert len(calls) == 1
     ev(images.clone(), conditions)  # other images: scored anew
     assert len(calls) == 2
+
+
+def test_a_judge_file_that_needs_full_unpickling_says_so(course_ckpt, tmp_path, capsys):
+    """A pickled whole module loaded without a word, though unpickling runs the file's code."""
+    path, net = course_ckpt
+    whole = tmp_path / "whole.pth"
+    torch.save({"model": net.state_dict(), "epoch": _Epoch(3)}, whole)  # an object: not weights_only
+    x = random_images(2)
+    assert torch.equal(load_judge(whole)(x), load_judge(path)(x))
+    err = capsys.readouterr().err
+    assert f"judge {whole}: holds more than tensors; loading it with full unpickling" in err
+    load_judge(path)
+    assert "full unpickling" not in capsys.readouterr().err  # a plain checkpoint loads quietly
+
+
+class _Epoch:
+    def __init__(self, n: int) -> None:
+        self.n = n
