@@ -371,6 +371,12 @@ def load_state_checked(
             if isinstance(getattr(model, "config", None), dict)
             else None
         )
+        if saved_preset and preset and saved_preset != preset:
+            # Another preset explains it all: the key list (2,500 characters) only buried the fix.
+            raise CheckpointError(
+                f"the weights in {source} were saved for preset {saved_preset!r} and do not fit {target} "
+                f"(preset {preset!r}): pass --preset {saved_preset}"
+            )
         raise CheckpointError(
             f"the weights in {source}"
             + (f" (saved for preset {saved_preset!r})" if saved_preset else "")
