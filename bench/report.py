@@ -656,7 +656,10 @@ def _run_identity(config: dict[str, Any], row: dict[str, Any], environment: dict
     condition_set = str(row.get("condition_set") or "")
     return {
         "weights": weights,
-        "preset": str(row.get("preset") or config.get("preset") or ""),
+        # random weights' --preset, else the preset the checkpoint's model was built with
+        "preset": str(
+            row.get("preset") or config.get("preset") or (meta.get("model_config") or {}).get("preset") or ""
+        ),
         "dtype": str((row.get("speed") or {}).get("dtype") or ""),
         "judge": str(config.get("judge") or "") if judged else "",
         "ref_n": str(config.get("ref_n") or "") if referenced else "",

@@ -374,6 +374,22 @@ def test_runs_that_differ_in_dtype_or_preset_are_separate_rows_with_that_column(
     assert selection_table(ranked).headers[:3] == ["rank", "preset", "scheduler"]
 
 
+def test_a_trained_checkpoints_preset_fills_the_preset_column(tmp_path: Path) -> None:
+    """Only random weights' --preset was read: two checkpoints of two presets showed it blank."""
+
+    def run(name: str, preset: str, sha: str) -> Path:
+        meta = {"model_config": {"preset": preset}, "weights_sha256": sha}
+        result = RunResult(
+            config={"model_meta": meta}, seeds=[0], rows=[_row("ddim", 10, 0, 100.0)], environment=ENV
+        )
+        return result.write(tmp_path / name / "results.json")
+
+    table = _table(
+        load_report([run("a", "tiny", "a" * 64), run("b", "small", "b" * 64)]), "condition set: test"
+    )
+    assert table.headers[:2] == ["weights", "preset"] and [r[1] for r in table.rows] == ["tiny", "small"]
+
+
 def test_seeds_of_other_weights_references_or_condition_contents_are_not_averaged(tmp_path: Path) -> None:
     """Two models saved under one path, FID against 50 and against 500 renders, two files called
     test.json with other conditions: each pair is two rows, the column that differs shown."""
