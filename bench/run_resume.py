@@ -95,6 +95,8 @@ def finished_cells(
     for env in (old_env, new_env):  # each process of a launch has its own cuda:N; the kind counts
         env["device"] = str(env.get("device", "")).split(":")[0]
         env.setdefault("plugins", {})  # a file from before plugins were recorded: none besides bench's
+    # Files before session 22 recorded every loaded plugin: only those this run uses count.
+    old_env["plugins"] = {k: v for k, v in old_env["plugins"].items() if k in new_env["plugins"]}
     differs += [f"environment.{k}" for k in _differences(old_env, new_env, _ENVIRONMENT_KEYS)]
     revisions = [(env.get("git") or {}).get("revision") for env in (old_env, new_env)]
     if revisions[0] != revisions[1]:

@@ -329,6 +329,23 @@ def _takes(factory: Callable, train_noise: dict[str, Any], steps: int) -> bool:
         return False
 
 
+def _used_plugin_versions(config: RunConfig, plugins: Plugins) -> dict[str, str]:
+    """Name -> version of the installed plugins whose components this run uses (model, schedulers,
+    evaluators, dataset): what --resume requires unchanged. Every loaded plugin was recorded, so
+    installing an unrelated one refused the resume of a run that never touched it."""
+    used = {
+        plugins.registry(kind).get(name).plugin
+        for kind, names in (
+            ("models", [config.model]),
+            ("schedulers", config.schedulers),
+            ("evaluators", config.evaluators),
+            ("datasets", [config.data]),
+        )
+        for name in names
+    }
+    return {name: version for name, version in plugins.external_versions().items() if name in used}
+
+
 def _about_the_preset(error: Exception) -> bool:
     """A factory's refusal of the preset (a ValueError, or a TypeError for a factory without a
     ``preset`` argument), not a bug inside it (a TypeError of its own arithmetic was blamed on
@@ -631,7 +648,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
             "sampling": asdict(options),
         },
         seeds=list(config.seeds),
-        environment=environment(device, plugins=plugins.external_versions()),
+        environment=environment(device, plugins=_used_plugin_versions(config, plugins)),
     )
     # Each cell as (scheduler, resolved steps, guidance, seed), which is also its key in a results file.
     matrix = itertools.product(config.schedulers, config.steps, guidance.guidance, config.seeds)

@@ -207,12 +207,22 @@ def test_an_evaluator_cannot_change_what_the_next_one_judges(tmp_path, condition
 def test_the_plugins_versions_are_recorded_and_resume_requires_them(
     tmp_path, condition_file, plugins
 ) -> None:
+    # Only the plugins whose components the run uses: an unrelated one installed later refused
+    # the resume of a run that never touched it.
     run(_config(tmp_path, condition_file), plugins, log=_quiet)
     path = tmp_path / "run" / "results.json"
+    assert json.loads(path.read_text())["environment"]["plugins"] == {}
+    run(_config(tmp_path, condition_file, evaluators=["brightness"]), plugins, log=_quiet)
     assert json.loads(path.read_text())["environment"]["plugins"] == {"bench_test_components": ""}
     plugins.versions["bench_test_components"] = "0.3.0"  # the plugin was upgraded meanwhile
     with pytest.raises(ResumeError, match=r'environment\.plugins\.bench_test_components: "" -> "0\.3\.0"'):
-        run(_config(tmp_path, condition_file, seeds=[0, 1], resume=True), plugins, log=_quiet)
+        run(
+            _config(tmp_path, condition_file, evaluators=["brightness"], seeds=[0, 1], resume=True),
+            plugins,
+            log=_quiet,
+        )
+    run(_config(tmp_path, condition_file), plugins, log=_quiet)  # a run without its components
+    assert run(_config(tmp_path, condition_file, seeds=[0, 1], resume=True), plugins, log=_quiet).rows
 
 
 @pytest.mark.parametrize("default", [0, "ten", 2.5, True])
