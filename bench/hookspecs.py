@@ -87,7 +87,8 @@ def register_evaluators(register: Register) -> None:
 
     Optional: ``factory.min_images``, the fewest images per condition set it can judge (FID and
     KID: 2); ``bench run`` refuses a smaller set before any work.
-    Optional: ``evaluator.lower_is_better``, the names of its metrics where lower is better, or
+    Optional: ``evaluator.lower_is_better`` (or ``factory.lower_is_better``), the names of its
+    metrics where lower is better, or
     one name as a string (``bench report`` marks them ↓; the FID, KID, LPIPS and loss families are
     known already). Each evaluator gets its own copy of ``images`` and ``conditions``.
     Optional: ``evaluator.misses(images, conditions)`` returns, for each image in which an object

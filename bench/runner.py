@@ -638,10 +638,8 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
             "guidance_from": guidance.source,
             "model_meta": meta,
             "condition_files": [s.source for s in sets],  # the files read, defaults included
-            # metrics an evaluator declares lower-is-better (its `lower_is_better`): the report's ↓
-            "lower_is_better": sorted(
-                {m for e in ctx.evaluators.values() for m in _names(getattr(e, "lower_is_better", None))}
-            ),
+            # metrics an evaluator declares lower-is-better: the report's ↓
+            "lower_is_better": _lower_is_better(ctx.evaluators, plugins),
             # what each set held, whatever its file was called: a report keeps two "test" sets apart
             "condition_sha256": {s.name: s.sha256 for s in sets},
             "train_noise_schedule": train_noise,
@@ -713,6 +711,17 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
             log(f"warning: denoising figure failed: {error}")
     result.write(ctx.out_dir / "results.json")
     return result
+
+
+def _lower_is_better(evaluators: dict[str, Any], plugins: Plugins) -> list[str]:
+    """The metric names the evaluators declare lower-is-better, on the evaluator or on its factory
+    (where ``min_images`` and ``needs_reference`` go: set there, it was silently ignored)."""
+    registry = plugins.registry("evaluators")
+    declared = set()
+    for name, evaluator in evaluators.items():
+        for holder in (evaluator, registry.get(name).factory):
+            declared.update(_names(getattr(holder, "lower_is_better", None)))
+    return sorted(declared)
 
 
 def _names(value: Any) -> list[str]:

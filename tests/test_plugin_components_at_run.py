@@ -65,6 +65,13 @@ class _Overwrites:
         return {"scribble": 0.0}
 
 
+def _distance_factory(**options):
+    return lambda images, conditions: {"mydist": float(images.abs().mean())}
+
+
+_distance_factory.lower_is_better = ("mydist",)  # on the factory, beside min_images
+
+
 def _exploding_factory(**options):
     raise ValueError("factory exploded")
 
@@ -131,6 +138,7 @@ def register_evaluators(register):
     register("brightness", lambda **options: _Brightness())
     register("overwrites", lambda **options: _Overwrites())
     register("explodes", _exploding_factory)
+    register("distance", _distance_factory)
 
 
 @pytest.fixture()
@@ -295,3 +303,10 @@ def test_a_checkpoint_of_another_model_than_model_is_refused(tmp_path, condition
         RunError, match=r"--model m-half-channels, but .* holds a 'ddpm-unet' model: pass --model ddpm-unet"
     ):
         run(config, plugins, log=_quiet)
+
+
+def test_lower_is_better_set_on_the_factory_counts_too(tmp_path, condition_file, plugins) -> None:
+    """Set on the factory (where min_images and needs_reference go), it was silently ignored."""
+    run(_config(tmp_path, condition_file, evaluators=["distance", "overwrites"]), plugins, log=_quiet)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["config"]["lower_is_better"] == ["mydist", "scribble"]
