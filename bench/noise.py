@@ -115,7 +115,20 @@ def _schedule_takers(train_config: dict[str, Any]) -> list[str]:
     from bench.plugins import get_plugins
 
     schedulers = get_plugins().registry("schedulers")
-    return [entry.name for entry in schedulers if not schedule_mismatch(train_config, entry.factory)]
+    return [
+        entry.name
+        for entry in schedulers
+        if _builds(entry.factory, train_config) and not schedule_mismatch(train_config, entry.factory)
+    ]
+
+
+def _builds(factory: Callable, train_config: dict[str, Any]) -> bool:
+    """Whether the factory makes a scheduler at all: a broken one was offered as a sampler to use
+    instead (its empty schedule matched every checkpoint)."""
+    try:
+        return hasattr(factory(train_config), "step")
+    except Exception:  # noqa: BLE001 - not offered, whatever its bug
+        return False
 
 
 def check_schedule_compatible(

@@ -125,6 +125,7 @@ def register_schedulers(register):
     register("s-half", _half_step)
     register("s-needs-device", lambda train_config, **options: _NeedsDevice())
     register("s-no-sigma", lambda train_config, **options: _NoInitSigma())
+    register("s-broken", lambda train_config, **options: 1 / 0)
 
 
 @hookimpl
@@ -310,3 +311,15 @@ def test_lower_is_better_set_on_the_factory_counts_too(tmp_path, condition_file,
     run(_config(tmp_path, condition_file, evaluators=["distance", "overwrites"]), plugins, log=_quiet)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["config"]["lower_is_better"] == ["mydist", "scribble"]
+
+
+def test_a_broken_scheduler_is_not_offered_for_a_mismatched_schedule(plugins, monkeypatch) -> None:
+    """Its factory failing, its schedule read as empty and matched every checkpoint: the hint
+    suggested it as a sampler to use instead."""
+    from bench.noise import ScheduleMismatchError, check_schedule_compatible, noise_config
+
+    monkeypatch.setattr("bench.plugins.get_plugins", lambda: plugins)
+    with pytest.raises(ScheduleMismatchError) as caught:
+        check_schedule_compatible(noise_config("linear", 1000), plugins.registry("schedulers").get("cosine"))
+    offered = str(caught.value).split("reuses the trained schedule (", 1)[1].split(")", 1)[0].split(", ")
+    assert "linear" in offered and "ddim" in offered and "s-broken" not in offered
