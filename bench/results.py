@@ -14,7 +14,7 @@ import platform
 import subprocess
 import sys
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,12 @@ LIBRARIES = ("bench", "torch", "diffusers", "torchvision", "torchmetrics", "acce
 
 class MetricsError(ValueError):
     """An evaluator returned what results.json cannot hold as a metric."""
+
+
+def _reserved_metric_names() -> frozenset[str]:
+    """A row's own fields and the report's speed columns, by key and by header."""
+    speed = {"images_per_s", "s_per_image", "peak_memory_mb", "nfe", "images/s", "s/image", "peak MB"}
+    return frozenset({f.name for f in fields(Row)} | {"seeds"} | speed)
 
 
 def checked_metrics(evaluator: str, returned: Any, taken: dict[str, str]) -> dict[str, Any]:
@@ -59,6 +65,13 @@ def checked_metrics(evaluator: str, returned: Any, taken: dict[str, str]) -> dic
     for key, value in returned.items():
         if not isinstance(key, str) or not key:
             raise MetricsError(f"evaluator {evaluator!r} returned a metric named {key!r}")
+        if key in _RESERVED_METRIC_NAMES or key.endswith("_error"):
+            # A report column of its own (two "images/s" columns, an "error" metric beside the
+            # row's error), or the name bench gives an evaluator's failure.
+            raise MetricsError(
+                f"evaluator {evaluator!r} returned a metric named {key!r}, a name the results rows and "
+                "the report use themselves; give it its evaluator's name (brightness, fid-judge...)"
+            )
         if key in taken:
             raise MetricsError(
                 f"evaluator {evaluator!r} returned {key!r}, which evaluator {taken[key]!r} gave already; "
@@ -219,3 +232,6 @@ def _check_rows(data: dict[str, Any], path: Path) -> None:
                 raise ResultsError(
                     f"{path}: row {index}'s {key!r} is a {type(row[key]).__name__}, expected an object"
                 )
+
+
+_RESERVED_METRIC_NAMES = _reserved_metric_names()

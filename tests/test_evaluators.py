@@ -442,3 +442,13 @@ def test_a_judge_file_that_needs_full_unpickling_says_so(course_ckpt, tmp_path, 
 class _Epoch:
     def __init__(self, n: int) -> None:
         self.n = n
+
+
+@pytest.mark.parametrize("name", ["error", "steps", "images/s", "seeds", "brightness_error"])
+def test_a_metric_named_like_a_report_column_is_refused(name):
+    """An evaluator's "images/s" made a second images/s column, its "error" sat beside the row's."""
+    from bench.results import MetricsError, checked_metrics
+
+    with pytest.raises(MetricsError, match=f"returned a metric named '{name}', a name the results rows"):
+        checked_metrics("mine", {name: 1.0}, {})
+    assert checked_metrics("mine", {"brightness": 1.0}, {}) == {"brightness": 1.0}
