@@ -808,6 +808,12 @@ def train_command(recipe, data, data_root, images_dir, scenes, **options) -> Non
             data = saved_data
         if data_root is None and data == saved_data:
             data_root = saved_root
+            if saved_root and not Path(saved_root).expanduser().exists():
+                # check_data_root would say "--data-root X does not exist" of an option not given
+                raise click.UsageError(
+                    f"the data folder this run trained on, {saved_root} (recorded in its checkpoint), "
+                    "does not exist; if it moved, pass --data-root NEW_FOLDER"
+                )
         overrides = {**saved, **overrides}
         extra = {**(saved_options or {}), **extra}
     entry = _dataset_entry(data, data_root, extra.get("images_dir"))

@@ -230,6 +230,24 @@ def test_images_kept_apart_from_train_json_are_read_with_images_dir(runner, tmp_
         assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
 
 
+def test_a_resume_whose_recorded_folder_moved_says_so(runner, tmp_path) -> None:
+    """It said "--data-root X does not exist" of an option the user had not given."""
+    folder = tmp_path / "iclevr"
+    assert runner.invoke(cli.main, ["data", "synth", "--out", str(folder), "--scenes", "1"]).exit_code == 0
+    out = tmp_path / "train"
+    assert (
+        bench_train(runner, out, "--data", "iclevr", "--data-root", str(folder), "--max-steps", "1").exit_code
+        == 0
+    )
+    folder.rename(tmp_path / "moved")
+    result = runner.invoke(
+        cli.main, ["train", "--device", "cpu", "--out", str(out), "--resume", "--max-steps", "2"]
+    )
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"the data folder this run trained on, {folder.resolve()}" in said, said
+    assert "if it moved, pass --data-root NEW_FOLDER" in said
+
+
 def test_scenes_with_a_data_folder_is_said_to_be_ignored_and_not_recorded(runner, tmp_path) -> None:
     """--scenes with --data iclevr was dropped without a word and recorded in data_options."""
     folder = tmp_path / "iclevr"
