@@ -293,6 +293,13 @@ def test_synthetic_folder_round_trip(tmp_path):
     assert image.min() >= -1 and image.max() <= 1 and cond.sum() == 1
     sheet = contact_sheet(root, tmp_path / "sheet.png", n=6)
     assert sheet.stat().st_size > 1000
+    # written in the format its name says (a .jpg name held a PNG); a name that is no image refused
+    with Image.open(contact_sheet(root, tmp_path / "sheet.jpg", n=2)) as im:
+        assert im.format == "JPEG"
+    from bench.plotting import PlotError
+
+    with pytest.raises(PlotError, match="not an image file name"):
+        contact_sheet(root, tmp_path / "sheet.txt", n=2)
 
 
 # --- scenes and the renderer -----------------------------------------------------------------

@@ -173,6 +173,7 @@ def contact_sheet(
         sheet.paste(pic.resize((cell_width, cell_h), Image.Resampling.BILINEAR), (x, y))
         for j, name in enumerate(cond):
             draw.text((x + 4, y + cell_h + 3 + j * line_h), name, fill=(20, 20, 20), font=font)
-    path = Path(out_png)
-    atomic_write(path, lambda p: sheet.save(p, format="PNG", optimize=True))
-    return path
+    from bench.plotting import save_figure
+
+    # in the format its name says (sheet.jpg was a PNG under that name); a name that is no image is refused
+    return save_figure(sheet, out_png)
