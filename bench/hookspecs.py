@@ -34,10 +34,10 @@ def register_models(register: Register) -> None:
     ``conditions`` (B, num_labels), and its attribute ``config`` is a JSON-serialisable dict
     such that ``factory(**config)`` rebuilds the same architecture (it is stored in every
     checkpoint; training refuses a model without it). ``config["sample_size"]`` and
-    ``config["in_channels"]`` give the shape ``bench run`` samples (else 64 and 3). ``preset`` names a set
-    of defaults; keyword arguments override them. A factory may carry ``factory.presets``
-    (names) and ``factory.default_checkpoint`` (a zero-argument callable returning the path of
-    shipped weights, or None).
+    ``config["in_channels"]`` give the shape ``bench run`` samples (else 64 and 3); ``bench train``
+    refuses data of another size. ``preset`` names a set of defaults; keyword arguments override
+    them. A factory may carry ``factory.presets`` (names) and ``factory.default_checkpoint`` (a
+    zero-argument callable returning the path of shipped weights, or None).
     """
 
 

@@ -422,7 +422,7 @@ def sample(
     steps = resolve_steps(factory, steps)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     opts = (options or SamplingOptions()).resolved(device, guided=guidance != 1.0)
-    shape = image_shape or _image_shape(model)
+    shape = image_shape or model_image_shape(model)
     conditions = torch.as_tensor(conditions, dtype=torch.float32)
     if conditions.ndim != 2:
         raise ValueError(
@@ -534,7 +534,9 @@ def plain_reference_loop(
     return sample(model, scheduler, conditions, options=options, **sample_kwargs)
 
 
-def _image_shape(model: torch.nn.Module) -> tuple[int, int, int]:
+def model_image_shape(model: torch.nn.Module) -> tuple[int, int, int]:
+    """(channels, height, width) the model samples: its config's ``in_channels`` and
+    ``sample_size`` (register_models in bench/hookspecs.py), else 3 x 64 x 64."""
     config = getattr(model, "config", None) or {}
     if isinstance(config, dict) and "sample_size" in config:
         size = config["sample_size"]

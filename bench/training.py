@@ -377,6 +377,22 @@ class _Data:
                 shutdown()
 
 
+def _check_image_size(model: Any, name: str, dataset: Any) -> None:
+    """The model must sample images of the dataset's size: `bench run` draws noise of the model's
+    config size (64 unless ``sample_size`` says otherwise), so a model trained on 32 px images
+    without saying so sampled 64 px ones that no judge could read."""
+    from bench.sampling import model_image_shape
+
+    size = getattr(dataset, "image_size", None)
+    _, height, width = model_image_shape(model)
+    if size is not None and (height, width) != (int(size), int(size)):
+        raise TrainingError(
+            f"model {name!r} samples {height}x{width} images (its config's sample_size, else 64) but the "
+            f"dataset's are {size}x{size}: set sample_size={size} in the model's config "
+            "(register_models in bench/hookspecs.py)"
+        )
+
+
 class _Trainer:
     """One training run's state; ``train`` and ``measure_throughput`` drive it."""
 
@@ -436,6 +452,7 @@ class _Trainer:
             config.model, {"preset": config.preset, **config.model_options}, source="the training config"
         )
         self.model_config = dict(self.model.config)
+        _check_image_size(self.model, config.model, dataset)
         # Only now the data: a misspelt --model, --preset or --scheduler above fails before the
         # dataset renders or loads (minutes for the synthetic set).
         self.data = _Data(dataset, self.device)

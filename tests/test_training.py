@@ -363,6 +363,17 @@ def test_a_failing_dataset_read_by_workers_ends_the_process(tmp_path: Path) -> N
     assert done.returncode == 1 and "FileNotFoundError: /data/img_7.png" in done.stderr, done.stderr[-3000:]
 
 
+def test_a_model_that_samples_another_size_than_the_data_is_refused(tmp_path: Path) -> None:
+    """A model trained on 32 px images whose config did not say so sampled 64 px noise in bench run."""
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    small = ImageConditionDataset(images, [[LABELS[i]] for i in range(8)], LABELS)
+    with pytest.raises(
+        TrainingError, match=r"samples 64x64 images .* the dataset's are 32x32: set sample_size=32"
+    ):
+        train(config(tmp_path), small, show_progress=False)
+    assert not (tmp_path / "checkpoint").exists()
+
+
 def test_existing_checkpoint_needs_resume(tmp_path: Path) -> None:
     data = dataset()
     with pytest.raises(TrainingError, match="no checkpoint"):
