@@ -129,6 +129,11 @@ def _benchmark_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "grid": "",
                 "error": None,
                 "benchmark": bench.get("fullname") or bench.get("name"),
+                # two benchmarks of one file at two batch sizes were refused as one measured twice
+                "sampling": _sampling_text(
+                    {**speed, "compile": extra.get("compile"), "cuda_graphs": extra.get("cuda_graphs")},
+                    {"channels_last": extra.get("channels_last")},
+                ),
             }
         )
     return rows
@@ -662,11 +667,21 @@ def _run_identity(config: dict[str, Any], row: dict[str, Any], environment: dict
         ),
         "dtype": str((row.get("speed") or {}).get("dtype") or ""),
         "judge": str(config.get("judge") or "") if judged else "",
-        "ref_n": str(config.get("ref_n") or "") if referenced else "",
+        "ref_n": _reference_text(config) if referenced else "",
         "conditions": str((config.get("condition_sha256") or {}).get(condition_set) or "")[:12],
         "device": _device_name(environment.get("device"), environment.get("gpu")),
         "sampling": _sampling_text(row.get("speed") or {}, config.get("sampling") or {}),
     }
+
+
+def _reference_text(config: dict[str, Any]) -> str:
+    """The FID reference: its size, and its dataset where not the synthetic renders (FID against
+    a folder and against renders were averaged as one cell)."""
+    text = str(config.get("ref_n") or "")
+    data = config.get("data")
+    if data and data != "synthetic":
+        text += f" {data}" + (f":{config['data_root']}" if config.get("data_root") else "")
+    return text
 
 
 def _device_name(device: Any, gpu: Any = None) -> str:
@@ -678,7 +693,10 @@ def _device_name(device: Any, gpu: Any = None) -> str:
 def _sampling_text(speed: dict[str, Any], sampling: dict[str, Any]) -> str:
     """How a row's loop ran, in a few words (``b64 cl compile graphs``): two runs that differ in it
     are two speeds."""
-    parts = [f"b{speed['batch_size']}"] if speed.get("batch_size") else []
+    # The batch only where the user gave one: sample() picks it per cell otherwise (32, 16 guided
+    # on the CPU), and a guidance sweep was split in two by it.
+    given = sampling.get("batch_size", speed.get("batch_size"))
+    parts = [f"b{speed['batch_size']}"] if speed.get("batch_size") and given else []
     flags = (
         ("cl", sampling.get("channels_last")),
         ("compile", speed.get("compile")),

@@ -18,7 +18,13 @@ from bench.report import CONFIG_KEYS, UP, VARIANT_KEYS, Table, id_cell, id_text,
 from bench.results import RENDERS_MODEL, ResultsError
 
 # The condition set and the hash of its content belong to the set, not to the cell.
-CELL_KEYS = tuple(k for k in CONFIG_KEYS if k not in ("condition_set", "conditions"))
+# A cell is what was sampled and judged: not the condition set, and not what cannot change its
+# accuracy (the FID reference's size, how the loop was batched or compiled, the device). Left in,
+# validation scored with iclevr-acc alone and test with fid too were two cells: the test accuracy
+# went missing from the chosen row.
+CELL_KEYS = tuple(
+    k for k in CONFIG_KEYS if k not in ("condition_set", "conditions", "ref_n", "sampling", "device")
+)
 
 
 def cell_key(record: dict[str, Any]) -> tuple:
@@ -90,7 +96,16 @@ def select_cell(records: list[dict[str, Any]], select_on: Sequence[str]) -> Sele
     cells: dict[tuple, RankedCell] = {}
     for rec in scored:
         cell = cells.setdefault(cell_key(rec), RankedCell({k: rec.get(k, "") for k in CELL_KEYS}, None))
-        cell.accuracy[str(rec.get("condition_set") or "")] = rec["metrics"]["acc"]
+        name = str(rec.get("condition_set") or "")
+        if name in cell.accuracy:
+            # Two files called val_a with other conditions (or one set judged twice): one silently
+            # replaced the other's accuracy in the score.
+            raise ResultsError(
+                f"--select-on: the cell {_describe(cell.config)} has two results for condition set {name!r} "
+                "(two files of that name with other conditions, or the same cell run twice on another "
+                "device or batch size); rename one set's file, or report the runs apart"
+            )
+        cell.accuracy[name] = rec["metrics"]["acc"]
     for cell in cells.values():
         if all(s in cell.accuracy for s in select_on):
             cell.score = statistics.fmean(cell.accuracy[s]["mean"] for s in select_on)
@@ -154,3 +169,7 @@ def selection_table(selection: Selection) -> Table:
         shown = ", ".join(selection.failed[:4]) + (" ..." if len(selection.failed) > 4 else "")
         title += f"; {len(selection.failed)} failed cell-seed(s) are not ranked ({shown})"
     return Table(title, headers, rows)
+
+
+def _describe(config: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in config.items() if v not in ("", None))

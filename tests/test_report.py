@@ -775,3 +775,89 @@ def test_the_pareto_plot_gives_eight_series_eight_colours(tmp_path: Path) -> Non
     image = Image.open(scatter_plot(points, tmp_path / "p.png", title="t", xlabel="x", ylabel="y"))
     present = {image.getpixel((x, y)) for x in range(image.width) for y in range(image.height)}
     assert set(_SCATTER_COLORS[:8]) <= present
+
+
+def _seed_file(tmp_path: Path, name: str, seed: int, config: dict, sets: dict[str, float], **speed) -> Path:
+    rows = []
+    for set_name, acc in sets.items():
+        row = _row("ddim", 10, seed, 100.0)
+        row.condition_set = set_name
+        row.metrics = {"acc": acc, "acc_n": 32}
+        row.speed.update(speed)
+        rows.append(row)
+    return RunResult(config=config, seeds=[seed], rows=rows, environment=ENV).write(
+        tmp_path / name / "results.json"
+    )
+
+
+def test_select_on_reads_test_off_the_chosen_cell_whatever_the_fid_reference(tmp_path: Path) -> None:
+    """Validation judged with iclevr-acc alone and test with fid too were two cells (their ref_n
+    differed): the chosen row's test accuracy was empty."""
+    val = _seed_file(tmp_path, "val", 0, {}, {"val_a": 0.8})
+    test = _seed_file(tmp_path, "test", 0, {"ref_n": 32}, {"test": 0.7})
+    data = json.loads(test.read_text())
+    data["rows"][0]["metrics"].update({"fid": 100.0, "fid_ref_n": 32})
+    test.write_text(json.dumps(data))
+    ranked = select_cell(load_report([val, test]).records, ["val_a"])
+    assert ranked.cells[0].accuracy["test"]["mean"] == 0.7
+
+
+def test_select_on_refuses_two_sets_of_one_name_with_other_conditions(tmp_path: Path) -> None:
+    """The second file's accuracy silently replaced the first's in the score."""
+    a = _seed_file(tmp_path, "a", 0, {"condition_sha256": {"val_a": "1" * 64}}, {"val_a": 0.5})
+    b = _seed_file(tmp_path, "b", 1, {"condition_sha256": {"val_a": "2" * 64}}, {"val_a": 1.0})
+    with pytest.raises(ResultsError, match="has two results for condition set 'val_a'"):
+        select_cell(load_report([a, b]).records, ["val_a"])
+
+
+def test_fid_against_another_reference_dataset_is_another_row(tmp_path: Path) -> None:
+    def fid_run(name: str, seed: int, config: dict) -> Path:
+        path = _seed_file(tmp_path, name, seed, {"ref_n": 32, **config}, {"test": 0.5})
+        data = json.loads(path.read_text())
+        data["rows"][0]["metrics"].update({"fid": 100.0 + seed, "fid_ref_n": 32})
+        path.write_text(json.dumps(data))
+        return path
+
+    synthetic = fid_run("s", 0, {"data": "synthetic"})
+    folder = fid_run("f", 1, {"data": "iclevr", "data_root": "/data/own"})
+    table = _table(load_report([synthetic, folder]), "condition set: test")
+    assert [r[table.headers.index("ref_n")] for r in table.rows] == ["32", "32 iclevr:/data/own"]
+
+
+def test_an_automatic_batch_size_does_not_split_a_guidance_sweep(tmp_path: Path) -> None:
+    """sample() picks 32 unguided and 16 guided on the CPU: the two halves of one sweep had two
+    sampling columns, two legends and two Pareto fronts."""
+    auto = {"sampling": {"batch_size": None, "channels_last": True}}
+    runs = [
+        _seed_file(tmp_path, f"s{seed}", seed, auto, {"test": 0.5}, batch_size=b)
+        for seed, b in ((0, 32), (1, 16))
+    ]
+    table = _table(load_report(runs), "condition set: test")
+    assert [r[table.headers.index("seeds")] for r in table.rows] == ["0,1"]
+    given = {"sampling": {"batch_size": 8, "channels_last": True}}
+    runs.append(_seed_file(tmp_path, "s2", 1, given, {"test": 0.5}, batch_size=8))
+    table = _table(load_report(runs), "condition set: test")
+    assert table.headers[0] == "sampling" and [r[0] for r in table.rows] == ["cl", "b8 cl"]
+
+
+def test_two_benchmarks_of_one_file_at_two_batch_sizes_are_two_rows(tmp_path: Path) -> None:
+    def bench(batch: int) -> dict:
+        extra = {"model": "ddpm-unet/tiny", "scheduler": "ddim", "steps": 2, "images_per_s": 10.0 * batch,
+                 "batch_size": batch, "device": "cpu", "dtype": "fp32"}  # fmt: skip
+        return {"name": f"test_sample[{batch}]", "fullname": f"b.py::test_sample[{batch}]",
+                "extra_info": extra, "stats": {"median": 1.0, "rounds": 1}}  # fmt: skip
+
+    path = tmp_path / "pb.json"
+    path.write_text(json.dumps({"benchmarks": [bench(8), bench(16)], "machine_info": {}, "commit_info": {}}))
+    rendered = render_report([path], "csv")
+    assert "b8" in rendered and "b16" in rendered
+
+
+def test_a_github_table_cell_keeps_its_pipes_and_newlines_inside(tmp_path: Path) -> None:
+    row = _row("ddim", 10, 0, 100.0)
+    row.error = "RuntimeError: shape mismatch | expected [16, 3]\nsecond line"
+    rendered = render_report([_one_seed_file(tmp_path, [row])], "github")
+    line = next(line for line in rendered.splitlines() if "shape mismatch" in line)
+    assert "mismatch \\| expected [16, 3] second line" in line
+    header = next(line for line in rendered.splitlines() if line.startswith("| scheduler"))
+    assert line.count(" | ") == header.count(" | ")  # no column of its own

@@ -24,11 +24,20 @@ class TabularReporter:
                 parts.append("\n".join(report.header))
         for table in report.tables:
             title = f"### {table.title}" if markdown else table.title
-            body = tabulate(table.rows, headers=table.headers, tablefmt=self.tablefmt, disable_numparse=True)
+            rows = table.rows
+            if markdown:  # a | opened a column of its own, a newline (a torch error's) a row
+                rows = [[_markdown_cell(cell) for cell in row] for row in rows]
+            body = tabulate(rows, headers=table.headers, tablefmt=self.tablefmt, disable_numparse=True)
             parts.append(f"{title}\n\n{body}")
         if not report.tables:
             parts.append("(no rows)")
         return "\n\n".join(parts) + "\n"
+
+
+def _markdown_cell(cell: Any) -> Any:
+    if not isinstance(cell, str):
+        return cell
+    return " ".join(cell.split()).replace("|", "\\|")
 
 
 _LATEX_SPECIAL = {
