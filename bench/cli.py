@@ -324,14 +324,27 @@ def report_command(files, fmt, plot, labels_plot, select_on, out) -> None:
     from bench.report import render_report
     from bench.selection import parse_select_on
 
-    text = render_report(
-        [Path(f) for f in files],
-        fmt,
-        plot=Path(plot) if plot else None,
-        out=Path(out) if out else None,
-        labels_plot=Path(labels_plot) if labels_plot else None,
-        select_on=parse_select_on(select_on),
-    )
+    try:
+        text = render_report(
+            [Path(f) for f in files],
+            fmt,
+            plot=Path(plot) if plot else None,
+            out=Path(out) if out else None,
+            labels_plot=Path(labels_plot) if labels_plot else None,
+            select_on=parse_select_on(select_on),
+        )
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        # A file of the right kind with a field of the wrong type (edited by hand, written by
+        # another tool): the reader's traceback says nothing to whoever passed the file.
+        from bench.plugins import debug_traceback, is_bench_error
+
+        if is_bench_error(error):  # bench's own message (a plot file name...) says it already
+            raise
+        debug_traceback(error)
+        raise click.ClickException(
+            f"could not read {', '.join(map(str, files))}: a field holds what a results or pytest-benchmark "
+            f"file does not ({type(error).__name__}: {error}); BENCH_DEBUG=1 prints the traceback"
+        ) from None
     if out is None:
         click.echo(text)
     else:

@@ -861,3 +861,19 @@ def test_a_github_table_cell_keeps_its_pipes_and_newlines_inside(tmp_path: Path)
     assert "mismatch \\| expected [16, 3] second line" in line
     header = next(line for line in rendered.splitlines() if line.startswith("| scheduler"))
     assert line.count(" | ") == header.count(" | ")  # no column of its own
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['{"benchmarks": [1]}', '{"benchmarks": {"a": 1}}'],
+)
+def test_a_file_with_a_field_of_the_wrong_type_is_one_line(tmp_path: Path, content: str) -> None:
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    path = tmp_path / "odd.json"
+    path.write_text(content)
+    result = CliRunner().invoke(main, ["report", str(path)])
+    assert result.exit_code == 1 and f"could not read {path}: a field holds what" in result.output
+    assert "Traceback" not in result.output
