@@ -743,6 +743,13 @@ def load_report(paths: Sequence[str | Path]) -> Report:
                 if row.get("misses"):
                     row["misses"] = str((base / row["misses"]).resolve())
             rows.append(row)
+    # The same weights (by sha256) read from two paths (two clones, a copied file) are one model:
+    # its first path names it, so its seeds average as one cell rather than split by folder.
+    first_path: dict[str, str] = {}
+    for row in rows:
+        weights = row.get("weights") or ""
+        if weights and not weights.startswith("step "):
+            row["checkpoint"] = first_path.setdefault(weights, row.get("checkpoint", ""))
     # A figure of each run: named by its run where several runs have one of that name.
     files = [str(source) for _, source, _ in figures]
     for name, source, picture in figures:

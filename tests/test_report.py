@@ -877,3 +877,20 @@ def test_a_file_with_a_field_of_the_wrong_type_is_one_line(tmp_path: Path, conte
     result = CliRunner().invoke(main, ["report", str(path)])
     assert result.exit_code == 1 and f"could not read {path}: a field holds what" in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_same_weights_from_two_paths_are_one_cell(tmp_path: Path) -> None:
+    """Two clones sampling the shipped weights made two rows, one per folder."""
+
+    def run(name: str, seed: int, checkpoint: str) -> Path:
+        row = _row("ddim", 10, seed, 100.0)
+        row.checkpoint = checkpoint
+        config = {"model_meta": {"weights_sha256": "a" * 64}}
+        return RunResult(config=config, seeds=[seed], rows=[row], environment=ENV).write(
+            tmp_path / name / "results.json"
+        )
+
+    table = _table(
+        load_report([run("one", 0, "/clone1/w.safetensors"), run("two", 1, "/clone2/w.safetensors")]), "test"
+    )
+    assert [r[table.headers.index("seeds")] for r in table.rows] == ["0,1"] and "clone1" in table.title
