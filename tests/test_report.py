@@ -563,6 +563,15 @@ def test_html_uses_given_plot(results_file: Path, tmp_path: Path) -> None:
             assert shown.size == given.size
 
 
+def test_html_says_a_plot_a_browser_cannot_show_instead_of_inlining_it(
+    results_file: Path, tmp_path: Path
+) -> None:
+    """A --plot p.pdf was inlined as data:image/pdf, a broken picture."""
+    text = render_report([results_file], "html", plot=tmp_path / "p.pdf")
+    assert "data:image/pdf" not in text and "which a browser does not show inline" in text
+    assert (tmp_path / "p.pdf").read_bytes().startswith(b"%PDF")  # the file itself is still written
+
+
 def test_per_label_accuracy_is_the_mean_over_seeds_in_objects_json_order(results_file: Path) -> None:
     from bench.report import label_accuracy
 

@@ -29,9 +29,18 @@ def data_uri(path: Path) -> str:
     return f"data:image/{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+# What a browser shows in <img>; a --plot p.pdf or .tiff was inlined as a broken picture.
+_BROWSER_IMAGES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"}
+
+
 def _image(path: Path, caption: str) -> str:
     if not path.is_file():  # a moved or deleted grid must not break the page
         return f'<p class="missing">missing image {html.escape(str(path))} ({html.escape(caption)})</p>'
+    if path.suffix.lower() not in _BROWSER_IMAGES:
+        return (
+            f'<p class="missing">{html.escape(caption)}: {html.escape(str(path))} is a {path.suffix} file, '
+            "which a browser does not show inline; write the plot as .png for the page</p>"
+        )
     return (
         f'<figure><img src="{data_uri(path)}" alt="{html.escape(caption)}">'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
