@@ -164,7 +164,9 @@ def _results_header(data: dict[str, Any], path: Path) -> str:
     parts = [f"{path} ({data.get('schema', '?')}, {data.get('created', '?')})"]
     device = env.get("gpu") or env.get("device")
     if device:
-        parts.append(f"device: {device}" + (f" (cuda {env['cuda']})" if env.get("cuda") else ""))
+        on_gpu = bool(env.get("gpu")) or str(env.get("device", "")).startswith("cuda")
+        # torch's CUDA build is said for a GPU run only: "cpu (cuda 13.0)" read as a GPU somewhere
+        parts.append(f"device: {device}" + (f" (cuda {env['cuda']})" if on_gpu and env.get("cuda") else ""))
     git = env.get("git") or {}
     if git.get("revision"):
         parts.append(f"git {git['revision'][:10]}{' (dirty)' if git.get('dirty') else ''}")

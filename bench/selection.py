@@ -68,6 +68,10 @@ def parse_select_on(values: Sequence[str]) -> list[str]:
         for name in str(value).split(","):
             if name.strip() and name.strip() not in names:
                 names.append(name.strip())
+    if values and not names:  # --select-on '' ranked nothing without a word
+        raise ResultsError(
+            f"--select-on {','.join(values)!r} names no condition set (e.g. val-101,val-102-shared)"
+        )
     return names
 
 

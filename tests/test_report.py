@@ -903,3 +903,17 @@ def test_the_same_weights_from_two_paths_are_one_cell(tmp_path: Path) -> None:
         load_report([run("one", 0, "/clone1/w.safetensors"), run("two", 1, "/clone2/w.safetensors")]), "test"
     )
     assert [r[table.headers.index("seeds")] for r in table.rows] == ["0,1"] and "clone1" in table.title
+
+
+def test_select_on_naming_no_set_is_an_error_and_a_cpu_run_is_not_said_to_have_cuda(
+    results_file: Path,
+) -> None:
+    from bench.selection import parse_select_on
+
+    with pytest.raises(ResultsError, match="names no condition set"):
+        parse_select_on([","])  # ranked nothing without a word
+    data = json.loads(results_file.read_text())
+    data["environment"].update({"device": "cpu", "cuda": "13.0", "gpu": None})
+    results_file.write_text(json.dumps(data))
+    header = render_report([results_file], "plain").splitlines()[0]
+    assert "device: cpu," in header and "cuda 13.0" not in header
