@@ -196,8 +196,11 @@ def _read_safetensors(file: Path, device: str = "cpu") -> tuple[dict[str, torch.
 
     if not file.exists():
         raise CheckpointError(f"weights file {file} is missing")
+    # safetensors refuses "cpu:0", the device accelerate gives each CPU process of a launch: a DDP
+    # resume on CPUs called its good checkpoint "truncated or corrupt".
+    device = "cpu" if str(device).split(":")[0] == "cpu" else str(device)
     try:
-        with safe_open(str(file), framework="pt", device=str(device)) as f:
+        with safe_open(str(file), framework="pt", device=device) as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:

@@ -209,3 +209,14 @@ def test_a_model_without_a_config_is_refused_with_what_it_lacks(monkeypatch: pyt
     monkeypatch.setattr(bench.plugins, "get", lambda kind, name: entry)
     with pytest.raises(CheckpointError, match=r"model 'm-no-config' has no `config` dict attribute"):
         build_model("m-no-config", {})
+
+
+def test_a_checkpoint_loads_onto_cpu_0_as_a_ddp_process_on_cpus_asks(
+    tmp_path: Path, model: torch.nn.Module
+) -> None:
+    """accelerate gives each CPU process the device cpu:0, which safetensors refused: a DDP resume
+    on CPUs called its good checkpoint truncated or corrupt."""
+    _save(tmp_path / "ck", model)
+    loaded = load_checkpoint(tmp_path / "ck", map_location=torch.device("cpu", 0))
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.model_state[key], value), key
