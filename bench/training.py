@@ -638,6 +638,8 @@ class _Trainer:
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "rng_python": list(random.getstate()[1]),
         }
+        from safetensors import SafetensorError
+
         try:
             return save_checkpoint(
                 path,
@@ -654,7 +656,9 @@ class _Trainer:
             )
         except torch.cuda.OutOfMemoryError:
             raise  # not a write failure: the training loop names a batch size to try
-        except (OSError, RuntimeError) as error:  # a full disk reaches torch.save as a RuntimeError
+        # A full disk reaches torch.save as a RuntimeError and safetensors as its SafetensorError
+        # (neither an OSError: that one was a traceback).
+        except (OSError, RuntimeError, SafetensorError) as error:
             kept = f"the last complete one, {path}, is kept" if path.exists() else "no earlier one exists"
             raise TrainingError(
                 f"could not write the step-{self.step} checkpoint beside {path} ({type(error).__name__}: "

@@ -509,3 +509,24 @@ def test_a_resume_that_stretches_a_cosine_lr_schedule_says_so(runner, tmp_path) 
     assert bench_train(runner, tmp_path / "c", *constant, "--max-steps", "1").exit_code == 0
     result = bench_train(runner, tmp_path / "c", "--max-steps", "2", "--resume")
     assert result.exit_code == 0 and "lr decay" not in result.output
+
+
+def test_a_full_disk_met_by_safetensors_is_one_line_too(runner, tmp_path, monkeypatch) -> None:
+    """safetensors says a full disk with its own SafetensorError, not an OSError: a traceback."""
+    from safetensors import SafetensorError
+
+    out = tmp_path / "train"
+    assert bench_train(runner, out, "--max-steps", "1").exit_code == 0
+
+    def disk_full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("safetensors.torch.save_file", disk_full)
+    result = bench_train(runner, out, "--max-steps", "2", "--resume")
+    text = " ".join(result.output.split())
+    assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+    assert (
+        "could not write the step-2 checkpoint" in text
+        and "No space left on device" in text
+        and "is kept" in text
+    )
