@@ -792,7 +792,15 @@ def resume_defaults(out_dir: str | Path) -> dict[str, Any]:
     options that shape the run (``_TRAJECTORY_OPTIONS``, the recipe among them), its limits, and
     its dataset (name, folder, options). Empty when there is no readable checkpoint (``check_run``
     then says why)."""
-    meta = _saved_meta(readable(Path(out_dir) / CHECKPOINT_DIR)) or {}
+    path = readable(Path(out_dir) / CHECKPOINT_DIR)
+    meta = _saved_meta(path)
+    if meta is None and path.is_dir():
+        # A checkpoint whose config.json is missing or broken: said now, not after the recipe's
+        # default dataset (18,009 renders, minutes) was made for a run that cannot resume.
+        from bench.checkpoints import _read_config
+
+        meta = _read_config(path)  # raises CheckpointError saying what is wrong with it
+    meta = meta or {}
     saved = meta.get("train_config") if isinstance(meta.get("train_config"), dict) else {}
     keep = [*_TRAJECTORY_OPTIONS, *_RESUMED_LIMITS, *_DATA_FIELDS]
     known = {f.name for f in fields(TrainConfig)}

@@ -530,3 +530,21 @@ def test_a_full_disk_met_by_safetensors_is_one_line_too(runner, tmp_path, monkey
         and "No space left on device" in text
         and "is kept" in text
     )
+
+
+@pytest.mark.parametrize("damage", ["missing", "broken"])
+def test_a_resume_of_a_checkpoint_without_a_readable_config_fails_before_the_data_loads(
+    runner, tmp_path, monkeypatch, damage
+) -> None:
+    """The recipe's default dataset (18,009 renders, minutes) was made before the error."""
+    out = tmp_path / "train"
+    assert bench_train(runner, out, "--max-steps", "1").exit_code == 0
+    config = out / "checkpoint" / "config.json"
+    config.unlink() if damage == "missing" else config.write_text("{not json")
+    monkeypatch.setattr(cli, "_dataset", _no_dataset)
+    result = runner.invoke(
+        cli.main, ["train", "--device", "cpu", "--out", str(out), "--resume", "--max-steps", "2"]
+    )
+    text = " ".join(result.output.split())
+    assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+    assert ("config.json is missing" if damage == "missing" else "config.json") in text
