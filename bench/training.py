@@ -1086,7 +1086,12 @@ def train(
             flush_log()
             stopped_by = stopped_by or ("epochs/max_steps" if total is not None else "")
             trainer.elapsed = elapsed_before + time.perf_counter() - run_start
-            if trainer.is_main and (checkpoint_path is None or _checkpoint_step(ckpt_dir) != trainer.step):
+            # Saved again at a step checkpointed already when the clock stopped the run: that save
+            # holds the time at the step's start, under the budget, and the next --resume trained on.
+            resave = stopped_by == "max_minutes"
+            if trainer.is_main and (
+                checkpoint_path is None or resave or _checkpoint_step(ckpt_dir) != trainer.step
+            ):
                 checkpoint_path = trainer.save(ckpt_dir)
             if trainer.accelerator is not None:
                 trainer.accelerator.wait_for_everyone()

@@ -374,6 +374,18 @@ def test_a_model_that_samples_another_size_than_the_data_is_refused(tmp_path: Pa
     assert not (tmp_path / "checkpoint").exists()
 
 
+def test_a_run_stopped_by_its_time_budget_records_the_whole_budget_spent(tmp_path: Path) -> None:
+    """The last step's checkpoint held the time at that step's start, under the budget: the next
+    --resume trained one step more instead of saying the budget is spent."""
+    run = train(
+        config(tmp_path, max_steps=10_000, checkpoint_every=1, max_minutes=0.002),
+        dataset(),
+        show_progress=False,
+    )
+    assert run.stopped_by == "max_minutes"
+    assert load_checkpoint(tmp_path / "checkpoint").training_state["elapsed_seconds"] >= 0.002 * 60
+
+
 def test_existing_checkpoint_needs_resume(tmp_path: Path) -> None:
     data = dataset()
     with pytest.raises(TrainingError, match="no checkpoint"):
