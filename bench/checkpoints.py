@@ -239,7 +239,8 @@ def _is_torch_pickle(file: Path) -> bool:
     )
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def read_checkpoint_config(path: Path) -> dict[str, Any]:
+    """A checkpoint folder's config.json, or a CheckpointError saying what is wrong with it."""
     config_file = path / CONFIG_FILE
     if not config_file.exists():
         inner = path / CHECKPOINT_SUBDIR
@@ -280,7 +281,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(
             f"{path} is a file; load_checkpoint reads a checkpoint directory (use load_model)"
         )
-    meta = _read_config(path)
+    meta = read_checkpoint_config(path)
     present = [n for n in (MODEL_FILE, EMA_FILE, STATE_FILE) if n in meta.get("files", {})] or [MODEL_FILE]
     _verify_files(path, meta, present)
     model_state, _ = _read_safetensors(path / MODEL_FILE, str(map_location))
@@ -502,7 +503,7 @@ def load_model(
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():
-        meta = _read_config(path)
+        meta = read_checkpoint_config(path)
         name = EMA_FILE if use_ema and EMA_FILE in meta.get("files", {}) else MODEL_FILE
         _verify_files(path, meta, [name])
         state, _ = _read_safetensors(path / name)

@@ -85,24 +85,28 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _built_schedule(factory: Callable, train_config: dict[str, Any]) -> dict[str, Any]:
+def _built_schedule(factory: Callable, train_config: dict[str, Any]) -> dict[str, Any] | None:
     """The betas a scheduler samples on, read off the scheduler its factory builds: a plugin may set
-    them without declaring ``noise_schedule``. Empty when the factory fails (the cell reports that)."""
+    them without declaring ``noise_schedule``. None when the factory fails or builds no scheduler
+    (its cells report that)."""
     try:
-        config = dict(getattr(factory(train_config), "config", None) or {})
+        scheduler = factory(train_config)
     except Exception:  # noqa: BLE001 - the scheduler's own error belongs to its cells
-        return {}
+        return None
+    if not hasattr(scheduler, "step"):
+        return None
+    config = dict(getattr(scheduler, "config", None) or {})
     keys = ["beta_schedule", "num_train_timesteps", "trained_betas"]
     if config.get("beta_schedule") in ("linear", "scaled_linear"):
         keys += ["beta_start", "beta_end"]
     return {key: config[key] for key in keys if config.get(key) is not None}
 
 
-def schedule_mismatch(train_config: dict[str, Any], scheduler: str | Callable) -> dict[str, tuple[Any, Any]]:
-    """Keys where the scheduler's noise schedule differs from ``train_config`` (trained, asked): the
-    schedule it declares (``factory.noise_schedule``) and the one the scheduler it builds holds."""
-    _, factory = scheduler_factory(scheduler)
-    schedule = {**_built_schedule(factory, train_config), **(getattr(factory, "noise_schedule", None) or {})}
+def _differing(
+    train_config: dict[str, Any], factory: Callable, built: dict[str, Any]
+) -> dict[str, tuple[Any, Any]]:
+    """The keys where the schedule a factory declares, over the one its scheduler holds, differs."""
+    schedule = {**built, **(getattr(factory, "noise_schedule", None) or {})}
     return {
         key: (train_config.get(key), value)
         for key, value in schedule.items()
@@ -110,25 +114,24 @@ def schedule_mismatch(train_config: dict[str, Any], scheduler: str | Callable) -
     }
 
 
+def schedule_mismatch(train_config: dict[str, Any], scheduler: str | Callable) -> dict[str, tuple[Any, Any]]:
+    """Keys where the scheduler's noise schedule differs from ``train_config`` (trained, asked): the
+    schedule it declares (``factory.noise_schedule``) and the one the scheduler it builds holds."""
+    _, factory = scheduler_factory(scheduler)
+    return _differing(train_config, factory, _built_schedule(factory, train_config) or {})
+
+
 def _schedule_takers(train_config: dict[str, Any]) -> list[str]:
-    """The registered schedulers (plugins' included) that sample on ``train_config``'s betas."""
+    """The registered schedulers (plugins' included) that sample on ``train_config``'s betas; not
+    one whose factory fails (its empty schedule matched every checkpoint, and it was offered)."""
     from bench.plugins import get_plugins
 
-    schedulers = get_plugins().registry("schedulers")
-    return [
-        entry.name
-        for entry in schedulers
-        if _builds(entry.factory, train_config) and not schedule_mismatch(train_config, entry.factory)
-    ]
-
-
-def _builds(factory: Callable, train_config: dict[str, Any]) -> bool:
-    """Whether the factory makes a scheduler at all: a broken one was offered as a sampler to use
-    instead (its empty schedule matched every checkpoint)."""
-    try:
-        return hasattr(factory(train_config), "step")
-    except Exception:  # noqa: BLE001 - not offered, whatever its bug
-        return False
+    takers = []
+    for entry in get_plugins().registry("schedulers"):
+        built = _built_schedule(entry.factory, train_config)
+        if built is not None and not _differing(train_config, entry.factory, built):
+            takers.append(entry.name)
+    return takers
 
 
 def check_schedule_compatible(

@@ -31,12 +31,6 @@ class MetricsError(ValueError):
     """An evaluator returned what results.json cannot hold as a metric."""
 
 
-def _reserved_metric_names() -> frozenset[str]:
-    """A row's own fields and the report's speed columns, by key and by header."""
-    speed = {"images_per_s", "s_per_image", "peak_memory_mb", "nfe", "images/s", "s/image", "peak MB"}
-    return frozenset({f.name for f in fields(Row)} | {"seeds"} | speed)
-
-
 def checked_metrics(evaluator: str, returned: Any, taken: dict[str, str]) -> dict[str, Any]:
     """An evaluator's metrics as a results file holds them: name -> finite number, or name -> dict
     of such numbers (``acc_per_label``); a 0-dim tensor or numpy scalar becomes its number.
@@ -234,4 +228,8 @@ def _check_rows(data: dict[str, Any], path: Path) -> None:
                 )
 
 
-_RESERVED_METRIC_NAMES = _reserved_metric_names()
+# Names a metric may not take: a row's own fields and the report's speed columns, by key and by
+# header (checked_metrics reads it when called, after Row is defined).
+_RESERVED_METRIC_NAMES = frozenset({f.name for f in fields(Row)}) | {
+    "seeds", "images_per_s", "s_per_image", "peak_memory_mb", "nfe", "images/s", "s/image", "peak MB",
+}  # fmt: skip

@@ -31,6 +31,7 @@ from bench.atomic import atomic_write_text, why_unwritable
 from bench.checkpoints import (
     CheckpointError,
     load_checkpoint,
+    read_checkpoint_config,
     readable,
     save_checkpoint,
     tidy_killed_saves,
@@ -790,17 +791,13 @@ _RESUMED_LIMITS = (*_LIMITS, "checkpoint_every")
 def resume_defaults(out_dir: str | Path) -> dict[str, Any]:
     """What a ``--resume`` of ``out_dir`` takes from its checkpoint for the options not given: the
     options that shape the run (``_TRAJECTORY_OPTIONS``, the recipe among them), its limits, and
-    its dataset (name, folder, options). Empty when there is no readable checkpoint (``check_run``
-    then says why)."""
+    its dataset (name, folder, options). Empty when there is no checkpoint (``check_run`` then says
+    why); a CheckpointError when its config.json cannot be read."""
     path = readable(Path(out_dir) / CHECKPOINT_DIR)
-    meta = _saved_meta(path)
-    if meta is None and path.is_dir():
-        # A checkpoint whose config.json is missing or broken: said now, not after the recipe's
-        # default dataset (18,009 renders, minutes) was made for a run that cannot resume.
-        from bench.checkpoints import _read_config
-
-        meta = _read_config(path)  # raises CheckpointError saying what is wrong with it
-    meta = meta or {}
+    # A checkpoint whose config.json is missing or broken is said now, not after the recipe's
+    # default dataset (18,009 renders, minutes) was made for a run that cannot resume.
+    meta = read_checkpoint_config(path) if path.is_dir() else {}
+    meta = meta if isinstance(meta, dict) else {}
     saved = meta.get("train_config") if isinstance(meta.get("train_config"), dict) else {}
     keep = [*_TRAJECTORY_OPTIONS, *_RESUMED_LIMITS, *_DATA_FIELDS]
     known = {f.name for f in fields(TrainConfig)}
