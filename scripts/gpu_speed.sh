@@ -19,6 +19,10 @@
 # STAGES="train-baseline train-tuned" runs only the stages it names (default: all five, in order);
 # TUNED_LIMIT sets the tuned training's time limit in seconds (default 1200); TRAIN_BATCH the
 # batch of both training stages (default 256; the tuned compile at 512 took over 13 minutes).
+# The last stage can differ: TUNED_BATCH (default TRAIN_BATCH), TUNED_MODES (default
+# compile-graphs-tuned; add compile-graphs to time the untuned default at that batch too) and
+# TUNED_LOSS_STEPS (default 5; 0 where eager bf16, the loss check's reference, cannot fit: the
+# `seed` preset's eager step took 62 GB at batch 512 on an H100).
 # Writes OUT_DIR/DONE when finished and OUT_DIR.bundle/ (scripts/bundle_results.sh; not with
 # NO_BUNDLE=1); logs are
 # OUT_DIR/*.log. Run it in the background and follow it with scripts/gpu_wait.sh OUT_DIR DEST.
@@ -61,7 +65,8 @@ for mode in compile no-compile; do
   mv "$OUT/run-guided.log" "$OUT/run-guided-$mode.log" 2>/dev/null
 done
 # Last: its compile and tuning took 649 s at batch 256 on an H100 (session 17).
-stage train-tuned "${TUNED_LIMIT:-1200}" env BENCH_TRAIN_MODES=compile-graphs-tuned BENCH_TRAIN_BATCH="${TRAIN_BATCH:-256}" \
+stage train-tuned "${TUNED_LIMIT:-1200}" env BENCH_TRAIN_MODES="${TUNED_MODES:-compile-graphs-tuned}" \
+    BENCH_TRAIN_BATCH="${TUNED_BATCH:-${TRAIN_BATCH:-256}}" BENCH_TRAIN_LOSS_STEPS="${TUNED_LOSS_STEPS:-5}" \
     BENCH_SPEED_K=test_training_gpu bash scripts/speed.sh "$OUT/train-tuned"
 # NO_BUNDLE=1 (scripts/gpu_campaign.sh, which bundles its whole folder): no bundle of its own.
 [ "${NO_BUNDLE:-0}" = 1 ] || bash scripts/bundle_results.sh "$OUT" "$OUT.bundle"
