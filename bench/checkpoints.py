@@ -21,6 +21,7 @@ holds JSON such as ``{"guidance": 3.0, "guidance_interval": [300, 1000]}`` (``be
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -52,6 +53,10 @@ STATE_FILE = "optimizer.pt"
 CONFIG_FILE = "config.json"
 METADATA_KEY = "bench"
 SAMPLING_DEFAULTS_KEY = "sampling_defaults"
+# An exported file's own checksum of its tensors, in its header: a checkpoint folder has its
+# config.json's sha256s and a shipped file SHA256SUMS, but an exported file travels alone, and a
+# byte changed inside a tensor still loads. Files exported before it have none and load as before.
+TENSORS_SHA256_KEY = "tensors_sha256"
 CHECKPOINT_SUBDIR = "checkpoint"  # where `bench train --out DIR` writes its checkpoint (bench/training.py)
 # What a checkpoint may be, for the messages that refuse something else.
 ACCEPTED = (
@@ -484,7 +489,26 @@ def _single_file_meta(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
         raise CheckpointError(f"the bench config in {path}'s metadata is corrupt ({error})") from error
     if SAMPLING_DEFAULTS_KEY in metadata:
         meta[SAMPLING_DEFAULTS_KEY] = metadata[SAMPLING_DEFAULTS_KEY]
+    recorded = metadata.get(TENSORS_SHA256_KEY)
+    if recorded is not None and tensors_sha256(tensors) != recorded:
+        raise CheckpointError(
+            f"{path} is corrupt: its weights do not match the checksum `bench export` wrote into it; "
+            "export it again from its checkpoint"
+        )
     return tensors, meta
+
+
+def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order (independent of how
+    safetensors lays the file out)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_model(
@@ -591,7 +615,7 @@ def export_weights(
     # Check the weights fit the model before shipping them.
     load_state_checked(build_model(meta["model_name"], meta["model_config"]), state, str(source))
     state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
-    metadata = {METADATA_KEY: json.dumps(meta)}
+    metadata = {METADATA_KEY: json.dumps(meta), TENSORS_SHA256_KEY: tensors_sha256(state)}
     if defaults is not None:
         metadata[SAMPLING_DEFAULTS_KEY] = json.dumps(defaults)
     return atomic_write(out_file, lambda p: save_file(state, str(p), metadata=metadata))

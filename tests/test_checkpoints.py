@@ -74,6 +74,29 @@ def test_round_trip_and_export(tmp_path: Path, model: torch.nn.Module) -> None:
     torch.testing.assert_close(single.cond_embed.weight, ema.cond_embed.weight, atol=1e-3, rtol=1e-3)
 
 
+def test_an_exported_file_with_a_changed_weight_byte_is_refused(
+    tmp_path: Path, model: torch.nn.Module
+) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    _save(tmp_path / "ck", model, step=1)
+    shipped = export_weights(tmp_path / "ck", tmp_path / "w.safetensors")
+    load_model(shipped)  # intact: its own checksum matches
+    data = bytearray(shipped.read_bytes())
+    data[-3] ^= 0x01  # one bit of the last tensor's data: safetensors itself still reads the file
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt.*checksum"):
+        load_model(broken)
+    # A file exported before the checksum existed (no such key) loads as before.
+    with safe_open(str(shipped), "pt") as f:
+        metadata = {k: v for k, v in f.metadata().items() if k != checkpoints.TENSORS_SHA256_KEY}
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    save_file(state, str(tmp_path / "old.safetensors"), metadata=metadata)
+    load_model(tmp_path / "old.safetensors")
+
+
 def test_an_exported_file_is_rewritten_with_new_sampling_defaults(
     tmp_path: Path, model: torch.nn.Module
 ) -> None:
