@@ -213,7 +213,7 @@ def run_command(
         steps=parse_int_list(steps, "steps") if steps is not None else [None],
         seeds=parse_int_list(seeds, "seed"),
         guidance=parse_float_list(guidance, "guidance") if guidance is not None else None,
-        evaluators=[] if evaluators.strip().lower() == "none" else parse_list(evaluators),
+        evaluators=_evaluator_names(evaluators, none_allowed=True),
         condition_files=list(condition_files),
         denoising_figure=not no_denoising_figure,
         **options,
@@ -468,6 +468,18 @@ def data_conditions(out_file, n, objects, seed, shared) -> None:
     )
 
 
+def _evaluator_names(value: str, none_allowed: bool) -> list[str]:
+    """--evaluators' names; 'none' (where allowed) is none. An empty value (an unset shell variable)
+    is refused rather than read as 'none': a run would judge nothing without saying so."""
+    if none_allowed and value.strip().lower() == "none":
+        return []
+    names = parse_list(value)
+    if not names:
+        hint = "name at least one, or 'none'" if none_allowed else "name at least one"
+        raise click.BadParameter(f"{value!r} names no evaluator; {hint}", param_hint="--evaluators")
+    return names
+
+
 @data_group.command("ceiling")
 @_conditions_option("the shipped test.json and new_test.json")
 @_count_option(
@@ -507,7 +519,7 @@ def data_ceiling(condition_files, per_condition, seed, evaluators, ref_n, judge,
     device = resolve_device(device)
     result = ceiling_result(
         list(condition_files),
-        parse_list(evaluators),
+        _evaluator_names(evaluators, none_allowed=False),
         per_condition,
         seed,
         judge=judge,

@@ -977,6 +977,22 @@ def test_cpu_rows_record_the_speed_switches_off(runner, tmp_path) -> None:
         assert '"cudnn_benchmark": false' in (out / "results.json").read_text()
 
 
+def test_an_empty_evaluators_value_is_refused_and_none_means_none(runner, tmp_path) -> None:
+    """--evaluators '' (an unset shell variable) judged nothing without a word in `bench run`, and
+    `bench data ceiling` printed a table of zeros; 'none' is how a run asks for no evaluators."""
+    result = tiny_run(runner, "--scheduler", "ddim", "--steps", "1", "--evaluators", "",
+                      "--out", str(tmp_path / "run"))  # fmt: skip
+    assert result.exit_code == 2 and "names no evaluator; name at least one, or 'none'" in result.output
+    assert not (tmp_path / "run" / "results.json").exists()
+    result = runner.invoke(cli.main, ["data", "ceiling", "--evaluators", " , ", "--per-condition", "1"])
+    assert result.exit_code == 2 and "names no evaluator" in result.output
+    result = tiny_run(runner, "--scheduler", "ddim", "--steps", "1", "--evaluators", "None",
+                      "--no-denoising-figure", "--out", str(tmp_path / "none"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "none" / "results.json").read_text())["rows"]
+    assert rows and all(not row["metrics"] for row in rows)
+
+
 def test_tune_kernels_without_compile_is_refused_by_run_and_train(runner, tmp_path) -> None:
     """Kernel tuning is a torch.compile setting: asking for it without compile is an error that
     says so, before any sampling or training."""
