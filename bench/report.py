@@ -393,8 +393,14 @@ def _sort_int(text: str) -> tuple[int, str]:
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
+    """``digits`` decimals; a negative ``digits`` means that many significant figures below 1
+    (s/image: 0.000397 on an H100 against 0.000383 on an H200, where 4 decimals read 0.0004 twice)."""
     if value is None:
         return ""
+    if digits < 0:
+        if abs(value) < 1:
+            return f"{value:.{-digits}g}"
+        digits = 2
     if value == int(value) and abs(value) < 1e6 and digits <= 1:
         return str(int(value))
     return f"{value:.{digits}f}" if abs(value) < 1000 else f"{value:,.0f}"
@@ -421,7 +427,7 @@ def format_metric(name: str, stats: dict[str, Any], count: int | None = None) ->
 
 SPEED_COLUMNS = (
     ("images_per_s", f"images/s {UP}", 2),
-    ("s_per_image", f"s/image {DOWN}", 4),
+    ("s_per_image", f"s/image {DOWN}", -3),
     ("nfe", f"NFE {DOWN}", 0),
     ("guided_nfe", f"guided NFE {DOWN}", 0),  # shown only beside a guidance interval
     ("peak_memory_mb", f"peak MB {DOWN}", 0),
