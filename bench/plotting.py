@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,32 @@ _SCATTER_COLORS = (
     (0, 0, 128),
 )  # tab10's without its orange (the Pareto ring's), and navy: ten series before a colour repeats
 _PARETO_COLOR = (255, 127, 14)
+# After ten series the colours come round again with another marker: 40 series stay apart.
+_MARKERS = ("circle", "square", "triangle", "diamond")
+
+
+def series_styles(series: Sequence[str]) -> dict[str, tuple[tuple[int, int, int], str]]:
+    """Each series' (colour, marker): ten colours, then the same colours with the next marker."""
+    n = len(_SCATTER_COLORS)
+    return {s: (_SCATTER_COLORS[i % n], _MARKERS[(i // n) % len(_MARKERS)]) for i, s in enumerate(series)}
+
+
+def _natural_key(text: str) -> list[Any]:
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
+
+
+def _draw_marker(draw: Any, marker: str, cx: float, cy: float, r: float, fill: Any) -> None:
+    if marker == "square":
+        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill, outline="black")
+    elif marker == "triangle":
+        draw.polygon(
+            [(cx, cy - r - 1), (cx + r + 1, cy + r), (cx - r - 1, cy + r)], fill=fill, outline="black"
+        )
+    elif marker == "diamond":
+        r += 1
+        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill, outline="black")
+    else:
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill, outline="black")
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -232,8 +259,9 @@ def scatter_plot(
         draw.text((left - 9 - draw.textlength(text, font=small), y - 8), text, fill=tick_color, font=small)
     draw.rectangle(plot_box, outline="black", width=1)
 
-    series = sorted({p["series"] for p in pts})
-    colors = {s: _SCATTER_COLORS[i % len(_SCATTER_COLORS)] for i, s in enumerate(series)}
+    series = sorted({p["series"] for p in pts}, key=_natural_key)  # "set 2" before "set 10"
+    styles = series_styles(series)
+    colors = {s: style[0] for s, style in styles.items()}
     # the front is computed per series: comparing configs across condition sets means nothing
     front: set[int] = set()
     for s in series:
@@ -259,7 +287,7 @@ def scatter_plot(
             draw.line([(cx - 4, bot_y), (cx + 4, bot_y)], fill=color)
         if i in front:
             draw.ellipse((cx - 9, cy - 9, cx + 9, cy + 9), outline=_PARETO_COLOR, width=3)
-        draw.ellipse((cx - 5, cy - 5, cx + 5, cy + 5), fill=color, outline="black")
+        _draw_marker(draw, styles[p["series"]][1], cx, cy, 5, color)
     crowded = 0  # labels left out: no clear spot, and one on top of another reads as neither
     for p in pts:
         if not p["label"]:
@@ -297,10 +325,11 @@ def scatter_plot(
             draw.line([start, near], fill=(170, 170, 170))
         draw.text((box[0], box[1] - 2), p["label"], fill="black", font=small)
 
-    # legend: series colours and the front marker, top-left inside the frame... or wherever fits
-    entries = [(s or "configs", colors[s], False) for s in series]
+    # legend: series markers and the front's ring, in the corner of the frame that covers nothing,
+    # else to the right of the frame on a wider canvas
+    entries = [(s or "configs", colors[s], styles[s][1]) for s in series]
     if front:
-        entries.append(("Pareto front (each set's joined in its colour)", _PARETO_COLOR, True))
+        entries.append(("Pareto front (each set's joined in its colour)", _PARETO_COLOR, None))
     lw = max(draw.textlength(e[0], font=small) for e in entries) + 34
     lh = 18 * len(entries) + 8
     corners = [
@@ -316,13 +345,18 @@ def scatter_plot(
         )
 
     lx, ly = min(corners, key=_overlap)
+    if _overlap((lx, ly)):
+        wider = Image.new("RGB", (width + int(lw) + 8, max(height, int(top + lh + 8))), "white")
+        wider.paste(image, (0, 0))
+        image, draw = wider, ImageDraw.Draw(wider)
+        lx, ly = plot_box[2] + 8, top
     draw.rectangle((lx, ly, lx + lw, ly + lh), fill="white", outline=(150, 150, 150))
-    for k, (name, color, ring) in enumerate(entries):
+    for k, (name, color, marker) in enumerate(entries):
         cy = ly + 13 + 18 * k
-        if ring:
+        if marker is None:  # the front's ring
             draw.ellipse((lx + 8, cy - 7, lx + 22, cy + 7), outline=color, width=3)
         else:
-            draw.ellipse((lx + 10, cy - 5, lx + 20, cy + 5), fill=color, outline="black")
+            _draw_marker(draw, marker, lx + 15, cy, 5, color)
         draw.text((lx + 28, cy - 8), name, fill="black", font=small)
     if crowded:
         note = f"{crowded} label(s) left out: no room beside their points"

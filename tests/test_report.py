@@ -787,6 +787,25 @@ def test_the_pareto_plot_gives_eight_series_eight_colours(tmp_path: Path) -> Non
     assert set(_SCATTER_COLORS[:8]) <= present
 
 
+def test_series_past_ten_get_another_marker_and_a_crowded_frame_puts_the_legend_outside(
+    tmp_path: Path,
+) -> None:
+    """Colours repeated after ten series (the 16-series campaign plot read as ten), and the legend
+    was drawn over points when every corner of the frame held some."""
+    from bench.plotting import scatter_plot, series_styles
+
+    styles = series_styles([f"s{k}" for k in range(40)])
+    assert len(set(styles.values())) == 40 and styles["s0"][0] == styles["s10"][0]
+    # points in all four corners and the middle: no corner is free for the legend
+    corners = [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0), (0.5, 0.5)]
+    points = [{"x": 10 + 90 * x, "y": 0.2 + 0.6 * y, "series": f"set {k}", "label": ""}
+              for k in range(12) for x, y in corners]  # fmt: skip
+    image = Image.open(scatter_plot(points, tmp_path / "p.png", size=(800, 600)))
+    assert image.width > 800  # the legend went to the right of the frame, over no point
+    roomy = [{"x": 10.0 + k, "y": 0.5, "series": "a", "label": ""} for k in range(3)]
+    assert Image.open(scatter_plot(roomy, tmp_path / "q.png", size=(800, 600))).size == (800, 600)
+
+
 def _seed_file(tmp_path: Path, name: str, seed: int, config: dict, sets: dict[str, float], **speed) -> Path:
     rows = []
     for set_name, acc in sets.items():
