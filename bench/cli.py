@@ -742,6 +742,14 @@ def train_judge_command(
     help="After warm-up: constant, or cosine decay to 0 at the end of the run (at --max-steps/--epochs, or at --max-minutes of wall time, whichever comes first).",
 )
 @click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints.")
+@click.option(
+    "--grad-accum",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Train each batch in this many passes (micro-batches), one optimizer step: the same training "
+    "in 1/N of the activation memory, up to float rounding (default 1; without CUDA graphs; a resume "
+    "may change it).",
+)
 @_bool_flag("compile", "torch.compile the model (default on CUDA).")
 @_bool_flag("autotune", "Compile with max-autotune (minutes of compile; default off).")
 @_bool_flag(

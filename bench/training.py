@@ -20,6 +20,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,10 @@ class TrainConfig:
     warmup_steps: int = 500
     weight_decay: float = 0.0
     batch_size: int = 128  # global, over all processes
+    # Each process's share of the batch in this many forward/backward passes, one optimizer step:
+    # the same training (up to float rounding; the noise is drawn for the whole batch) in 1/N of
+    # the activation memory. Not a trajectory option: a resume may change it.
+    grad_accum: int = 1
     epochs: int | None = None  # stop at the first of epochs / max_steps / max_minutes
     max_steps: int | None = 20_000
     # wall-time budget of the training loop, summed over resumed runs (the checkpoint keeps the
@@ -150,6 +155,7 @@ class TrainConfig:
 
         problems = [
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.grad_accum >= 1, f"--grad-accum must be at least 1, got {self.grad_accum}"),
             (math.isfinite(self.lr) and self.lr >= 0, f"--lr must be a number, 0 or more, got {self.lr}"),
             (self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (
@@ -299,16 +305,20 @@ def _noise_config(config: TrainConfig) -> dict[str, Any]:
 
 
 def resolve_cuda_graphs(
-    asked: bool | None, *, compiled: bool, cuda: bool, processes: int, autotune: bool
+    asked: bool | None, *, compiled: bool, cuda: bool, processes: int, autotune: bool, grad_accum: int = 1
 ) -> bool:
     """Whether a training run uses CUDA graphs: ``asked`` if given (checked), else on when it
-    compiles on one CUDA GPU (max-autotune keeps its own no-graphs mode)."""
+    compiles on one CUDA GPU (max-autotune keeps its own no-graphs mode) with one pass per step:
+    a graph's replay reuses its output memory, and the gradients of the last micro-batch are such
+    outputs, so a second pass would overwrite them before they are summed."""
     if asked and not (compiled and cuda):
         raise TrainingError("cuda_graphs needs compile and a CUDA device")
     if asked and processes > 1:
         raise TrainingError("cuda_graphs is for one process; train several processes without it")
+    if asked and grad_accum > 1:
+        raise TrainingError("cuda_graphs takes one pass per step; --grad-accum trains without them")
     if asked is None:
-        return compiled and cuda and processes == 1 and not autotune
+        return compiled and cuda and processes == 1 and not autotune and grad_accum == 1
     return asked
 
 
@@ -429,13 +439,23 @@ class _Trainer:
             cuda=cuda,
             processes=self.world,
             autotune=config.autotune,
+            grad_accum=config.grad_accum,
         )
-        if config.batch_size % self.world:
+        parts = self.world * config.grad_accum
+        if config.batch_size % parts:
+            into = (
+                f"{self.world} processes"
+                if config.grad_accum == 1
+                else (
+                    f"{config.grad_accum} micro-batches"
+                    + (f" on each of {self.world} processes" if self.world > 1 else "")
+                )
+            )
             raise TrainingError(
-                f"batch size {config.batch_size} does not split over {self.world} processes; "
-                f"use a multiple of {self.world}"
+                f"batch size {config.batch_size} does not split into {into}; use a multiple of {parts}"
             )
         self.local_batch = config.batch_size // self.world
+        self.micro_batch = self.local_batch // config.grad_accum
         self.noise_config = _noise_config(config)
         from diffusers import DDPMScheduler
 
@@ -496,8 +516,9 @@ class _Trainer:
         self.elapsed = 0.0  # training seconds over all resumed runs (the time-based lr reads it)
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.net = self.model
+        self.ddp = None  # the DistributedDataParallel wrapper, whose no_sync skips a micro-batch's all-reduce
         if accelerator is not None and self.world > 1:
-            self.net = accelerator.prepare_model(self.model)
+            self.net = self.ddp = accelerator.prepare_model(self.model)
         if self.use_compile:
             options = compile_options(
                 autotune=config.autotune,
@@ -548,12 +569,15 @@ class _Trainer:
             for b in range(position, self.steps_per_epoch)
         ]
 
-    def _loss(self, images: torch.Tensor, conds: torch.Tensor, step: int) -> torch.Tensor:
+    def _loss(self, images: torch.Tensor, conds: torch.Tensor, step: int, part: int = 0) -> torch.Tensor:
+        """The loss of micro-batch ``part`` of this process's share (``images``: that micro-batch)."""
         config = self.config
         # Draws for the GLOBAL batch, this process takes its slice: the same numbers whatever the
-        # number of processes, so a multi-GPU run matches a one-GPU run up to float rounding.
+        # number of processes and micro-batches, so a multi-GPU or accumulated run matches a
+        # one-GPU run up to float rounding.
         g = torch.Generator(self.device).manual_seed(_mix(config.seed, step, 0x57E9))
-        b, mine = config.batch_size, slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
+        first = self.rank * self.local_batch + part * self.micro_batch
+        b, mine = config.batch_size, slice(first, first + self.micro_batch)
         t = torch.randint(0, config.num_train_timesteps, (b,), device=self.device, generator=g)[mine]
         noise = torch.randn((b, *images.shape[1:]), device=self.device, generator=g)[mine]
         drop = (torch.rand(b, device=self.device, generator=g) < config.cond_drop_prob)[mine]
@@ -578,11 +602,25 @@ class _Trainer:
     def train_step(self, images: torch.Tensor, conds: torch.Tensor) -> torch.Tensor:
         """One optimisation step; returns the (device) loss without a host sync."""
         self.model.train()
-        if self.cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()  # a new step: the last one's graph outputs are done
-        loss = self._loss(images, conds, self.step)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        parts = self.config.grad_accum
+        if parts == 1:
+            if self.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # a new step: the last one's graph outputs are done
+            loss = self._loss(images, conds, self.step)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            losses = []
+            for part in range(parts):
+                chunk = slice(part * self.micro_batch, (part + 1) * self.micro_batch)
+                # DDP all-reduces the summed gradients once, after the last micro-batch
+                last = part == parts - 1
+                with nullcontext() if self.ddp is None or last else self.ddp.no_sync():
+                    part_loss = self._loss(images[chunk], conds[chunk], self.step, part)
+                    (part_loss / parts).backward()  # equal parts: the mean of means is the batch mean
+                losses.append(part_loss.detach())
+            loss = torch.stack(losses).mean()
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         self.optimizer.step()
@@ -607,6 +645,7 @@ class _Trainer:
             "cuda_graphs": self.cuda_graphs,
             "force_layout_opt": self.use_compile and self.config.force_layout_opt,
             "tune_kernels": self.use_compile and self.config.tune_kernels,
+            "grad_accum": self.config.grad_accum,
         }
 
     def repeating_batches(self, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -703,9 +742,12 @@ class _Trainer:
 
 def _oom_message(config: TrainConfig) -> str:
     smaller = max(config.batch_size // 2, 1)
+    accum = config.grad_accum * 2
     return (
         f"CUDA ran out of memory at batch size {config.batch_size} (preset {config.preset!r}); "
-        f"try --batch-size {smaller}" + (" or resume with it (--resume)" if config.checkpoint_every else "")
+        f"try --grad-accum {accum} (the same batch in {accum} passes"
+        + (", and --resume with it goes on from the last checkpoint" if config.checkpoint_every else "")
+        + f") or a new run at --batch-size {smaller}"
     )
 
 

@@ -21,8 +21,9 @@
 # batch of both training stages (default 256; the tuned compile at 512 took over 13 minutes).
 # The last stage can differ: TUNED_BATCH (default TRAIN_BATCH), TUNED_MODES (default
 # compile-graphs-tuned; add compile-graphs to time the untuned default at that batch too) and
-# TUNED_LOSS_STEPS (default 5; 0 where eager bf16, the loss check's reference, cannot fit: the
-# `seed` preset's eager step took 62 GB at batch 512 on an H100).
+# TUNED_LOSS_STEPS (default 5; 0 skips the loss check. Where eager, the check's reference, does
+# not fit in one pass (the `seed` preset's eager bf16 step took 62 GB at batch 512 on an H100), it
+# trains in micro-batches of gradient accumulation, the same weights up to float rounding).
 # Writes OUT_DIR/DONE when finished and OUT_DIR.bundle/ (scripts/bundle_results.sh; not with
 # NO_BUNDLE=1); logs are
 # OUT_DIR/*.log. Run it in the background and follow it with scripts/gpu_wait.sh OUT_DIR DEST.

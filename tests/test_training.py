@@ -210,6 +210,41 @@ def test_cuda_graphs_asked_for_several_processes_is_refused() -> None:
         training.resolve_cuda_graphs(True, compiled=True, cuda=True, processes=2, autotune=False)
 
 
+def test_gradient_accumulation_trains_the_same_weights_in_smaller_passes(tmp_path: Path) -> None:
+    """--grad-accum N: each batch in N forward/backward passes, one optimizer step. The noise,
+    timesteps and flips are drawn for the whole batch, so the weights, EMA and losses match the run
+    in one pass up to float rounding, and the same data order is read."""
+    data = dataset()
+    runs = {
+        n: train(config(tmp_path / f"accum{n}", grad_accum=n, hflip=True), data, show_progress=False)
+        for n in (1, 2, 4)
+    }
+    one = load_checkpoint(tmp_path / "accum1" / "checkpoint")
+    losses = {n: [json.loads(x)["loss"] for x in (tmp_path / f"accum{n}" / "loss.jsonl").read_text().splitlines()]
+              for n in runs}  # fmt: skip
+    for n in (2, 4):
+        other = load_checkpoint(tmp_path / f"accum{n}" / "checkpoint")
+        assert other.step == one.step == 6
+        for key in one.model_state:
+            torch.testing.assert_close(other.model_state[key], one.model_state[key], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(other.ema_state[key], one.ema_state[key], atol=1e-5, rtol=1e-4)
+        assert losses[n] == pytest.approx(losses[1], rel=1e-5)
+        assert other.train_config["grad_accum"] == n
+    with pytest.raises(TrainingError, match="does not split into 3 micro-batches; use a multiple of 3"):
+        training._Trainer(config(tmp_path / "bad", grad_accum=3), data)
+    with pytest.raises(TrainingError, match="--grad-accum must be at least 1"):
+        config(tmp_path / "zero", grad_accum=0).check()
+
+
+def test_cuda_graphs_are_off_by_default_with_gradient_accumulation_and_refused_when_asked() -> None:
+    # A replay reuses its outputs' memory: a second pass would overwrite the first's gradients.
+    common = dict(compiled=True, cuda=True, processes=1, autotune=False)
+    assert training.resolve_cuda_graphs(None, **common, grad_accum=2) is False
+    assert training.resolve_cuda_graphs(None, **common, grad_accum=1) is True
+    with pytest.raises(TrainingError, match="one pass per step"):
+        training.resolve_cuda_graphs(True, **common, grad_accum=2)
+
+
 def test_cpu_training_runs_without_cuda_graphs_and_says_so(tmp_path: Path) -> None:
     trainer = training._Trainer(config(tmp_path, compile=False), dataset(8))
     assert trainer.cuda_graphs is False
@@ -222,6 +257,7 @@ def test_cpu_training_runs_without_cuda_graphs_and_says_so(tmp_path: Path) -> No
         "cuda_graphs": False,
         "force_layout_opt": False,
         "tune_kernels": False,
+        "grad_accum": 1,
     }
 
 
@@ -525,7 +561,8 @@ def test_two_processes_train_and_sample(tmp_path: Path) -> None:
     """DDP over two CPU processes (gloo), started as `accelerate launch` starts them."""
     data_options = {"scenes": 4, "use_cache": False}
     spec = {
-        "train": {**config(tmp_path / "ddp", max_steps=3).to_dict(), "hflip": True},
+        # two micro-batches on each process too: DDP's no_sync until the last one
+        "train": {**config(tmp_path / "ddp", max_steps=3).to_dict(), "hflip": True, "grad_accum": 2},
         "dataset": {"name": "synthetic", "options": data_options},
         "sample": {"scheduler": "ddim", "steps": 2, "n": 3},
     }
@@ -547,7 +584,8 @@ def test_two_processes_train_and_sample(tmp_path: Path) -> None:
     from bench.plugins import get
 
     data = get("datasets", "synthetic").factory(**data_options)
-    train(TrainConfig(**{**spec["train"], "out_dir": str(tmp_path / "one")}), data, show_progress=False)
+    one_config = {**spec["train"], "out_dir": str(tmp_path / "one"), "grad_accum": 1}
+    train(TrainConfig(**one_config), data, show_progress=False)
     two = load_checkpoint(tmp_path / "ddp" / "checkpoint").model_state
     one = load_checkpoint(tmp_path / "one" / "checkpoint").model_state
     for key in one:
