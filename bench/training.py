@@ -873,7 +873,8 @@ def check_run(config: TrainConfig) -> str | None:
     checkpoint's, and whether anything is left to train. Returns None to train, or the message
     to show when the checkpoint is already at --max-steps or --epochs (nothing to train); raises
     TrainingError otherwise. Cheap: reads only the checkpoint's config.json (and makes and removes
-    a probe file in --out, to know it can be written)."""
+    a probe file in --out and, on a resume, in its checkpoint folder, to know they can be written;
+    a fresh run makes its checkpoint folder in --out)."""
     config.check()
     problem = why_unwritable(config.out_dir)
     if problem:
@@ -910,7 +911,22 @@ def check_run(config: TrainConfig) -> str | None:
             f"the checkpoint has already trained {epoch} epoch(s) >= --epochs {config.epochs}: nothing to "
             f"train (raise --epochs to train on); {ckpt_dir} is left as it is"
         )
+    # After the limits: a finished run kept write-protected still answers "nothing to train".
+    _refuse_unwritable_checkpoint(ckpt_dir)
     return None
+
+
+def _refuse_unwritable_checkpoint(ckpt_dir: Path) -> None:
+    """A TrainingError when the checkpoint folder ``ckpt_dir`` (or, while it does not exist, the
+    nearest folder above it) cannot take files. A save writes its new copy in --out but then
+    renames and deletes the old copy, so a write-protected checkpoint folder failed only at a save,
+    after the data had loaded and the run had trained. Probed by a file made and removed there (``why_unwritable``): nothing is left behind."""
+    problem = why_unwritable(readable(ckpt_dir))
+    if problem:
+        raise TrainingError(
+            f"--resume: the checkpoint folder {problem}; every save replaces its files, so fix its "
+            f"permissions (or copy {ckpt_dir.parent} elsewhere and resume the copy)"
+        )
 
 
 def _stretch_note(saved: dict[str, Any], config: TrainConfig) -> str | None:

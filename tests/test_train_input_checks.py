@@ -4,6 +4,7 @@ a resume with nothing left to train, and one-line errors for a wrong --device or
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -352,6 +353,57 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_last_one(
     assert "could not write the step-2 checkpoint" in text and "unexpected pos" in text and "is kept" in text
     assert (out / "checkpoint" / "model.safetensors").read_bytes() == before
     assert not list(out.glob(".checkpoint.tmp-*"))
+
+
+def _refused_before_the_data(runner, out: Path, monkeypatch) -> str:
+    """What a --resume of ``out`` says, checked to be one line, before the data is read, with every
+    file of ``out`` left as it was."""
+    before = files_of(out)
+    monkeypatch.setattr(cli, "_dataset", _no_dataset)
+    result = bench_train(runner, out, "--max-steps", "2", "--resume")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert files_of(out) == before and not list(out.glob(".checkpoint*"))  # and no probe left
+    return result.output
+
+
+def test_a_write_protected_checkpoint_folder_is_refused_before_the_data_loads(
+    runner, tmp_path, monkeypatch
+) -> None:
+    """Only --out was probed: a save replaces the checkpoint folder's files, so a write-protected
+    one failed at the first save, after the data had loaded and steps had run. Simulated by the
+    probe's refusal (a read-only mount's), which root meets too where it writes past permissions."""
+    import tempfile
+
+    out = tmp_path / "train"
+    assert bench_train(runner, out, "--max-steps", "1").exit_code == 0
+    checkpoint, real = out / "checkpoint", tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == checkpoint:
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr("bench.atomic.tempfile.mkstemp", read_only)
+    output = _refused_before_the_data(runner, out, monkeypatch)
+    assert f"the checkpoint folder {checkpoint} cannot be written to (Permission denied)" in output
+
+
+def test_a_checkpoint_folder_without_write_permission_is_refused_before_the_data_loads(
+    runner, tmp_path, monkeypatch
+) -> None:
+    """The same with real permission bits, where they bind (not for root)."""
+    out = tmp_path / "train"
+    assert bench_train(runner, out, "--max-steps", "1").exit_code == 0
+    checkpoint = out / "checkpoint"
+    checkpoint.chmod(0o555)
+    try:
+        if os.access(checkpoint, os.W_OK):
+            pytest.skip("permission bits do not bind this user (root)")
+        output = _refused_before_the_data(runner, out, monkeypatch)
+        assert f"the checkpoint folder {checkpoint} cannot be written to" in output
+    finally:
+        checkpoint.chmod(0o755)
 
 
 def test_a_resume_refuses_other_starting_weights(runner, tmp_path, monkeypatch) -> None:
