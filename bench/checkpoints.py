@@ -312,6 +312,46 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     )
 
 
+def optimizer_steps(optimizer_state: Any) -> int | None:
+    """How many steps an optimizer's ``state_dict()`` has taken, by its per-parameter ``step``
+    counters (Adam, AdamW; a float tensor in torch 2): the largest, since a parameter that got no
+    gradient at a step skips that step. None where none is kept (no step taken yet, an optimizer
+    without counters) or where a float32 counter no longer counts exactly (from 2**24 on)."""
+    state = optimizer_state.get("state") if isinstance(optimizer_state, Mapping) else None
+    counts = []
+    for entry in (state or {}).values():
+        step = entry.get("step") if isinstance(entry, Mapping) else None
+        if step is not None:
+            counts.append(float(step.item() if hasattr(step, "item") else step))
+    if not counts or not max(counts) < 2**24 or not max(counts).is_integer():
+        return None
+    return int(max(counts))
+
+
+def check_step_records(ckpt: Checkpoint) -> None:
+    """Refuse a checkpoint whose config.json ``step`` disagrees with the steps its optimizer.pt
+    records: the optimizer's own counters, the lr schedule's, and the step it was saved at. A
+    resume goes on from config.json's step (the data order, the random draws, the EMA warm-up)
+    while the optimizer and lr schedule go on from theirs, so an edited step trained on silently,
+    out of step. Each record is compared only where both it and config.json's step are there."""
+    state = ckpt.training_state
+    if not isinstance(state, Mapping) or "step" not in ckpt.meta:
+        return
+    schedule = state.get("lr_schedule")
+    records = [
+        (f"its optimizer state ({STATE_FILE}) has taken", optimizer_steps(state.get("optimizer"))),
+        ("its lr schedule has taken", schedule.get("last_epoch") if isinstance(schedule, Mapping) else None),
+        (f"{STATE_FILE} was saved after", state.get("step")),
+    ]
+    for what, steps in records:
+        if isinstance(steps, int) and steps != ckpt.step:
+            raise CheckpointError(
+                f"checkpoint {ckpt.path} is inconsistent: {CONFIG_FILE} says step {ckpt.step} but {what} "
+                f"{steps} steps; resuming would put the lr schedule and the data order out of step. Set "
+                f"{CONFIG_FILE}'s step back to {steps} if it was edited, or resume from another checkpoint"
+            )
+
+
 def build_model(model_name: str, model_config: dict[str, Any], *, source: str = "the checkpoint") -> Any:
     """Build a registered model from its stored config, with a clear error for unknown names;
     ``source`` names where the config came from in that error."""

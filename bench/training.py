@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from bench.atomic import atomic_write_text, why_unwritable
 from bench.checkpoints import (
     CheckpointError,
+    check_step_records,
     load_checkpoint,
     read_checkpoint_config,
     readable,
@@ -722,6 +723,7 @@ class _Trainer:
             )
         if ckpt.training_state is None:
             raise CheckpointError(f"{path} holds no optimizer state ({'optimizer.pt'}); it cannot be resumed")
+        check_step_records(ckpt)  # the step resumed from must be the optimizer's and lr schedule's
         self.model.load_state_dict(ckpt.model_state)
         if self.ema is not None:
             self.ema.load_state_dict(ckpt.ema_state if ckpt.ema_state is not None else ckpt.model_state)

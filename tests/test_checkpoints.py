@@ -243,3 +243,18 @@ def test_a_checkpoint_loads_onto_cpu_0_as_a_ddp_process_on_cpus_asks(
     loaded = load_checkpoint(tmp_path / "ck", map_location=torch.device("cpu", 0))
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.model_state[key], value), key
+
+
+def test_optimizer_steps_reads_the_largest_exact_counter() -> None:
+    """Adam's per-parameter counters (float tensors): a parameter without a gradient skips a step,
+    an optimizer before its first step keeps none, and float32 stops counting exactly at 2**24."""
+    params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))]
+    optimizer = torch.optim.AdamW(params)
+    assert checkpoints.optimizer_steps(optimizer.state_dict()) is None
+    for step in range(3):
+        params[0].grad = torch.ones(2)
+        params[1].grad = torch.ones(2) if step == 0 else None
+        optimizer.step()
+    assert checkpoints.optimizer_steps(optimizer.state_dict()) == 3
+    assert checkpoints.optimizer_steps({"state": {0: {"step": torch.tensor(2.0**24)}}}) is None
+    assert checkpoints.optimizer_steps({"state": {0: {"momentum_buffer": torch.zeros(2)}}}) is None

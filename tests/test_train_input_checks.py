@@ -406,6 +406,54 @@ def test_a_checkpoint_folder_without_write_permission_is_refused_before_the_data
         checkpoint.chmod(0o755)
 
 
+def _edit_step(out: Path, step: int) -> None:
+    config = out / "checkpoint" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "step": step}))
+
+
+@pytest.mark.parametrize("edited", [1, 3])
+def test_a_checkpoint_whose_step_was_edited_is_refused_on_resume(runner, tmp_path, edited) -> None:
+    """config.json's step is not covered by its sha256s: an edited one resumed silently at that step,
+    the data order and random draws moved while the optimizer and lr schedule went on from theirs."""
+    out = tmp_path / "train"
+    assert bench_train(runner, out, "--max-steps", "2").exit_code == 0
+    _edit_step(out, edited)
+    before = files_of(out)
+    result = bench_train(runner, out, "--max-steps", "5", "--resume")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert (
+        f"checkpoint {out / 'checkpoint'} is inconsistent: config.json says step {edited} but its "
+        "optimizer state (optimizer.pt) has taken 2 steps" in " ".join(result.output.split())
+    )
+    assert files_of(out) == before  # nothing trained, nothing rewritten
+    _edit_step(out, 2)  # put back, it resumes
+    result = bench_train(runner, out, "--max-steps", "3", "--resume")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "checkpoint" / "config.json").read_text())["step"] == 3
+
+
+def test_a_checkpoint_saved_before_any_optimizer_step_resumes_and_its_step_is_still_checked(
+    runner, tmp_path
+) -> None:
+    """Before its first step an optimizer keeps no counters: the lr schedule's and optimizer.pt's own
+    record of the step are compared instead, and a step-0 checkpoint resumes."""
+    out = tmp_path / "train"
+    # a time budget spent before the first step: the checkpoint is written at step 0
+    assert bench_train(runner, out, "--max-steps", "2", "--max-minutes", "1e-9").exit_code == 0
+    assert json.loads((out / "checkpoint" / "config.json").read_text())["step"] == 0
+    _edit_step(out, 1)
+    result = bench_train(runner, out, "--max-steps", "2", "--max-minutes", "30", "--resume")
+    assert (
+        result.exit_code == 2
+        and "config.json says step 1 but its lr schedule has taken 0 steps" in " ".join(result.output.split())
+    ), result.output
+    _edit_step(out, 0)
+    result = bench_train(runner, out, "--max-steps", "2", "--max-minutes", "30", "--resume")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "checkpoint" / "config.json").read_text())["step"] == 2
+
+
 def test_a_resume_refuses_other_starting_weights(runner, tmp_path, monkeypatch) -> None:
     """--init-from on a resume was dropped without a word; the same command again, with --resume
     added, still resumes."""
