@@ -870,8 +870,8 @@ def _saved_meta(path: Path) -> dict[str, Any] | None:
 
 
 def check_run(config: TrainConfig) -> str | None:
-    """What ``train`` checks before it reads the data: the options (``config.check``) and, with
-    ``config.resume``, that a checkpoint is there, that the options which shape the run are the
+    """What ``train`` checks before it reads the data: the options (``config.check``), that a fresh
+    run's --out holds no checkpoint and, with ``config.resume``, that a checkpoint is there, that the options which shape the run are the
     checkpoint's, and whether anything is left to train. Returns None to train, or the message
     to show when the checkpoint is already at --max-steps or --epochs (nothing to train); raises
     TrainingError otherwise. Cheap: reads only the checkpoint's config.json (and makes and removes
@@ -885,6 +885,11 @@ def check_run(config: TrainConfig) -> str | None:
         )
     ckpt_dir = Path(config.out_dir) / CHECKPOINT_DIR
     if not config.resume:
+        # Said before the data loads (minutes for the synthetic set), not after.
+        if readable(ckpt_dir).exists():
+            raise TrainingError(
+                f"{ckpt_dir} already holds a checkpoint; pass --resume to continue it or choose another --out"
+            )
         return None
     if not readable(ckpt_dir).exists():
         raise TrainingError(f"--resume: no checkpoint at {ckpt_dir}; start without --resume")
@@ -1004,10 +1009,6 @@ def train(
         # What killed saves left: a checkpoint renamed aside is put back (a resume goes on from it, a
         # fresh start is refused below rather than writing over it), and half-written copies go.
         tidy_killed_saves(ckpt_dir)
-    if not config.resume and readable(ckpt_dir).exists():
-        raise TrainingError(
-            f"{ckpt_dir} already holds a checkpoint; pass --resume to continue it or choose another --out"
-        )
     meta = (_saved_meta(readable(ckpt_dir)) or {}) if config.resume else {}
     if done is not None:
         return _nothing_to_train(config, int(meta.get("step", 0)), len(dataset) // config.batch_size, done)

@@ -294,22 +294,25 @@ def test_a_bare_resume_trains_on_the_recorded_folder(runner, tmp_path) -> None:
     assert result.exit_code == 2 and "--data iclevr -> synthetic" in " ".join(result.output.split())
 
 
-def test_what_killed_saves_left_is_tidied_before_training(runner, tmp_path) -> None:
+def test_what_killed_saves_left_is_tidied_before_training(runner, tmp_path, monkeypatch) -> None:
     """A save killed while writing leaves a hidden folder as large as a checkpoint; one killed
     between its two renames leaves the checkpoint renamed aside, which a resume must find and a
-    fresh start must not write over."""
+    fresh start must not write over (refused before the data loads, touching nothing)."""
     out = tmp_path / "train"
     assert bench_train(runner, out, "--max-steps", "1").exit_code == 0
     stale = out / ".checkpoint.tmp-killed"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half")
     (out / "checkpoint").rename(out / ".checkpoint.previous")
-    result = bench_train(runner, out, "--max-steps", "1")  # a fresh start is refused
-    assert result.exit_code != 0 and "already holds a checkpoint" in " ".join(result.output.split())
-    assert not stale.exists() and (out / "checkpoint" / "config.json").exists()
+    with monkeypatch.context() as patch:
+        patch.setattr(cli, "_dataset", _no_dataset)
+        result = bench_train(runner, out, "--max-steps", "1")  # a fresh start is refused
+    assert result.exit_code == 2 and "already holds a checkpoint" in " ".join(result.output.split())
+    assert stale.exists() and (out / ".checkpoint.previous" / "config.json").exists()
     result = bench_train(runner, out, "--max-steps", "2", "--resume")
     assert result.exit_code == 0, result.output
     assert json.loads((out / "checkpoint" / "config.json").read_text())["step"] == 2
+    assert not stale.exists() and not (out / ".checkpoint.previous").exists()
     modes = {p.name: p.stat().st_mode & 0o777 for p in (out / "checkpoint").iterdir()}
     from bench.atomic import shared_mode
 
