@@ -106,7 +106,11 @@ def register_datasets(register: Register) -> None:
     collection (a ``torch.utils.data.Dataset``) whose items are ``(image, condition)``:
     ``image`` a float tensor (3, H, W) in [-1, 1], ``condition`` a multi-hot float tensor.
     It exposes ``labels`` (list of label names in index order) and ``image_size`` (int).
-    Options the harness may pass: ``data_root``, ``image_size``, ``cache_dir``, ``seed``.
+    Options the harness passes: ``data_root`` (``--data-root``) and ``images_dir``
+    (``--images-dir``), each only when given; the built-in ``synthetic`` also gets ``scenes``,
+    ``max_objects``, ``seed`` and ``split``. A factory that reads a folder names ``data_root`` (and
+    ``images_dir``) as parameters: ``--data-root`` is refused for a factory whose signature lacks
+    it (``**options`` alone is not enough), so that a folder given is never silently dropped.
     """
 
 
