@@ -808,7 +808,7 @@ def train_judge_command(
     help="Continue from the checkpoint in --out, with the options it was trained with (those not given "
     "are taken from it, its limits, dataset and folder too; one given with another value is refused): "
     "only the limits (--max-steps, --epochs, --max-minutes), --checkpoint-every, --device, the compile "
-    "and layout switches and --data-root may change.",
+    "and layout switches, --grad-accum, --data-root and --images-dir may change.",
 )
 @click.option(
     "--init-from",
