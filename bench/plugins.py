@@ -98,7 +98,10 @@ def _strict() -> bool:
 
 
 def _fail(plugins: Plugins, name: str, error: BaseException | str) -> None:
-    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}{raised_where(error)}"
+    # A validation error (a misspelt hook, a hook's wrong arguments) names the module and the hook;
+    # where it was raised is bench's or pluggy's check, which sent readers into the harness.
+    where = "" if isinstance(error, str | pluggy.PluginValidationError) else raised_where(error)
+    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}{where}"
     if isinstance(error, SystemExit):
         message += " (the plugin exits while it is imported: it parses arguments or calls sys.exit at import)"
     message = " ".join(str(message).split())

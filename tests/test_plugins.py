@@ -139,6 +139,8 @@ def test_broken_plugins_are_skipped_with_one_line_each(installed: dict[str, Path
         mine = [line for line in lines if f"'{name}'" in line]
         assert len(mine) == 1, result.stderr
         assert mine[0].startswith("bench: skipping plugin") and reason in mine[0]
+        # a location, where given, is the plugin's, not bench's own check that refused it
+        assert f"{os.sep}bench{os.sep}plugins.py" not in mine[0], mine[0]
 
 
 def test_bench_plugins_lists_load_errors(installed: dict[str, Path]) -> None:
