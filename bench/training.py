@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -323,6 +324,28 @@ def resolve_cuda_graphs(
     return asked
 
 
+def _split_problem(batch_size: int, grad_accum: int, world: int) -> str | None:
+    """Why a global batch of ``batch_size`` cannot be split over ``world`` processes into
+    ``grad_accum`` equal micro-batches each (None when it can)."""
+    parts = world * grad_accum
+    if batch_size % parts == 0:
+        return None
+    into = (
+        f"{world} processes"
+        if grad_accum == 1
+        else f"{grad_accum} micro-batches" + (f" on each of {world} processes" if world > 1 else "")
+    )
+    return f"batch size {batch_size} does not split into {into}; use a multiple of {parts}"
+
+
+def _launch_size() -> int:
+    """The number of processes of this launch, from the launcher's environment (1 outside one)."""
+    try:
+        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
+
+
 def _group_norm_kind(config: TrainConfig) -> str:
     """The ``bench.groupnorm.GROUP_NORMS`` kind the config's two switches ask for."""
     if config.group_norm_by_views and config.group_norm_channels_last:
@@ -442,19 +465,9 @@ class _Trainer:
             autotune=config.autotune,
             grad_accum=config.grad_accum,
         )
-        parts = self.world * config.grad_accum
-        if config.batch_size % parts:
-            into = (
-                f"{self.world} processes"
-                if config.grad_accum == 1
-                else (
-                    f"{config.grad_accum} micro-batches"
-                    + (f" on each of {self.world} processes" if self.world > 1 else "")
-                )
-            )
-            raise TrainingError(
-                f"batch size {config.batch_size} does not split into {into}; use a multiple of {parts}"
-            )
+        problem = _split_problem(config.batch_size, config.grad_accum, self.world)
+        if problem:
+            raise TrainingError(problem)
         self.local_batch = config.batch_size // self.world
         self.micro_batch = self.local_batch // config.grad_accum
         self.noise_config = _noise_config(config)
@@ -878,6 +891,11 @@ def check_run(config: TrainConfig) -> str | None:
     a probe file in --out and, on a resume, in its checkpoint folder, to know they can be written;
     a fresh run makes its checkpoint folder in --out)."""
     config.check()
+    # The batch split too (the trainer checks it again with the process group's size): a batch
+    # that --grad-accum cannot divide failed only once the dataset had rendered (minutes).
+    problem = _split_problem(config.batch_size, config.grad_accum, _launch_size())
+    if problem:
+        raise TrainingError(problem)
     problem = why_unwritable(config.out_dir)
     if problem:
         raise TrainingError(

@@ -651,3 +651,24 @@ def test_a_resume_of_a_checkpoint_without_a_readable_config_fails_before_the_dat
     text = " ".join(result.output.split())
     assert result.exit_code != 0 and "Traceback" not in result.output, result.output
     assert ("config.json is missing" if damage == "missing" else "config.json") in text
+
+
+def test_a_batch_that_grad_accum_cannot_split_is_refused_before_the_data_loads(
+    runner, tmp_path, monkeypatch
+) -> None:
+    """--batch-size 6 --grad-accum 4 failed only in the trainer, after the dataset had rendered
+    (minutes for the recipe's default synthetic set)."""
+    monkeypatch.setattr(cli, "_dataset", _no_dataset)
+    out = tmp_path / "train"
+    args = ["--max-steps", "1", "--batch-size", "6", "--grad-accum", "4"]
+    result = runner.invoke(cli.main, [*TINY, "--out", str(out), *args])
+    assert result.exit_code == 2, result.output
+    assert "batch size 6 does not split into 4 micro-batches; use a multiple of 4" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+    # under a launcher, the processes' shares too (torchrun sets WORLD_SIZE)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = runner.invoke(
+        cli.main, [*TINY, "--out", str(out), "--max-steps", "1", "--batch-size", "6", "--grad-accum", "2"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "does not split into 2 micro-batches on each of 2 processes; use a multiple of 4" in result.output
