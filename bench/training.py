@@ -840,15 +840,16 @@ def _resume_conflicts(saved: dict[str, Any], config: TrainConfig) -> tuple[list[
 
 # What a resume takes from the checkpoint where not given, besides the trajectory: the run's limits
 # (else a resume would fall back to the recipe's 20,000 steps and drop --max-minutes, whose budget
-# counts over every run of an --out) and its checkpoint interval.
+# counts over every run of an --out), its checkpoint interval and its --grad-accum (a run that
+# needed micro-batches to fit in memory ran out of it again on a bare --resume, back at one pass).
 _LIMITS = {"max_steps": "--max-steps", "epochs": "--epochs", "max_minutes": "--max-minutes"}
-_RESUMED_LIMITS = (*_LIMITS, "checkpoint_every")
+_RESUMED_LIMITS = (*_LIMITS, "checkpoint_every", "grad_accum")
 
 
 def resume_defaults(out_dir: str | Path) -> dict[str, Any]:
     """What a ``--resume`` of ``out_dir`` takes from its checkpoint for the options not given: the
-    options that shape the run (``_TRAJECTORY_OPTIONS``, the recipe among them), its limits, and
-    its dataset (name, folder, options). Empty when there is no checkpoint (``check_run`` then says
+    options that shape the run (``_TRAJECTORY_OPTIONS``, the recipe among them), its limits, its
+    checkpoint interval and --grad-accum, and its dataset (name, folder, options). Empty when there is no checkpoint (``check_run`` then says
     why); a CheckpointError when its config.json cannot be read."""
     path = readable(Path(out_dir) / CHECKPOINT_DIR)
     # A checkpoint whose config.json is missing or broken is said now, not after the recipe's

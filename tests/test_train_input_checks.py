@@ -672,3 +672,19 @@ def test_a_batch_that_grad_accum_cannot_split_is_refused_before_the_data_loads(
     )
     assert result.exit_code == 2, result.output
     assert "does not split into 2 micro-batches on each of 2 processes; use a multiple of 4" in result.output
+
+
+def test_a_bare_resume_keeps_grad_accum_and_another_may_be_given(runner, tmp_path) -> None:
+    """A run that needed --grad-accum to fit in memory went back to one pass per step on a bare
+    --resume (and ran out of memory again); a resume may still give another."""
+    out = tmp_path / "train"
+    assert bench_train(runner, out, "--max-steps", "1", "--grad-accum", "2").exit_code == 0
+    bare = ["train", "--device", "cpu", "--no-compile", "--out", str(out), "--resume"]
+    result = runner.invoke(cli.main, [*bare, "--max-steps", "2"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "checkpoint" / "config.json").read_text())
+    assert saved["step"] == 2 and saved["train_config"]["grad_accum"] == 2
+    result = runner.invoke(cli.main, [*bare, "--max-steps", "3", "--grad-accum", "1"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "checkpoint" / "config.json").read_text())
+    assert saved["step"] == 3 and saved["train_config"]["grad_accum"] == 1
