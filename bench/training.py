@@ -755,14 +755,28 @@ class _Trainer:
 # ------------------------------------------------------------------------------------- train
 
 
-def _oom_message(config: TrainConfig) -> str:
-    smaller = max(config.batch_size // 2, 1)
-    accum = config.grad_accum * 2
+def _oom_message(config: TrainConfig, world: int = 1) -> str:
+    """What to try after running out of GPU memory: more passes per step, where the batch splits
+    into more (each process's share of it, ``world`` processes), and a smaller batch that the
+    processes and passes still split."""
+    local = config.batch_size // world
+    # More passes that split each process's share evenly, at least twice as many where there are
+    # such: twice as many alone offered a --grad-accum the trainer then refused (batch 6 in 2
+    # passes: 4), and one at one image per pass, where none is left.
+    more = [n for n in range(config.grad_accum + 1, local + 1) if local % n == 0]
+    accum = next((n for n in more if n >= 2 * config.grad_accum), more[-1] if more else None)
+    parts = world * config.grad_accum
+    smaller = config.batch_size // 2 // parts * parts or max(config.batch_size // 2, 1)
+    more_passes = ""
+    if accum is not None:
+        more_passes = (
+            f"try --grad-accum {accum} (the same batch in {accum} passes"
+            + (", and --resume with it goes on from the last checkpoint" if config.checkpoint_every else "")
+            + ") or "
+        )
     return (
         f"CUDA ran out of memory at batch size {config.batch_size} (preset {config.preset!r}); "
-        f"try --grad-accum {accum} (the same batch in {accum} passes"
-        + (", and --resume with it goes on from the last checkpoint" if config.checkpoint_every else "")
-        + f") or a new run at --batch-size {smaller}"
+        f"{more_passes or 'try '}a new run at --batch-size {smaller}"
     )
 
 
@@ -1173,7 +1187,7 @@ def train(
             if trainer.accelerator is not None:
                 trainer.accelerator.wait_for_everyone()
         except torch.cuda.OutOfMemoryError as error:
-            raise TrainingError(_oom_message(config)) from error
+            raise TrainingError(_oom_message(config, trainer.world)) from error
         finally:
             if log_file is not None:
                 log_file.close()
@@ -1241,7 +1255,7 @@ def measure_throughput(
             trainer.train_step(*next(batches))
         seconds = trainer.timed_steps(batches, steps)
     except torch.cuda.OutOfMemoryError as error:
-        raise TrainingError(_oom_message(config)) from error
+        raise TrainingError(_oom_message(config, trainer.world)) from error
     return {
         "images_per_second": steps * config.batch_size / seconds,
         "seconds_per_step": seconds / steps,

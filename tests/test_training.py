@@ -474,6 +474,27 @@ def test_recipes_and_messages() -> None:
     assert "--grad-accum 4" in message and "--resume with it" in message and "--batch-size 64" in message
 
 
+@pytest.mark.parametrize(
+    "batch, accum, world, offered, smaller",
+    [(128, 2, 1, 4, 64), (6, 2, 1, 6, 2), (12, 2, 3, 4, 6), (96, 1, 1, 2, 48), (4, 4, 1, None, 2)],
+)
+def test_the_out_of_memory_message_offers_only_passes_that_split_the_batch(
+    tmp_path: Path, batch: int, accum: int, world: int, offered: int | None, smaller: int
+) -> None:
+    """It offered twice the passes, which the trainer refused where they do not split each
+    process's share (batch 6 in 4), and more passes where each already takes one image."""
+    message = training._oom_message(
+        config(tmp_path, batch_size=batch, grad_accum=accum, checkpoint_every=5), world
+    )
+    assert f"a new run at --batch-size {smaller}" in message
+    assert training._split_problem(smaller, accum, world) is None or smaller < world * accum
+    if offered is None:
+        assert "--grad-accum" not in message, message
+    else:
+        assert f"try --grad-accum {offered} (the same batch in {offered} passes" in message, message
+        assert training._split_problem(batch, offered, world) is None
+
+
 def test_measure_throughput(tmp_path: Path) -> None:
     result = measure_throughput(config(tmp_path), dataset(), steps=2, warmup=1)
     assert result["images_per_second"] > 0 and result["processes"] == 1
