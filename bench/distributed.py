@@ -94,6 +94,21 @@ def gather(value: Any) -> list[Any] | None:
     return values
 
 
+def mean_over_processes(value: Any) -> Any:
+    """A tensor's mean over the processes of the launch (``value`` itself in one process): each
+    process's loss is the mean over its share of the batch, so their mean is the whole batch's,
+    the figure one process logs. One all-reduce: for log lines, not for every step."""
+    if not launched():
+        return value
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / dist.get_world_size()
+
+
 def largest(values: list[float], device: Any = "cpu") -> list[float]:
     """Each entry's largest value over the processes of the launch, the same list on every process
     (``values`` as given in one process). One all-reduce and a host sync: for decisions every

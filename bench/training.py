@@ -46,7 +46,7 @@ from bench.compile_mode import (
     compile_wait_note,
     quiet_known_compile_warnings,
 )
-from bench.distributed import accelerate_cpu, largest, main_process, resolve_device
+from bench.distributed import accelerate_cpu, largest, main_process, mean_over_processes, resolve_device
 from bench.distributed import launched as _under_accelerate
 from bench.groupnorm import use_group_norm
 from bench.interrupt import StopRequest, ignore_stop_signals
@@ -1105,7 +1105,9 @@ def train(
         nonlocal loss_sum, loss_count
         if not loss_count:
             return
-        loss = (loss_sum / loss_count).item()  # the host sync, once per log interval
+        # The whole batch's loss, not the main process's share (every process logs at the same
+        # steps); the host sync, once per log interval.
+        loss = mean_over_processes(loss_sum / loss_count).item()
         if not math.isfinite(loss):
             raise TrainingError(
                 f"the loss became {loss} at step {trainer.step} (diverged); the last good checkpoint is kept "

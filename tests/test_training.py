@@ -613,6 +613,12 @@ def test_two_processes_train_and_sample(tmp_path: Path) -> None:
     one = load_checkpoint(tmp_path / "one" / "checkpoint").model_state
     for key in one:
         torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=1e-4)
+    # The logged loss is the whole batch's, as one process logs it, not the main process's share.
+    logged = {
+        run: [json.loads(line)["loss"] for line in (tmp_path / run / "loss.jsonl").read_text().splitlines()]
+        for run in ("ddp", "one")
+    }
+    assert len(logged["ddp"]) == 3 and logged["ddp"] == pytest.approx(logged["one"], rel=1e-4)
 
 
 def test_init_from_starts_from_the_given_weights_and_refuses_other_presets(tmp_path: Path) -> None:
