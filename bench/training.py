@@ -755,10 +755,10 @@ class _Trainer:
 # ------------------------------------------------------------------------------------- train
 
 
-def _oom_message(config: TrainConfig, world: int = 1) -> str:
+def _oom_message(config: TrainConfig, world: int = 1, resumable: bool = False) -> str:
     """What to try after running out of GPU memory: more passes per step, where the batch splits
     into more (each process's share of it, ``world`` processes), and a smaller batch that the
-    processes and passes still split."""
+    processes and passes still split. ``resumable``: a checkpoint of this run exists to go on from."""
     local = config.batch_size // world
     # More passes that split each process's share evenly, at least twice as many where there are
     # such: twice as many alone offered a --grad-accum the trainer then refused (batch 6 in 2
@@ -771,7 +771,7 @@ def _oom_message(config: TrainConfig, world: int = 1) -> str:
     if accum is not None:
         more_passes = (
             f"try --grad-accum {accum} (the same batch in {accum} passes"
-            + (", and --resume with it goes on from the last checkpoint" if config.checkpoint_every else "")
+            + (", and --resume with it goes on from the last checkpoint" if resumable else "")
             + ") or "
         )
     return (
@@ -1189,7 +1189,7 @@ def train(
             if trainer.accelerator is not None:
                 trainer.accelerator.wait_for_everyone()
         except torch.cuda.OutOfMemoryError as error:
-            raise TrainingError(_oom_message(config, trainer.world)) from error
+            raise TrainingError(_oom_message(config, trainer.world, checkpoint_path is not None)) from error
         finally:
             if log_file is not None:
                 log_file.close()

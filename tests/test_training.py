@@ -469,9 +469,11 @@ def test_recipes_and_messages() -> None:
         TrainConfig.from_recipe("fastest")
     with pytest.raises(TrainingError, match="unknown training option"):
         TrainConfig.from_dict({"learning_rate": 1})
-    message = training._oom_message(TrainConfig(batch_size=128, grad_accum=2))
+    message = training._oom_message(TrainConfig(batch_size=128, grad_accum=2), resumable=True)
     # the same run in more passes (a resume may change it), or a new run at a smaller batch
     assert "--grad-accum 4" in message and "--resume with it" in message and "--batch-size 64" in message
+    # out of memory before the first checkpoint: no resume to offer
+    assert "--resume" not in training._oom_message(TrainConfig(batch_size=128, grad_accum=2))
 
 
 @pytest.mark.parametrize(
