@@ -20,6 +20,8 @@ from types import FrameType, TracebackType
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 REPEAT_WINDOW_S = 1.0
+_IMPORT_MACHINERY = frozenset({"importlib._bootstrap", "importlib._bootstrap_external"})
+_IMPORT_POLL_S = 0.01
 
 
 class StopRequest:
@@ -70,20 +72,55 @@ def ignore_stop_signals(_worker_id: int = 0) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def _in_import(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs under an import (importlib's frames, and so a module's top level)."""
+    while frame is not None:
+        if frame.f_globals.get("__name__") in _IMPORT_MACHINERY:
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextmanager
 def sigterm_as_ctrl_c() -> Iterator[None]:
     """SIGTERM (``kill``, a cluster's time limit) handled as Ctrl-C while a command runs: its
     interrupt path runs (what was kept is said, exit 130) instead of the process dying without a
-    word. ``StopRequest`` takes both signals over inside a training loop. Main thread only."""
+    word. ``StopRequest`` takes both signals over inside a training loop. Main thread only.
+
+    A SIGTERM during an import is raised once the import is over: a KeyboardInterrupt raised inside
+    one leaves modules half-imported (numpy.linalg in sys.modules but not on numpy: a RecursionError
+    later), or the importer swallows it (torch's C start-up importing numpy) and the command runs to
+    its end."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    main = threading.get_ident()
+    waiting = threading.Event()  # a SIGTERM came during an import and waits for its end
+    ending = threading.Event()  # the command is over: a SIGTERM now is raised after it
+
+    def redeliver() -> None:
+        while waiting.is_set() and not ending.wait(_IMPORT_POLL_S):
+            if not _in_import(sys._current_frames().get(main)):
+                waiting.clear()
+                # a real signal, not interrupt_main: it also wakes a blocking call
+                signal.pthread_kill(main, signal.SIGTERM)
+                return
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
+        if ending.is_set() or _in_import(frame):
+            if not waiting.is_set():
+                waiting.set()
+                if not ending.is_set():
+                    threading.Thread(target=redeliver, name="sigterm-after-import", daemon=True).start()
+            return
+        waiting.clear()
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
     finally:
+        ending.set()
         signal.signal(signal.SIGTERM, previous)
+    if waiting.is_set():
+        raise KeyboardInterrupt  # it came during the command's last import, or as it ended

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +39,67 @@ def test_a_second_signal_after_the_window_stops_at_once(monkeypatch: pytest.Monk
     with pytest.raises(KeyboardInterrupt), StopRequest("saving", announce=False):
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
+
+
+# A library's optional import, as torch's C start-up imports numpy: a failed import is swallowed.
+_PROBER = """
+try:
+    import optional  # noqa: F401
+except BaseException:
+    optional = None
+"""
+_COMMAND = """
+import sys, time
+from bench.interrupt import sigterm_as_ctrl_c
+
+try:
+    with sigterm_as_ctrl_c():
+        import prober  # noqa: F401
+        time.sleep(10)  # the command's work, which the SIGTERM ends
+        print("ran to the end")
+except KeyboardInterrupt:
+    print("interrupted")
+    sys.exit(130)
+"""
+
+
+def test_a_sigterm_during_an_import_is_raised_once_the_import_is_over(tmp_path: Path) -> None:
+    """Raised inside the import, the KeyboardInterrupt was swallowed by the importer and the command
+    ran to its end (bench train killed at start-up trained on; elsewhere numpy was left half-imported)."""
+    (tmp_path / "optional.py").write_text("import signal\nsignal.raise_signal(signal.SIGTERM)\n")
+    (tmp_path / "prober.py").write_text(_PROBER)
+    (tmp_path / "command.py").write_text(_COMMAND)
+    command = [sys.executable, str(tmp_path / "command.py")]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (130, "interrupted\n"), done.stderr
+
+
+# bench train, SIGTERM as numpy starts to import: torch's C start-up imports it and swallowed the
+# KeyboardInterrupt, and the run trained to its end (exit 0).
+_TRAIN_SIGTERMED_AT_NUMPY = """
+import os, signal, sys
+from bench.cli import main
+
+assert "numpy" not in sys.modules  # else the SIGTERM below would never come
+
+def sigterm_at_numpy(event, args, fired=[]):
+    if event == "import" and args[0] == "numpy" and not fired:
+        fired.append(True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+sys.addaudithook(sigterm_at_numpy)
+main(sys.argv[1:], prog_name="bench")
+"""
+
+
+def test_bench_train_sigterm_while_it_imports_is_an_interrupt(tmp_path: Path) -> None:
+    (tmp_path / "driver.py").write_text(_TRAIN_SIGTERMED_AT_NUMPY)
+    out = tmp_path / "train"
+    args = ["train", "--preset", "tiny", "--max-steps", "1", "--batch-size", "2", "--scenes", "1"]
+    args += ["--device", "cpu", "--no-compile", "--out", str(out)]
+    env = {**os.environ, "BENCH_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(tmp_path / "driver.py"), *args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1:] == ["interrupted"] and "Traceback" not in done.stderr
+    assert not (out / "checkpoint").exists()
