@@ -87,22 +87,23 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
     interrupt path runs (what was kept is said, exit 130) instead of the process dying without a
     word. ``StopRequest`` takes both signals over inside a training loop. Main thread only.
 
-    A SIGTERM during an import is raised once the import is over: a KeyboardInterrupt raised inside
-    one leaves modules half-imported (numpy.linalg in sys.modules but not on numpy: a RecursionError
-    later), or the importer swallows it (torch's C start-up importing numpy) and the command runs to
-    its end."""
+    A SIGTERM or Ctrl-C during an import is raised once the import is over: a KeyboardInterrupt
+    raised inside one leaves modules half-imported (numpy.linalg in sys.modules but not on numpy: a
+    RecursionError later), or the importer swallows it (torch's C start-up importing numpy) and the
+    command runs to its end, as `bench train` did after a Ctrl-C in its first seconds."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     main = threading.get_ident()
-    waiting = threading.Event()  # a SIGTERM came during an import and waits for its end
-    ending = threading.Event()  # the command is over: a SIGTERM now is raised after it
+    waiting = threading.Event()  # a signal came during an import and waits for its end
+    ending = threading.Event()  # the command is over: a signal now is raised after it
 
     def redeliver() -> None:
         while waiting.is_set() and not ending.wait(_IMPORT_POLL_S):
             if not _in_import(sys._current_frames().get(main)):
                 waiting.clear()
-                # a real signal, not interrupt_main: it also wakes a blocking call
+                # a real signal, not interrupt_main: it also wakes a blocking call (SIGTERM for
+                # either: both raise KeyboardInterrupt here)
                 signal.pthread_kill(main, signal.SIGTERM)
                 return
 
@@ -116,11 +117,12 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
         waiting.clear()
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in _SIGNALS}
     try:
         yield
     finally:
         ending.set()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if waiting.is_set():
         raise KeyboardInterrupt  # it came during the command's last import, or as it ended

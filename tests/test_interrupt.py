@@ -74,7 +74,7 @@ def test_a_sigterm_during_an_import_is_raised_once_the_import_is_over(tmp_path: 
     assert (done.returncode, done.stdout) == (130, "interrupted\n"), done.stderr
 
 
-# bench train, SIGTERM as numpy starts to import: torch's C start-up imports it and swallowed the
+# bench train, SIGTERM or SIGINT as numpy starts to import: torch's C start-up imports it and swallowed the
 # KeyboardInterrupt, and the run trained to its end (exit 0).
 _TRAIN_SIGTERMED_AT_NUMPY = """
 import os, signal, sys
@@ -82,22 +82,25 @@ from bench.cli import main
 
 assert "numpy" not in sys.modules  # else the SIGTERM below would never come
 
-def sigterm_at_numpy(event, args, fired=[]):
+def signal_at_numpy(event, args, fired=[]):
     if event == "import" and args[0] == "numpy" and not fired:
         fired.append(True)
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), getattr(signal, os.environ["SIGNAL_AT_NUMPY"]))
 
-sys.addaudithook(sigterm_at_numpy)
+sys.addaudithook(signal_at_numpy)
 main(sys.argv[1:], prog_name="bench")
 """
 
 
-def test_bench_train_sigterm_while_it_imports_is_an_interrupt(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_bench_train_stopped_while_it_imports_is_an_interrupt(tmp_path: Path, name: str) -> None:
+    """SIGINT too: Python's own Ctrl-C handler raised inside the import, and the run trained on."""
     (tmp_path / "driver.py").write_text(_TRAIN_SIGTERMED_AT_NUMPY)
     out = tmp_path / "train"
     args = ["train", "--preset", "tiny", "--max-steps", "1", "--batch-size", "2", "--scenes", "1"]
     args += ["--device", "cpu", "--no-compile", "--out", str(out)]
     env = {**os.environ, "BENCH_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env["SIGNAL_AT_NUMPY"] = name
     command = [sys.executable, str(tmp_path / "driver.py"), *args]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 130, done.stdout[-2000:] + done.stderr[-3000:]
