@@ -1294,6 +1294,7 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(
             config, data=entry.name, data_root=str(Path(root).expanduser().resolve()) if root else None
         )
+    check_run(config)  # as `bench train` does: a bad option fails before the data renders or loads
     dataset = entry.factory(**data_spec.get("options", {}))
     summary = train(config, dataset, show_progress=False)
     if not summary.is_main_process:

@@ -245,6 +245,28 @@ def test_cuda_graphs_are_off_by_default_with_gradient_accumulation_and_refused_w
         training.resolve_cuda_graphs(True, **common, grad_accum=2)
 
 
+def test_python_m_bench_training_checks_its_options_before_the_data_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m bench.training RUN.json` rendered or read its dataset before a bad option failed."""
+    import dataclasses
+
+    from bench import plugins
+
+    def no_data(**_options):
+        raise AssertionError("the dataset was loaded before the options were checked")
+
+    synthetic = dataclasses.replace(plugins.get("datasets", "synthetic"), factory=no_data)
+    real_get = plugins.get
+    monkeypatch.setattr(
+        plugins, "get", lambda kind, name: synthetic if kind == "datasets" else real_get(kind, name)
+    )
+    train_options = config(tmp_path / "run", batch_size=6, grad_accum=4).to_dict()
+    (tmp_path / "run.json").write_text(json.dumps({"train": train_options, "dataset": {"name": "synthetic"}}))
+    with pytest.raises(TrainingError, match="does not split into 4 micro-batches"):
+        training.main([str(tmp_path / "run.json")])
+
+
 def test_cpu_training_runs_without_cuda_graphs_and_says_so(tmp_path: Path) -> None:
     trainer = training._Trainer(config(tmp_path, compile=False), dataset(8))
     assert trainer.cuda_graphs is False
