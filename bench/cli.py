@@ -448,9 +448,14 @@ def data_cache(scenes, seed, split, max_objects) -> None:
     help="Two objects of each condition share a colour or a shape (like new_test.json); "
     "so every condition holds 2 or more objects.",
 )
-def data_conditions(out_file, n, objects, seed, shared) -> None:
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+def data_conditions(out_file, n, objects, seed, shared, force) -> None:
     """Write a condition set in the test.json format."""
     from bench_builtins.datasets.synthetic.export import make_conditions, write_conditions
+
+    if Path(out_file).exists() and not force:
+        # a condition set may be a hand-edited or published one: not replaced by a typo'd --out
+        raise click.BadParameter(f"{out_file} exists; pass --force to replace it", param_hint="--out")
 
     counts = parse_int_list(objects, "object count")
     if not 1 <= min(counts) <= max(counts) <= 24:  # 24 labels: no condition holds more objects

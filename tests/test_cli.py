@@ -362,6 +362,18 @@ def test_sizes_that_mean_nothing_are_one_clear_line(runner, tmp_path, args, mess
     assert "Traceback" not in result.output and not out.exists()
 
 
+def test_data_conditions_replaces_an_existing_file_only_with_force(runner, tmp_path) -> None:
+    """It overwrote any --out, a hand-edited or published condition set included."""
+    out = tmp_path / "mine.json"
+    out.write_text('[["red cube"]]')
+    result = runner.invoke(cli.main, ["data", "conditions", "--n", "2", "--out", str(out)])
+    assert result.exit_code == 2 and "exists; pass --force to replace it" in result.output
+    assert out.read_text() == '[["red cube"]]'
+    result = runner.invoke(cli.main, ["data", "conditions", "--n", "2", "--out", str(out), "--force"])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(out.read_text())) == 2
+
+
 def test_a_failing_cell_records_its_error_and_the_rest_run(runner, tmp_path, monkeypatch) -> None:
     from bench import sampling
 

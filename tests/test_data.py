@@ -424,7 +424,7 @@ def test_data_conditions_says_how_many_are_distinct(tmp_path):
     distinct = len({tuple(c) for c in written})
     assert len(written) == 40 and distinct <= 24  # 24 labels: no more one-object conditions
     assert f"40 conditions, {distinct} of them distinct" in result.output
-    result = CliRunner().invoke(main, ["data", "conditions", "--out", str(out), "--n", "8"])
+    result = CliRunner().invoke(main, ["data", "conditions", "--out", str(out), "--n", "8", "--force"])
     assert result.output.strip().endswith("8 conditions")
 
 
