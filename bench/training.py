@@ -784,8 +784,9 @@ def _oom_message(config: TrainConfig, world: int = 1, resumable: bool = False) -
 # continues the same run, so it must keep them (the checkpoint's optimizer state would otherwise win
 # over a new --lr, a new --batch-size would move the epoch counter, --ema 0 would drop the EMA
 # weights). The other fields may change on resume: the limits (--max-steps, --epochs, --max-minutes),
-# --checkpoint-every, log_every, num_workers, --device, the compile/bf16/layout switches, --out, and
-# --data-root (a folder may move). init_from is kept from the checkpoint (other --init-from weights are refused).
+# --checkpoint-every, --grad-accum (the same batch in other passes), log_every, num_workers, --device,
+# the compile/bf16/layout switches, --out, and --data-root and --images-dir (a folder may move:
+# _MOVABLE_DATA_OPTIONS). init_from is kept from the checkpoint (other --init-from weights are refused).
 _TRAJECTORY_OPTIONS = {
     "recipe": "--recipe",
     "model": "--model",
@@ -863,8 +864,9 @@ _RESUMED_LIMITS = (*_LIMITS, "checkpoint_every", "grad_accum")
 def resume_defaults(out_dir: str | Path) -> dict[str, Any]:
     """What a ``--resume`` of ``out_dir`` takes from its checkpoint for the options not given: the
     options that shape the run (``_TRAJECTORY_OPTIONS``, the recipe among them), its limits, its
-    checkpoint interval and --grad-accum, and its dataset (name, folder, options). Empty when there is no checkpoint (``check_run`` then says
-    why); a CheckpointError when its config.json cannot be read."""
+    checkpoint interval and --grad-accum, and its dataset (name, folder, options). Empty when there
+    is no checkpoint (``check_run`` then says why); a CheckpointError when its config.json cannot be
+    read."""
     path = readable(Path(out_dir) / CHECKPOINT_DIR)
     # A checkpoint whose config.json is missing or broken is said now, not after the recipe's
     # default dataset (18,009 renders, minutes) was made for a run that cannot resume.
@@ -898,9 +900,10 @@ def _saved_meta(path: Path) -> dict[str, Any] | None:
 
 
 def check_run(config: TrainConfig) -> str | None:
-    """What ``train`` checks before it reads the data: the options (``config.check``), that a fresh
-    run's --out holds no checkpoint and, with ``config.resume``, that a checkpoint is there, that the options which shape the run are the
-    checkpoint's, and whether anything is left to train. Returns None to train, or the message
+    """What ``train`` checks before it reads the data: the options (``config.check``), that the
+    batch splits over the launch's processes and --grad-accum's passes, that a fresh run's --out
+    holds no checkpoint and, with ``config.resume``, that a checkpoint is there, that the options
+    which shape the run are the checkpoint's, and whether anything is left to train. Returns None to train, or the message
     to show when the checkpoint is already at --max-steps or --epochs (nothing to train); raises
     TrainingError otherwise. Cheap: reads only the checkpoint's config.json (and makes and removes
     a probe file in --out and, on a resume, in its checkpoint folder, to know they can be written;
@@ -960,7 +963,8 @@ def _refuse_unwritable_checkpoint(ckpt_dir: Path) -> None:
     """A TrainingError when the checkpoint folder ``ckpt_dir`` (or, while it does not exist, the
     nearest folder above it) cannot take files. A save writes its new copy in --out but then
     renames and deletes the old copy, so a write-protected checkpoint folder failed only at a save,
-    after the data had loaded and the run had trained. Probed by a file made and removed there (``why_unwritable``): nothing is left behind."""
+    after the data had loaded and the run had trained. Probed by a file made and removed there
+    (``why_unwritable``): nothing is left behind."""
     problem = why_unwritable(readable(ckpt_dir))
     if problem:
         raise TrainingError(
@@ -1039,8 +1043,8 @@ def train(
     # Before the trainer reads the data and builds the model: these need neither.
     done = check_run(config)
     if main_process():
-        # What killed saves left: a checkpoint renamed aside is put back (a resume goes on from it, a
-        # fresh start is refused below rather than writing over it), and half-written copies go.
+        # What killed saves left: a checkpoint renamed aside is put back (a resume goes on from it;
+        # check_run refused a fresh start over it, before the data loaded), and half-written copies go.
         tidy_killed_saves(ckpt_dir)
     meta = (_saved_meta(readable(ckpt_dir)) or {}) if config.resume else {}
     if done is not None:
