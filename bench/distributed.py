@@ -32,9 +32,18 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def launch_size() -> int:
+    """The number of processes of this launch, from the launcher's environment before any process
+    group exists (1 outside a launcher, or where WORLD_SIZE is not a number)."""
+    try:
+        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
+
+
 def launched() -> bool:
     """True under ``torchrun``/``accelerate launch`` with several processes, or ``accelerate launch``."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "ACCELERATE_MIXED_PRECISION" in os.environ
+    return launch_size() > 1 or "ACCELERATE_MIXED_PRECISION" in os.environ
 
 
 def main_process() -> bool:

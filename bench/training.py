@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -46,7 +45,14 @@ from bench.compile_mode import (
     compile_wait_note,
     quiet_known_compile_warnings,
 )
-from bench.distributed import accelerate_cpu, largest, main_process, mean_over_processes, resolve_device
+from bench.distributed import (
+    accelerate_cpu,
+    largest,
+    launch_size,
+    main_process,
+    mean_over_processes,
+    resolve_device,
+)
 from bench.distributed import launched as _under_accelerate
 from bench.groupnorm import use_group_norm
 from bench.interrupt import StopRequest, ignore_stop_signals
@@ -336,14 +342,6 @@ def _split_problem(batch_size: int, grad_accum: int, world: int) -> str | None:
         else f"{grad_accum} micro-batches" + (f" on each of {world} processes" if world > 1 else "")
     )
     return f"batch size {batch_size} does not split into {into}; use a multiple of {parts}"
-
-
-def _launch_size() -> int:
-    """The number of processes of this launch, from the launcher's environment (1 outside one)."""
-    try:
-        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
-    except ValueError:
-        return 1
 
 
 def _group_norm_kind(config: TrainConfig) -> str:
@@ -911,7 +909,7 @@ def check_run(config: TrainConfig) -> str | None:
     config.check()
     # The batch split too (the trainer checks it again with the process group's size): a batch
     # that --grad-accum cannot divide failed only once the dataset had rendered (minutes).
-    problem = _split_problem(config.batch_size, config.grad_accum, _launch_size())
+    problem = _split_problem(config.batch_size, config.grad_accum, launch_size())
     if problem:
         raise TrainingError(problem)
     problem = why_unwritable(config.out_dir)
