@@ -97,6 +97,7 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
     main = threading.get_ident()
     waiting = threading.Event()  # a signal came during an import and waits for its end
     ending = threading.Event()  # the command is over: a signal now is raised after it
+    redelivering: list[threading.Thread] = []
 
     def redeliver() -> None:
         while waiting.is_set() and not ending.wait(_IMPORT_POLL_S):
@@ -112,7 +113,9 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
             if not waiting.is_set():
                 waiting.set()
                 if not ending.is_set():
-                    threading.Thread(target=redeliver, name="sigterm-after-import", daemon=True).start()
+                    thread = threading.Thread(target=redeliver, name="sigterm-after-import", daemon=True)
+                    redelivering.append(thread)
+                    thread.start()
             return
         waiting.clear()
         raise KeyboardInterrupt
@@ -122,6 +125,10 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
         yield
     finally:
         ending.set()
+        # A redelivery already past its check sends its signal now: it must find this handler (which,
+        # once ending, only records it), not the previous one (SIGTERM's default kills silently).
+        for thread in redelivering:
+            thread.join()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if waiting.is_set():

@@ -106,3 +106,40 @@ def test_bench_train_stopped_while_it_imports_is_an_interrupt(tmp_path: Path, na
     assert done.returncode == 130, done.stdout[-2000:] + done.stderr[-3000:]
     assert done.stderr.strip().splitlines()[-1:] == ["interrupted"] and "Traceback" not in done.stderr
     assert not (out / "checkpoint").exists()
+
+
+# The redelivery caught between its check and its signal as the command ends: the signal arrived
+# after the handlers were put back, and SIGTERM's default killed the process without a word.
+_COMMAND_ENDING_AS_REDELIVERED = """
+import signal, sys, threading, time
+from bench import interrupt
+
+checked, ended = threading.Event(), threading.Event()
+real_kill = signal.pthread_kill
+
+def late_kill(thread_id, signum):
+    checked.set()  # the import is over and the command not: the signal is on its way
+    ended.wait(10)
+    time.sleep(0.2)  # past the command's end (the handlers put back there, without a fix)
+    real_kill(thread_id, signum)
+
+interrupt.signal.pthread_kill = late_kill
+try:
+    with interrupt.sigterm_as_ctrl_c():
+        import prober  # noqa: F401
+        checked.wait(10)
+        ended.set()
+    print("ran to the end")
+except KeyboardInterrupt:
+    print("interrupted")
+    sys.exit(130)
+"""
+
+
+def test_a_signal_redelivered_as_the_command_ends_is_still_an_interrupt(tmp_path: Path) -> None:
+    (tmp_path / "optional.py").write_text("import signal\nsignal.raise_signal(signal.SIGTERM)\n")
+    (tmp_path / "prober.py").write_text(_PROBER)
+    (tmp_path / "command.py").write_text(_COMMAND_ENDING_AS_REDELIVERED)
+    command = [sys.executable, str(tmp_path / "command.py")]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (130, "interrupted\n"), done.stderr
