@@ -937,3 +937,16 @@ def test_select_on_naming_no_set_is_an_error_and_a_cpu_run_is_not_said_to_have_c
     results_file.write_text(json.dumps(data))
     header = render_report([results_file], "plain").splitlines()[0]
     assert "device: cpu," in header and "cuda 13.0" not in header
+
+
+def test_seconds_per_image_below_one_reads_as_a_plain_decimal() -> None:
+    """Three significant figures, never .g's exponent: 25,000 images/s read 4e-05 s/image."""
+    from bench.report import _fmt
+
+    assert [_fmt(v, -3) for v in (0.000396, 0.0000396, 0.00955, 0.5)] == [
+        "0.000396",
+        "0.0000396",
+        "0.00955",
+        "0.500",
+    ]
+    assert _fmt(0.0, -3) == "0" and _fmt(1.234, -3) == "1.23"
