@@ -764,7 +764,10 @@ def _oom_message(config: TrainConfig, world: int = 1, resumable: bool = False) -
     more = [n for n in range(config.grad_accum + 1, local + 1) if local % n == 0]
     accum = next((n for n in more if n >= 2 * config.grad_accum), more[-1] if more else None)
     parts = world * config.grad_accum
-    smaller = config.batch_size // 2 // parts * parts or max(config.batch_size // 2, 1)
+    smaller = config.batch_size // 2 // parts * parts
+    start = f"CUDA ran out of memory at batch size {config.batch_size} (preset {config.preset!r}); "
+    if not smaller:  # each pass holds one image: a smaller batch would not split, more passes none
+        return start + "each pass already takes one image; try a smaller --preset"
     more_passes = ""
     if accum is not None:
         more_passes = (
@@ -772,10 +775,7 @@ def _oom_message(config: TrainConfig, world: int = 1, resumable: bool = False) -
             + (", and --resume with it goes on from the last checkpoint" if resumable else "")
             + ") or "
         )
-    return (
-        f"CUDA ran out of memory at batch size {config.batch_size} (preset {config.preset!r}); "
-        f"{more_passes or 'try '}a new run at --batch-size {smaller}"
-    )
+    return start + f"{more_passes or 'try '}a new run at --batch-size {smaller}"
 
 
 # The options that define a run's training trajectory, with their `bench train` option: a resume

@@ -500,18 +500,22 @@ def test_recipes_and_messages() -> None:
 
 @pytest.mark.parametrize(
     "batch, accum, world, offered, smaller",
-    [(128, 2, 1, 4, 64), (6, 2, 1, 6, 2), (12, 2, 3, 4, 6), (96, 1, 1, 2, 48), (4, 4, 1, None, 2)],
+    [(128, 2, 1, 4, 64), (6, 2, 1, 6, 2), (12, 2, 3, 4, 6), (96, 1, 1, 2, 48), (4, 4, 1, None, None)],
 )
 def test_the_out_of_memory_message_offers_only_passes_that_split_the_batch(
-    tmp_path: Path, batch: int, accum: int, world: int, offered: int | None, smaller: int
+    tmp_path: Path, batch: int, accum: int, world: int, offered: int | None, smaller: int | None
 ) -> None:
     """It offered twice the passes, which the trainer refused where they do not split each
-    process's share (batch 6 in 4), and more passes where each already takes one image."""
+    process's share (batch 6 in 4), more passes where each already takes one image, and a smaller
+    batch that the passes no longer split (batch 2 in 4)."""
     message = training._oom_message(
         config(tmp_path, batch_size=batch, grad_accum=accum, checkpoint_every=5), world
     )
-    assert f"a new run at --batch-size {smaller}" in message
-    assert training._split_problem(smaller, accum, world) is None or smaller < world * accum
+    if smaller is None:
+        assert "--batch-size" not in message and "each pass already takes one image" in message, message
+    else:
+        assert f"a new run at --batch-size {smaller}" in message
+        assert training._split_problem(smaller, accum, world) is None
     if offered is None:
         assert "--grad-accum" not in message, message
     else:
