@@ -63,15 +63,21 @@ except KeyboardInterrupt:
 """
 
 
-def test_a_sigterm_during_an_import_is_raised_once_the_import_is_over(tmp_path: Path) -> None:
-    """Raised inside the import, the KeyboardInterrupt was swallowed by the importer and the command
-    ran to its end (bench train killed at start-up trained on; elsewhere numpy was left half-imported)."""
+def _assert_interrupted(tmp_path: Path, command_text: str) -> None:
+    """``command_text`` run as a script whose import of ``prober`` meets a SIGTERM: it must end by
+    its interrupt path (exit 130), not run to its end nor die by the signal."""
     (tmp_path / "optional.py").write_text("import signal\nsignal.raise_signal(signal.SIGTERM)\n")
     (tmp_path / "prober.py").write_text(_PROBER)
-    (tmp_path / "command.py").write_text(_COMMAND)
+    (tmp_path / "command.py").write_text(command_text)
     command = [sys.executable, str(tmp_path / "command.py")]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stdout) == (130, "interrupted\n"), done.stderr
+
+
+def test_a_sigterm_during_an_import_is_raised_once_the_import_is_over(tmp_path: Path) -> None:
+    """Raised inside the import, the KeyboardInterrupt was swallowed by the importer and the command
+    ran to its end (bench train killed at start-up trained on; elsewhere numpy was left half-imported)."""
+    _assert_interrupted(tmp_path, _COMMAND)
 
 
 # bench train, SIGTERM or SIGINT as numpy starts to import: torch's C start-up imports it and swallowed the
@@ -137,9 +143,4 @@ except KeyboardInterrupt:
 
 
 def test_a_signal_redelivered_as_the_command_ends_is_still_an_interrupt(tmp_path: Path) -> None:
-    (tmp_path / "optional.py").write_text("import signal\nsignal.raise_signal(signal.SIGTERM)\n")
-    (tmp_path / "prober.py").write_text(_PROBER)
-    (tmp_path / "command.py").write_text(_COMMAND_ENDING_AS_REDELIVERED)
-    command = [sys.executable, str(tmp_path / "command.py")]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert (done.returncode, done.stdout) == (130, "interrupted\n"), done.stderr
+    _assert_interrupted(tmp_path, _COMMAND_ENDING_AS_REDELIVERED)
