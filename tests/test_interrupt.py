@@ -80,6 +80,24 @@ def test_a_sigterm_during_an_import_is_raised_once_the_import_is_over(tmp_path: 
     _assert_interrupted(tmp_path, _COMMAND)
 
 
+_HANGING_IMPORT = """
+import signal, time
+signal.raise_signal(signal.SIGTERM)  # deferred: the import is under way
+time.sleep(1.5)  # past REPEAT_WINDOW_S: the next one is the user asking again
+signal.raise_signal(signal.SIGTERM)
+time.sleep(600)  # an import that never ends
+"""
+
+
+def test_a_second_signal_stops_an_import_that_hangs(tmp_path: Path) -> None:
+    """Every signal during an import was deferred, a second one too: a hanging import needed kill -9."""
+    (tmp_path / "hanging.py").write_text(_HANGING_IMPORT)
+    (tmp_path / "command.py").write_text(_COMMAND.replace("import prober", "import hanging"))
+    command = [sys.executable, str(tmp_path / "command.py")]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (130, "interrupted\n"), done.stderr
+
+
 # bench train, SIGTERM or SIGINT as numpy starts to import: torch's C start-up imports it and swallowed the
 # KeyboardInterrupt, and the run trained to its end (exit 0).
 _TRAIN_SIGTERMED_AT_NUMPY = """
