@@ -341,7 +341,13 @@ def _split_problem(batch_size: int, grad_accum: int, world: int) -> str | None:
         if grad_accum == 1
         else f"{grad_accum} micro-batches" + (f" on each of {world} processes" if world > 1 else "")
     )
-    return f"batch size {batch_size} does not split into {into}; use a multiple of {parts}"
+    fix = f"use a multiple of {parts}"
+    if grad_accum > 1 and batch_size % world == 0:
+        # --grad-accum alone may change (on --resume too, where the batch size may not)
+        local = batch_size // world
+        fits = [n for n in range(1, local + 1) if local % n == 0 and n <= grad_accum]
+        fix += f", or --grad-accum {fits[-1]} (a divisor of each process's {local} images)"
+    return f"batch size {batch_size} does not split into {into}; {fix}"
 
 
 def _group_norm_kind(config: TrainConfig) -> str:

@@ -664,6 +664,8 @@ def test_a_batch_that_grad_accum_cannot_split_is_refused_before_the_data_loads(
     result = runner.invoke(cli.main, [*TINY, "--out", str(out), *args])
     assert result.exit_code == 2, result.output
     assert "batch size 6 does not split into 4 micro-batches; use a multiple of 4" in result.output
+    # the passes may change where the batch may not (on --resume): a count that splits it
+    assert "or --grad-accum 3 (a divisor of each process's 6 images)" in " ".join(result.output.split())
     assert "Traceback" not in result.output and not out.exists()
     # under a launcher, the processes' shares too (torchrun sets WORLD_SIZE)
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -672,6 +674,7 @@ def test_a_batch_that_grad_accum_cannot_split_is_refused_before_the_data_loads(
     )
     assert result.exit_code == 2, result.output
     assert "does not split into 2 micro-batches on each of 2 processes; use a multiple of 4" in result.output
+    assert "or --grad-accum 1 (a divisor of each process's 3 images)" in " ".join(result.output.split())
 
 
 def test_a_bare_resume_keeps_grad_accum_and_another_may_be_given(runner, tmp_path) -> None:
