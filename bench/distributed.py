@@ -89,14 +89,21 @@ def shard(n: int, rank: int, size: int) -> slice:
     return slice(n * rank // size, n * (rank + 1) // size)
 
 
+def _process_group() -> Any:
+    """``torch.distributed`` where this launch's process group is up, else None (one process, or
+    before the group starts): the collectives below then act on this process alone."""
+    if not launched():
+        return None
+    import torch.distributed as dist
+
+    return dist if dist.is_initialized() else None
+
+
 def gather(value: Any) -> list[Any] | None:
     """``value`` of every process in rank order, on the main process; ``None`` on the others
     (``[value]`` in one process). Values travel pickled: for results, not for hot loops."""
-    if not launched():
-        return [value]
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
+    dist = _process_group()
+    if dist is None:
         return [value]
     values: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(value, values, dst=0)
@@ -107,11 +114,8 @@ def mean_over_processes(value: Any) -> Any:
     """A tensor's mean over the processes of the launch (``value`` itself in one process): each
     process's loss is the mean over its share of the batch, so their mean is the whole batch's,
     the figure one process logs. One all-reduce: for log lines, not for every step."""
-    if not launched():
-        return value
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
+    dist = _process_group()
+    if dist is None:
         return value
     total = value.detach().clone()
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
@@ -122,13 +126,11 @@ def largest(values: list[float], device: Any = "cpu") -> list[float]:
     """Each entry's largest value over the processes of the launch, the same list on every process
     (``values`` as given in one process). One all-reduce and a host sync: for decisions every
     process must take at the same step (a time budget, a stop signal), not for every step."""
-    if not launched():
+    dist = _process_group()
+    if dist is None:
         return list(values)
     import torch
-    import torch.distributed as dist
 
-    if not dist.is_initialized():
-        return list(values)
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor.tolist()
@@ -136,22 +138,16 @@ def largest(values: list[float], device: Any = "cpu") -> list[float]:
 
 def barrier() -> None:
     """Wait for every process of the launch (nothing in one process)."""
-    if not launched():
-        return
-    import torch.distributed as dist
-
-    if dist.is_initialized():
+    dist = _process_group()
+    if dist is not None:
         dist.barrier()
 
 
 def finish() -> None:
     """Wait for every process, then close the process group: a process that exits with it open
     may abort (gloo's threads). Nothing in one process."""
-    if not launched():
-        return
-    import torch.distributed as dist
-
-    if dist.is_initialized():
+    dist = _process_group()
+    if dist is not None:
         dist.barrier()
         dist.destroy_process_group()
 
