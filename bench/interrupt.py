@@ -111,22 +111,22 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
     first_at = [0.0]  # when the deferred signal came
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
-        if ending.is_set() or _in_import(frame):
-            if waiting.is_set() and not ending.is_set() and time.monotonic() - first_at[0] >= REPEAT_WINDOW_S:
+        if not (ending.is_set() or _in_import(frame)):
+            waiting.clear()
+            raise KeyboardInterrupt
+        if waiting.is_set():
+            if not ending.is_set() and time.monotonic() - first_at[0] >= REPEAT_WINDOW_S:
                 # Asked again while an import still runs (one that hangs, say): stop at once, as a
                 # second Ctrl-C does everywhere; the first stays pending should the importer
                 # swallow this one.
                 raise KeyboardInterrupt
-            if not waiting.is_set():
-                waiting.set()
-                first_at[0] = time.monotonic()
-                if not ending.is_set():
-                    thread = threading.Thread(target=redeliver, name="sigterm-after-import", daemon=True)
-                    redelivering.append(thread)
-                    thread.start()
             return
-        waiting.clear()
-        raise KeyboardInterrupt
+        waiting.set()
+        first_at[0] = time.monotonic()
+        if not ending.is_set():
+            thread = threading.Thread(target=redeliver, name="sigterm-after-import", daemon=True)
+            redelivering.append(thread)
+            thread.start()
 
     previous = {sig: signal.signal(sig, interrupt) for sig in _SIGNALS}
     try:
