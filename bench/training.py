@@ -620,25 +620,21 @@ class _Trainer:
     def train_step(self, images: torch.Tensor, conds: torch.Tensor) -> torch.Tensor:
         """One optimisation step; returns the (device) loss without a host sync."""
         self.model.train()
+        if self.cuda_graphs:  # one pass per step with graphs (resolve_cuda_graphs)
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: the last one's graph outputs are done
+        self.optimizer.zero_grad(set_to_none=True)
         parts = self.config.grad_accum
-        if parts == 1:
-            if self.cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()  # a new step: the last one's graph outputs are done
-            loss = self._loss(images, conds, self.step)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-            losses = []
-            for part in range(parts):
-                chunk = slice(part * self.micro_batch, (part + 1) * self.micro_batch)
-                # DDP all-reduces the summed gradients once, after the last micro-batch
-                last = part == parts - 1
-                with nullcontext() if self.ddp is None or last else self.ddp.no_sync():
-                    part_loss = self._loss(images[chunk], conds[chunk], self.step, part)
-                    (part_loss / parts).backward()  # equal parts: the mean of means is the batch mean
-                losses.append(part_loss.detach())
-            loss = torch.stack(losses).mean()
+        losses = []
+        for part in range(parts):
+            chunk = slice(part * self.micro_batch, (part + 1) * self.micro_batch)
+            # DDP all-reduces the summed gradients once, after the last micro-batch
+            last = part == parts - 1
+            with nullcontext() if self.ddp is None or last else self.ddp.no_sync():
+                loss = self._loss(images[chunk], conds[chunk], self.step, part)
+                # equal parts: the mean of the parts' means is the batch's mean
+                (loss / parts if parts > 1 else loss).backward()
+            losses.append(loss.detach())
+        loss = losses[0] if parts == 1 else torch.stack(losses).mean()
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         self.optimizer.step()

@@ -458,8 +458,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
 ) -> None:
     real_loss = training._Trainer._loss
 
-    def diverging(self, images, conds, step):
-        loss = real_loss(self, images, conds, step)
+    def diverging(self, images, conds, step, part=0):
+        loss = real_loss(self, images, conds, step, part)
         return loss * float("nan") if step >= 3 else loss
 
     monkeypatch.setattr(training._Trainer, "_loss", diverging)
