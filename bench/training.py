@@ -330,6 +330,11 @@ def resolve_cuda_graphs(
     return asked
 
 
+def _divisors(n: int) -> list[int]:
+    """The pass counts that split ``n`` images evenly, ascending."""
+    return [k for k in range(1, n + 1) if n % k == 0]
+
+
 def _split_problem(batch_size: int, grad_accum: int, world: int) -> str | None:
     """Why a global batch of ``batch_size`` cannot be split over ``world`` processes into
     ``grad_accum`` equal micro-batches each (None when it can)."""
@@ -345,8 +350,8 @@ def _split_problem(batch_size: int, grad_accum: int, world: int) -> str | None:
     if grad_accum > 1 and batch_size % world == 0:
         # --grad-accum alone may change (on --resume too, where the batch size may not)
         local = batch_size // world
-        fits = [n for n in range(1, local + 1) if local % n == 0 and n <= grad_accum]
-        fix += f", or --grad-accum {fits[-1]} (a divisor of each process's {local} images)"
+        fits = max(n for n in _divisors(local) if n <= grad_accum)
+        fix += f", or --grad-accum {fits} (a divisor of each process's {local} images)"
     return f"batch size {batch_size} does not split into {into}; {fix}"
 
 
@@ -763,7 +768,7 @@ def _oom_message(config: TrainConfig, world: int = 1, resumable: bool = False) -
     # More passes that split each process's share evenly, at least twice as many where there are
     # such: twice as many alone offered a --grad-accum the trainer then refused (batch 6 in 2
     # passes: 4), and one at one image per pass, where none is left.
-    more = [n for n in range(config.grad_accum + 1, local + 1) if local % n == 0]
+    more = [n for n in _divisors(local) if n > config.grad_accum]
     accum = next((n for n in more if n >= 2 * config.grad_accum), more[-1] if more else None)
     parts = world * config.grad_accum
     smaller = config.batch_size // 2 // parts * parts
