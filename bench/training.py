@@ -1303,7 +1303,12 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(
             config, data=entry.name, data_root=str(Path(root).expanduser().resolve()) if root else None
         )
-    check_run(config)  # as `bench train` does: a bad option fails before the data renders or loads
+    # As `bench train` does: a bad option fails before the data renders or loads, and a run already
+    # at its limit says so without loading it.
+    done = check_run(config)
+    if done is not None:
+        print(done, file=sys.stderr)
+        return 0
     dataset = entry.factory(**data_spec.get("options", {}))
     summary = train(config, dataset, show_progress=False)
     if not summary.is_main_process:

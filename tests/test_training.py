@@ -246,7 +246,7 @@ def test_cuda_graphs_are_off_by_default_with_gradient_accumulation_and_refused_w
 
 
 def test_python_m_bench_training_checks_its_options_before_the_data_loads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`python -m bench.training RUN.json` rendered or read its dataset before a bad option failed."""
     import dataclasses
@@ -265,6 +265,12 @@ def test_python_m_bench_training_checks_its_options_before_the_data_loads(
     (tmp_path / "run.json").write_text(json.dumps({"train": train_options, "dataset": {"name": "synthetic"}}))
     with pytest.raises(TrainingError, match="does not split into 4 micro-batches"):
         training.main([str(tmp_path / "run.json")])
+    # A resume already at its limit says so and loads nothing (it built the dataset first).
+    train(config(tmp_path / "done", max_steps=1, data="synthetic"), dataset(), show_progress=False)
+    finished = config(tmp_path / "done", max_steps=1, resume=True, data="synthetic").to_dict()
+    (tmp_path / "run.json").write_text(json.dumps({"train": finished, "dataset": {"name": "synthetic"}}))
+    assert training.main([str(tmp_path / "run.json")]) == 0
+    assert "nothing to train" in capsys.readouterr().err
 
 
 def test_cpu_training_runs_without_cuda_graphs_and_says_so(tmp_path: Path) -> None:
