@@ -13,10 +13,16 @@
 #      `seed` preset with random weights on the 192 conditions that scripts/gpu_campaign.sh judges
 #      (test, new_test and the two validation sets), one seed, 100 cosine steps, no evaluators;
 #      images/s, compile time and peak memory (compile and capture included) per cell
-#   5. training with --tune-kernels (coordinate-descent tuning), loss curve checked: its compile is
+#   5. sampling sweep (scripts/sampling_sweep.sh): SWEEP_IMAGES (default BATCH) images at 100 cosine
+#      steps in chunks of each batch of SWEEP_BATCHES (default "BATCH 256 128 64 32"; does a chunk
+#      small enough for its activations to stay in the GPU's L2 cache win?), then at BATCH once
+#      per Inductor setting of SWEEP_INDUCTOR (default "freezing=true aggressive_fusion=true");
+#      all compiled side by side, timed one at a time, the first batch as the baseline
+#   6. training with --tune-kernels (coordinate-descent tuning), loss curve checked: its compile is
 #      the longest (11 minutes at batch 256 on an H100, session 17), so it comes last
 # Usage: scripts/gpu_speed.sh OUT_DIR [BATCH (512)]
-# STAGES="train-baseline train-tuned" runs only the stages it names (default: all five, in order);
+# STAGES="train-baseline train-tuned" runs only the stages it names (default: all six, in order);
+# BASELINE_MODES: the first stage's benchmark modes (default eager,compile-graphs);
 # TUNED_LIMIT sets the tuned training's time limit in seconds (default 1200); TRAIN_BATCH the
 # batch of both training stages (default 256; the tuned compile at 512 took over 13 minutes).
 # The last stage can differ: TUNED_BATCH (default TRAIN_BATCH), TUNED_MODES (default
@@ -34,7 +40,7 @@ OUT=$(realpath -m "$OUT")
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-ALL_STAGES="train-baseline sample-pair sample-suite run-guided train-tuned"
+ALL_STAGES="train-baseline sample-pair sample-suite run-guided sample-sweep train-tuned"
 STAGES=${STAGES:-$ALL_STAGES}
 for name in $STAGES; do  # a misspelt stage would run nothing and still end in DONE
   [[ " $ALL_STAGES " == *" $name "* ]] || { echo "unknown stage '$name'; known: $ALL_STAGES" >&2; exit 2; }
@@ -49,7 +55,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run it with a time limit, log to OUT
   echo "$(date +%T) $name exit $rc"
 }
 nvidia-smi -L
-stage train-baseline 600 env BENCH_TRAIN_MODES=eager,compile-graphs BENCH_TRAIN_BATCH="${TRAIN_BATCH:-256}" \
+stage train-baseline 600 env BENCH_TRAIN_MODES="${BASELINE_MODES:-eager,compile-graphs}" BENCH_TRAIN_BATCH="${TRAIN_BATCH:-256}" \
     BENCH_SPEED_K=test_training_gpu bash scripts/speed.sh "$OUT/train-baseline"
 stage sample-pair 480 bash scripts/tuning_pair.sh "$OUT/sample-pair" "$BATCH" 20 420
 stage sample-suite 420 env BENCH_SPEED_MODES=reference,graphs,graphs-tuned BENCH_SPEED_BATCH="$BATCH" \
@@ -65,6 +71,14 @@ for mode in compile no-compile; do
       --out "$OUT/run-guided-$mode"
   mv "$OUT/run-guided.log" "$OUT/run-guided-$mode.log" 2>/dev/null
 done
+SWEEP=()
+for batch in ${SWEEP_BATCHES:-$BATCH 256 128 64 32}; do
+  SWEEP+=("b$batch=--batch $batch --images ${SWEEP_IMAGES:-$BATCH}")
+done
+for setting in ${SWEEP_INDUCTOR-freezing=true aggressive_fusion=true}; do
+  SWEEP+=("b$BATCH-${setting%%=*}=--batch $BATCH --images ${SWEEP_IMAGES:-$BATCH} --inductor $setting")
+done
+stage sample-sweep 480 bash scripts/sampling_sweep.sh "$OUT/sample-sweep" 100 420 "${SWEEP[@]}"
 # Last: its compile and tuning took 649 s at batch 256 on an H100 (session 17).
 stage train-tuned "${TUNED_LIMIT:-1200}" env BENCH_TRAIN_MODES="${TUNED_MODES:-compile-graphs-tuned}" \
     BENCH_TRAIN_BATCH="${TUNED_BATCH:-${TRAIN_BATCH:-256}}" BENCH_TRAIN_LOSS_STEPS="${TUNED_LOSS_STEPS:-5}" \

@@ -23,7 +23,7 @@ run until FILE exists (at most ``--wait-max`` seconds; the setting records wheth
 ``scripts/tuning_pair.sh`` pairs two runs that way.
 
 Usage: python scripts/profile_sampling.py OUT_DIR [--preset seed] [--batch 256] [--steps 10]
-       [--scheduler cosine] [--guidance 1] [--no-compile] [--cuda-graphs] [--dtype bf16|fp32]
+       [--images N] [--scheduler cosine] [--guidance 1] [--no-compile] [--cuda-graphs] [--dtype bf16|fp32]
        [--no-channels-last] [--group-norm-by-views] [--tune-kernels] [--inductor KEY=VALUE ...]
        [--no-profile] [--ready-file FILE] [--time-after FILE] [--wait-max SECONDS]
 """
@@ -77,6 +77,9 @@ def main() -> None:
     )
     parser.add_argument("--scheduler", default="cosine")
     parser.add_argument("--guidance", type=float, default=1.0)
+    parser.add_argument(
+        "--images", type=int, default=None, help="images sampled, in chunks of --batch (default: one batch)"
+    )
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default=None)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--cuda-graphs", action="store_true")
@@ -124,7 +127,10 @@ def main() -> None:
         group_norm_by_views=args.group_norm_by_views,
         tune_kernels=args.tune_kernels and compile_,
     )
-    conds = conditions_for(args.batch)
+    images = args.images or args.batch
+    if images % args.batch:  # a padded last chunk would time images that are thrown away
+        parser.error(f"--images {images} is not a multiple of --batch {args.batch}")
+    conds = conditions_for(images)
     train_config = noise_config(args.scheduler if args.scheduler in ("cosine", "linear") else "cosine")
     kwargs = dict(train_config=train_config, steps=args.steps, guidance=args.guidance, options=options)
 
@@ -149,7 +155,9 @@ def main() -> None:
         "inductor": inductor,
         "sdpa": args.sdpa,
         "images_per_s_unprofiled": unprofiled.images_per_second,
-        "ms_per_step_unprofiled": 1e3 * unprofiled.seconds / args.steps,
+        "images": images,
+        # per step of one chunk (of --batch images)
+        "ms_per_step_unprofiled": 1e3 * unprofiled.seconds / (args.steps * (images // args.batch)),
     }
     print(
         f"{setting['device']} {setting['options']} {inductor} sdpa {args.sdpa}: {unprofiled.images_per_second:.1f} images/s "
@@ -159,7 +167,7 @@ def main() -> None:
         args.out,
         setting,
         lambda: sample(model, args.scheduler, conds, **kwargs),
-        args.steps,
+        args.steps * (images // args.batch),
         timing_only=args.no_profile,
         rows=args.rows,
     )

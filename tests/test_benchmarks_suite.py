@@ -120,6 +120,31 @@ def test_the_tuning_pair_times_its_two_runs_one_after_the_other(tmp_path: Path) 
     assert baseline["options"]["tune_kernels"] is False and tuned["preset"] == "tiny"
 
 
+def test_the_sweep_times_each_setting_after_the_one_before_and_samples_in_chunks(tmp_path: Path) -> None:
+    """scripts/sampling_sweep.sh on the CPU, tiny preset: three settings, each timed after the one
+    before it had finished; --images samples several chunks of --batch."""
+    run_script(
+        "sampling_sweep.sh",
+        tmp_path,
+        "1",
+        "60",
+        "b2=--batch 2 --images 4",
+        "b4=--batch 4",
+        "one=--batch 1 --images 4",
+    )
+    timings = {n: json.loads((tmp_path / n / "timing.json").read_text()) for n in ("b2", "b4", "one")}
+    assert [timings[n]["images"] for n in ("b2", "b4", "one")] == [4, 4, 4]
+    assert [timings[n]["batch"] for n in ("b2", "b4", "one")] == [2, 4, 1]
+    assert timings["b4"]["timed_at"] >= (tmp_path / "b2" / "timing.json").stat().st_mtime
+    assert timings["one"]["timed_at"] >= (tmp_path / "b4" / "timing.json").stat().st_mtime
+    assert all(t["timed_after_file"] is True for t in timings.values())
+    for t in timings.values():  # the time per step is that of one chunk
+        chunks = t["images"] // t["batch"]
+        assert t["ms_per_step_unprofiled"] == pytest.approx(
+            t["images"] * 1e3 / (t["images_per_s_unprofiled"] * chunks), rel=1e-6
+        )
+
+
 def test_the_training_profiler_times_and_splits_a_training_step(tmp_path: Path) -> None:
     """scripts/profile_training.py on the CPU, tiny preset: the step's time, its families, both tables."""
     run_script(

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Sampling speed of several settings of scripts/profile_sampling.py on one GPU, in about the time of
+# the slowest compile: every setting compiles side by side, then they are timed one at a time in
+# the order given, the first once all have compiled and each next one once the one before it has
+# finished, so no two timings (and no compile) share the GPU with a timing.
+# Each SETTING is NAME=ARGS: profile_sampling.py's arguments for that run (--batch, --images,
+# --tune-kernels, --inductor KEY=VALUE, ...), added to the common ones (--preset, --steps,
+# --cuda-graphs, --no-profile). Writes OUT_DIR/NAME/timing.json and OUT_DIR/NAME.log; prints each
+# run's line.
+# Usage: [PRESET=seed] scripts/sampling_sweep.sh OUT_DIR STEPS WAIT_MAX NAME="ARGS" [NAME="ARGS" ...]
+set -uo pipefail
+OUT=${1:?usage: scripts/sampling_sweep.sh OUT_DIR STEPS WAIT_MAX NAME=ARGS...}
+STEPS=${2:?steps}
+WAIT=${3:?wait max in seconds}
+shift 3
+[ $# -ge 1 ] || { echo "no settings given" >&2; exit 2; }
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+names=()
+for setting in "$@"; do
+  name=${setting%%=*}
+  [[ "$name" =~ ^[A-Za-z0-9_.-]+$ && "$setting" == *=* ]] || { echo "bad setting '$setting': NAME=ARGS" >&2; exit 2; }
+  names+=("$name")
+  rm -f "$OUT/$name.ready" "$OUT/$name.done"
+done
+rm -f "$OUT/all.ready"
+common=(--preset "${PRESET:-seed}" --steps "$STEPS" --cuda-graphs --no-profile --wait-max "$WAIT")
+previous=all.ready
+for setting in "$@"; do
+  name=${setting%%=*}
+  read -r -a args <<< "${setting#*=}"
+  (
+    python3 scripts/profile_sampling.py "$OUT/$name" "${common[@]}" "${args[@]}" \
+        --ready-file "$OUT/$name.ready" --time-after "$OUT/$previous"
+    [ -e "$OUT/$name.ready" ] || touch "$OUT/$name.ready"  # it failed before it compiled
+    touch "$OUT/$name.done"  # also when it failed, so nothing waits on it
+  ) > "$OUT/$name.log" 2>&1 &
+  previous=$name.done
+done
+# The first timing waits for every compile (or failure) to end.
+deadline=$((SECONDS + WAIT))
+for name in "${names[@]}"; do
+  while [ ! -e "$OUT/$name.ready" ] && [ $SECONDS -lt $deadline ]; do sleep 1; done
+done
+touch "$OUT/all.ready"
+wait
+for name in "${names[@]}"; do
+  printf '%s: ' "$name"
+  grep -h "images/s unprofiled" "$OUT/$name.log" || echo "no timing (see $OUT/$name.log)"
+done
