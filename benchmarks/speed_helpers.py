@@ -177,7 +177,7 @@ def record_sampling(
     compile time and peak memory count (a replayed CUDA graph allocates almost nothing)."""
     last = results[-1]
     every = [*results, *([warmup] if warmup is not None else [])]
-    peak, warmup_seconds = largest_costs((r.peak_memory_mb, r.warmup_seconds) for r in every)
+    peak_memory, warmup_seconds = largest_costs((r.peak_memory_mb, r.warmup_seconds) for r in every)
     n = len(last.images)
     per_round = [len(r.images) / r.seconds for r in results if r.seconds > 0]
     # The median of the rounds: one round's figure made unipc at 25 steps read faster than at 10 on
@@ -202,7 +202,7 @@ def record_sampling(
         "s_per_image": 1.0 / ips,
         "seconds_last_round": last.seconds,
         "warmup_seconds": warmup_seconds,
-        "peak_memory_mb": peak,
+        "peak_memory_mb": peak_memory,
         "rounds": len(results),
     }
     if peak is not None and preset == "seed":

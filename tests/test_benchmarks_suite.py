@@ -238,3 +238,48 @@ def test_the_loss_check_frees_compiled_graphs_and_trains_a_reference_that_does_n
     monkeypatch.setattr(suite, "loss_curve", never_fits)
     with pytest.raises(torch.cuda.OutOfMemoryError):  # one image per pass and still too big
         suite.eager_loss_curve(config, random_dataset(4), 2)
+
+
+def test_a_gpu_sampling_figure_gets_its_share_of_the_cards_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Session 24: the GPU sampling benchmarks all failed on an H200 ('float' object is not
+    subscriptable): the rounds' peak memory had been written over the card's peak FLOP/s."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from speed_helpers import SEED_GFLOP_PER_IMAGE, record_sampling
+
+    from bench.sampling import SampleResult
+
+    class Benchmark:
+        extra_info: dict = {}
+
+    rounds = [
+        SampleResult(
+            images=torch.zeros(4, 3, 8, 8),
+            nfe=100,
+            seconds=s,
+            peak_memory_mb=m,
+            steps=100,
+            scheduler="cosine",
+        )
+        for s, m in ((2.0, 500.0), (1.0, 700.0), (4.0, 600.0))
+    ]
+    info = record_sampling(
+        Benchmark(),
+        rounds,
+        preset="seed",
+        variant="graphs",
+        device="cpu",
+        compile_=True,
+        cuda_graphs=True,
+        dtype="bf16",
+        batch_size=4,
+        peak={"measured_tflops": 800.0, "nominal_tflops": 989.0},
+    )
+    assert (
+        info["images_per_s"] == 2.0 and info["peak_memory_mb"] == 700.0
+    )  # the median round; the largest peak
+    tflops = SEED_GFLOP_PER_IMAGE * 1e9 * 100 * 2.0 / 1e12
+    assert info["achieved_tflops"] == pytest.approx(tflops)
+    assert info["fraction_of_measured_peak"] == pytest.approx(tflops / 800.0)
+    assert info["fraction_of_nominal_peak"] == pytest.approx(tflops / 989.0)
