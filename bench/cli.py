@@ -160,7 +160,11 @@ def _bool_flag(name: str, help: str):
     "--batch-size",
     type=int,
     default=None,
-    help="Sampling chunk size (default: 256 on GPU; on CPU 32, or 16 when guided, whose doubled batch is 32 again).",
+    help=(
+        "Sampling chunk size, the most images per chunk (default: 512 on GPU, 256 when guided, whose "
+        "doubled batch is 512 again; on CPU 32, or 16 when guided). The chunks are made even: 600 "
+        "images at 512 run as two chunks of 300."
+    ),
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(

@@ -793,7 +793,7 @@ def _warm_up(ctx: _Run) -> None:
     guided): first-call costs (allocator, kernel selection, lazy init) must not land in the
     first cell's images/s."""
     from bench.compile_mode import compile_wait_note
-    from bench.sampling import sample
+    from bench.sampling import chunk_size, sample
 
     resolved = ctx.options.resolved(ctx.device)
     if resolved.compile:
@@ -802,11 +802,13 @@ def _warm_up(ctx: _Run) -> None:
         )
     mine = ctx.conditions[shard(len(ctx.conditions), ctx.rank, ctx.size)]
     for guidance in sorted({1.0, max(ctx.guidance.guidance)}):
+        # the chunk the cells at this guidance take (a guided chunk holds fewer images)
+        batch = chunk_size(len(mine), ctx.options.resolved(ctx.device, guided=guidance != 1.0).batch_size)
         try:
             warm = sample(
                 ctx.model,
                 ctx.plugins.registry("schedulers").get("ddim"),
-                mine[: resolved.batch_size],
+                mine[:batch],
                 train_config=ctx.train_noise,
                 steps=1,
                 guidance=guidance,

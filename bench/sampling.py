@@ -99,7 +99,7 @@ class SamplingOptions:
     """How fast the loop runs; ``None`` picks the default for the device.
 
     Defaults: on CUDA bf16 autocast, channels_last, torch.compile with CUDA graphs
-    (``mode="reduce-overhead"``), chunks of 256 images; on CPU channels_last (measured faster on
+    (``mode="reduce-overhead"``), chunks of 512 images (256 when guided); on CPU channels_last (measured faster on
     CPU, numerically the same), no compile, chunks of 32 (16 when guided), and bf16 autocast where
     the CPU multiplies bf16 in hardware (AMX, :func:`cpu_has_bf16_matmul`), else plain fp32.
     Each part can be switched on or off by itself.
@@ -140,7 +140,10 @@ class SamplingOptions:
         # 7.1 ms per image in a 32-image forward, 9.3 in a 64-image one and 14 in a 128-image
         # one; a guided chunk doubles the batch, so guided chunks hold 16 (same images either
         # way: the noise is drawn per image).
-        default = 256 if cuda else (16 if guided else 32)
+        # CUDA: a model batch of 512. Chunks of 512 sampled 11 % faster than chunks of 256, and 32
+        # to 128 slower still, on an H200 (BENCHMARKS.md, session 24); 1,024 is no faster than
+        # 512 (session 15), so a guided chunk, doubled inside, holds 256 and needs no more memory.
+        default = (256 if guided else 512) if cuda else (16 if guided else 32)
         batch_size = default if self.batch_size is None else self.batch_size
         compile_ = cuda if self.compile is None else self.compile
         cuda_graphs = (cuda and compile_) if self.cuda_graphs is None else self.cuda_graphs
@@ -211,6 +214,15 @@ class SampleResult:
     @property
     def images_per_second(self) -> float:
         return len(self.images) / self.seconds if self.seconds > 0 else float("inf")
+
+
+def chunk_size(n: int, batch_size: int) -> int:
+    """The images per chunk that sample ``n`` in as few chunks of at most ``batch_size`` as
+    possible, the chunks as even as can be: the last chunk is padded to the same shape (one
+    compiled graph), so 600 images at 512 run as two chunks of 300, not 512 + 88 padded to 512."""
+    n = max(n, 1)
+    chunks = -(-n // batch_size)
+    return -(-n // chunks)
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -429,7 +441,7 @@ def sample(
             f"conditions must be a (N, num_labels) multi-hot tensor, got shape {tuple(conditions.shape)}"
         )
     n = len(conditions)
-    batch = min(opts.batch_size, max(n, 1))
+    batch = chunk_size(n, opts.batch_size)
 
     model.eval().to(device)
     if opts.channels_last:
@@ -557,6 +569,7 @@ __all__: Sequence[str] = (
     "plain_reference_loop",
     "image_seed",
     "with_batch_size",
+    "chunk_size",
     "check_steps",
     "SamplingError",
     "resolve_steps",

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from image_checks import assert_same_images_across_batch_shapes
 
 from bench.noise import ScheduleMismatchError, check_schedule_compatible, noise_config
 from bench.plugins import get, get_plugins
-from bench.sampling import SamplingOptions, cpu_has_bf16_matmul, plain_reference_loop, resolve_steps, sample
+from bench.sampling import (
+    SamplingOptions,
+    chunk_size,
+    cpu_has_bf16_matmul,
+    plain_reference_loop,
+    resolve_steps,
+    sample,
+)
 from bench_builtins.models.ddpm_unet import make_ddpm_unet
 
 torch.set_num_threads(1)
@@ -169,7 +177,7 @@ def test_seeds_are_per_image(model: torch.nn.Module, cosine: dict) -> None:
     d = sample(model, "ddpm", cond, train_config=cosine, steps=3, seed=1, options=SamplingOptions.plain(2))
     assert torch.equal(a.images, b.images)
     assert not torch.allclose(a.images, c.images)
-    torch.testing.assert_close(a.images, d.images, atol=1e-3, rtol=0)  # independent of batch size
+    assert_same_images_across_batch_shapes(a.images, d.images)  # independent of batch size
 
 
 def test_frames_run_from_noise_to_image(model: torch.nn.Module, cosine: dict) -> None:
@@ -259,6 +267,9 @@ def test_options_resolve_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cpu.dtype == "fp32" and not cpu.compile and not cpu.cuda_graphs and cpu.batch_size == 32
     assert SamplingOptions().resolved("cpu", guided=True).batch_size == 16  # guidance doubles the batch
     assert SamplingOptions(batch_size=7).resolved("cpu", guided=True).batch_size == 7
+    # CUDA: a model batch of 512 either way (a guided chunk is doubled inside)
+    assert SamplingOptions(compile=False).resolved("cuda").batch_size == 512
+    assert SamplingOptions(compile=False).resolved("cuda", guided=True).batch_size == 256
     with pytest.raises(ValueError, match="at least 1"):
         SamplingOptions(batch_size=0).resolved("cpu")
     with pytest.raises(ValueError, match="bf16"):
@@ -515,3 +526,28 @@ def test_progress_counts_each_chunks_steps_and_changes_no_image(model, cosine, c
     assert torch.equal(quiet.images, shown.images)
     err = capsys.readouterr().err  # not a terminal here: a first line per chunk, then one a minute
     assert "denoising steps (chunk 1/2): 0/3" in err and "denoising steps (chunk 2/2): 0/3" in err
+
+
+def test_chunks_are_as_even_as_the_fewest_chunks_allow() -> None:
+    """The last chunk is padded to the chunk's shape: 600 images at 512 ran 1,024 model rows."""
+    assert chunk_size(600, 512) == 300 and chunk_size(513, 512) == 257
+    assert chunk_size(512, 512) == 512 and chunk_size(64, 512) == 64 and chunk_size(1024, 512) == 512
+    assert chunk_size(5, 2) == 2 and chunk_size(0, 4) == 1 and chunk_size(7, 1) == 1
+
+
+def test_sampling_runs_even_chunks_and_gives_the_images_of_one_chunk(model, cosine) -> None:
+    """Five images at --batch-size 4 run as two chunks of 3 (one padded row), the same images as
+    one chunk of 5: each image's noise comes from its own seed."""
+    seen: list[int] = []
+    hook = model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    try:
+        chunked = sample(
+            model, "ddim", conditions(5), train_config=cosine, steps=2, options=SamplingOptions.plain(4)
+        )
+    finally:
+        hook.remove()
+    whole = sample(
+        model, "ddim", conditions(5), train_config=cosine, steps=2, options=SamplingOptions.plain(5)
+    )
+    assert seen == [3, 3, 3, 3] and chunked.images.shape[0] == 5
+    assert_same_images_across_batch_shapes(chunked.images, whole.images)
