@@ -225,9 +225,12 @@ def test_gradient_accumulation_trains_the_same_weights_in_smaller_passes(tmp_pat
     for n in (2, 4):
         other = load_checkpoint(tmp_path / f"accum{n}" / "checkpoint")
         assert other.step == one.step == 6
-        for key in one.model_state:
-            torch.testing.assert_close(other.model_state[key], one.model_state[key], atol=1e-5, rtol=1e-4)
-            torch.testing.assert_close(other.ema_state[key], one.ema_state[key], atol=1e-5, rtol=1e-4)
+        for mine, ref in ((other.model_state, one.model_state), (other.ema_state, one.ema_state)):
+            diff = torch.cat([(mine[k].float() - ref[k].float()).abs().flatten() for k in ref])
+            # Adam divides by the gradient's size, so a weight whose gradient is near zero moves by
+            # up to a step (lr 1e-3) on rounding alone: an AMD EPYC moved 8 of 46,059 by up to
+            # 3.4e-5 (4 passes). Other noise or data would move nearly all of them by about lr.
+            assert diff.mean() < 1e-6 and diff.max() < 2e-4, (diff.mean(), diff.max())
         assert losses[n] == pytest.approx(losses[1], rel=1e-5)
         assert other.train_config["grad_accum"] == n
     with pytest.raises(TrainingError, match="does not split into 3 micro-batches; use a multiple of 3"):
