@@ -447,7 +447,6 @@ def sample(
     if opts.channels_last:
         model.to(memory_format=torch.channels_last)
     call = _ModelCall(model, opts, device)
-    conditions = conditions.to(device)
 
     def chunk(start: int) -> tuple[torch.Tensor, list[torch.Generator]]:
         # Pad the last chunk to the fixed batch shape (no recompilation, same CUDA graph).
@@ -465,6 +464,10 @@ def sample(
         # about a tenth of what the graphed loop holds).
         torch.cuda.reset_peak_memory_stats(device)
     with torch.inference_mode(), cudnn_benchmark(opts.cudnn_benchmark):
+        # A copy made in inference mode, as the warm-up's dummies are: chunks sliced from a tensor
+        # made outside it carry another dispatch key, which torch.compile's guards tell apart (it
+        # compiled, and captured, the model again at the first timed call).
+        conditions = conditions.to(device, copy=True)
         if opts.compile:
             # Compile and capture before the clock starts: three calls cover CUDA-graph recording.
             # With an interval the loop runs both batch shapes (doubled inside, single outside):
@@ -472,7 +475,11 @@ def sample(
             _sync(device)
             start = time.perf_counter()
             dummy_x = torch.zeros((batch, *shape), device=device)
-            dummy_t = torch.zeros((), device=device, dtype=torch.long)
+            # The loop's timestep dtype: Euler's and Heun's timesteps are float, and a long dummy
+            # left their compile to the first timed call.
+            probe = factory(train_config, **(scheduler_options or {}))
+            probe.set_timesteps(steps)
+            dummy_t = torch.zeros((), device=device, dtype=probe.timesteps.dtype)
             dummy_c = conditions[:1].expand(batch, -1).contiguous()
             for scale in [guidance] if interval is None else [guidance, 1.0]:
                 for _ in range(3):

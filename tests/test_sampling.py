@@ -169,6 +169,51 @@ def test_compile_warm_up_covers_both_batch_shapes(
     assert counting.batches == [10] * 7  # no interval: one shape, as before
 
 
+class _OneConv(torch.nn.Module):
+    """A model torch.compile traces in a moment: what its guards check does not depend on the size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + 1e-3 * t.float()[:, None, None, None] + 0 * c.sum(1)[:, None, None, None]
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler"])
+def test_compile_warm_up_leaves_nothing_to_compile_on_the_clock(
+    cosine: dict, scheduler: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warm-up's dummies must pass torch.compile's guards as the loop's inputs do: a long dummy
+    timestep against Euler's float ones, or conditions sliced from a tensor made outside inference
+    mode (another dispatch key), compiled the model again, and captured its CUDA graph, on the clock."""
+    from torch._dynamo.testing import CompileCounter
+
+    import bench.sampling
+
+    counter = CompileCounter()
+    monkeypatch.setattr(
+        bench.sampling,
+        "_compiled",
+        lambda module, options, variant="": torch.compile(module, backend=counter, dynamic=False),
+    )
+    at_loop: list[int] = []
+    run_chunk = bench.sampling._run_chunk
+
+    def counted(*args, **kwargs):
+        at_loop.append(counter.frame_count)
+        return run_chunk(*args, **kwargs)
+
+    monkeypatch.setattr(bench.sampling, "_run_chunk", counted)
+    torch._dynamo.reset()
+    options = SamplingOptions(dtype="fp32", channels_last=False, compile=True, batch_size=2)
+    # 3 images in chunks of 2: a full chunk and a padded one
+    sample(_OneConv().eval(), scheduler, conditions(3), train_config=cosine, steps=2,
+           options=options, image_shape=(3, 8, 8))  # fmt: skip
+    torch._dynamo.reset()
+    assert at_loop[0] >= 1 and counter.frame_count == at_loop[0]  # compiled in the warm-up only
+
+
 def test_seeds_are_per_image(model: torch.nn.Module, cosine: dict) -> None:
     cond = conditions(5)
     a = sample(model, "ddpm", cond, train_config=cosine, steps=3, seed=1, options=PLAIN)
