@@ -468,7 +468,9 @@ def sample(
         # made outside it carry another dispatch key, which torch.compile's guards tell apart (it
         # compiled, and captured, the model again at the first timed call).
         conditions = conditions.to(device, copy=True)
-        if opts.compile:
+        # No rows (a launch's process whose shard is empty): nothing to compile, and no first row
+        # to make the warm-up's batch from.
+        if opts.compile and n:
             # Compile and capture before the clock starts: three calls cover CUDA-graph recording.
             # With an interval the loop runs both batch shapes (doubled inside, single outside):
             # two compiled shapes, two captured graphs, both warmed here.

@@ -214,6 +214,19 @@ def test_compile_warm_up_leaves_nothing_to_compile_on_the_clock(
     assert at_loop[0] >= 1 and counter.frame_count == at_loop[0]  # compiled in the warm-up only
 
 
+def test_compiled_sampling_of_no_conditions_makes_no_images(
+    model: torch.nn.Module, cosine: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process of a launch with more processes than conditions samples an empty shard: the
+    compiled path (the GPU default) made its warm-up batch from a first row that is not there."""
+    import bench.sampling
+
+    monkeypatch.setattr(bench.sampling, "_compiled", lambda module, options, variant="": module)
+    options = SamplingOptions(dtype="fp32", channels_last=False, compile=True)
+    result = sample(model, "ddim", conditions(0), train_config=cosine, steps=1, options=options)
+    assert result.images.shape == (0, 3, 64, 64) and result.warmup_seconds == 0.0
+
+
 def test_seeds_are_per_image(model: torch.nn.Module, cosine: dict) -> None:
     cond = conditions(5)
     a = sample(model, "ddpm", cond, train_config=cosine, steps=3, seed=1, options=PLAIN)
