@@ -752,7 +752,10 @@ class _Trainer:
         self.elapsed = float(state.get("elapsed_seconds", 0.0))
         torch.set_rng_state(state["rng_torch"].cpu())
         if state.get("rng_cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+            # One state per GPU the saving process saw: a checkpoint of a 4-GPU machine resumed where
+            # fewer are visible indexed past them (IndexError); the visible ones take theirs.
+            visible = state["rng_cuda"][: torch.cuda.device_count()]
+            torch.cuda.set_rng_state_all([s.cpu() for s in visible])
         if state.get("rng_python"):
             random.setstate((3, tuple(state["rng_python"]), None))
 

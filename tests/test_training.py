@@ -336,6 +336,31 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     assert straight.final_loss == pytest.approx(resumed.final_loss)
 
 
+def test_resume_on_fewer_gpus_than_the_checkpoint_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint keeps the CUDA RNG state of every GPU its process saw (four on a 4-GPU machine,
+    launch or not); resumed where fewer are visible, torch.cuda.set_rng_state_all indexed past
+    them (IndexError). The visible GPUs take theirs. CUDA is faked here: torch's own indexing is
+    what the fake set_rng_state does."""
+    states = [torch.full((16,), i, dtype=torch.uint8) for i in range(4)]
+    trainer = training._Trainer(config(tmp_path), dataset(8))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    trainer.save(tmp_path / "checkpoint")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    restored: dict[int, torch.Tensor] = {}
+
+    def set_rng_state(state: torch.Tensor, device: int = 0) -> None:
+        _ = (object(),)[device]  # torch.cuda.default_generators holds one generator per visible GPU
+        restored[device] = state
+
+    monkeypatch.setattr(torch.cuda.random, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    training._Trainer(config(tmp_path), dataset(8)).restore(tmp_path / "checkpoint")
+    assert list(restored) == [0] and torch.equal(restored[0], states[0])
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_signal_ends_at_the_next_step_with_a_checkpoint_to_resume(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int
