@@ -149,6 +149,8 @@ class SamplingOptions:
         cuda_graphs = (cuda and compile_) if self.cuda_graphs is None else self.cuda_graphs
         if cuda_graphs and not cuda:
             raise SamplingOptionsError("cuda_graphs needs a CUDA device")
+        if cuda_graphs and not compile_:  # eager, they would be recorded as on and never run
+            raise SamplingOptionsError("cuda_graphs needs compile (the graphs capture the compiled forward)")
         channels_last = True if self.channels_last is None else self.channels_last
         error = compile_only_switch_error(
             compile_, autotune=bool(self.autotune), tune_kernels=bool(self.tune_kernels)

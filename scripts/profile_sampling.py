@@ -121,7 +121,7 @@ def main() -> None:
     options = SamplingOptions(
         dtype=args.dtype,
         compile=compile_,
-        cuda_graphs=args.cuda_graphs and cuda,
+        cuda_graphs=args.cuda_graphs and compile_,  # graphs capture the compiled forward
         batch_size=args.batch,
         channels_last=not args.no_channels_last,
         group_norm_by_views=args.group_norm_by_views,

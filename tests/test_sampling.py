@@ -10,6 +10,7 @@ from bench.noise import ScheduleMismatchError, check_schedule_compatible, noise_
 from bench.plugins import get, get_plugins
 from bench.sampling import (
     SamplingOptions,
+    SamplingOptionsError,
     chunk_size,
     cpu_has_bf16_matmul,
     plain_reference_loop,
@@ -431,6 +432,16 @@ def test_speed_switches_resolve_on_cpu() -> None:
         SamplingOptions(tune_kernels=True).resolved("cpu")
     plain = SamplingOptions.plain()
     assert plain.cudnn_benchmark is False and plain.autotune is False and plain.tune_kernels is False
+
+
+def test_cuda_graphs_need_compile() -> None:
+    """CUDA graphs capture the compiled forward: asked for without compile on a GPU they were
+    accepted, ran eager and were recorded as on (a results row and its report label said "graphs").
+    The GPU default still turns them off with compile."""
+    with pytest.raises(SamplingOptionsError, match="cuda_graphs needs compile"):
+        SamplingOptions(compile=False, cuda_graphs=True).resolved("cuda")
+    assert SamplingOptions(compile=False).resolved("cuda").cuda_graphs is False
+    assert SamplingOptions().resolved("cuda").cuda_graphs is True
 
 
 @pytest.mark.parametrize(
