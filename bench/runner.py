@@ -777,6 +777,9 @@ def _sample_all(ctx: _Run, scheduler, *, seed: int, **kwargs):
         return mine  # not the main process: the main one has the images
     for index, value in enumerate(parts):
         if isinstance(value, str):
+            if value.startswith("OutOfMemoryError:"):
+                # raised as one, so the cell's row names a --batch-size to try, as in one process
+                raise torch.cuda.OutOfMemoryError(f"process {index} of {size}: {value}")
             raise RuntimeError(f"process {index} of {size} failed: {value}")
     peak, warmup = largest_costs((p.peak_memory_mb, p.warmup_seconds) for p in parts)
     return replace(

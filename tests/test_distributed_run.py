@@ -112,3 +112,39 @@ def test_two_processes_sample_the_same_images_as_one(tmp_path: Path) -> None:
     assert all(r["speed"]["processes"] == 1 for r in rows_one)
     # Only the main process prints the summary.
     assert two.stdout.count("results: ") == one.stdout.count("results: ") == 1
+
+
+def test_another_process_out_of_memory_reaches_the_cell_as_out_of_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process that ran out of GPU memory reached the main one as a RuntimeError, so the cell's
+    row lost its "try --batch-size N" and the main process kept its memory."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import bench.runner
+    import bench.sampling
+
+    mine = object()  # this process's SampleResult
+    parts = [mine, "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"]
+    monkeypatch.setattr(bench.runner, "barrier", lambda: None)
+    monkeypatch.setattr(bench.runner, "gather", lambda value: parts if value is mine else None)
+    monkeypatch.setattr(bench.sampling, "sample", lambda *args, **kwargs: mine)
+    ctx = SimpleNamespace(
+        size=2,
+        rank=0,
+        main=True,
+        conditions=torch.zeros(4, 24),
+        model=None,
+        train_noise={},
+        device="cpu",
+        options=None,
+    )
+    with pytest.raises(
+        torch.cuda.OutOfMemoryError, match="process 1 of 2: OutOfMemoryError: CUDA out of memory"
+    ):
+        bench.runner._sample_all(ctx, "ddim", seed=0, steps=1)
+    parts[1] = "ValueError: a plugin's bug"
+    with pytest.raises(RuntimeError, match="process 1 of 2 failed: ValueError"):
+        bench.runner._sample_all(ctx, "ddim", seed=0, steps=1)
