@@ -73,12 +73,24 @@ def env_modes(name: str, known: list[str] | tuple[str, ...]) -> list[str]:
     return [m for m in known if m in asked]
 
 
-def env_ints(name: str, default: str) -> list[int]:
-    return [int(item) for item in env_list(name, default)]
+def _whole_number(name: str, text: str, minimum: int) -> int:
+    """``text`` as an int of at least ``minimum``, or an error naming ``name`` (BENCH_TRAIN_STEPS=0
+    timed nothing and failed on a loss never computed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name}: {text!r} is not a whole number") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
 
 
-def env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
+def env_ints(name: str, default: str, minimum: int = 1) -> list[int]:
+    return [_whole_number(name, item, minimum) for item in env_list(name, default)]
+
+
+def env_int(name: str, default: int, minimum: int = 1) -> int:
+    return _whole_number(name, os.environ.get(name, str(default)).strip(), minimum)
 
 
 # ---------------------------------------------------------------- models, data, conditions

@@ -33,8 +33,8 @@ CPU_TRAIN_STEPS = env_int("BENCH_CPU_TRAIN_STEPS", 4)
 GPU_PRESET = os.environ.get("BENCH_SPEED_PRESET", "seed")
 GPU_BATCHES = env_ints("BENCH_TRAIN_BATCH", "128,256")
 GPU_STEPS = env_int("BENCH_TRAIN_STEPS", 20)
-GPU_WARMUP = env_int("BENCH_TRAIN_WARMUP", 5)
-LOSS_STEPS = env_int("BENCH_TRAIN_LOSS_STEPS", 5)
+GPU_WARMUP = env_int("BENCH_TRAIN_WARMUP", 5, minimum=0)
+LOSS_STEPS = env_int("BENCH_TRAIN_LOSS_STEPS", 5, minimum=0)  # 0: no loss check
 # mode -> (label, the TrainConfig settings of that mode). _PLAIN is eager with every switch off;
 # the compiled modes set what they differ in.
 _PLAIN = dict(

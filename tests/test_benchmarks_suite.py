@@ -283,3 +283,26 @@ def test_a_gpu_sampling_figure_gets_its_share_of_the_cards_peak(monkeypatch: pyt
     assert info["achieved_tflops"] == pytest.approx(tflops)
     assert info["fraction_of_measured_peak"] == pytest.approx(tflops / 800.0)
     assert info["fraction_of_nominal_peak"] == pytest.approx(tflops / 989.0)
+
+
+def test_benchmark_counts_from_the_environment_are_whole_numbers_from_their_minimum(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """BENCH_TRAIN_STEPS=0 timed nothing and then failed on a loss that was never computed."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from speed_helpers import env_int, env_ints
+
+    monkeypatch.setenv("BENCH_TRAIN_STEPS", "0")
+    with pytest.raises(ValueError, match="BENCH_TRAIN_STEPS must be at least 1, got 0"):
+        env_int("BENCH_TRAIN_STEPS", 20)
+    assert env_int("BENCH_TRAIN_STEPS", 20, minimum=0) == 0
+    monkeypatch.setenv("BENCH_TRAIN_STEPS", "ten")
+    with pytest.raises(ValueError, match="BENCH_TRAIN_STEPS: 'ten' is not a whole number"):
+        env_int("BENCH_TRAIN_STEPS", 20)
+    monkeypatch.delenv("BENCH_TRAIN_STEPS")
+    assert env_int("BENCH_TRAIN_STEPS", 20) == 20
+    monkeypatch.setenv("BENCH_SPEED_BATCH", "256, 512")
+    assert env_ints("BENCH_SPEED_BATCH", "256") == [256, 512]
+    monkeypatch.setenv("BENCH_SPEED_BATCH", "256,-1")
+    with pytest.raises(ValueError, match="BENCH_SPEED_BATCH must be at least 1, got -1"):
+        env_ints("BENCH_SPEED_BATCH", "256")
