@@ -359,8 +359,13 @@ def scatter_plot(
             _draw_marker(draw, marker, lx + 15, cy, 5, color)
         draw.text((lx + 28, cy - 8), name, fill="black", font=small)
     if crowded:
+        # in a strip of its own below the canvas: at the old bottom it sat on the x-axis label, and
+        # in the middle of a canvas the legend had made taller
+        with_note = Image.new("RGB", (image.width, image.height + 22), "white")
+        with_note.paste(image, (0, 0))
         note = f"{crowded} label(s) left out: no room beside their points"
-        draw.text((8, height - 20), note, fill=(120, 120, 120), font=small)
+        ImageDraw.Draw(with_note).text((8, image.height + 2), note, fill=(120, 120, 120), font=small)
+        image = with_note
     return save_figure(image, out_path)
 
 

@@ -806,6 +806,20 @@ def test_series_past_ten_get_another_marker_and_a_crowded_frame_puts_the_legend_
     assert Image.open(scatter_plot(roomy, tmp_path / "q.png", size=(800, 600))).size == (800, 600)
 
 
+def test_labels_left_out_are_counted_in_a_strip_below_the_plot(tmp_path: Path) -> None:
+    """The note sat at the canvas's old bottom: on the x-axis label, or mid-canvas where the
+    legend had made it taller."""
+    from bench.plotting import scatter_plot
+
+    piled = [{"x": 10.0, "y": 0.5, "series": "a", "label": f"label {k}"} for k in range(6)]
+    image = Image.open(scatter_plot(piled, tmp_path / "p.png", xlabel="images/s", size=(800, 600)))
+    assert image.size == (800, 622)
+    strip = {image.getpixel((x, y)) for x in range(300) for y in range(600, 622)}
+    assert (120, 120, 120) in strip  # the note's grey text, below everything else
+    roomy = [{"x": 10.0 + 40 * k, "y": 0.2 + 0.3 * k, "series": "a", "label": f"l{k}"} for k in range(3)]
+    assert Image.open(scatter_plot(roomy, tmp_path / "q.png", size=(800, 600))).size == (800, 600)
+
+
 def _seed_file(tmp_path: Path, name: str, seed: int, config: dict, sets: dict[str, float], **speed) -> Path:
     rows = []
     for set_name, acc in sets.items():
