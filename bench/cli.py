@@ -258,6 +258,18 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve()) if path else path
 
 
+def _refuse_unwritable(path: str, option: str, folder: bool = False) -> None:
+    """A BadParameter when the output ``path`` (a file, or with ``folder`` a folder to make) cannot
+    be written: a file where its folder should be was a FileExistsError or NotADirectoryError
+    traceback, for train-judge only after its whole training. bench run, train and report check so."""
+    from bench.atomic import why_unwritable
+
+    target = Path(path).expanduser()
+    problem = why_unwritable(target if folder else target.parent)
+    if problem:
+        raise click.BadParameter(f"{path}: {problem}; write it elsewhere", param_hint=option)
+
+
 def _evaluator_errors(row) -> list[str]:
     """``<evaluator>_error`` metrics of a row: an evaluator that failed while the cell ran."""
     return [f"{key}: {value}" for key, value in row.metrics.items() if key.endswith("_error")]
@@ -424,6 +436,7 @@ def data_synth(out_dir, scenes, seed, split, max_objects, device) -> None:
     if Path(out_dir).is_dir() and any(Path(out_dir).iterdir()):
         # Earlier PNGs would stay beside the new train.json: a folder whose files and list disagree.
         raise click.BadParameter(f"{out_dir} is not empty; give a new or empty folder", param_hint="--out")
+    _refuse_unwritable(out_dir, "--out", folder=True)
     out = write_synthetic_folder(
         out_dir, scenes=scenes, seed=seed, split=split, max_objects=max_objects, device=device
     )
@@ -460,6 +473,7 @@ def data_conditions(out_file, n, objects, seed, shared, force) -> None:
     if Path(out_file).exists() and not force:
         # a condition set may be a hand-edited or published one: not replaced by a typo'd --out
         raise click.BadParameter(f"{out_file} exists; pass --force to replace it", param_hint="--out")
+    _refuse_unwritable(out_file, "--out")
 
     counts = parse_int_list(objects, "object count")
     if not 1 <= min(counts) <= max(counts) <= 24:  # 24 labels: no condition holds more objects
@@ -525,6 +539,8 @@ def data_ceiling(condition_files, per_condition, seed, evaluators, ref_n, judge,
     from bench.report import render_report
     from bench_builtins.evaluators.ceiling import ceiling_result
 
+    if out_dir:  # before the renders and the judge, not when results.json is written
+        _refuse_unwritable(out_dir, "--out", folder=True)
     device = resolve_device(device)
     result = ceiling_result(
         list(condition_files),
@@ -558,6 +574,7 @@ def data_show(folder, out_png, n) -> None:
     synth` writes) with each image's labels. For generated images, see the grids `bench run` draws."""
     from bench_builtins.datasets.synthetic.export import contact_sheet
 
+    _refuse_unwritable(out_png, "--out")
     contact_sheet(Path(folder), out_png, n=n)
     click.echo(f"wrote {out_png}")
 
@@ -659,6 +676,7 @@ def train_judge_command(
             "them, or another --out (the judge's metrics go beside it, as .json)",
             param_hint="--out",
         )
+    _refuse_unwritable(out_path, "--out")  # before the training, not at the save after it
     device = resolve_device(device)
     synthetic = _dataset_entry(data, data_root, images_dir).name == "synthetic"
     extra = {"scenes": scenes, "max_objects": max_objects} if synthetic else {}
@@ -933,6 +951,7 @@ def export_command(checkpoint, out_file, dtype, guidance, guidance_interval) -> 
             f"{out_file} is inside the checkpoint folder {checkpoint}; write the exported file elsewhere",
             param_hint="OUT_FILE",
         )
+    _refuse_unwritable(out_file, "OUT_FILE")
     # New guidance replaces the file's defaults whole: say so when that drops its interval.
     try:
         before = export_header(source)[1] if source.is_file() else None

@@ -362,6 +362,40 @@ def test_sizes_that_mean_nothing_are_one_clear_line(runner, tmp_path, args, mess
     assert "Traceback" not in result.output and not out.exists()
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train-judge", "--out", "{taken}/judge.safetensors"],
+        ["data", "synth", "--scenes", "1", "--out", "{taken}/folder"],
+        ["data", "show", "{tmp}", "--out", "{taken}/sheet.png"],
+        ["data", "conditions", "--out", "{taken}/c.json"],
+        ["data", "ceiling", "--out", "{taken}/ceiling"],
+        ["export", "{shipped}", "{taken}/again.safetensors"],
+    ],
+)
+def test_an_output_beneath_a_file_is_one_line_before_any_work(runner, tmp_path, monkeypatch, command) -> None:
+    """A file where an output's folder goes was a FileExistsError or NotADirectoryError traceback;
+    train-judge's came at the save, after the whole training."""
+    from bench.weights import shipped_weights
+    from bench_builtins.models.ddpm_unet import SHIPPED_WEIGHTS
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started before --out was checked")
+
+    monkeypatch.setattr(cli, "_dataset", forbidden)
+    monkeypatch.setattr("bench_builtins.evaluators.judge_training.train_judge", forbidden)
+    monkeypatch.setattr("bench_builtins.evaluators.ceiling.ceiling_result", forbidden)
+    monkeypatch.setattr("bench_builtins.datasets.synthetic.export.write_synthetic_folder", forbidden)
+    taken = tmp_path / "taken.json"
+    taken.write_text('[["red sphere"]]')
+    shipped = shipped_weights(SHIPPED_WEIGHTS)
+    args = [a.format(taken=taken, tmp=tmp_path, shipped=shipped) for a in command]
+    result = runner.invoke(cli.main, args)
+    assert result.exit_code == 2, result.output
+    assert f"{taken} is a file" in result.output and "Traceback" not in result.output
+    assert taken.read_text() == '[["red sphere"]]'
+
+
 def test_data_conditions_replaces_an_existing_file_only_with_force(runner, tmp_path) -> None:
     """It overwrote any --out, a hand-edited or published condition set included."""
     out = tmp_path / "mine.json"
