@@ -763,6 +763,32 @@ def test_data_show_draws_a_contact_sheet(runner, tmp_path) -> None:
     assert Image.open(sheet).size[0] > 64
 
 
+def test_data_show_reads_a_folder_as_bench_train_does(runner, tmp_path) -> None:
+    """A malformed train.json or a damaged PNG was a traceback, and PNGs in a folder of their own
+    beside train.json (the course layout, which bench train reads) were refused."""
+    from PIL import Image
+
+    folder = tmp_path / "course"
+    (folder / "pngs").mkdir(parents=True)
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (320, 240), (90, 90, 90)).save(folder / "pngs" / name)
+    (folder / "train.json").write_text('{"a.png": ["red sphere"], "b.png": ["blue cube"]}')
+    sheet = tmp_path / "sheet.png"
+    result = runner.invoke(cli.main, ["data", "show", str(folder), "--out", str(sheet)])
+    assert result.exit_code == 0 and sheet.exists(), result.output
+    (folder / "pngs" / "b.png").write_bytes(b"not a png")
+    result = runner.invoke(cli.main, ["data", "show", str(folder), "--out", str(sheet)])
+    assert result.exit_code == 2 and "b.png cannot be read as an image" in result.output, result.output
+    for train, message in [
+        ('{"a.png": ', "train.json: malformed JSON at line 1"),
+        ('[["red sphere"]]', "expected a JSON object"),
+        ('{"a.png": 5}', "each condition must be a list of label names"),
+    ]:
+        (folder / "train.json").write_text(train)
+        result = runner.invoke(cli.main, ["data", "show", str(folder), "--out", str(sheet)])
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
 def test_out_of_memory_in_a_cell_names_a_batch_size_to_try(runner, tmp_path, monkeypatch) -> None:
     import torch
 

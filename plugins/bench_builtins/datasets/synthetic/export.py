@@ -121,20 +121,32 @@ def write_conditions(out_file: str | os.PathLike, conditions: Sequence[Sequence[
 
 
 def _sample_from_folder(folder: Path, n: int) -> tuple[list[Any], list[list[str]]]:
+    """The first ``n`` images of a folder and their labels, read as the ``iclevr`` loader reads the
+    folder: a malformed train.json or a damaged PNG was a traceback, and PNGs in a folder of their
+    own beside train.json (the course layout, which bench train reads) were refused."""
     from PIL import Image
 
-    from bench_builtins.datasets.folder import DatasetError, resolve_paths
+    from bench.conditions import ConditionError, labels_from_objects_json
+    from bench_builtins.datasets.folder import DatasetError, locate_images, read_train_json, resolve_paths
 
-    train, _, images = resolve_paths(folder)
-    data = json.loads(train.read_text(encoding="utf-8"))
-    names = list(data)[:n]
+    train, objects, images = resolve_paths(folder)
+    spec = load_labels_spec()
+    try:
+        labels = labels_from_objects_json(objects, spec) if objects is not None else spec
+    except ConditionError as error:
+        raise DatasetError(str(error)) from None
+    files, conditions = read_train_json(train, labels)
+    shown = files[:n]
+    images = locate_images(folder, images, shown, False, train)
     pics = []
-    for name in names:
-        if not (images / name).is_file():
-            raise DatasetError(f"{train.name} names {name!r} but it is not in {images}")
-        with Image.open(images / name) as im:
-            pics.append(im.convert("RGB"))
-    return pics, [data[k] for k in names]
+    for name in shown:
+        path = images / name
+        try:
+            with Image.open(path) as im:
+                pics.append(im.convert("RGB"))
+        except (OSError, ValueError) as error:  # truncated or not an image: name the file
+            raise DatasetError(f"{path} cannot be read as an image ({error}); replace or remove it") from None
+    return pics, conditions[: len(shown)]
 
 
 def contact_sheet(
