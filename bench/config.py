@@ -25,9 +25,15 @@ def read_config_file(path: str | Path, command: str, commands: Collection[str] =
     """
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark (some editors write one) read as "Invalid statement" at 1:1
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise click.BadParameter(f"config file {path} does not exist", param_hint="--config") from None
+    except UnicodeDecodeError as e:  # a UTF-16 save or a binary file was a traceback
+        raise click.BadParameter(
+            f"config file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8, as TOML requires",
+            param_hint="--config",
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise click.BadParameter(
             f"config file {path} is not valid TOML: {e}", param_hint="--config"

@@ -258,6 +258,17 @@ def test_unknown_key_in_config_file_is_an_error(runner, tmp_path) -> None:
     assert "schedulr" in result.output
 
 
+def test_a_config_file_in_another_encoding_is_read_or_named(tmp_path) -> None:
+    """A UTF-16 file (a Windows editor's "Unicode") was a UnicodeDecodeError traceback, and a UTF-8
+    file with a byte-order mark was "not valid TOML: Invalid statement (at line 1, column 1)"."""
+    path = tmp_path / "run.toml"
+    path.write_bytes("\ufeffsteps = 2\n".encode())
+    assert read_config_file(path, "run") == {"steps": 2}
+    path.write_text("steps = 2\n", encoding="utf-16")
+    with pytest.raises(click.BadParameter, match="is not UTF-8 text \\(byte 0\\); save it as UTF-8"):
+        read_config_file(path, "run")
+
+
 @pytest.mark.parametrize(
     ("command", "text", "says"),
     [
