@@ -439,6 +439,18 @@ def test_a_judge_file_that_needs_full_unpickling_says_so(course_ckpt, tmp_path, 
     assert "full unpickling" not in capsys.readouterr().err  # a plain checkpoint loads quietly
 
 
+@pytest.mark.parametrize("content", [b'[["red sphere"]]', bytes(range(256)) * 8])
+def test_a_judge_file_that_is_no_torch_file_is_not_unpickled(tmp_path, capsys, content):
+    """A JSON or random bytes under a .pth name were said to hold "more than tensors" and were
+    loaded with full unpickling before the error: a false warning about running the file's code."""
+    path = tmp_path / "judge.pth"
+    path.write_bytes(content)
+    with pytest.raises(JudgeError, match="it is not a PyTorch checkpoint") as error:
+        load_judge(path)
+    assert "Weights only" not in str(error.value)  # torch's page of advice is not the reason
+    assert "full unpickling" not in capsys.readouterr().err
+
+
 class _Epoch:
     def __init__(self, n: int) -> None:
         self.n = n

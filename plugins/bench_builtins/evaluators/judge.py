@@ -55,8 +55,12 @@ def _torch_load(path: Path) -> Any:
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass  # a course checkpoint may pickle more than tensors (optimizer state, numbers)
+    except pickle.UnpicklingError as error:
+        # A course checkpoint may pickle more than tensors (optimizer state, numbers). A file that
+        # is no torch.save output at all (a zip, or a pickle of protocol 2 or more: b"\x80") has
+        # nothing to unpickle: the warning below named a JSON or text file as holding more than tensors.
+        if not (_starts_with(path, b"PK") or _starts_with(path, b"\x80")):
+            raise _unreadable(path, None) from error
     except Exception as error:  # noqa: BLE001 - truncation shows up as many exception types
         raise _unreadable(path, error) from error
     # The user's own checkpoint file, named explicitly: full unpickling is theirs to allow, but it
@@ -72,15 +76,14 @@ def _torch_load(path: Path) -> Any:
         raise _unreadable(path, error) from error
 
 
-def _unreadable(path: Path, error: BaseException) -> JudgeError:
+def _unreadable(path: Path, error: BaseException | None) -> JudgeError:
     size = path.stat().st_size
     if zipfile.is_zipfile(path) or _starts_with(path, b"PK"):
         why = "it looks like a PyTorch checkpoint that is truncated or corrupt"
     else:
         why = "it is not a PyTorch checkpoint (torch.save) nor a .safetensors file"
-    return JudgeError(
-        f"could not load judge {path} ({size} bytes): {why}. Error: {type(error).__name__}: {error}"
-    )
+    detail = f" Error: {type(error).__name__}: {error}" if error is not None else ""
+    return JudgeError(f"could not load judge {path} ({size} bytes): {why}.{detail}")
 
 
 def _starts_with(path: Path, magic: bytes) -> bool:
