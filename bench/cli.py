@@ -529,7 +529,10 @@ def _evaluator_names(value: str, none_allowed: bool) -> list[str]:
     type=click.Path(file_okay=False),
     help="Keep OUT/results.json: bench report reads it beside model runs (model 'renders').",
 )
-def data_ceiling(condition_files, per_condition, seed, evaluators, ref_n, judge, device, out_dir) -> None:
+@click.option("--force", is_flag=True, help="Replace an OUT/results.json that exists.")
+def data_ceiling(
+    condition_files, per_condition, seed, evaluators, ref_n, judge, device, out_dir, force
+) -> None:
     """What a perfect generator scores: the evaluators on renders holding exactly each condition's
     objects (synthetic renderer). A model's accuracy reads against it, and its FID against the
     renders' FID at the same N."""
@@ -541,6 +544,13 @@ def data_ceiling(condition_files, per_condition, seed, evaluators, ref_n, judge,
 
     if out_dir:  # before the renders and the judge, not when results.json is written
         _refuse_unwritable(out_dir, "--out", folder=True)
+        if (Path(out_dir) / "results.json").exists() and not force:
+            # --out a bench run's folder replaced that run's rows with the renders' (nothing kept)
+            raise click.BadParameter(
+                f"{Path(out_dir) / 'results.json'} exists (a run's results?); give another folder, "
+                "or pass --force to replace it",
+                param_hint="--out",
+            )
     device = resolve_device(device)
     result = ceiling_result(
         list(condition_files),

@@ -74,7 +74,8 @@ def test_data_ceiling_prints_and_keeps_the_evaluators_on_renders_of_each_set(run
     bad.write_text('[["pink cube"]]')
     result = runner.invoke(cli.main, ["data", "ceiling", "--conditions", str(bad)])
     assert result.exit_code != 0 and "unknown label 'pink cube'" in result.output
-    fid = runner.invoke(cli.main, [*args, "--evaluators", "acc,fid", "--ref-n", "6"])  # FID's floor at N=4
+    # FID's floor at N=4, into the same folder: its results.json replaced, as --force allows
+    fid = runner.invoke(cli.main, [*args, "--evaluators", "acc,fid", "--ref-n", "6", "--force"])
     assert fid.exit_code == 0, fid.output
     metrics = json.loads((tmp_path / "c" / "results.json").read_text())["rows"][0]["metrics"]
     assert metrics["fid-judge"] >= 0 and metrics["fid-judge_n"] == 4 and "acc" in metrics
@@ -405,6 +406,34 @@ def test_an_output_beneath_a_file_is_one_line_before_any_work(runner, tmp_path, 
     assert result.exit_code == 2, result.output
     assert f"{taken} is a file" in result.output and "Traceback" not in result.output
     assert taken.read_text() == '[["red sphere"]]'
+
+
+def test_data_ceiling_replaces_a_results_file_only_with_force(runner, tmp_path, monkeypatch) -> None:
+    """`data ceiling --out` a bench run's folder replaced the run's rows with the renders', keeping
+    nothing."""
+    calls: list[str] = []
+
+    def ceiling_result(*args, **kwargs):
+        calls.append("ran")
+        raise click.ClickException("stopped here: the check let it through")
+
+    monkeypatch.setattr("bench_builtins.evaluators.ceiling.ceiling_result", ceiling_result)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text('{"rows": []}')
+    conditions = str(tmp_path / "c.json")
+    (tmp_path / "c.json").write_text('[["red sphere"]]')
+    result = runner.invoke(cli.main, ["data", "ceiling", "--conditions", conditions, "--out", str(run)])
+    assert result.exit_code == 2 and "results.json exists" in result.output and "--force" in result.output
+    assert calls == [] and (run / "results.json").read_text() == '{"rows": []}'
+    result = runner.invoke(
+        cli.main, ["data", "ceiling", "--conditions", conditions, "--out", str(run), "--force"]
+    )
+    assert calls == ["ran"] and "stopped here" in result.output
+    result = runner.invoke(
+        cli.main, ["data", "ceiling", "--conditions", conditions, "--out", str(tmp_path / "new")]
+    )
+    assert calls == ["ran", "ran"]  # a new folder needs no --force
 
 
 def test_data_conditions_replaces_an_existing_file_only_with_force(runner, tmp_path) -> None:
