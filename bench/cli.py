@@ -954,6 +954,12 @@ def export_command(checkpoint, out_file, dtype, guidance, guidance_interval) -> 
     from bench.guidance import format_interval
     from bench.weights import sha256_of
 
+    if Path(out_file).suffix != ".safetensors":
+        # any other name, a condition file say, was overwritten with weights without a word
+        raise click.BadParameter(
+            f"{out_file}: the weights are written as safetensors; name the file *.safetensors",
+            param_hint="OUT_FILE",
+        )
     source = Path(checkpoint).resolve()
     if source.is_dir() and source in Path(out_file).resolve().parents:
         # A file written into the checkpoint folder breaks its recorded sha256s: resume and run refuse it.

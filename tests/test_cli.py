@@ -1041,6 +1041,18 @@ def test_export_refuses_to_write_into_the_checkpoint_it_reads(runner, tmp_path) 
     load_checkpoint(ck)  # still whole
 
 
+def test_export_writes_only_a_safetensors_name(runner, tmp_path) -> None:
+    """`bench export CKPT mine.json` overwrote the condition file with weights."""
+    ck = _tiny_checkpoint(tmp_path / "ck")
+    mine = tmp_path / "mine.json"
+    mine.write_text('[["red cube"]]')
+    result = runner.invoke(cli.main, ["export", str(ck), str(mine)])
+    assert result.exit_code == 2 and "name the file *.safetensors" in result.output
+    assert mine.read_text() == '[["red cube"]]'
+    result = runner.invoke(cli.main, ["export", str(ck), str(tmp_path / "w.safetensors")])
+    assert result.exit_code == 0, result.output
+
+
 def test_random_weights_have_no_sampling_defaults(runner, tmp_path) -> None:
     out = tmp_path / "run"
     result = tiny_run(
