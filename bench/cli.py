@@ -815,7 +815,7 @@ def train_judge_command(
 )
 @click.option(
     "--seed",
-    type=int,
+    type=click.IntRange(min=0),  # as bench run's and train-judge's: a negative seed was accepted here alone
     default=None,
     help="Seed of the initial weights, the data order and every step's noise (default 0; on --resume, the checkpoint's).",
 )

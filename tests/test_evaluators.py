@@ -400,6 +400,8 @@ def test_augment_keeps_shape_and_range():
 def test_inception_fid_errors_name_the_option_and_the_missing_package(tmp_path, monkeypatch) -> None:
     with pytest.raises(fid_mod.FidError, match=r"--fid-weights .*nope.pth does not exist"):
         fid_mod.resolve_extractor(fid_weights=tmp_path / "nope.pth", device="cpu")
+    with pytest.raises(fid_mod.FidError, match=r"--fid-weights .* is a folder; pass the local Inception"):
+        fid_mod.resolve_extractor(fid_weights=tmp_path, device="cpu")
     weights = tmp_path / "pt_inception.pth"
     weights.write_bytes(b"weights")
     monkeypatch.setattr(fid_mod, "_torch_fidelity_available", lambda: False)

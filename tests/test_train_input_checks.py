@@ -691,3 +691,13 @@ def test_a_bare_resume_keeps_grad_accum_and_another_may_be_given(runner, tmp_pat
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "checkpoint" / "config.json").read_text())
     assert saved["step"] == 3 and saved["train_config"]["grad_accum"] == 1
+
+
+def test_a_negative_seed_is_refused_as_bench_run_refuses_it(runner, tmp_path, monkeypatch) -> None:
+    """bench train took --seed -1 where bench run and train-judge refuse a negative seed."""
+    monkeypatch.setattr(cli, "_dataset", _no_dataset)
+    result = bench_train(runner, tmp_path / "train", "--seed", "-1", "--max-steps", "1")
+    assert (
+        result.exit_code == 2 and "--seed" in result.output and "-1 is not in the range x>=0" in result.output
+    )
+    assert not (tmp_path / "train").exists()

@@ -111,8 +111,9 @@ def resolve_extractor(
         return _judge_extractor(judge, device)
     weights = Path(fid_weights).expanduser() if fid_weights else None
     if weights is not None and not weights.is_file():
+        what = "is a folder" if weights.is_dir() else "does not exist"  # a folder was said to be missing
         raise FidError(
-            f"--fid-weights {weights} does not exist; pass the local Inception weights file "
+            f"--fid-weights {weights} {what}; pass the local Inception weights file "
             "(pt_inception-2015-12-05-6726825d.pth)"
         )
     if weights is None and TORCH_FIDELITY_WEIGHTS.is_file():
