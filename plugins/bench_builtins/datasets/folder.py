@@ -184,6 +184,26 @@ def _read_images(images: Path, files: list[str], train: Path, image_size: int):
     return out
 
 
+def read_listing(
+    data_root: str | os.PathLike | None = None,
+    train_json: str | os.PathLike | None = None,
+    objects_json: str | os.PathLike | None = None,
+    images_dir: str | os.PathLike | None = None,
+) -> tuple[Path, Path, list[str], list[list[str]], list[str]]:
+    """What a folder in the i-CLEVR layout lists, checked, before any image is decoded: train.json,
+    the folder of its images, their file names, each one's label names, and the label vocabulary."""
+    train, objects, images = resolve_paths(data_root, train_json, objects_json, images_dir)
+    spec = load_labels_spec()
+    try:
+        labels = labels_from_objects_json(objects, spec) if objects is not None else spec
+    except ConditionError as error:
+        raise DatasetError(str(error)) from None
+    files, conditions = read_train_json(train, labels)
+    base = Path(data_root).expanduser() if data_root is not None else train.parent
+    images = locate_images(base, images, files, images_dir is not None, train)
+    return train, images, files, conditions, labels
+
+
 def load_iclevr_folder(
     data_root: str | os.PathLike | None = None,
     *,
@@ -195,15 +215,7 @@ def load_iclevr_folder(
     use_cache: bool = True,
 ) -> ImageConditionDataset:
     """Load (and cache) a folder in the i-CLEVR layout as an ImageConditionDataset."""
-    train, objects, images = resolve_paths(data_root, train_json, objects_json, images_dir)
-    spec = load_labels_spec()
-    try:
-        labels = labels_from_objects_json(objects, spec) if objects is not None else spec
-    except ConditionError as error:
-        raise DatasetError(str(error)) from None
-    files, conditions = read_train_json(train, labels)
-    base = Path(data_root).expanduser() if data_root is not None else train.parent
-    images = locate_images(base, images, files, images_dir is not None, train)
+    train, images, files, conditions, labels = read_listing(data_root, train_json, objects_json, images_dir)
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     key = cache_key(
         {

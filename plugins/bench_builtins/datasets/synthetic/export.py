@@ -126,18 +126,10 @@ def _sample_from_folder(folder: Path, n: int) -> tuple[list[Any], list[list[str]
     own beside train.json (the course layout, which bench train reads) were refused."""
     from PIL import Image
 
-    from bench.conditions import ConditionError, labels_from_objects_json
-    from bench_builtins.datasets.folder import DatasetError, locate_images, read_train_json, resolve_paths
+    from bench_builtins.datasets.folder import DatasetError, read_listing
 
-    train, objects, images = resolve_paths(folder)
-    spec = load_labels_spec()
-    try:
-        labels = labels_from_objects_json(objects, spec) if objects is not None else spec
-    except ConditionError as error:
-        raise DatasetError(str(error)) from None
-    files, conditions = read_train_json(train, labels)
+    _, images, files, conditions, _ = read_listing(folder)
     shown = files[:n]
-    images = locate_images(folder, images, shown, False, train)
     pics = []
     for name in shown:
         path = images / name
