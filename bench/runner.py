@@ -878,6 +878,7 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int, guidance: float, seed:
         "guided_nfe": result.extra.get("guided_nfe"),
         "peak_memory_mb": peak_mb,
         "batch_size": options.batch_size,
+        "chunk": result.extra.get("chunk"),  # what ran: --batch-size 48 over 64 images runs 2 x 32
         "dtype": options.dtype,
         "device": ctx.device,
         "compile": options.compile,

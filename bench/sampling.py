@@ -540,7 +540,8 @@ def sample(
         guidance=guidance,
         guidance_interval=interval,
         scheduler=name,
-        extra={"guided_nfe": call.guided_calls // n_chunks},
+        # "chunk": the images per chunk that ran, at most options.batch_size (chunks are made even)
+        extra={"guided_nfe": call.guided_calls // n_chunks, "chunk": batch},
     )
 
 

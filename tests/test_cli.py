@@ -1083,6 +1083,13 @@ def test_cpu_rows_record_the_chunk_each_cell_ran_with(runner, tmp_path) -> None:
                       "--no-denoising-figure", "--out", str(out))  # fmt: skip
     rows, _ = _rows_and_config(out)
     assert {r["speed"]["batch_size"] for r in rows} == {8}
+    # chunks are made even: 64 images at --batch-size 48 run as two chunks of 32, and say so
+    result = tiny_run(runner, "--scheduler", "ddim", "--steps", "1", "--batch-size", "48",
+                      "--no-denoising-figure", "--out", str(out))  # fmt: skip
+    rows, _ = _rows_and_config(out)
+    assert {(r["speed"]["batch_size"], r["speed"]["chunk"], r["speed"]["total_images"]) for r in rows} == {
+        (48, 32, 64)
+    }
 
 
 def test_cpu_rows_record_the_speed_switches_off(runner, tmp_path) -> None:

@@ -618,5 +618,5 @@ def test_sampling_runs_even_chunks_and_gives_the_images_of_one_chunk(model, cosi
     whole = sample(
         model, "ddim", conditions(5), train_config=cosine, steps=2, options=SamplingOptions.plain(5)
     )
-    assert seen == [3, 3, 3, 3] and chunked.images.shape[0] == 5
+    assert seen == [3, 3, 3, 3] and chunked.images.shape[0] == 5 and chunked.extra["chunk"] == 3
     assert_same_images_across_batch_shapes(chunked.images, whole.images)
