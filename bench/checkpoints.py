@@ -586,6 +586,16 @@ def load_model(
             )
     if meta.get(SAMPLING_DEFAULTS_KEY) is not None:
         meta[SAMPLING_DEFAULTS_KEY] = check_sampling_defaults(meta[SAMPLING_DEFAULTS_KEY], source)
+    trained = (
+        meta["noise_config"].get("num_train_timesteps") if isinstance(meta["noise_config"], dict) else None
+    )
+    if type(trained) is not int or trained < 1:
+        # a damaged or hand-edited config (every bench checkpoint records it): 0 was read later as
+        # "use --steps 0 or fewer", a missing one as a schedule mismatch
+        raise CheckpointError(
+            f"{source}: the checkpoint's noise schedule has num_train_timesteps {trained!r}, not a whole "
+            "number of at least 1; the checkpoint config is damaged"
+        )
     model = build_model(meta["model_name"], meta["model_config"])
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     load_state_checked(model, state, source)

@@ -1041,6 +1041,29 @@ def test_export_refuses_to_write_into_the_checkpoint_it_reads(runner, tmp_path) 
     load_checkpoint(ck)  # still whole
 
 
+def test_a_checkpoint_without_training_timesteps_is_named_damaged(runner, tmp_path) -> None:
+    """A hand-edited num_train_timesteps of 0 was read as "use --steps 0 or fewer", a missing one
+    as a schedule mismatch ("trained None")."""
+    ck = _tiny_checkpoint(tmp_path / "ck")
+    config = json.loads((ck / "config.json").read_text())
+    for bad in (0, "1000", None):
+        config["noise_config"]["num_train_timesteps"] = bad
+        if bad is None:
+            del config["noise_config"]["num_train_timesteps"]
+        (ck / "config.json").write_text(json.dumps(config))
+        result = runner.invoke(cli.main, ["run", "--checkpoint", str(ck), "--scheduler", "ddim", "--steps", "1",
+                                          "--evaluators", "none", "--no-denoising-figure",
+                                          "--out", str(tmp_path / f"run-{bad}")])  # fmt: skip
+        assert result.exit_code != 0 and "Traceback" not in result.output
+        assert f"num_train_timesteps {bad!r}, not a whole number of at least 1" in result.output
+        assert "or fewer" not in result.output and "mismatch" not in result.output
+    config["noise_config"]["num_train_timesteps"] = 1000
+    (ck / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(cli.main, ["run", "--checkpoint", str(ck), "--scheduler", "ddim", "--steps", "1",
+                                      "--evaluators", "none", "--no-denoising-figure", "--out", str(tmp_path / "ok")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
 def test_export_writes_only_a_safetensors_name(runner, tmp_path) -> None:
     """`bench export CKPT mine.json` overwrote the condition file with weights."""
     ck = _tiny_checkpoint(tmp_path / "ck")
