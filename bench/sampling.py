@@ -332,6 +332,19 @@ def _frame_points(total: int, frames: int) -> list[int]:
     return sorted({round(i * total / frames) for i in range(frames + 1)})
 
 
+def _fresh_scheduler(
+    factory: Callable, train_config: dict[str, Any], scheduler_options: dict[str, Any], steps: int
+) -> Any:
+    """A new scheduler (multistep state is per run) with its ``steps`` timesteps set. Its tables stay
+    on the host: its lookups (DDPM's previous-timestep search, sigma indexing) are then host work,
+    and its coefficients reach the GPU as scalars."""
+    scheduler = factory(train_config, **scheduler_options)
+    scheduler.set_timesteps(steps)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(0)  # no timestep lookup at the first step
+    return scheduler
+
+
 def _run_chunk(
     call: _ModelCall,
     name: str,
@@ -348,12 +361,7 @@ def _run_chunk(
     progress_label: str | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     device = call.device
-    scheduler = factory(train_config, **scheduler_options)  # fresh: multistep state per run
-    # The scheduler's tables stay on the host: its lookups (DDPM's previous-timestep search,
-    # sigma indexing) are then host work, and its coefficients reach the GPU as scalars.
-    scheduler.set_timesteps(steps)
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(0)  # no timestep lookup at the first step
+    scheduler = _fresh_scheduler(factory, train_config, scheduler_options, steps)
     host_timesteps = scheduler.timesteps.cpu()
     timesteps = host_timesteps.to(device)  # the model's copy, sent once per chunk
     step_kwargs = _step_kwargs(scheduler, generators)
@@ -481,8 +489,7 @@ def sample(
             dummy_x = torch.zeros((batch, *shape), device=device)
             # The loop's timestep dtype: Euler's and Heun's timesteps are float, and a long dummy
             # left their compile to the first timed call.
-            probe = factory(train_config, **(scheduler_options or {}))
-            probe.set_timesteps(steps)
+            probe = _fresh_scheduler(factory, train_config, scheduler_options or {}, steps)
             dummy_t = torch.zeros((), device=device, dtype=probe.timesteps.dtype)
             dummy_c = conditions[:1].expand(batch, -1).contiguous()
             for scale in [guidance] if interval is None else [guidance, 1.0]:

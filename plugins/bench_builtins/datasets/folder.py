@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from bench.conditions import ConditionError, labels_from_objects_json, load_labels_spec, validate_conditions
 from bench.jsonfile import read_json
@@ -141,36 +144,45 @@ def _fingerprint(train: Path, images: Path, files: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
+@contextmanager
+def open_image(path: Path) -> Iterator[Any]:
+    """``PIL.Image.open(path)``, where a truncated file or one that is no image is a DatasetError
+    naming the file (among thousands) rather than PIL's error."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            yield im
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"{path} cannot be read as an image ({error}); replace or remove it") from None
+
+
 def _read_images(images: Path, files: list[str], train: Path, image_size: int):
     import numpy as np
     import torch
-    from PIL import Image
 
     out = torch.empty(len(files), 3, image_size, image_size, dtype=torch.uint8)
     chunk: list = []
     start = 0
     for i, name in enumerate(progress(files, label=f"reading {len(files)} images", length=len(files))):
         path = images / name
-        try:
-            with Image.open(path) as im:
-                if im.mode in NOT_COLOUR:
-                    # Colour labels on grey pixels, or 16-bit values read as white: other data.
-                    raise DatasetError(
-                        f"{path} is a {NOT_COLOUR[im.mode]} image (mode {im.mode}); i-CLEVR renders are "
-                        "8-bit colour PNGs (RGB or RGBA), and the labels name colours"
-                    )
-                w, h = im.size
-                # Squashing 4:3 to a square is the task's preprocessing; a square image at least
-                # image_size wide has been squashed already. Another aspect means other data.
-                four_three = abs(w * SOURCE_SIZE[1] - h * SOURCE_SIZE[0]) <= max(w, h)
-                if not (four_three or w == h) or w < image_size:
-                    raise DatasetError(
-                        f"{path} is {w}x{h}; i-CLEVR images are {SOURCE_SIZE[0]}x{SOURCE_SIZE[1]} "
-                        f"(4:3, at least {image_size} wide), or squares of at least {image_size}"
-                    )
-                pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        except (OSError, ValueError) as error:  # truncated or not an image: name the file among thousands
-            raise DatasetError(f"{path} cannot be read as an image ({error}); replace or remove it") from None
+        with open_image(path) as im:
+            if im.mode in NOT_COLOUR:
+                # Colour labels on grey pixels, or 16-bit values read as white: other data.
+                raise DatasetError(
+                    f"{path} is a {NOT_COLOUR[im.mode]} image (mode {im.mode}); i-CLEVR renders are "
+                    "8-bit colour PNGs (RGB or RGBA), and the labels name colours"
+                )
+            w, h = im.size
+            # Squashing 4:3 to a square is the task's preprocessing; a square image at least
+            # image_size wide has been squashed already. Another aspect means other data.
+            four_three = abs(w * SOURCE_SIZE[1] - h * SOURCE_SIZE[0]) <= max(w, h)
+            if not (four_three or w == h) or w < image_size:
+                raise DatasetError(
+                    f"{path} is {w}x{h}; i-CLEVR images are {SOURCE_SIZE[0]}x{SOURCE_SIZE[1]} "
+                    f"(4:3, at least {image_size} wide), or squares of at least {image_size}"
+                )
+            pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)
         chunk.append(torch.from_numpy(pixels.copy()))
         if len(chunk) == 256 or i == len(files) - 1:
             same = all(c.shape == chunk[0].shape for c in chunk)

@@ -124,20 +124,14 @@ def _sample_from_folder(folder: Path, n: int) -> tuple[list[Any], list[list[str]
     """The first ``n`` images of a folder and their labels, read as the ``iclevr`` loader reads the
     folder: a malformed train.json or a damaged PNG was a traceback, and PNGs in a folder of their
     own beside train.json (the course layout, which bench train reads) were refused."""
-    from PIL import Image
-
-    from bench_builtins.datasets.folder import DatasetError, read_listing
+    from bench_builtins.datasets.folder import open_image, read_listing
 
     _, images, files, conditions, _ = read_listing(folder)
     shown = files[:n]
     pics = []
     for name in shown:
-        path = images / name
-        try:
-            with Image.open(path) as im:
-                pics.append(im.convert("RGB"))
-        except (OSError, ValueError) as error:  # truncated or not an image: name the file
-            raise DatasetError(f"{path} cannot be read as an image ({error}); replace or remove it") from None
+        with open_image(images / name) as im:
+            pics.append(im.convert("RGB"))
     return pics, conditions[: len(shown)]
 
 
