@@ -81,6 +81,7 @@ class RunConfig:
     autotune: bool | None = None
     tune_kernels: bool | None = None
     group_norm_by_views: bool | None = None
+    fold_upsample: bool | None = None
     allow_schedule_mismatch: bool = False
     denoising_figure: bool = True
     save_images: bool = True
@@ -576,6 +577,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         autotune=config.autotune,
         tune_kernels=config.tune_kernels,
         group_norm_by_views=config.group_norm_by_views,
+        fold_upsample=config.fold_upsample,
     ).resolved(device)
     if config.cudnn_benchmark and device == "cpu" and rank == 0:
         log("--cudnn-benchmark has no effect on a CPU (cuDNN is a GPU library)")
@@ -887,6 +889,7 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int, guidance: float, seed:
         "autotune": options.autotune,
         "tune_kernels": options.tune_kernels,
         "group_norm_by_views": options.group_norm_by_views,
+        "fold_upsample": options.fold_upsample,
         "warmup_seconds": warmup_seconds,
         "total_images": n_total,
         "seconds": result.seconds,

@@ -41,6 +41,7 @@ from bench.groupnorm import use_group_norm_by_views
 from bench.guidance import check_interval, in_interval
 from bench.noise import check_schedule_compatible, scheduler_factory
 from bench.registry import Entry
+from bench.upsample import use_folded_upsample
 
 # What the sampling loop reads of a scheduler before its first step (``set_begin_index`` only where
 # present; ``timesteps`` once set_timesteps has run): a plugin's scheduler lacking one is refused
@@ -124,6 +125,10 @@ class SamplingOptions:
     # GroupNorm as channel-splitting views (bench/groupnorm.py), so torch.compile reduces
     # channels_last activations in place instead of around layout copies.
     group_norm_by_views: bool | None = None
+    # Upsampling as one 2x2 convolution on the small input (bench/upsample.py): 4/9 of the
+    # upsampling convolutions' FLOPs, no upsampled tensor. Eager on a CPU its interleave costs more
+    # than it saves for narrow layers, so it is a switch.
+    fold_upsample: bool | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -167,6 +172,7 @@ class SamplingOptions:
             autotune=bool(self.autotune),
             tune_kernels=bool(self.tune_kernels),
             group_norm_by_views=bool(self.group_norm_by_views),
+            fold_upsample=bool(self.fold_upsample),
         )
 
     @property
@@ -192,6 +198,7 @@ class SamplingOptions:
             autotune=False,
             tune_kernels=False,
             group_norm_by_views=False,
+            fold_upsample=False,
         )
 
 
@@ -273,9 +280,17 @@ class _ModelCall:
         self.channels_last = options.channels_last
         self.cuda_graphs = bool(options.cuda_graphs)
         use_group_norm_by_views(model, bool(options.group_norm_by_views))
+        use_folded_upsample(model, bool(options.fold_upsample))
         if options.compile:
-            # The GroupNorm variant changes the traced graph: a compiled module of its own.
-            variant = "group-norm-by-views" if options.group_norm_by_views else ""
+            # Each module variant changes the traced graph: a compiled module of its own.
+            variant = ",".join(
+                name
+                for name, on in (
+                    ("group-norm-by-views", options.group_norm_by_views),
+                    ("fold-upsample", options.fold_upsample),
+                )
+                if on
+            )
             self.forward = _compiled(model, options.compile_options, variant)
         else:
             self.forward = model

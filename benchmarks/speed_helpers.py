@@ -30,6 +30,8 @@ GPU_MODES = (
     "graphs-views",
     "autotune",
     "graphs-tuned",
+    "graphs-folded",
+    "graphs-tuned-folded",
 )
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -63,6 +63,11 @@ _GPU_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "graphs-views": ("bf16+cl+compile+graphs, GroupNorm by views", {**_FAST, "group_norm_by_views": True}),
     "autotune": ("bf16+cl+compile+graphs max-autotune", {**_FAST, "autotune": True}),
     "graphs-tuned": ("bf16+cl+compile+graphs, kernels tuned", {**_FAST, "tune_kernels": True}),
+    "graphs-folded": ("bf16+cl+compile+graphs, upsampling folded", {**_FAST, "fold_upsample": True}),
+    "graphs-tuned-folded": (
+        "bf16+cl+compile+graphs, kernels tuned, upsampling folded",
+        {**_FAST, "tune_kernels": True, "fold_upsample": True},
+    ),
 }
 
 

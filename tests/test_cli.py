@@ -1162,29 +1162,32 @@ def test_tune_kernels_without_compile_is_refused_by_run_and_train(runner, tmp_pa
     assert result.exit_code != 0 and "needs compile" in result.output
 
 
-def test_group_norm_by_views_reaches_sampling_and_training(runner, tmp_path) -> None:
-    """--group-norm-by-views is recorded in the rows of `bench run` and in the train config, and
-    gives the same images as the default (the same numbers up to fp32 rounding)."""
+def test_group_norm_by_views_and_fold_upsample_reach_sampling(runner, tmp_path) -> None:
+    """--group-norm-by-views (also `bench train`'s) and --fold-upsample are recorded in the rows of
+    `bench run` and in the train config, and give the same images as the default (the same numbers
+    up to fp32 rounding)."""
     conditions = tmp_path / "c.json"
     conditions.write_text('[["red sphere"], ["cyan cube", "gray cylinder"]]')
     grids = {}
-    for name, extra in [("native", []), ("views", ["--group-norm-by-views"])]:
+    for name, extra in [("native", []), ("views", ["--group-norm-by-views"]), ("fold", ["--fold-upsample"])]:
         out = tmp_path / name
         result = tiny_run(runner, "--scheduler", "ddim", "--steps", "2", "--no-denoising-figure", "--dtype", "fp32",
                           "--evaluators", "none", "--conditions", str(conditions), "--out", str(out), *extra)  # fmt: skip
         assert result.exit_code == 0, result.output
         rows, _ = _rows_and_config(out)
         assert {r["speed"]["group_norm_by_views"] for r in rows} == {name == "views"}
+        assert {r["speed"]["fold_upsample"] for r in rows} == {name == "fold"}
         grids[name] = sorted((out / "images").rglob("*.png"))
-    assert [p.relative_to(tmp_path / "native") for p in grids["native"]] == [
-        p.relative_to(tmp_path / "views") for p in grids["views"]
-    ] and grids["native"]
     import numpy as np
     from PIL import Image
 
-    for a, b in zip(grids["native"], grids["views"], strict=True):
-        diff = np.abs(np.asarray(Image.open(a), dtype=float) - np.asarray(Image.open(b), dtype=float))
-        assert diff.mean() < 0.5 and diff.max() <= 8  # 8-bit levels
+    for variant in ("views", "fold"):
+        assert [p.relative_to(tmp_path / "native") for p in grids["native"]] == [
+            p.relative_to(tmp_path / variant) for p in grids[variant]
+        ] and grids["native"]
+        for a, b in zip(grids["native"], grids[variant], strict=True):
+            diff = np.abs(np.asarray(Image.open(a), dtype=float) - np.asarray(Image.open(b), dtype=float))
+            assert diff.mean() < 0.5 and diff.max() <= 8  # 8-bit levels
     for flag in ("group-norm-by-views", "group-norm-channels-last"):
         out = tmp_path / f"train-{flag}"
         result = runner.invoke(

@@ -578,6 +578,24 @@ def test_group_norm_by_views_samples_the_same_images_and_switches_back(
     assert all(type(m) is nn.GroupNorm for m in norms)
 
 
+def test_fold_upsample_samples_the_same_images_and_switches_back(
+    model: torch.nn.Module, cosine: dict
+) -> None:
+    from diffusers.models.upsampling import Upsample2D
+
+    upsamplers = [m for m in model.modules() if isinstance(m, Upsample2D)]
+    kwargs = dict(train_config=cosine, steps=3, guidance=2.0, seed=4)
+    plain = sample(model, "cosine", conditions(3), options=SamplingOptions(dtype="fp32"), **kwargs)
+    folded = sample(
+        model, "cosine", conditions(3), options=SamplingOptions(dtype="fp32", fold_upsample=True), **kwargs
+    )
+    assert folded.options.fold_upsample and not plain.options.fold_upsample
+    assert upsamplers and all(type(m) is not Upsample2D for m in upsamplers)
+    assert_same_images_across_batch_shapes(folded.images, plain.images)
+    sample(model, "cosine", conditions(1), options=SamplingOptions(), **kwargs)  # default: off
+    assert all(type(m) is Upsample2D for m in upsamplers)
+
+
 def test_steps_default_to_the_schedulers_and_zero_is_refused() -> None:
     def no_default(**_):  # a scheduler plugin that names no default_steps
         raise AssertionError("not called")
