@@ -8,7 +8,8 @@
 #   2. sampling: the fast path with and without --tune-kernels, compiled side by side, timed one
 #      after the other at BATCH (scripts/tuning_pair.sh, 20 steps)
 #   3. sampling: the 100-step suite at BATCH, the one-image reference loop as its baseline (the
-#      compiled graphs of stage 2 come from Inductor's cache)
+#      compiled graphs of stage 2 come from Inductor's cache); SUITE_MODES, the benchmark modes
+#      (default reference,graphs,graphs-tuned)
 #   4. `bench run` itself, guided and unguided, compiled (its GPU default) beside --no-compile: the
 #      `seed` preset with random weights on the 192 conditions that scripts/gpu_campaign.sh judges
 #      (test, new_test and the two validation sets), one seed, 100 cosine steps, no evaluators;
@@ -16,8 +17,11 @@
 #   5. sampling sweep (scripts/sampling_sweep.sh): SWEEP_IMAGES (default BATCH) images at 100 cosine
 #      steps in chunks of each batch of SWEEP_BATCHES (default "BATCH 256 128 64 32"; does a chunk
 #      small enough for its activations to stay in the GPU's L2 cache win?), then at BATCH once
-#      per Inductor setting of SWEEP_INDUCTOR (default "freezing=true aggressive_fusion=true");
-#      all compiled side by side, timed one at a time, the first batch as the baseline
+#      per Inductor setting of SWEEP_INDUCTOR (default "freezing=true aggressive_fusion=true"), then
+#      at BATCH once per variant of SWEEP_VARIANTS (default none): "NAME=ARGS;NAME=ARGS", ARGS
+#      being scripts/profile_sampling.py's flags (e.g. "tuned=--tune-kernels;folded=--fold-upsample");
+#      all compiled side by side, timed one at a time, the first batch as the baseline. An empty
+#      SWEEP_BATCHES or SWEEP_INDUCTOR leaves those settings out
 #   6. training with --tune-kernels (coordinate-descent tuning), loss curve checked: its compile is
 #      the longest (11 minutes at batch 256 on an H100, session 17), so it comes last
 # Usage: scripts/gpu_speed.sh OUT_DIR [BATCH (512)]
@@ -58,7 +62,7 @@ nvidia-smi -L
 stage train-baseline 600 env BENCH_TRAIN_MODES="${BASELINE_MODES:-eager,compile-graphs}" BENCH_TRAIN_BATCH="${TRAIN_BATCH:-256}" \
     BENCH_SPEED_K=test_training_gpu bash scripts/speed.sh "$OUT/train-baseline"
 stage sample-pair 480 bash scripts/tuning_pair.sh "$OUT/sample-pair" "$BATCH" 20 420
-stage sample-suite 420 env BENCH_SPEED_MODES=reference,graphs,graphs-tuned BENCH_SPEED_BATCH="$BATCH" \
+stage sample-suite 420 env BENCH_SPEED_MODES="${SUITE_MODES:-reference,graphs,graphs-tuned}" BENCH_SPEED_BATCH="$BATCH" \
     BENCH_SPEED_K="sampling and gpu" bash scripts/speed.sh "$OUT/sample-suite"
 SETS=()
 for set in plugins/bench_builtins/conditions/test.json plugins/bench_builtins/conditions/new_test.json \
@@ -72,11 +76,15 @@ for mode in compile no-compile; do
   mv "$OUT/run-guided.log" "$OUT/run-guided-$mode.log" 2>/dev/null
 done
 SWEEP=()
-for batch in ${SWEEP_BATCHES:-$BATCH 256 128 64 32}; do
+for batch in ${SWEEP_BATCHES-$BATCH 256 128 64 32}; do
   SWEEP+=("b$batch=--batch $batch --images ${SWEEP_IMAGES:-$BATCH}")
 done
 for setting in ${SWEEP_INDUCTOR-freezing=true aggressive_fusion=true}; do
   SWEEP+=("b$BATCH-${setting%%=*}=--batch $BATCH --images ${SWEEP_IMAGES:-$BATCH} --inductor $setting")
+done
+IFS=';' read -r -a VARIANTS <<< "${SWEEP_VARIANTS:-}"
+for variant in "${VARIANTS[@]}"; do
+  [ -n "$variant" ] && SWEEP+=("b$BATCH-${variant%%=*}=--batch $BATCH --images ${SWEEP_IMAGES:-$BATCH} ${variant#*=}")
 done
 stage sample-sweep 480 bash scripts/sampling_sweep.sh "$OUT/sample-sweep" 100 420 "${SWEEP[@]}"
 # Last: its compile and tuning took 649 s at batch 256 on an H100 (session 17).
