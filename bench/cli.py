@@ -95,6 +95,10 @@ def _conditions_option(default: str):
 
 # One switch, the same on `bench run` and `bench train` (bench/groupnorm.py).
 _GROUP_NORM_BY_VIEWS_HELP = "GroupNorm as channel-splitting views, for torch.compile (default off)."
+_FOLD_UPSAMPLE_HELP = (
+    "Each nearest-2x upsampling + 3x3 convolution as one 2x2 convolution on the small input: the same "
+    "result with 4/9 of those FLOPs and no upsampled tensor (default off)."
+)
 
 
 def _recipe_option(*decls: str, what: str, defaults: str, **kwargs):
@@ -186,11 +190,7 @@ def _bool_flag(name: str, help: str):
     "pays for large jobs and later runs.",
 )
 @_bool_flag("group-norm-by-views", _GROUP_NORM_BY_VIEWS_HELP)
-@_bool_flag(
-    "fold-upsample",
-    "Each nearest-2x upsampling + 3x3 convolution as one 2x2 convolution on the small input: the same "
-    "result with 4/9 of those FLOPs and no upsampled tensor (default off).",
-)
+@_bool_flag("fold-upsample", _FOLD_UPSAMPLE_HELP)
 @click.option(
     "--allow-schedule-mismatch", is_flag=True, help="Sample with a noise schedule other than the trained one."
 )
@@ -818,6 +818,7 @@ def train_judge_command(
     "Keep GroupNorm's output channels_last, so the compiled backward's convolutions get one layout "
     "(default off; measured only without the forced layout, BENCHMARKS.md).",
 )
+@_bool_flag("fold-upsample", _FOLD_UPSAMPLE_HELP)
 @click.option(
     "--seed",
     type=click.IntRange(min=0),  # as bench run's and train-judge's: a negative seed was accepted here alone

@@ -57,6 +57,7 @@ from bench.distributed import launched as _under_accelerate
 from bench.groupnorm import use_group_norm
 from bench.interrupt import StopRequest, ignore_stop_signals
 from bench.noise import noise_config
+from bench.upsample import use_folded_upsample
 
 CHECKPOINT_DIR = "checkpoint"
 LOSS_LOG = "loss.jsonl"
@@ -126,6 +127,9 @@ class TrainConfig:
     # GroupNorm's output kept channels_last (bench/groupnorm.py), so the backward graph's
     # convolutions get one layout; off: measured without force_layout_opt only (BENCHMARKS.md)
     group_norm_channels_last: bool = False
+    # Upsampling as one 2x2 convolution on the small input (bench/upsample.py): the same gradients,
+    # 4/9 of the upsampling convolutions' FLOPs forward and backward
+    fold_upsample: bool = False
     seed: int = 0
     checkpoint_every: int = 1000  # steps; a checkpoint is also written at the end
     log_every: int = 25  # steps between loss log lines (and the NaN check)
@@ -518,6 +522,7 @@ class _Trainer:
                 saved_preset=(start_meta.get("model_config") or {}).get("preset"),
             )
         use_group_norm(self.model, _group_norm_kind(config))
+        use_folded_upsample(self.model, config.fold_upsample)
         self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)

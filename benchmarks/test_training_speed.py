@@ -46,6 +46,7 @@ _PLAIN = dict(
     tune_kernels=False,
     group_norm_by_views=False,
     group_norm_channels_last=False,
+    fold_upsample=False,
 )
 _COMPILED = {**_PLAIN, "compile": True, "channels_last": True, "force_layout_opt": True}
 _GRAPHS = {**_COMPILED, "cuda_graphs": True}
@@ -66,6 +67,14 @@ TRAIN_VARIANTS: dict[str, tuple[str, dict[str, bool]]] = {
     ),
     "autotune": ("bf16+cl+compile max-autotune", {**_COMPILED, "autotune": True}),
     "compile-graphs-tuned": ("bf16+cl+compile+CUDA graphs, kernels tuned", {**_GRAPHS, "tune_kernels": True}),
+    "compile-graphs-folded": (
+        "bf16+cl+compile+CUDA graphs, upsampling folded",
+        {**_GRAPHS, "fold_upsample": True},
+    ),
+    "compile-graphs-tuned-folded": (
+        "bf16+cl+compile+CUDA graphs, kernels tuned, upsampling folded",
+        {**_GRAPHS, "tune_kernels": True, "fold_upsample": True},
+    ),
 }
 GPU_MODES = env_modes("BENCH_TRAIN_MODES", tuple(TRAIN_VARIANTS))
 # bf16 compiled vs bf16 eager: the same arithmetic up to kernel fusion, so losses stay close.

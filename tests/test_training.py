@@ -937,3 +937,27 @@ def test_group_norm_channels_last_trains_and_excludes_views(tmp_path: Path) -> N
         config(tmp_path / "run", group_norm_channels_last=True, max_steps=2), dataset(8), show_progress=False
     )
     assert summary.steps == 2 and math.isfinite(summary.final_loss)
+
+
+def test_fold_upsample_trains_the_same_losses(tmp_path: Path) -> None:
+    """--fold-upsample changes how the upsampling convolutions are computed, not what: the same loss
+    curve (fp32, up to the rounding of the summed taps), the same state_dict keys in the checkpoint."""
+    from diffusers.models.upsampling import Upsample2D
+
+    trainer = training._Trainer(config(tmp_path / "probe", fold_upsample=True), dataset(8))
+    upsamplers = [m for m in trainer.model.modules() if isinstance(m, Upsample2D)]
+    assert upsamplers and all(type(m) is not Upsample2D for m in upsamplers)
+    losses = {}
+    for fold in (False, True):
+        out = tmp_path / f"fold-{fold}"
+        train(config(out, fold_upsample=fold, max_steps=4), dataset(8), show_progress=False)
+        losses[fold] = [json.loads(x)["loss"] for x in (out / "loss.jsonl").read_text().splitlines()]
+    assert len(losses[True]) == 4 and losses[True] == pytest.approx(losses[False], rel=1e-4)
+    from safetensors import safe_open
+
+    keys = {}
+    for fold in (False, True):
+        path = next((tmp_path / f"fold-{fold}" / "checkpoint").glob("*.safetensors"))
+        with safe_open(str(path), "pt") as f:
+            keys[fold] = sorted(f.keys())
+    assert keys[True] == keys[False]
