@@ -22,6 +22,8 @@ place by changing their class (parameters and state_dict keys unchanged), like b
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,6 +81,7 @@ def _foldable(module: nn.Module) -> bool:
     )
 
 
+@functools.cache  # one class: isinstance checks and torch.compile's guards see the same type
 def _folded_class() -> type[nn.Module]:
     from diffusers.models.upsampling import Upsample2D
 
@@ -94,19 +97,12 @@ def _folded_class() -> type[nn.Module]:
     return FoldedUpsample2D
 
 
-_FOLDED: list[type[nn.Module]] = []
-
-
 def use_folded_upsample(model: nn.Module, enabled: bool = True) -> int:
     """Switch every foldable ``Upsample2D`` of ``model`` to the sub-pixel form (or back); returns
     how many. A model without diffusers' ``Upsample2D`` (a plugin's own) is left as it is: 0."""
-    try:
-        from diffusers.models.upsampling import Upsample2D
-    except ImportError:  # pragma: no cover - diffusers is a dependency
-        return 0
-    if not _FOLDED:
-        _FOLDED.append(_folded_class())
-    folded = _FOLDED[0]
+    from diffusers.models.upsampling import Upsample2D
+
+    folded = _folded_class()
     count = 0
     for module in model.modules():
         if type(module) in (Upsample2D, folded) and _foldable(module):
