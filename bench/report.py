@@ -41,7 +41,9 @@ CONFIG_KEYS = (
 # weights sampled (two models saved under one path), the preset of random weights (a checkpoint
 # carries its own), the sampling dtype, the judge and FID reference size the metrics used, and the
 # sha256 of the condition set's content (two files called test.json), the device (a GPU's name) and
-# how the loop ran (batch size, channels_last, compile, CUDA graphs). Seeds that differ in any of
+# how the loop ran (batch size, channels_last, compile, CUDA graphs, and each speed switch: kernel
+# tuning, max-autotune, cudnn.benchmark, GroupNorm by views, folded upsampling, so that a run with
+# one is compared with one without, not refused as the same seed twice). Seeds that differ in any of
 # them are two cells, never one mean: not of their accuracy, and not of their speed.
 VARIANT_KEYS = ("weights", "preset", "dtype", "judge", "ref_n", "conditions", "device", "sampling")
 # Identifying columns whose header is not the row key itself.
@@ -701,8 +703,8 @@ def _device_name(device: Any, gpu: Any = None) -> str:
 
 
 def _sampling_text(speed: dict[str, Any], sampling: dict[str, Any]) -> str:
-    """How a row's loop ran, in a few words (``b64 cl compile graphs``): two runs that differ in it
-    are two speeds."""
+    """How a row's loop ran, in a few words (``b64 cl compile graphs tuned``): two runs that differ
+    in it are two speeds. Rows written before a switch was recorded lack it: read as off."""
     # The batch only where the user gave one: sample() picks it per cell otherwise (32, 16 guided
     # on the CPU), and a guidance sweep was split in two by it.
     given = sampling.get("batch_size", speed.get("batch_size"))
@@ -711,6 +713,11 @@ def _sampling_text(speed: dict[str, Any], sampling: dict[str, Any]) -> str:
         ("cl", sampling.get("channels_last")),
         ("compile", speed.get("compile")),
         ("graphs", speed.get("cuda_graphs")),
+        ("autotune", speed.get("autotune")),
+        ("tuned", speed.get("tune_kernels")),
+        ("cudnn-benchmark", speed.get("cudnn_benchmark")),
+        ("gn-views", speed.get("group_norm_by_views")),
+        ("folded", speed.get("fold_upsample")),
     )
     return " ".join(parts + [word for word, on in flags if on])
 

@@ -707,12 +707,15 @@ def test_the_lower_is_better_families_match_whole_names_only() -> None:
 
 
 def test_seeds_sampled_on_other_devices_or_loops_are_not_averaged(tmp_path: Path) -> None:
-    """Speed depends on the card and on how the loop ran: seeds of an H100 and an H200 run, or of
-    batch 32 and batch 1, are two rows with the column that differs (their mean was one speed)."""
+    """Speed depends on the card and on how the loop ran: seeds of an H100 and an H200 run, of
+    batch 32 and batch 1, or with and without a speed switch (--tune-kernels, --fold-upsample), are
+    two rows with the column that differs (their mean was one speed; the same seed was refused)."""
 
-    def run(name: str, seed: int, gpu: str = "NVIDIA H100", batch: int = 32, compiled: bool = True) -> Path:
+    def run(
+        name: str, seed: int, gpu: str = "NVIDIA H100", batch: int = 32, compiled: bool = True, **switches
+    ) -> Path:
         row = _row("ddim", 10, seed, 100.0 if batch == 32 else 5.0)
-        row.speed.update(batch_size=batch, compile=compiled, cuda_graphs=compiled)
+        row.speed.update(batch_size=batch, compile=compiled, cuda_graphs=compiled, **switches)
         config = {"sampling": {"channels_last": True}}
         return RunResult(config=config, seeds=[seed], rows=[row], environment={**ENV, "gpu": gpu}).write(
             tmp_path / name / "results.json"
@@ -723,10 +726,22 @@ def test_seeds_sampled_on_other_devices_or_loops_are_not_averaged(tmp_path: Path
         ("device", run("h200", 1, gpu="NVIDIA H200"), ["NVIDIA H100", "NVIDIA H200"]),
         ("sampling", run("b1", 1, batch=1), ["b32 cl compile graphs", "b1 cl compile graphs"]),
         ("sampling", run("eager", 1, compiled=False), ["b32 cl compile graphs", "b32 cl"]),
+        # the same seed with and without a switch: two cells side by side, not one seed twice
+        (
+            "sampling",
+            run("tuned", 0, tune_kernels=True),
+            ["b32 cl compile graphs", "b32 cl compile graphs tuned"],
+        ),
+        (
+            "sampling",
+            run("folded", 0, fold_upsample=True, group_norm_by_views=True, tune_kernels=False),
+            ["b32 cl compile graphs", "b32 cl compile graphs gn-views folded"],
+        ),
     ]:
         table = _table(load_report([base, other]), "condition set: test")
         assert table.headers[0] == column and [r[0] for r in table.rows] == shown
-        assert [r[table.headers.index("seeds")] for r in table.rows] == ["0", "1"]
+        other_seed = json.loads(other.read_text())["seeds"][0]
+        assert [r[table.headers.index("seeds")] for r in table.rows] == ["0", str(other_seed)]
     table = _table(load_report([base, run("seed1", 1)]), "condition set: test")
     assert table.headers[0] == "scheduler" and len(table.rows) == 1  # the same card and loop: one mean
 
