@@ -656,6 +656,12 @@ def _dataset(name: str, data_root: str | None, **options):
     "--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Judge .safetensors file."
 )
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Go on from where a stopped run of the same command (Ctrl-C, SIGTERM, --max-minutes) left off: "
+    "its state beside --out (*.resume.pt), replacing the judge it saved.",
+)
 def train_judge_command(
     data,
     data_root,
@@ -671,10 +677,11 @@ def train_judge_command(
     device,
     out_path,
     force,
+    resume,
 ) -> None:
     """Train the ResNet18 accuracy judge on a dataset in the i-CLEVR format."""
     from bench.distributed import resolve_device
-    from bench_builtins.evaluators.judge_training import train_judge
+    from bench_builtins.evaluators.judge_training import JudgeResumeError, resume_state_path, train_judge
 
     if Path(out_path).suffix != ".safetensors":  # a .pth name promised the course's torch format
         raise click.BadParameter(
@@ -685,7 +692,13 @@ def train_judge_command(
     # A judge may be hours of training: never replace it, or the metrics file written beside it
     # (its name with .json, which may be a user's own file), unasked.
     taken = [p for p in (Path(out_path), Path(out_path).with_suffix(".json")) if p.exists()]
-    if taken and not force:
+    if resume and not resume_state_path(out_path).exists():
+        raise click.BadParameter(
+            f"nothing to resume: {resume_state_path(out_path)} does not exist (a judge training stopped by "
+            "Ctrl-C, SIGTERM or --max-minutes leaves it beside --out; a finished one removes it)",
+            param_hint="--resume",
+        )
+    if taken and not force and not resume:  # a resumed run replaces the judge its stopped run saved
         raise click.BadParameter(
             f"{' and '.join(map(str, taken))} exist{'s' if len(taken) == 1 else ''}; pass --force to replace "
             "them, or another --out (the judge's metrics go beside it, as .json)",
@@ -710,22 +723,28 @@ def train_judge_command(
     heldout = None
     if synthetic:
         heldout = _dataset(data, None, scenes=heldout_scenes, max_objects=max_objects, split="heldout")
-    metrics = train_judge(
-        dataset,
-        out_path,
-        heldout=heldout,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        device=device,
-        seed=seed,
-        time_limit_s=max_minutes * 60 if max_minutes else None,
-        log=lambda m: click.echo(m, err=True),
-    )
+    try:
+        metrics = train_judge(
+            dataset,
+            out_path,
+            heldout=heldout,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            device=device,
+            seed=seed,
+            time_limit_s=max_minutes * 60 if max_minutes else None,
+            log=lambda m: click.echo(m, err=True),
+            resume=resume,
+        )
+    except JudgeResumeError as exc:
+        raise click.BadParameter(str(exc), param_hint="--resume") from exc
     click.echo(json.dumps(metrics, indent=2, default=str))
     if metrics["stopped_by"] == "interrupted":
         click.echo(
-            f"interrupted after epoch {metrics['epochs']}: the judge so far is saved in {out_path}", err=True
+            f"interrupted after epoch {metrics['epochs']}: the judge so far is saved in {out_path}; the same "
+            "command with --resume goes on from there",
+            err=True,
         )
         raise SystemExit(130)  # as bench train: a script sees that the run did not finish
 

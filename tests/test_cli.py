@@ -170,6 +170,38 @@ def test_an_interrupted_judge_training_exits_130_and_says_what_was_saved(runner,
     assert "interrupted after epoch 3: the judge so far is saved in j.safetensors" in result.output
 
 
+def test_judge_training_resume_needs_the_stopped_runs_state_and_replaces_its_judge(
+    runner, monkeypatch, tmp_path
+) -> None:
+    from bench_builtins.evaluators.judge_training import JudgeResumeError
+
+    calls = []
+
+    def fake_train_judge(dataset, out_path, **kwargs):
+        calls.append(kwargs["resume"])
+        if kwargs["lr"] != 2e-3:
+            raise JudgeResumeError("lr: stopped run 0.002, this one 0.001")
+        return {"epochs": 2, "stopped_by": "epochs"}
+
+    monkeypatch.setattr("bench_builtins.evaluators.judge_training.train_judge", fake_train_judge)
+    monkeypatch.setattr(cli, "_dataset", lambda *a, **k: None)
+    judge = tmp_path / "judge.safetensors"
+    result = runner.invoke(cli.main, ["train-judge", "--out", str(judge), "--resume"])
+    assert (
+        result.exit_code == 2 and "nothing to resume" in result.output and "judge.resume.pt" in result.output
+    )
+    assert not calls
+    judge.write_bytes(b"the judge of the stopped run")
+    (tmp_path / "judge.resume.pt").write_bytes(b"its state")
+    result = runner.invoke(cli.main, ["train-judge", "--out", str(judge), "--resume", "--lr", "0.001"])
+    assert result.exit_code == 2 and "lr: stopped run 0.002, this one 0.001" in result.output
+    result = runner.invoke(cli.main, ["train-judge", "--out", str(judge), "--resume", "--lr", "0.002"])
+    assert result.exit_code == 0, (
+        result.output
+    )  # no --force: the stopped run's judge is the one it goes on with
+    assert calls == [True, True]
+
+
 def test_judge_training_never_replaces_a_judge_unasked(runner, monkeypatch, tmp_path) -> None:
     calls = []
     monkeypatch.setattr(

@@ -466,3 +466,32 @@ def test_a_metric_named_like_a_report_column_is_refused(name):
     with pytest.raises(MetricsError, match=f"returned a metric named '{name}', a name the results rows"):
         checked_metrics("mine", {name: 1.0}, {})
     assert checked_metrics("mine", {"brightness": 1.0}, {}) == {"brightness": 1.0}
+
+
+def test_a_stopped_judge_training_resumes_to_the_judge_of_an_unstopped_run(tmp_path):
+    """Stopped after its first epoch (--max-minutes), then resumed: the same weights as two epochs
+    straight, its state file removed at the end; a state of other options, or none, is refused."""
+    from safetensors.torch import load_file
+
+    from bench_builtins.evaluators.judge_training import JudgeResumeError, resume_state_path, train_judge
+
+    kwargs = dict(
+        heldout=TinyDataset(n=4), epochs=2, batch_size=4, lr=1e-3, device="cpu", seed=3, log=lambda m: None
+    )
+    straight = train_judge(TinyDataset(n=12), tmp_path / "straight.safetensors", **kwargs)
+    out = tmp_path / "judge.safetensors"
+    with pytest.raises(JudgeResumeError, match="nothing to resume"):
+        train_judge(TinyDataset(n=12), out, resume=True, **kwargs)
+    first = train_judge(TinyDataset(n=12), out, time_limit_s=0.0, **kwargs)
+    assert first["epochs"] == 1 and first["stopped_by"] == "max_minutes" and resume_state_path(out).exists()
+    with pytest.raises(JudgeResumeError, match=r"lr: stopped run 0.001, this one 0.002"):
+        train_judge(TinyDataset(n=12), out, resume=True, **{**kwargs, "lr": 2e-3})
+    resumed = train_judge(TinyDataset(n=12), out, resume=True, **kwargs)
+    assert (resumed["epochs"], resumed["steps"]) == (straight["epochs"], straight["steps"]) == (2, 6)
+    assert resumed["final_loss"] == straight["final_loss"]
+    a, b = load_file(str(tmp_path / "straight.safetensors")), load_file(str(out))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not resume_state_path(out).exists()  # finished: nothing left to resume
+    resume_state_path(out).write_bytes(b"not a state")
+    with pytest.raises(JudgeResumeError, match="damaged or not a judge training state"):
+        train_judge(TinyDataset(n=12), out, resume=True, **kwargs)

@@ -219,6 +219,39 @@ def heldout_split(files: Sequence[str] | None, n: int, fraction: float, seed: in
     return held_idx, train_idx
 
 
+def resume_state_path(out_path: str | Path) -> Path:
+    """Where a stopped judge training keeps what ``--resume`` needs: ``judge.safetensors`` ->
+    ``judge.resume.pt`` (fp32 weights, optimiser, random streams; removed once training ends)."""
+    return Path(out_path).with_suffix(".resume.pt")
+
+
+class JudgeResumeError(ValueError):
+    """No state to resume from, a damaged one, or one of another training configuration."""
+
+
+def _load_resume_state(path: Path, run_config: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    if not path.exists():
+        raise JudgeResumeError(
+            f"nothing to resume: {path} does not exist (it is written when a judge training is "
+            "stopped by Ctrl-C, SIGTERM or --max-minutes, and removed when one finishes)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem for the user
+        raise JudgeResumeError(f"{path} is damaged or not a judge training state ({exc})") from exc
+    if not isinstance(state, dict) or not {"config", "net", "opt", "gen", "rng", "epochs_done"} <= set(state):
+        raise JudgeResumeError(f"{path} is not a judge training state")
+    differ = {k: (state["config"].get(k), v) for k, v in run_config.items() if state["config"].get(k) != v}
+    if differ:
+        details = ", ".join(f"{k}: stopped run {a!r}, this one {b!r}" for k, (a, b) in differ.items())
+        raise JudgeResumeError(
+            f"{path} was written by another judge training ({details}); resume with the same data and options"
+        )
+    return state
+
+
 def train_judge(
     dataset: Any,
     out_path: str | Path,
@@ -233,6 +266,7 @@ def train_judge(
     heldout_fraction: float = 0.05,
     time_limit_s: float | None = None,
     log: Callable[[str], Any] = print,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train the judge on ``dataset``, save fp16 safetensors at ``out_path`` plus a JSON sidecar.
 
@@ -240,11 +274,15 @@ def train_judge(
     ``dataset`` is held out. ``time_limit_s`` stops training early (the LR schedule is per epoch
     count, so prefer fewer epochs to a tight limit). Returns the metrics written to the sidecar
     (``out_path`` with suffix ``.json``): held-out pooled accuracy clean / blurred / down-up scaled.
+
+    Stopped early (Ctrl-C, SIGTERM, ``time_limit_s``), it also keeps :func:`resume_state_path`;
+    ``resume=True`` goes on from there to ``epochs``, with the same weights, optimiser and random
+    streams, so the judge is the one an unstopped run gives (tested). A finished run removes it.
     """
     import torch
     import torch.nn.functional as F
 
-    from bench.atomic import atomic_write_json
+    from bench.atomic import atomic_write, atomic_write_json
     from bench.interrupt import StopRequest
     from bench.progress import Rate, progress
 
@@ -286,15 +324,31 @@ def train_judge(
     rng = random.Random(seed)
     use_bf16 = dev.type == "cuda"
     rate, step, start, epochs_done = Rate(), 0, time.perf_counter(), 0
-    shown = {"loss": float("nan")}  # read by the progress bar's status line
+    state_path = resume_state_path(out_path)
+    # What must match for a resumed run to be the run that was stopped.
+    run_config = {
+        "train_n": int(n), "heldout_n": int(held_images.shape[0]), "epochs": epochs, "batch_size": batch_size,
+        "lr": lr, "weight_decay": weight_decay, "seed": seed, "device_type": dev.type,
+    }  # fmt: skip
+    seconds_before, shown_loss = 0.0, float("nan")
+    if resume:
+        state = _load_resume_state(state_path, run_config)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        rng.setstate(state["rng"])
+        epochs_done, step = int(state["epochs_done"]), int(state["step"])
+        shown_loss, seconds_before = float(state["loss"]), float(state["train_seconds"])
+        log(f"resuming from {state_path}: epoch {epochs_done} of {epochs} done")
+    shown = {"loss": shown_loss}  # read by the progress bar's status line
     stopped_by = "epochs"  # or "interrupted" (Ctrl-C, SIGTERM), "max_minutes"
     # Ctrl-C or SIGTERM: the judge of the epochs so far is still judged and saved.
     stop = StopRequest("stopping after this epoch, then judging the held-out images and saving the judge")
     with stop:
         for epoch in progress(
-            range(epochs),
+            range(epochs_done, epochs),
             "judge training",
-            length=epochs,
+            length=epochs - epochs_done,
             status=lambda: f"loss {shown['loss']:.4f} {rate.per_second:.0f} img/s",
         ):
             net.train()
@@ -326,7 +380,18 @@ def train_judge(
                 log(f"time limit {time_limit_s:.0f}s reached after epoch {epoch + 1}")
                 stopped_by = "max_minutes"
                 break
-    train_s = time.perf_counter() - start
+    train_s = seconds_before + time.perf_counter() - start
+    if stopped_by != "epochs":
+        # torch.save (pickle) of plain tensors, numbers and tuples; read back with weights_only.
+        state = {
+            "config": run_config, "epochs_done": epochs_done, "step": step, "loss": shown["loss"],
+            "train_seconds": train_s, "net": net.state_dict(), "opt": opt.state_dict(),
+            "gen": gen.get_state(), "rng": rng.getstate(),
+        }  # fmt: skip
+        atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+        log(
+            f"training state kept in {state_path}: the same command with --resume goes on from epoch {epochs_done}"
+        )
 
     metrics: dict[str, Any] = {
         "train_n": int(n),
@@ -356,4 +421,6 @@ def train_judge(
     save_judge(net, out_path, {"metrics": json.dumps(metrics)})
     atomic_write_json(out_path.with_suffix(".json"), metrics)
     log(f"judge saved to {out_path} (+ {out_path.with_suffix('.json').name})")
+    if stopped_by == "epochs":
+        state_path.unlink(missing_ok=True)  # finished: nothing left to resume
     return metrics
