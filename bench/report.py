@@ -87,8 +87,9 @@ def _is_pytest_benchmark(data: dict[str, Any]) -> bool:
     return "benchmarks" in data and "rows" not in data
 
 
-def _benchmark_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """pytest-benchmark entries -> result rows with speed figures only."""
+def _benchmark_rows(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+    """pytest-benchmark entries -> result rows with speed figures only. An entry with no timing at
+    all (an edited or truncated file) is an error, not a row of blank cells."""
     rows = []
     for bench in data.get("benchmarks", []):
         extra = dict(bench.get("extra_info") or {})
@@ -99,6 +100,12 @@ def _benchmark_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
         ips = extra.get("images_per_s")
         if ips is None and median:
             ips = batch / median  # one benchmarked call produces one batch
+        if not ips:
+            name = bench.get("fullname") or bench.get("name") or "a benchmark"
+            raise ResultsError(
+                f"{path}: {name} has no timing (neither extra_info.images_per_s nor stats.median or "
+                "stats.mean); is it a file written by pytest --benchmark-json, whole?"
+            )
         speed = {
             "images_per_s": ips,
             "s_per_image": extra.get("s_per_image") or (1.0 / ips if ips else None),
@@ -745,7 +752,7 @@ def load_report(paths: Sequence[str | Path]) -> Report:
         report.sources.append(path)
         base = path.resolve().parent
         if _is_pytest_benchmark(data):
-            rows.extend(dict(row, source=str(path)) for row in _benchmark_rows(data))
+            rows.extend(dict(row, source=str(path)) for row in _benchmark_rows(data, path))
             report.header.append(_benchmark_header(data, path))
             continue
         report.header.append(_results_header(data, path))

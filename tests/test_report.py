@@ -221,6 +221,16 @@ def test_pytest_benchmark_rows(benchmark_file: Path) -> None:
     assert "AMD EPYC" in report.header[0] and "fedcba9876" in report.header[0]
 
 
+def test_a_benchmark_without_any_timing_is_named_not_shown_blank(benchmark_file: Path) -> None:
+    doc = json.loads(benchmark_file.read_text())
+    del doc["benchmarks"][0]["stats"]  # a truncated or hand-edited file
+    benchmark_file.write_text(json.dumps(doc))
+    with pytest.raises(
+        ResultsError, match=r"bench.json: benchmarks/test_speed.py::test_sampling\[euler\] has no timing"
+    ):
+        load_report([benchmark_file])
+
+
 def test_benchmark_header_names_the_device_the_benchmarks_ran_on(benchmark_file: Path) -> None:
     # The machine info names only the host's CPU: a GPU benchmark read as a CPU one.
     assert "device: cpu, cpu: AMD EPYC" in load_report([benchmark_file]).header[0]
