@@ -97,15 +97,24 @@ def _folded_class() -> type[nn.Module]:
     return FoldedUpsample2D
 
 
+def _foldable_modules(model: nn.Module) -> list[nn.Module]:
+    from diffusers.models.upsampling import Upsample2D
+
+    classes = (Upsample2D, _folded_class())
+    return [m for m in model.modules() if type(m) in classes and _foldable(m)]
+
+
+def foldable_upsamplers(model: nn.Module) -> int:
+    """How many of ``model``'s modules ``use_folded_upsample`` would switch (in either form)."""
+    return len(_foldable_modules(model))
+
+
 def use_folded_upsample(model: nn.Module, enabled: bool = True) -> int:
     """Switch every foldable ``Upsample2D`` of ``model`` to the sub-pixel form (or back); returns
     how many. A model without diffusers' ``Upsample2D`` (a plugin's own) is left as it is: 0."""
     from diffusers.models.upsampling import Upsample2D
 
-    folded = _folded_class()
-    count = 0
-    for module in model.modules():
-        if type(module) in (Upsample2D, folded) and _foldable(module):
-            module.__class__ = folded if enabled else Upsample2D
-            count += 1
-    return count
+    modules = _foldable_modules(model)
+    for module in modules:
+        module.__class__ = _folded_class() if enabled else Upsample2D
+    return len(modules)

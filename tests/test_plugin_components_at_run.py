@@ -113,6 +113,13 @@ class _HalfChannels(torch.nn.Module):
         return x[:, :1] * self.scale
 
 
+class _NoUpsampling(_HalfChannels):
+    """A model plugin with no diffusers Upsample2D: nothing for --fold-upsample to fold."""
+
+    def forward(self, x, t, cond):
+        return x * self.scale
+
+
 class _Buggy(torch.nn.Module):
     def __init__(self, preset=None, **config) -> None:
         super().__init__()
@@ -132,6 +139,7 @@ def register_schedulers(register):
 def register_models(register):
     register("m-half-channels", lambda preset=None, **config: _HalfChannels())
     register("m-buggy", _Buggy)
+    register("m-no-upsampling", lambda preset=None, **config: _NoUpsampling())
 
 
 @hookimpl
@@ -278,6 +286,15 @@ def test_a_model_whose_prediction_is_not_the_samples_shape_is_refused(
         SamplingError, match=r"returned shape \(2, 1, 64, 64\) for an input of shape \(2, 3, 64, 64\)"
     ):
         run(_config(tmp_path, condition_file, model="m-half-channels", preset=None), plugins, log=_quiet)
+
+
+def test_fold_upsample_says_when_the_model_has_nothing_to_fold(tmp_path, condition_file, plugins) -> None:
+    for model, preset, says in [("m-no-upsampling", None, True), ("ddpm-unet", "tiny", False)]:
+        lines: list[str] = []
+        config = _config(tmp_path / model, condition_file, model=model, preset=preset, fold_upsample=True)
+        run(config, plugins, log=lines.append)
+        note = "--fold-upsample: this model has no nearest-2x + 3x3 upsampling to fold; it samples as it is"
+        assert (note in lines) is says
 
 
 def test_a_bug_in_a_model_factory_names_the_plugin_not_the_preset(tmp_path, condition_file, plugins) -> None:
