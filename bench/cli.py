@@ -681,7 +681,7 @@ def train_judge_command(
 ) -> None:
     """Train the ResNet18 accuracy judge on a dataset in the i-CLEVR format."""
     from bench.distributed import resolve_device
-    from bench_builtins.evaluators.judge_training import JudgeResumeError, resume_state_path, train_judge
+    from bench_builtins.evaluators.judge_training import JudgeResumeError, require_resume_state, train_judge
 
     if Path(out_path).suffix != ".safetensors":  # a .pth name promised the course's torch format
         raise click.BadParameter(
@@ -692,12 +692,11 @@ def train_judge_command(
     # A judge may be hours of training: never replace it, or the metrics file written beside it
     # (its name with .json, which may be a user's own file), unasked.
     taken = [p for p in (Path(out_path), Path(out_path).with_suffix(".json")) if p.exists()]
-    if resume and not resume_state_path(out_path).exists():
-        raise click.BadParameter(
-            f"nothing to resume: {resume_state_path(out_path)} does not exist (a judge training stopped by "
-            "Ctrl-C, SIGTERM or --max-minutes leaves it beside --out; a finished one removes it)",
-            param_hint="--resume",
-        )
+    try:
+        if resume:  # before the data loads; the state's contents are checked by train_judge
+            require_resume_state(out_path)
+    except JudgeResumeError as exc:
+        raise click.BadParameter(str(exc), param_hint="--resume") from exc
     if taken and not force and not resume:  # a resumed run replaces the judge its stopped run saved
         raise click.BadParameter(
             f"{' and '.join(map(str, taken))} exist{'s' if len(taken) == 1 else ''}; pass --force to replace "

@@ -48,6 +48,12 @@ class GroupNormByViews(nn.GroupNorm):
         return y.to(x.dtype)
 
 
+def channels_last_only(x: torch.Tensor) -> bool:
+    """A 4-d tensor laid out channels_last and not also contiguous (as a 1x1 image is both): the
+    layout a module that builds its output anew should hand back."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 class GroupNormChannelsLast(nn.GroupNorm):
     """``nn.GroupNorm`` whose output has a channels_last input's layout (same arithmetic). Under
     torch.compile the layout should become that of the norm kernel's output, not a copy of its own;
@@ -55,7 +61,7 @@ class GroupNormChannelsLast(nn.GroupNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().forward(x)
-        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        if channels_last_only(x):
             return y.contiguous(memory_format=torch.channels_last)
         return y
 

@@ -35,7 +35,6 @@ from bench.plugins import (
 )
 from bench.results import Row, RunResult, checked_metrics, environment, largest_costs
 from bench.run_resume import REPLACED_RESULTS, finished_cells, remove_replaced_outputs
-from bench.upsample import foldable_upsamplers
 
 if TYPE_CHECKING:  # torch is imported only when a run starts
     from bench.sampling import SampleResult
@@ -591,6 +590,8 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     options = replace(options, batch_size=config.batch_size)
     model, train_noise, meta = _load_model(config, plugins, device)
     _check_cells(config, plugins, train_noise)  # before the judges load and any cell samples
+    from bench.upsample import foldable_upsamplers  # here: importing bench.runner must not import torch
+
     if options.fold_upsample and rank == 0 and not foldable_upsamplers(model):
         log("--fold-upsample: this model has no nearest-2x + 3x3 upsampling to fold; it samples as it is")
     guidance = resolve_guidance(config, meta)

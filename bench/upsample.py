@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.groupnorm import channels_last_only
+
 
 def _phase_taps(weight: torch.Tensor, dim: int) -> torch.Tensor:
     """The 3 taps of ``weight`` along ``dim`` folded to 2 per phase: a new leading phase axis
@@ -58,7 +60,7 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         torch.stack([phases[:, a, b, :, a : a + h, b : b + w] for b in (0, 1)], dim=-1) for a in (0, 1)
     ]  # each (N, O, H, W, 2): b last
     y = torch.stack(rows, dim=3).reshape(n, out_channels, 2 * h, 2 * w)  # (N, O, H, 2, W, 2)
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if channels_last_only(x):
         y = y.contiguous(memory_format=torch.channels_last)  # the layout the plain path keeps
     return y
 

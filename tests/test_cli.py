@@ -1340,3 +1340,14 @@ def test_every_option_of_every_command_says_what_it_does() -> None:
         ]
 
     assert silent(cli.main, "bench") == []
+
+
+def test_the_cli_and_the_runner_import_without_torch() -> None:
+    """`bench --help`, `bench list` and `bench report` answer without loading torch (seconds on a
+    CPU machine): bench.cli and bench.runner import it only when a run starts."""
+    import subprocess
+    import sys
+
+    code = "import sys, bench.cli, bench.runner, bench.report; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

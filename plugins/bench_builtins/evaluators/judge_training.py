@@ -229,14 +229,21 @@ class JudgeResumeError(ValueError):
     """No state to resume from, a damaged one, or one of another training configuration."""
 
 
-def _load_resume_state(path: Path, run_config: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
+def require_resume_state(out_path: str | Path) -> Path:
+    """The resume state of ``out_path``; JudgeResumeError when there is none."""
+    path = resume_state_path(out_path)
     if not path.exists():
         raise JudgeResumeError(
             f"nothing to resume: {path} does not exist (it is written when a judge training is "
             "stopped by Ctrl-C, SIGTERM or --max-minutes, and removed when one finishes)"
         )
+    return path
+
+
+def _load_resume_state(out_path: str | Path, run_config: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    path = require_resume_state(out_path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem for the user
@@ -332,7 +339,7 @@ def train_judge(
     }  # fmt: skip
     seconds_before, shown_loss = 0.0, float("nan")
     if resume:
-        state = _load_resume_state(state_path, run_config)
+        state = _load_resume_state(out_path, run_config)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
