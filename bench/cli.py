@@ -642,7 +642,8 @@ def _dataset(name: str, data_root: str | None, **options):
     "--max-minutes",
     default=None,
     type=click.FloatRange(min=0, min_open=True),
-    help="Stop after this wall time.",
+    help="Stop at the first epoch boundary past this many minutes of training, counted over every run "
+    "of this --out (--resume included, as in bench train).",
 )
 @click.option(
     "--seed",

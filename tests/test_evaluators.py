@@ -484,6 +484,10 @@ def test_a_stopped_judge_training_resumes_to_the_judge_of_an_unstopped_run(tmp_p
         train_judge(TinyDataset(n=12), out, resume=True, **kwargs)
     first = train_judge(TinyDataset(n=12), out, time_limit_s=0.0, **kwargs)
     assert first["epochs"] == 1 and first["stopped_by"] == "max_minutes" and resume_state_path(out).exists()
+    # The budget counts every run of this out: resumed with it spent, nothing more is trained.
+    spent = train_judge(TinyDataset(n=12), out, resume=True, time_limit_s=0.0, **kwargs)
+    assert (spent["epochs"], spent["steps"], spent["stopped_by"]) == (1, 3, "max_minutes")
+    assert resume_state_path(out).exists()
     with pytest.raises(JudgeResumeError, match=r"lr: stopped run 0.001, this one 0.002"):
         train_judge(TinyDataset(n=12), out, resume=True, **{**kwargs, "lr": 2e-3})
     resumed = train_judge(TinyDataset(n=12), out, resume=True, **kwargs)
@@ -495,3 +499,15 @@ def test_a_stopped_judge_training_resumes_to_the_judge_of_an_unstopped_run(tmp_p
     resume_state_path(out).write_bytes(b"not a state")
     with pytest.raises(JudgeResumeError, match="damaged or not a judge training state"):
         train_judge(TinyDataset(n=12), out, resume=True, **kwargs)
+
+
+def test_a_judge_training_whose_time_limit_falls_after_its_last_epoch_finished(tmp_path):
+    """The limit is checked before an epoch: a run past it only once every epoch is done is a
+    finished run, not an early stop that leaves a state to resume."""
+    from bench_builtins.evaluators.judge_training import resume_state_path, train_judge
+
+    out = tmp_path / "judge.safetensors"
+    kwargs = dict(heldout=TinyDataset(n=4), batch_size=4, lr=1e-3, device="cpu", seed=3, log=lambda m: None)
+    done = train_judge(TinyDataset(n=12), out, epochs=1, time_limit_s=0.0, **kwargs)
+    assert (done["epochs"], done["stopped_by"], done["stopped_early"]) == (1, "epochs", False)
+    assert not resume_state_path(out).exists()

@@ -351,6 +351,7 @@ def train_judge(
     stopped_by = "epochs"  # or "interrupted" (Ctrl-C, SIGTERM), "max_minutes"
     # Ctrl-C or SIGTERM: the judge of the epochs so far is still judged and saved.
     stop = StopRequest("stopping after this epoch, then judging the held-out images and saving the judge")
+    first_epoch = epochs_done
     with stop:
         for epoch in progress(
             range(epochs_done, epochs),
@@ -358,6 +359,14 @@ def train_judge(
             length=epochs - epochs_done,
             status=lambda: f"loss {shown['loss']:.4f} {rate.per_second:.0f} img/s",
         ):
+            # The budget counts the training time of every run of this out_path, as bench train's does;
+            # checked before an epoch, so a run whose last epoch ends past it still counts as finished.
+            # A fresh run trains at least one epoch; a resumed one with its budget spent trains none.
+            spent = seconds_before + time.perf_counter() - start
+            if time_limit_s is not None and (resume or epoch > first_epoch) and spent >= time_limit_s:
+                log(f"time limit {time_limit_s:.0f}s reached after epoch {epoch} ({spent:.0f}s trained)")
+                stopped_by = "max_minutes"
+                break
             net.train()
             order = torch.randperm(n, generator=gen, device=dev)
             for s in range(steps_per_epoch):
@@ -379,13 +388,9 @@ def train_judge(
                 rate.add(idx.shape[0])
             shown["loss"] = float(loss.detach())
             epochs_done = epoch + 1
-            if stop.requested:
+            if stop.requested and epoch + 1 < epochs:  # a stop during the last epoch finishes the run
                 log(f"{stop.requested}: stopped after epoch {epoch + 1}")
                 stopped_by = "interrupted"
-                break
-            if time_limit_s is not None and time.perf_counter() - start > time_limit_s:
-                log(f"time limit {time_limit_s:.0f}s reached after epoch {epoch + 1}")
-                stopped_by = "max_minutes"
                 break
     train_s = seconds_before + time.perf_counter() - start
     if stopped_by != "epochs":
