@@ -57,6 +57,9 @@ SAMPLING_DEFAULTS_KEY = "sampling_defaults"
 # config.json's sha256s and a shipped file SHA256SUMS, but an exported file travels alone, and a
 # byte changed inside a tensor still loads. Files exported before it have none and load as before.
 TENSORS_SHA256_KEY = "tensors_sha256"
+# ... and of the rest of its header (model and noise config, sampling defaults): a changed digit
+# there (num_train_timesteps, a guidance scale) still parses as JSON and would sample wrongly.
+HEADER_SHA256_KEY = "header_sha256"
 CHECKPOINT_SUBDIR = "checkpoint"  # where `bench train --out DIR` writes its checkpoint (bench/training.py)
 # What a checkpoint may be, for the messages that refuse something else.
 ACCEPTED = (
@@ -529,13 +532,26 @@ def _single_file_meta(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
         raise CheckpointError(f"the bench config in {path}'s metadata is corrupt ({error})") from error
     if SAMPLING_DEFAULTS_KEY in metadata:
         meta[SAMPLING_DEFAULTS_KEY] = metadata[SAMPLING_DEFAULTS_KEY]
+    # Files exported before a checksum existed have no such key and load as before.
     recorded = metadata.get(TENSORS_SHA256_KEY)
     if recorded is not None and tensors_sha256(tensors) != recorded:
         raise CheckpointError(
             f"{path} is corrupt: its weights do not match the checksum `bench export` wrote into it; "
             "export it again from its checkpoint"
         )
+    recorded = metadata.get(HEADER_SHA256_KEY)
+    if recorded is not None and header_sha256(metadata) != recorded:
+        raise CheckpointError(
+            f"{path} is corrupt: its header (model config, noise config, sampling defaults) does not "
+            "match the checksum `bench export` wrote into it; export it again from its checkpoint"
+        )
     return tensors, meta
+
+
+def header_sha256(metadata: dict[str, str]) -> str:
+    """sha256 over a safetensors header's metadata, its own key left out, in key order."""
+    kept = {k: v for k, v in metadata.items() if k != HEADER_SHA256_KEY}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
 def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -668,4 +684,5 @@ def export_weights(
     metadata = {METADATA_KEY: json.dumps(meta), TENSORS_SHA256_KEY: tensors_sha256(state)}
     if defaults is not None:
         metadata[SAMPLING_DEFAULTS_KEY] = json.dumps(defaults)
+    metadata[HEADER_SHA256_KEY] = header_sha256(metadata)
     return atomic_write(out_file, lambda p: save_file(state, str(p), metadata=metadata))

@@ -91,10 +91,39 @@ def test_an_exported_file_with_a_changed_weight_byte_is_refused(
         load_model(broken)
     # A file exported before the checksum existed (no such key) loads as before.
     with safe_open(str(shipped), "pt") as f:
-        metadata = {k: v for k, v in f.metadata().items() if k != checkpoints.TENSORS_SHA256_KEY}
+        checksums = (checkpoints.TENSORS_SHA256_KEY, checkpoints.HEADER_SHA256_KEY)
+        metadata = {k: v for k, v in f.metadata().items() if k not in checksums}
         state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     save_file(state, str(tmp_path / "old.safetensors"), metadata=metadata)
     load_model(tmp_path / "old.safetensors")
+
+
+def test_an_exported_file_with_a_changed_header_is_refused(tmp_path: Path, model: torch.nn.Module) -> None:
+    """A changed digit in the config still parses as JSON: the header's own checksum catches it."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    _save(tmp_path / "ck", model, step=1)
+    shipped = export_weights(tmp_path / "ck", tmp_path / "w.safetensors", guidance=2)
+    with safe_open(str(shipped), "pt") as f:
+        metadata = dict(f.metadata())
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    assert checkpoints.HEADER_SHA256_KEY in metadata
+    meta = json.loads(metadata[checkpoints.METADATA_KEY])
+    meta["noise_config"]["num_train_timesteps"] += 1
+    for name, changed in {
+        "config": {**metadata, checkpoints.METADATA_KEY: json.dumps(meta)},
+        "defaults": {**metadata, checkpoints.SAMPLING_DEFAULTS_KEY: '{"guidance": 7.0}'},
+    }.items():
+        save_file(state, str(tmp_path / f"{name}.safetensors"), metadata=changed)
+        with pytest.raises(CheckpointError, match="its header .* does not match the checksum"):
+            load_model(tmp_path / f"{name}.safetensors")
+    # A file exported before the header checksum existed (no such key) loads as before.
+    old = {k: v for k, v in metadata.items() if k != checkpoints.HEADER_SHA256_KEY}
+    save_file(state, str(tmp_path / "old.safetensors"), metadata=old)
+    assert load_model(tmp_path / "old.safetensors")[2]["sampling_defaults"]
 
 
 def test_an_exported_file_is_rewritten_with_new_sampling_defaults(
@@ -181,6 +210,8 @@ def test_sampling_defaults_are_checked_on_load(tmp_path: Path, model: torch.nn.M
     assert load_model(shipped)[2]["sampling_defaults"] == {"guidance": 2.5}
     with safe_open(str(shipped), "pt") as f:
         metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    # Written by hand, without the header checksum `bench export` adds (that would refuse any edit).
+    metadata.pop(checkpoints.HEADER_SHA256_KEY)
     for bad, message in [
         ("{not json", "not JSON"),
         ('{"guidance": "3"}', "not a finite number"),
