@@ -110,6 +110,17 @@ def gather(value: Any) -> list[Any] | None:
     return values
 
 
+def all_gather(value: Any) -> list[Any]:
+    """``value`` of every process in rank order, on every process (``[value]`` in one process):
+    for outcomes every process must act on alike, such as one process's failure."""
+    dist = _process_group()
+    if dist is None:
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def mean_over_processes(value: Any) -> Any:
     """A tensor's mean over the processes of the launch (``value`` itself in one process): each
     process's loss is the mean over its share of the batch, so their mean is the whole batch's,
@@ -152,4 +163,6 @@ def finish() -> None:
         dist.destroy_process_group()
 
 
-__all__ = ["launched", "accelerate_cpu", "world", "process_device", "shard", "gather", "barrier", "finish"]
+__all__ = [
+    "launched", "accelerate_cpu", "world", "process_device", "shard", "gather", "all_gather", "barrier", "finish",
+]  # fmt: skip

@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from bench.atomic import why_unwritable
 from bench.conditions import ConditionSet, load_condition_set, load_labels_spec, multi_hot
-from bench.distributed import barrier, finish, gather, process_device, resolve_device, shard, world
+from bench.distributed import (
+    all_gather,
+    barrier,
+    finish,
+    gather,
+    process_device,
+    resolve_device,
+    shard,
+    world,
+)
 from bench.guidance import (
     GuidanceIntervalError,
     check_interval,
@@ -781,12 +790,9 @@ def _sample_all(ctx: _Run, scheduler, *, seed: int, **kwargs):
         raise failure
     if parts is None:
         return mine  # not the main process: the main one has the images
-    for index, value in enumerate(parts):
-        if isinstance(value, str):
-            if value.startswith("OutOfMemoryError:"):
-                # raised as one, so the cell's row names a --batch-size to try, as in one process
-                raise torch.cuda.OutOfMemoryError(f"process {index} of {size}: {value}")
-            raise RuntimeError(f"process {index} of {size} failed: {value}")
+    failed = _failure_among(parts)
+    if failed is not None:
+        raise failed
     peak, warmup = largest_costs((p.peak_memory_mb, p.warmup_seconds) for p in parts)
     return replace(
         mine,
@@ -795,6 +801,20 @@ def _sample_all(ctx: _Run, scheduler, *, seed: int, **kwargs):
         warmup_seconds=warmup,
         peak_memory_mb=peak,
     )
+
+
+def _failure_among(outcomes: list[Any], during: str = "") -> BaseException | None:
+    """The first failure among the processes' gathered outcomes (a failure travels as
+    ``"ErrorName: message"``) as an exception to raise, or None when every process succeeded."""
+    import torch
+
+    for rank, value in enumerate(outcomes):
+        if isinstance(value, str):
+            if value.startswith("OutOfMemoryError:"):
+                # raised as one, so the cell's row names a --batch-size to try, as in one process
+                return torch.cuda.OutOfMemoryError(f"process {rank} of {len(outcomes)}: {value}")
+            return RuntimeError(f"process {rank} of {len(outcomes)} failed{during}: {value}")
+    return None
 
 
 def _warm_up(ctx: _Run) -> None:
@@ -813,6 +833,7 @@ def _warm_up(ctx: _Run) -> None:
     for guidance in sorted({1.0, max(ctx.guidance.guidance)}):
         # the chunk the cells at this guidance take (a guided chunk holds fewer images)
         batch = chunk_size(len(mine), ctx.options.resolved(ctx.device, guided=guidance != 1.0).batch_size)
+        failure = None
         try:
             warm = sample(
                 ctx.model,
@@ -824,14 +845,20 @@ def _warm_up(ctx: _Run) -> None:
                 device=ctx.device,
                 options=ctx.options,
             )
+            own: tuple[float | None, float] | str = (warm.peak_memory_mb, warm.warmup_seconds)
         except Exception as error:  # noqa: BLE001 - the first model call: a plugin model's bug shows here
-            if type(error).__name__ == "OutOfMemoryError":
-                raise
+            failure, own = error, f"{type(error).__name__}: {error}"
+        # Every process learns of any one's failure and stops with it: one that went on into the
+        # first cell waited for the failed one there for ever.
+        outcomes = all_gather(own) if ctx.size > 1 else [own]
+        failure = failure or _failure_among(outcomes, " in the warm-up")
+        if failure is not None:
+            if type(failure).__name__ == "OutOfMemoryError" or not isinstance(own, str):
+                raise failure  # out of memory, or another process's failure: as it is
             entry = ctx.plugins.registry("models").get(ctx.config.model)
-            raise plugin_failure(f"--model {ctx.config.model}", entry, error, call="its forward") from None
-        # every process's figures reach the main one, which records the largest (as for the cells)
-        own = (warm.peak_memory_mb, warm.warmup_seconds)
-        ctx.warm_ups[guidance != 1.0] = largest_costs((gather(own) if ctx.size > 1 else None) or [own])
+            raise plugin_failure(f"--model {ctx.config.model}", entry, failure, call="its forward") from None
+        # the largest figures of every process are recorded (as for the cells)
+        ctx.warm_ups[guidance != 1.0] = largest_costs(outcomes)
 
 
 def _run_cell(ctx: _Run, scheduler_name: str, steps: int, guidance: float, seed: int) -> list[Row]:

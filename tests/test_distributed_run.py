@@ -148,3 +148,55 @@ def test_another_process_out_of_memory_reaches_the_cell_as_out_of_memory(
     parts[1] = "ValueError: a plugin's bug"
     with pytest.raises(RuntimeError, match="process 1 of 2 failed: ValueError"):
         bench.runner._sample_all(ctx, "ddim", seed=0, steps=1)
+
+
+def test_a_failed_warm_up_in_one_process_stops_every_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model failing in one process's warm-up left the others waiting for it in the first cell
+    for ever: now each process shares its outcome, and every one stops with the failure."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import bench.runner
+    import bench.sampling
+    from bench.sampling import SamplingOptions
+
+    shared: list[object] = []  # what this process put into the all-gather
+    others: list[object] = [(100.0, 2.0)]  # process 1's outcome
+
+    def all_gather(value: object) -> list[object]:
+        shared.append(value)
+        return [value, *others]
+
+    monkeypatch.setattr(bench.runner, "all_gather", all_gather)
+    monkeypatch.setattr(
+        bench.sampling, "sample", lambda *a, **k: SimpleNamespace(peak_memory_mb=None, warmup_seconds=0.5)
+    )
+    models = SimpleNamespace(get=lambda name: SimpleNamespace(plugin="my-plugin"))
+    ctx = SimpleNamespace(
+        size=2, rank=0, main=True, conditions=torch.zeros(4, 24), model=None, train_noise={}, device="cpu",
+        options=SamplingOptions.plain(batch_size=4), guidance=SimpleNamespace(guidance=[1.0]),
+        log=lambda message: None, plugins=SimpleNamespace(registry=lambda kind: models),
+        config=SimpleNamespace(model="mine"), warm_ups={},
+    )  # fmt: skip
+    bench.runner._warm_up(ctx)
+    assert ctx.warm_ups == {False: (100.0, 2.0)}  # the largest figures of both processes
+    others[0] = "ValueError: a plugin's bug"
+    with pytest.raises(
+        RuntimeError, match="process 1 of 2 failed in the warm-up: ValueError: a plugin's bug"
+    ):
+        bench.runner._warm_up(ctx)
+    others[0] = "OutOfMemoryError: CUDA out of memory"
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="process 1 of 2: OutOfMemoryError"):
+        bench.runner._warm_up(ctx)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("my own bug")
+
+    monkeypatch.setattr(bench.sampling, "sample", broken)
+    others[0], shared[:] = (100.0, 2.0), []
+    with pytest.raises(
+        Exception, match="--model mine: its forward .plugin .my-plugin.. failed: ValueError: my own bug"
+    ):
+        bench.runner._warm_up(ctx)
+    assert shared == ["ValueError: my own bug"]  # it still reached the collective the others wait in
