@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from bench.attention import use_attention_by_sums
 from bench.compile_mode import compile_only_switch_error, compile_options, quiet_known_compile_warnings
 from bench.groupnorm import use_group_norm_by_views
 from bench.guidance import check_interval, in_interval
@@ -129,6 +130,9 @@ class SamplingOptions:
     # upsampling convolutions' FLOPs, no upsampled tensor. Eager on a CPU its interleave costs more
     # than it saves for narrow layers, so it is a switch.
     fold_upsample: bool | None = None
+    # Attention as products and sums that torch.compile fuses (bench/attention.py), for attention
+    # over a few tokens, where torch's attention kernels idle. Uncompiled it is slower: a switch.
+    attention_by_sums: bool | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -173,6 +177,7 @@ class SamplingOptions:
             tune_kernels=bool(self.tune_kernels),
             group_norm_by_views=bool(self.group_norm_by_views),
             fold_upsample=bool(self.fold_upsample),
+            attention_by_sums=bool(self.attention_by_sums),
         )
 
     @property
@@ -199,6 +204,7 @@ class SamplingOptions:
             tune_kernels=False,
             group_norm_by_views=False,
             fold_upsample=False,
+            attention_by_sums=False,
         )
 
 
@@ -281,6 +287,7 @@ class _ModelCall:
         self.cuda_graphs = bool(options.cuda_graphs)
         use_group_norm_by_views(model, bool(options.group_norm_by_views))
         use_folded_upsample(model, bool(options.fold_upsample))
+        use_attention_by_sums(model, bool(options.attention_by_sums))
         if options.compile:
             # Each module variant changes the traced graph: a compiled module of its own.
             variant = ",".join(
@@ -288,6 +295,7 @@ class _ModelCall:
                 for name, on in (
                     ("group-norm-by-views", options.group_norm_by_views),
                     ("fold-upsample", options.fold_upsample),
+                    ("attention-by-sums", options.attention_by_sums),
                 )
                 if on
             )

@@ -24,7 +24,8 @@ run until FILE exists (at most ``--wait-max`` seconds; the setting records wheth
 
 Usage: python scripts/profile_sampling.py OUT_DIR [--preset seed] [--batch 256] [--steps 10]
        [--images N] [--scheduler cosine] [--guidance 1] [--no-compile] [--cuda-graphs] [--dtype bf16|fp32]
-       [--no-channels-last] [--group-norm-by-views] [--fold-upsample] [--tune-kernels] [--inductor KEY=VALUE ...]
+       [--no-channels-last] [--group-norm-by-views] [--fold-upsample]
+       [--attention-by-sums] [--tune-kernels] [--inductor KEY=VALUE ...]
        [--no-profile] [--ready-file FILE] [--time-after FILE] [--wait-max SECONDS]
 """
 
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--group-norm-by-views", action="store_true")
     parser.add_argument("--fold-upsample", action="store_true", help="bench/upsample.py")
+    parser.add_argument("--attention-by-sums", action="store_true", help="bench/attention.py")
     parser.add_argument("--tune-kernels", action="store_true", help="Inductor's coordinate-descent tuning")
     parser.add_argument("--ready-file", type=Path, default=None, help="created once compiled")
     parser.add_argument("--time-after", type=Path, default=None, help="time only once this file exists")
@@ -127,6 +129,7 @@ def main() -> None:
         channels_last=not args.no_channels_last,
         group_norm_by_views=args.group_norm_by_views,
         fold_upsample=args.fold_upsample,
+        attention_by_sums=args.attention_by_sums,
         tune_kernels=args.tune_kernels and compile_,
     )
     images = args.images or args.batch

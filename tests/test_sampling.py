@@ -596,6 +596,28 @@ def test_fold_upsample_samples_the_same_images_and_switches_back(
     assert all(type(m) is Upsample2D for m in upsamplers)
 
 
+def test_attention_by_sums_samples_the_same_images_and_switches_back(
+    model: torch.nn.Module, cosine: dict
+) -> None:
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    attentions = [m for m in model.modules() if isinstance(m, Attention)]
+    kwargs = dict(train_config=cosine, steps=3, guidance=2.0, seed=4)
+    plain = sample(model, "cosine", conditions(3), options=SamplingOptions(dtype="fp32"), **kwargs)
+    by_sums = sample(
+        model,
+        "cosine",
+        conditions(3),
+        options=SamplingOptions(dtype="fp32", attention_by_sums=True),
+        **kwargs,
+    )
+    assert by_sums.options.attention_by_sums and not plain.options.attention_by_sums
+    assert attentions and all(type(m.processor) is not AttnProcessor2_0 for m in attentions)
+    assert_same_images_across_batch_shapes(by_sums.images, plain.images)
+    sample(model, "cosine", conditions(1), options=SamplingOptions(), **kwargs)  # default: off
+    assert all(type(m.processor) is AttnProcessor2_0 for m in attentions)
+
+
 def test_steps_default_to_the_schedulers_and_zero_is_refused() -> None:
     def no_default(**_):  # a scheduler plugin that names no default_steps
         raise AssertionError("not called")
