@@ -97,6 +97,11 @@ def _attention_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, Attention) and type(m.processor) in kinds]
 
 
+def switchable_attentions(model: nn.Module) -> int:
+    """How many of ``model``'s modules ``use_attention_by_sums`` would switch (in either form)."""
+    return len(_attention_modules(model))
+
+
 def use_attention_by_sums(model: nn.Module, enabled: bool = True) -> int:
     """Switch the attention of ``model``'s diffusers ``Attention`` modules that run the default
     processor to :func:`attention_by_sums` (or back); returns how many. A model without them (a

@@ -99,6 +99,10 @@ _FOLD_UPSAMPLE_HELP = (
     "Each nearest-2x upsampling + 3x3 convolution as one 2x2 convolution on the small input: the same "
     "result with 4/9 of those FLOPs and no upsampled tensor (default off)."
 )
+_ATTENTION_BY_SUMS_HELP = (
+    "Attention as products and sums that torch.compile fuses, in place of torch's attention kernel, "
+    "which idles on the few tokens (16 at 4x4) of the `seed` UNet; for compiled runs (default off)."
+)
 
 
 def _recipe_option(*decls: str, what: str, defaults: str, **kwargs):
@@ -191,6 +195,7 @@ def _bool_flag(name: str, help: str):
 )
 @_bool_flag("group-norm-by-views", _GROUP_NORM_BY_VIEWS_HELP)
 @_bool_flag("fold-upsample", _FOLD_UPSAMPLE_HELP)
+@_bool_flag("attention-by-sums", _ATTENTION_BY_SUMS_HELP)
 @click.option(
     "--allow-schedule-mismatch", is_flag=True, help="Sample with a noise schedule other than the trained one."
 )

@@ -725,6 +725,7 @@ def _sampling_text(speed: dict[str, Any], sampling: dict[str, Any]) -> str:
         ("cudnn-benchmark", speed.get("cudnn_benchmark")),
         ("gn-views", speed.get("group_norm_by_views")),
         ("folded", speed.get("fold_upsample")),
+        ("attn-sums", speed.get("attention_by_sums")),
     )
     return " ".join(parts + [word for word, on in flags if on])
 

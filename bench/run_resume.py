@@ -30,7 +30,7 @@ _FREE_KEYS = frozenset(
     # config's `sampling`, the environment's device), so `--device cpu` resumes a run of `auto`
     # on a CPU, and `--dtype bf16` one of the default where bf16 is the default.
     | {"device", "dtype", "channels_last", "compile", "cuda_graphs", "cudnn_benchmark", "autotune"}
-    | {"tune_kernels", "group_norm_by_views", "fold_upsample"}
+    | {"tune_kernels", "group_norm_by_views", "fold_upsample", "attention_by_sums"}
 )
 # What decides the speed and the images besides the configuration.
 _ENVIRONMENT_KEYS = ("device", "gpu", "gpu_count", "cpu_threads", "libraries", "plugins")

@@ -91,6 +91,7 @@ class RunConfig:
     tune_kernels: bool | None = None
     group_norm_by_views: bool | None = None
     fold_upsample: bool | None = None
+    attention_by_sums: bool | None = None
     allow_schedule_mismatch: bool = False
     denoising_figure: bool = True
     save_images: bool = True
@@ -587,6 +588,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         tune_kernels=config.tune_kernels,
         group_norm_by_views=config.group_norm_by_views,
         fold_upsample=config.fold_upsample,
+        attention_by_sums=config.attention_by_sums,
     ).resolved(device)
     if config.cudnn_benchmark and device == "cpu" and rank == 0:
         log("--cudnn-benchmark has no effect on a CPU (cuDNN is a GPU library)")
@@ -599,10 +601,17 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     options = replace(options, batch_size=config.batch_size)
     model, train_noise, meta = _load_model(config, plugins, device)
     _check_cells(config, plugins, train_noise)  # before the judges load and any cell samples
-    from bench.upsample import foldable_upsamplers  # here: importing bench.runner must not import torch
+    # here: importing bench.runner must not import torch
+    from bench.attention import switchable_attentions
+    from bench.upsample import foldable_upsamplers
 
     if options.fold_upsample and rank == 0 and not foldable_upsamplers(model):
         log("--fold-upsample: this model has no nearest-2x + 3x3 upsampling to fold; it samples as it is")
+    if options.attention_by_sums and rank == 0:
+        if not switchable_attentions(model):
+            log("--attention-by-sums: this model has no diffusers attention to rewrite; it samples as it is")
+        elif not options.compile:
+            log("--attention-by-sums without compile writes its products out: slower than torch's kernel")
     guidance = resolve_guidance(config, meta)
     if any(g != 1.0 for g in guidance.guidance):
         what = (
@@ -921,6 +930,7 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int, guidance: float, seed:
         "tune_kernels": options.tune_kernels,
         "group_norm_by_views": options.group_norm_by_views,
         "fold_upsample": options.fold_upsample,
+        "attention_by_sums": options.attention_by_sums,
         "warmup_seconds": warmup_seconds,
         "total_images": n_total,
         "seconds": result.seconds,

@@ -32,6 +32,8 @@ GPU_MODES = (
     "graphs-tuned",
     "graphs-folded",
     "graphs-tuned-folded",
+    "graphs-attn",
+    "graphs-tuned-folded-attn",
 )
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

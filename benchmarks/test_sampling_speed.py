@@ -68,6 +68,11 @@ _GPU_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "bf16+cl+compile+graphs, kernels tuned, upsampling folded",
         {**_FAST, "tune_kernels": True, "fold_upsample": True},
     ),
+    "graphs-attn": ("bf16+cl+compile+graphs, attention by sums", {**_FAST, "attention_by_sums": True}),
+    "graphs-tuned-folded-attn": (
+        "bf16+cl+compile+graphs, kernels tuned, upsampling folded, attention by sums",
+        {**_FAST, "tune_kernels": True, "fold_upsample": True, "attention_by_sums": True},
+    ),
 }
 
 

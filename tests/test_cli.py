@@ -1195,13 +1195,18 @@ def test_tune_kernels_without_compile_is_refused_by_run_and_train(runner, tmp_pa
 
 
 def test_group_norm_by_views_and_fold_upsample_reach_sampling(runner, tmp_path) -> None:
-    """--group-norm-by-views (also `bench train`'s) and --fold-upsample are recorded in the rows of
-    `bench run` and in the train config, and give the same images as the default (the same numbers
-    up to fp32 rounding)."""
+    """--group-norm-by-views and --fold-upsample (also `bench train`'s) and --attention-by-sums are
+    recorded in the rows of `bench run` and in the train config, and give the same images as the
+    default (the same numbers up to fp32 rounding)."""
     conditions = tmp_path / "c.json"
     conditions.write_text('[["red sphere"], ["cyan cube", "gray cylinder"]]')
     grids = {}
-    for name, extra in [("native", []), ("views", ["--group-norm-by-views"]), ("fold", ["--fold-upsample"])]:
+    variants = {
+        "views": ["--group-norm-by-views"],
+        "fold": ["--fold-upsample"],
+        "attn": ["--attention-by-sums"],
+    }
+    for name, extra in [("native", []), *variants.items()]:
         out = tmp_path / name
         result = tiny_run(runner, "--scheduler", "ddim", "--steps", "2", "--no-denoising-figure", "--dtype", "fp32",
                           "--evaluators", "none", "--conditions", str(conditions), "--out", str(out), *extra)  # fmt: skip
@@ -1209,11 +1214,14 @@ def test_group_norm_by_views_and_fold_upsample_reach_sampling(runner, tmp_path) 
         rows, _ = _rows_and_config(out)
         assert {r["speed"]["group_norm_by_views"] for r in rows} == {name == "views"}
         assert {r["speed"]["fold_upsample"] for r in rows} == {name == "fold"}
+        assert {r["speed"]["attention_by_sums"] for r in rows} == {name == "attn"}
+        if name == "attn":  # the CPU runs uncompiled by default: said to be the slower way
+            assert "--attention-by-sums without compile writes its products out" in result.output
         grids[name] = sorted((out / "images").rglob("*.png"))
     import numpy as np
     from PIL import Image
 
-    for variant in ("views", "fold"):
+    for variant in variants:
         assert [p.relative_to(tmp_path / "native") for p in grids["native"]] == [
             p.relative_to(tmp_path / variant) for p in grids[variant]
         ] and grids["native"]

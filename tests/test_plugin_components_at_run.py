@@ -297,6 +297,17 @@ def test_fold_upsample_says_when_the_model_has_nothing_to_fold(tmp_path, conditi
         assert (note in lines) is says
 
 
+def test_attention_by_sums_says_when_the_model_has_no_attention_to_rewrite(
+    tmp_path, condition_file, plugins
+) -> None:
+    for model, preset, says in [("m-no-upsampling", None, True), ("ddpm-unet", "tiny", False)]:
+        lines: list[str] = []
+        config = _config(tmp_path / model, condition_file, model=model, preset=preset, attention_by_sums=True)
+        run(config, plugins, log=lines.append)
+        note = "--attention-by-sums: this model has no diffusers attention to rewrite; it samples as it is"
+        assert (note in lines) is says
+
+
 def test_a_bug_in_a_model_factory_names_the_plugin_not_the_preset(tmp_path, condition_file, plugins) -> None:
     with pytest.raises(PluginFactoryError, match=r"--model m-buggy: its factory \(plugin 'bench_test_components'\) "
                        r"failed: TypeError: unsupported operand"):  # fmt: skip

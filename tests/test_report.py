@@ -744,8 +744,8 @@ def test_seeds_sampled_on_other_devices_or_loops_are_not_averaged(tmp_path: Path
         ),
         (
             "sampling",
-            run("folded", 0, fold_upsample=True, group_norm_by_views=True, tune_kernels=False),
-            ["b32 cl compile graphs", "b32 cl compile graphs gn-views folded"],
+            run("folded", 0, fold_upsample=True, group_norm_by_views=True, attention_by_sums=True),
+            ["b32 cl compile graphs", "b32 cl compile graphs gn-views folded attn-sums"],
         ),
     ]:
         table = _table(load_report([base, other]), "condition set: test")
