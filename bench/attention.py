@@ -11,11 +11,15 @@ write the (tokens x tokens x channels) products out.
 Numerics: computed in fp32 from the inputs' values (also under bf16 autocast, where SDPA computes
 in bf16), so it agrees with SDPA in fp32 to rounding and within bf16 tolerance under autocast.
 Uncompiled it writes the products out (B x heads x L x L x channels): meant for compiled runs of
-models whose attention is over a few dozen tokens; the cost grows with tokens squared.
+attention over a few dozen tokens; the cost grows with tokens squared (``MAX_TOKENS``).
 
 ``use_attention_by_sums(model, enabled)`` sets this processor on every diffusers ``Attention`` of
 ``model`` that uses diffusers' default ``AttnProcessor2_0`` (or sets that back); others are left
-as they are.
+as they are. An image of more than ``MAX_TOKENS`` pixels still runs torch's kernel.
+
+Measured (BENCHMARKS.md, session 26, one H100, batch 512, compile + CUDA graphs, the upsampling
+folded in both): 86.5 -> 89.6 and 85.6 -> 89.5 images/s, the two timed in either order. So it is
+on by default where sampling compiles on CUDA (``SamplingOptions``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ import math
 
 import torch
 from torch import nn
+
+# The most tokens (height x width) an attention is computed by sums for; a longer one runs torch's
+# kernel. The products cost tokens^2 x channels on the CUDA cores: at 16 (the `seed` UNet's 4x4)
+# that is nothing, at 256 (16x16) a fused attention kernel on the tensor cores is the better bet.
+MAX_TOKENS = 64
 
 
 def attention_by_sums(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -64,6 +73,7 @@ def _processor() -> object:
                 or attn.norm_q is not None
                 or attn.norm_k is not None
                 or hidden_states.ndim != 4
+                or hidden_states.shape[-2] * hidden_states.shape[-1] > MAX_TOKENS
             ):
                 return super().__call__(
                     attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs

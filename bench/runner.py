@@ -607,7 +607,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
 
     if options.fold_upsample and rank == 0 and not foldable_upsamplers(model):
         log("--fold-upsample: this model has no nearest-2x + 3x3 upsampling to fold; it samples as it is")
-    if options.attention_by_sums and rank == 0:
+    if config.attention_by_sums and rank == 0:  # asked for (by default it goes unsaid where nothing changes)
         if not switchable_attentions(model):
             log("--attention-by-sums: this model has no diffusers attention to rewrite; it samples as it is")
         elif not options.compile:

@@ -101,7 +101,8 @@ class SamplingOptions:
     """How fast the loop runs; ``None`` picks the default for the device.
 
     Defaults: on CUDA bf16 autocast, channels_last, torch.compile with CUDA graphs
-    (``mode="reduce-overhead"``), chunks of 512 images (256 when guided); on CPU channels_last (measured faster on
+    (``mode="reduce-overhead"``), few-token attention by sums, chunks of 512 images (256 when
+    guided); on CPU channels_last (measured faster on
     CPU, numerically the same), no compile, chunks of 32 (16 when guided), and bf16 autocast where
     the CPU multiplies bf16 in hardware (AMX, :func:`cpu_has_bf16_matmul`), else plain fp32.
     Each part can be switched on or off by itself.
@@ -130,8 +131,9 @@ class SamplingOptions:
     # upsampling convolutions' FLOPs, no upsampled tensor. Eager on a CPU its interleave costs more
     # than it saves for narrow layers, so it is a switch.
     fold_upsample: bool | None = None
-    # Attention as products and sums that torch.compile fuses (bench/attention.py), for attention
-    # over a few tokens, where torch's attention kernels idle. Uncompiled it is slower: a switch.
+    # Attention over a few tokens (at most bench.attention.MAX_TOKENS) as products and sums that
+    # torch.compile fuses (bench/attention.py), where torch's attention kernels idle. Default on
+    # when compiling on CUDA; uncompiled it is slower.
     attention_by_sums: bool | None = None
 
     def __post_init__(self) -> None:
@@ -177,7 +179,11 @@ class SamplingOptions:
             tune_kernels=bool(self.tune_kernels),
             group_norm_by_views=bool(self.group_norm_by_views),
             fold_upsample=bool(self.fold_upsample),
-            attention_by_sums=bool(self.attention_by_sums),
+            # Compiled on CUDA: 1.036x and 1.045x the sampling speed of the `seed` preset on an H100
+            # (BENCHMARKS.md, session 26). Uncompiled it writes its products out: off.
+            attention_by_sums=(cuda and compile_)
+            if self.attention_by_sums is None
+            else self.attention_by_sums,
         )
 
     @property

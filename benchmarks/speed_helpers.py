@@ -33,6 +33,7 @@ GPU_MODES = (
     "graphs-folded",
     "graphs-tuned-folded",
     "graphs-attn",
+    "graphs-tuned-attn",
     "graphs-tuned-folded-attn",
 )
 

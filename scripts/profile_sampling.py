@@ -25,12 +25,13 @@ run until FILE exists (at most ``--wait-max`` seconds; the setting records wheth
 Usage: python scripts/profile_sampling.py OUT_DIR [--preset seed] [--batch 256] [--steps 10]
        [--images N] [--scheduler cosine] [--guidance 1] [--no-compile] [--cuda-graphs] [--dtype bf16|fp32]
        [--no-channels-last] [--group-norm-by-views] [--fold-upsample]
-       [--attention-by-sums] [--tune-kernels] [--inductor KEY=VALUE ...]
+       [--[no-]attention-by-sums] [--tune-kernels] [--inductor KEY=VALUE ...]
        [--no-profile] [--ready-file FILE] [--time-after FILE] [--wait-max SECONDS]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from dataclasses import asdict
@@ -87,7 +88,12 @@ def main() -> None:
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--group-norm-by-views", action="store_true")
     parser.add_argument("--fold-upsample", action="store_true", help="bench/upsample.py")
-    parser.add_argument("--attention-by-sums", action="store_true", help="bench/attention.py")
+    parser.add_argument(
+        "--attention-by-sums",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bench/attention.py (default: bench run's, on when compiling on CUDA)",
+    )
     parser.add_argument("--tune-kernels", action="store_true", help="Inductor's coordinate-descent tuning")
     parser.add_argument("--ready-file", type=Path, default=None, help="created once compiled")
     parser.add_argument("--time-after", type=Path, default=None, help="time only once this file exists")

@@ -77,3 +77,24 @@ def test_what_it_does_not_cover_goes_to_the_default_processor() -> None:
         assert torch.equal(g, e)
     other = Attention(query_dim=16, heads=2, dim_head=8, processor=AttnProcessor())
     assert use_attention_by_sums(other) == 0 and type(other.processor) is AttnProcessor
+
+
+def test_an_image_of_more_than_max_tokens_runs_torchs_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The products grow with tokens squared: past MAX_TOKENS pixels, SDPA's path and its numbers."""
+    from diffusers.models.attention_processor import Attention
+
+    import bench.attention
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, heads=2, dim_head=8, norm_num_groups=4, residual_connection=True).eval()
+    x = torch.randn(2, 16, 8, 8)  # 64 pixels
+    used: list[int] = []
+    real = bench.attention.attention_by_sums
+    monkeypatch.setattr(bench.attention, "attention_by_sums", lambda *a: used.append(1) or real(*a))
+    with torch.no_grad():
+        expected = attn(x)
+        use_attention_by_sums(attn)
+        torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-5)  # at the limit: by sums
+        assert used == [1]
+        monkeypatch.setattr(bench.attention, "MAX_TOKENS", 63)
+        assert torch.equal(attn(x), expected) and used == [1]  # past it: torch's kernel

@@ -329,6 +329,11 @@ def test_options_resolve_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
     # CUDA: a model batch of 512 either way (a guided chunk is doubled inside)
     assert SamplingOptions(compile=False).resolved("cuda").batch_size == 512
     assert SamplingOptions(compile=False).resolved("cuda", guided=True).batch_size == 256
+    # few-token attention by sums: where sampling compiles on CUDA, unless switched off
+    assert SamplingOptions().resolved("cuda").attention_by_sums and not cpu.attention_by_sums
+    assert not SamplingOptions(compile=False).resolved("cuda").attention_by_sums
+    assert not SamplingOptions(attention_by_sums=False).resolved("cuda").attention_by_sums
+    assert SamplingOptions(attention_by_sums=True).resolved("cpu").attention_by_sums
     with pytest.raises(ValueError, match="at least 1"):
         SamplingOptions(batch_size=0).resolved("cpu")
     with pytest.raises(ValueError, match="bf16"):
