@@ -496,7 +496,7 @@ def sample(
         gens = [torch.Generator(device).manual_seed(image_seed(seed, first_index + i)) for i in idx]
         return cond, gens
 
-    warmup = 0.0
+    warmup, warmup_calls = 0.0, 0
     if device.type == "cuda":
         # The peak spans compile and capture: a CUDA graph's activations live in its private pool,
         # allocated while capturing and never again while replaying (a reset after warm-up read
@@ -526,6 +526,7 @@ def sample(
                     call(dummy_x, dummy_t, dummy_c, scale)
             _sync(device)
             warmup = time.perf_counter() - start
+            warmup_calls = call.calls
             call.calls = call.guided_calls = 0
         _sync(device)
         start = time.perf_counter()
@@ -577,7 +578,8 @@ def sample(
         guidance_interval=interval,
         scheduler=name,
         # "chunk": the images per chunk that ran, at most options.batch_size (chunks are made even)
-        extra={"guided_nfe": call.guided_calls // n_chunks, "chunk": batch},
+        # "warmup_calls": model calls before the clock (compile and capture), outside nfe
+        extra={"guided_nfe": call.guided_calls // n_chunks, "chunk": batch, "warmup_calls": warmup_calls},
     )
 
 

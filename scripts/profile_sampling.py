@@ -174,11 +174,14 @@ def main() -> None:
         f"{setting['device']} {setting['options']} {inductor} sdpa {args.sdpa}: {unprofiled.images_per_second:.1f} images/s "
         f"unprofiled, {setting['ms_per_step_unprofiled']:.1f} ms/step"
     )
+    # The profiled call compiles nothing but still runs sample()'s warm-up calls (three per batch
+    # shape when compiling): counted with the steps, so "per step" is per model call of one chunk.
+    # Until session 26 they were left out, and every ms per step was 8/5 of the truth at --steps 5.
     profile_to(
         args.out,
         setting,
         lambda: sample(model, args.scheduler, conds, **kwargs),
-        args.steps * (images // args.batch),
+        args.steps * (images // args.batch) + unprofiled.extra["warmup_calls"],
         timing_only=args.no_profile,
         rows=args.rows,
     )

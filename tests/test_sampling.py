@@ -165,9 +165,12 @@ def test_compile_warm_up_covers_both_batch_shapes(
                     guidance_interval=(600, 1000), options=options)  # fmt: skip
     assert counting.batches[:6] == [10, 10, 10, 5, 5, 5]  # warm-up: three calls per shape
     assert counting.batches[6:] == [10, 10, 5, 5] and result.nfe == 4 and result.extra["guided_nfe"] == 2
+    assert result.extra["warmup_calls"] == 6  # what a profile of the whole call also sees
     counting.batches.clear()
-    sample(counting, "ddim", conditions(5), train_config=cosine, steps=4, guidance=3.0, options=options)
-    assert counting.batches == [10] * 7  # no interval: one shape, as before
+    again = sample(
+        counting, "ddim", conditions(5), train_config=cosine, steps=4, guidance=3.0, options=options
+    )
+    assert counting.batches == [10] * 7 and again.extra["warmup_calls"] == 3  # no interval: one shape
 
 
 class _OneConv(torch.nn.Module):
