@@ -288,23 +288,20 @@ def test_a_model_whose_prediction_is_not_the_samples_shape_is_refused(
         run(_config(tmp_path, condition_file, model="m-half-channels", preset=None), plugins, log=_quiet)
 
 
-def test_fold_upsample_says_when_the_model_has_nothing_to_fold(tmp_path, condition_file, plugins) -> None:
-    for model, preset, says in [("m-no-upsampling", None, True), ("ddpm-unet", "tiny", False)]:
-        lines: list[str] = []
-        config = _config(tmp_path / model, condition_file, model=model, preset=preset, fold_upsample=True)
-        run(config, plugins, log=lines.append)
-        note = "--fold-upsample: this model has no nearest-2x + 3x3 upsampling to fold; it samples as it is"
-        assert (note in lines) is says
-
-
-def test_attention_by_sums_says_when_the_model_has_no_attention_to_rewrite(
-    tmp_path, condition_file, plugins
+@pytest.mark.parametrize(
+    "switch, note",
+    [
+        ("fold_upsample", "--fold-upsample: this model has no nearest-2x + 3x3 upsampling to fold; it samples as it is"),
+        ("attention_by_sums", "--attention-by-sums: this model has no diffusers attention to rewrite; it samples as it is"),
+    ],
+)  # fmt: skip
+def test_a_model_level_switch_says_when_the_model_has_nothing_to_switch(
+    tmp_path, condition_file, plugins, switch: str, note: str
 ) -> None:
     for model, preset, says in [("m-no-upsampling", None, True), ("ddpm-unet", "tiny", False)]:
         lines: list[str] = []
-        config = _config(tmp_path / model, condition_file, model=model, preset=preset, attention_by_sums=True)
+        config = _config(tmp_path / model, condition_file, model=model, preset=preset, **{switch: True})
         run(config, plugins, log=lines.append)
-        note = "--attention-by-sums: this model has no diffusers attention to rewrite; it samples as it is"
         assert (note in lines) is says
 
 

@@ -586,44 +586,35 @@ def test_group_norm_by_views_samples_the_same_images_and_switches_back(
     assert all(type(m) is nn.GroupNorm for m in norms)
 
 
-def test_fold_upsample_samples_the_same_images_and_switches_back(
-    model: torch.nn.Module, cosine: dict
-) -> None:
+def _upsamplers_folded(model: torch.nn.Module) -> list[bool]:
     from diffusers.models.upsampling import Upsample2D
 
-    upsamplers = [m for m in model.modules() if isinstance(m, Upsample2D)]
-    kwargs = dict(train_config=cosine, steps=3, guidance=2.0, seed=4)
-    plain = sample(model, "cosine", conditions(3), options=SamplingOptions(dtype="fp32"), **kwargs)
-    folded = sample(
-        model, "cosine", conditions(3), options=SamplingOptions(dtype="fp32", fold_upsample=True), **kwargs
-    )
-    assert folded.options.fold_upsample and not plain.options.fold_upsample
-    assert upsamplers and all(type(m) is not Upsample2D for m in upsamplers)
-    assert_same_images_across_batch_shapes(folded.images, plain.images)
-    sample(model, "cosine", conditions(1), options=SamplingOptions(), **kwargs)  # default: off
-    assert all(type(m) is Upsample2D for m in upsamplers)
+    return [type(m) is not Upsample2D for m in model.modules() if isinstance(m, Upsample2D)]
 
 
-def test_attention_by_sums_samples_the_same_images_and_switches_back(
-    model: torch.nn.Module, cosine: dict
-) -> None:
+def _attentions_by_sums(model: torch.nn.Module) -> list[bool]:
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-    attentions = [m for m in model.modules() if isinstance(m, Attention)]
+    return [type(m.processor) is not AttnProcessor2_0 for m in model.modules() if isinstance(m, Attention)]
+
+
+@pytest.mark.parametrize(
+    "switch, switched", [("fold_upsample", _upsamplers_folded), ("attention_by_sums", _attentions_by_sums)]
+)
+def test_a_model_level_switch_samples_the_same_images_and_switches_back(
+    model: torch.nn.Module, cosine: dict, switch: str, switched
+) -> None:
+    """--fold-upsample and --attention-by-sums change how modules compute, not what: the same
+    images, and a later call without the switch puts every module back."""
     kwargs = dict(train_config=cosine, steps=3, guidance=2.0, seed=4)
     plain = sample(model, "cosine", conditions(3), options=SamplingOptions(dtype="fp32"), **kwargs)
-    by_sums = sample(
-        model,
-        "cosine",
-        conditions(3),
-        options=SamplingOptions(dtype="fp32", attention_by_sums=True),
-        **kwargs,
-    )
-    assert by_sums.options.attention_by_sums and not plain.options.attention_by_sums
-    assert attentions and all(type(m.processor) is not AttnProcessor2_0 for m in attentions)
-    assert_same_images_across_batch_shapes(by_sums.images, plain.images)
-    sample(model, "cosine", conditions(1), options=SamplingOptions(), **kwargs)  # default: off
-    assert all(type(m.processor) is AttnProcessor2_0 for m in attentions)
+    on = SamplingOptions(dtype="fp32", **{switch: True})
+    changed = sample(model, "cosine", conditions(3), options=on, **kwargs)
+    assert getattr(changed.options, switch) and not getattr(plain.options, switch)
+    assert switched(model) and all(switched(model))
+    assert_same_images_across_batch_shapes(changed.images, plain.images)
+    sample(model, "cosine", conditions(1), options=SamplingOptions(), **kwargs)  # the CPU default: off
+    assert not any(switched(model))
 
 
 def test_steps_default_to_the_schedulers_and_zero_is_refused() -> None:
