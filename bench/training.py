@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.atomic import atomic_write_text, why_unwritable
+from bench.attention import use_attention_by_sums
 from bench.checkpoints import (
     CheckpointError,
     check_step_records,
@@ -130,6 +131,9 @@ class TrainConfig:
     # Upsampling as one 2x2 convolution on the small input (bench/upsample.py): the same gradients,
     # 4/9 of the upsampling convolutions' FLOPs forward and backward
     fold_upsample: bool = False
+    # Few-token attention as products and sums (bench/attention.py): the same gradients; in sampling
+    # 1.04x on an H100 compiled (session 26), in training not yet timed, so off here
+    attention_by_sums: bool = False
     seed: int = 0
     checkpoint_every: int = 1000  # steps; a checkpoint is also written at the end
     log_every: int = 25  # steps between loss log lines (and the NaN check)
@@ -523,6 +527,7 @@ class _Trainer:
             )
         use_group_norm(self.model, _group_norm_kind(config))
         use_folded_upsample(self.model, config.fold_upsample)
+        use_attention_by_sums(self.model, config.attention_by_sums)
         self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)

@@ -47,6 +47,7 @@ _PLAIN = dict(
     group_norm_by_views=False,
     group_norm_channels_last=False,
     fold_upsample=False,
+    attention_by_sums=False,
 )
 _COMPILED = {**_PLAIN, "compile": True, "channels_last": True, "force_layout_opt": True}
 _GRAPHS = {**_COMPILED, "cuda_graphs": True}
@@ -74,6 +75,14 @@ TRAIN_VARIANTS: dict[str, tuple[str, dict[str, bool]]] = {
     "compile-graphs-tuned-folded": (
         "bf16+cl+compile+CUDA graphs, kernels tuned, upsampling folded",
         {**_GRAPHS, "tune_kernels": True, "fold_upsample": True},
+    ),
+    "compile-graphs-attn": (
+        "bf16+cl+compile+CUDA graphs, attention by sums",
+        {**_GRAPHS, "attention_by_sums": True},
+    ),
+    "compile-graphs-tuned-attn": (
+        "bf16+cl+compile+CUDA graphs, kernels tuned, attention by sums",
+        {**_GRAPHS, "tune_kernels": True, "attention_by_sums": True},
     ),
 }
 GPU_MODES = env_modes("BENCH_TRAIN_MODES", tuple(TRAIN_VARIANTS))

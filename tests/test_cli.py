@@ -1228,7 +1228,7 @@ def test_group_norm_by_views_and_fold_upsample_reach_sampling(runner, tmp_path) 
         for a, b in zip(grids["native"], grids[variant], strict=True):
             diff = np.abs(np.asarray(Image.open(a), dtype=float) - np.asarray(Image.open(b), dtype=float))
             assert diff.mean() < 0.5 and diff.max() <= 8  # 8-bit levels
-    for flag in ("group-norm-by-views", "group-norm-channels-last", "fold-upsample"):
+    for flag in ("group-norm-by-views", "group-norm-channels-last", "fold-upsample", "attention-by-sums"):
         out = tmp_path / f"train-{flag}"
         result = runner.invoke(
             cli.main,

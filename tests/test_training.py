@@ -939,25 +939,34 @@ def test_group_norm_channels_last_trains_and_excludes_views(tmp_path: Path) -> N
     assert summary.steps == 2 and math.isfinite(summary.final_loss)
 
 
-def test_fold_upsample_trains_the_same_losses(tmp_path: Path) -> None:
-    """--fold-upsample changes how the upsampling convolutions are computed, not what: the same loss
-    curve (fp32, up to the rounding of the summed taps), the same state_dict keys in the checkpoint."""
+def _switched_modules(model: torch.nn.Module, switch: str) -> list[bool]:
+    """Per module the switch acts on: whether it is switched."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
     from diffusers.models.upsampling import Upsample2D
 
-    trainer = training._Trainer(config(tmp_path / "probe", fold_upsample=True), dataset(8))
-    upsamplers = [m for m in trainer.model.modules() if isinstance(m, Upsample2D)]
-    assert upsamplers and all(type(m) is not Upsample2D for m in upsamplers)
+    if switch == "fold_upsample":
+        return [type(m) is not Upsample2D for m in model.modules() if isinstance(m, Upsample2D)]
+    return [type(m.processor) is not AttnProcessor2_0 for m in model.modules() if isinstance(m, Attention)]
+
+
+@pytest.mark.parametrize("switch", ["fold_upsample", "attention_by_sums"])
+def test_a_model_level_switch_trains_the_same_losses(tmp_path: Path, switch: str) -> None:
+    """--fold-upsample and --attention-by-sums change how modules compute, not what: the same loss
+    curve (fp32, up to the rounding of other sums), the same state_dict keys in the checkpoint."""
+    trainer = training._Trainer(config(tmp_path / "probe", **{switch: True}), dataset(8))
+    switched = _switched_modules(trainer.model, switch)
+    assert switched and all(switched)
     losses = {}
-    for fold in (False, True):
-        out = tmp_path / f"fold-{fold}"
-        train(config(out, fold_upsample=fold, max_steps=4), dataset(8), show_progress=False)
-        losses[fold] = [json.loads(x)["loss"] for x in (out / "loss.jsonl").read_text().splitlines()]
+    for on in (False, True):
+        out = tmp_path / f"{switch}-{on}"
+        train(config(out, max_steps=4, **{switch: on}), dataset(8), show_progress=False)
+        losses[on] = [json.loads(x)["loss"] for x in (out / "loss.jsonl").read_text().splitlines()]
     assert len(losses[True]) == 4 and losses[True] == pytest.approx(losses[False], rel=1e-4)
     from safetensors import safe_open
 
     keys = {}
-    for fold in (False, True):
-        path = next((tmp_path / f"fold-{fold}" / "checkpoint").glob("*.safetensors"))
+    for on in (False, True):
+        path = next((tmp_path / f"{switch}-{on}" / "checkpoint").glob("*.safetensors"))
         with safe_open(str(path), "pt") as f:
-            keys[fold] = sorted(f.keys())
+            keys[on] = sorted(f.keys())
     assert keys[True] == keys[False]
