@@ -65,7 +65,7 @@ def _processor() -> object:
             temb=None,
             *args,
             **kwargs,
-        ):  # noqa: E501
+        ):
             if (
                 encoder_hidden_states is not None
                 or attention_mask is not None
@@ -90,7 +90,7 @@ def _processor() -> object:
                 return x.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
 
             out = attention_by_sums(heads(query), heads(key), heads(value))
-            out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+            out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
             out = attn.to_out[1](attn.to_out[0](out))  # projection, dropout
             out = out.transpose(-1, -2).reshape(batch, channels, height, width)
             if attn.residual_connection:
