@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from image_checks import assert_unet_switch_computes_the_same
 
 from bench.attention import attention_by_sums, use_attention_by_sums
-from bench_builtins.models.ddpm_unet import make_ddpm_unet
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 16, 8), (1, 64, 4, 8), (3, 2, 1, 5), (2, 1, 7, 32)])
@@ -32,31 +32,15 @@ def test_bf16_inputs_are_computed_in_fp32_and_returned_in_bf16() -> None:
     assert (got.float() - exact).abs().mean() <= (sdpa.float() - exact).abs().mean() * 1.05
 
 
-@pytest.mark.parametrize("preset", ["tiny", "small"])
-def test_unet_forward_the_same_and_switches_back(preset: str) -> None:
+def _by_sums(model: torch.nn.Module) -> list[bool]:
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-    torch.manual_seed(0)
-    model = make_ddpm_unet(preset).eval()
-    attentions = [m for m in model.modules() if isinstance(m, Attention)]
-    x, t, cond = torch.randn(2, 3, 64, 64), torch.tensor([10, 900]), torch.eye(24)[:2]
-    keys = list(model.state_dict())
-    with torch.no_grad():
-        expected = model(x, t, cond)
-        assert use_attention_by_sums(model) == len(attentions) > 0
-        assert all(type(m.processor) is not AttnProcessor2_0 for m in attentions)
-        by_sums = model(x, t, cond)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            by_sums_bf16 = model(x, t, cond).float()
-        assert use_attention_by_sums(model, False) == len(attentions)
-        assert all(type(m.processor) is AttnProcessor2_0 for m in attentions)
-        assert torch.equal(model(x, t, cond), expected)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            plain_bf16 = model(x, t, cond).float()
-    assert list(model.state_dict()) == keys
-    torch.testing.assert_close(by_sums, expected, rtol=1e-4, atol=1e-4)
-    scale = expected.abs().mean()
-    assert (by_sums_bf16 - expected).abs().mean() < 2 * (plain_bf16 - expected).abs().mean() + 1e-3 * scale
+    return [type(m.processor) is not AttnProcessor2_0 for m in model.modules() if isinstance(m, Attention)]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_unet_forward_the_same_and_switches_back(preset: str) -> None:
+    assert_unet_switch_computes_the_same(preset, use_attention_by_sums, _by_sums)
 
 
 def test_what_it_does_not_cover_goes_to_the_default_processor() -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from image_checks import assert_unet_switch_computes_the_same
 
 from bench.upsample import phase_kernels, upsample_conv, use_folded_upsample
-from bench_builtins.models.ddpm_unet import make_ddpm_unet
 
 
 def _plain(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -57,33 +57,16 @@ def test_keeps_channels_last_and_gives_the_same_gradients() -> None:
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "small"])
-def test_unet_forward_the_same_and_switches_back(preset: str) -> None:
+def _folded(model: torch.nn.Module) -> list[bool]:
     from diffusers.models.upsampling import Upsample2D
 
-    torch.manual_seed(0)
-    model = make_ddpm_unet(preset).eval()
-    upsamplers = [m for m in model.modules() if isinstance(m, Upsample2D)]
-    x, t, cond = torch.randn(2, 3, 64, 64), torch.tensor([10, 900]), torch.eye(24)[:2]
-    keys = list(model.state_dict())
-    with torch.no_grad():
-        expected = model(x, t, cond)
-        assert use_folded_upsample(model) == len(upsamplers) > 0
-        assert all(type(m) is not Upsample2D for m in upsamplers)
-        folded = model(x, t, cond)
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # the rounded phase kernels: bf16 tolerance
-            folded_bf16 = model(x, t, cond).float()
-        assert use_folded_upsample(model, False) == len(upsamplers)
-        assert all(type(m) is Upsample2D for m in upsamplers)
-        assert torch.equal(model(x, t, cond), expected)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            plain_bf16 = model(x, t, cond).float()
-    assert list(model.state_dict()) == keys
-    torch.testing.assert_close(folded, expected, rtol=1e-4, atol=1e-4)
-    scale = expected.abs().mean()
-    assert (folded_bf16 - expected).abs().mean() < 0.05 * scale
-    # no further from fp32 than bf16 is anyway
-    assert (folded_bf16 - expected).abs().mean() < 2 * (plain_bf16 - expected).abs().mean() + 1e-3 * scale
+    return [type(m) is not Upsample2D for m in model.modules() if isinstance(m, Upsample2D)]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_unet_forward_the_same_and_switches_back(preset: str) -> None:
+    """The rounded phase kernels under bf16 autocast: bf16 tolerance."""
+    assert_unet_switch_computes_the_same(preset, use_folded_upsample, _folded)
 
 
 def test_an_odd_output_size_falls_back_to_the_plain_path() -> None:
