@@ -17,7 +17,7 @@ from typing import Any
 
 from bench.atomic import why_unwritable
 from bench.guidance import format_interval
-from bench.results import ResultsError, load_results
+from bench.results import SPEED_SWITCHES, ResultsError, load_results
 
 UP, DOWN = "↑", "↓"
 CONFIG_KEYS = (
@@ -41,9 +41,8 @@ CONFIG_KEYS = (
 # weights sampled (two models saved under one path), the preset of random weights (a checkpoint
 # carries its own), the sampling dtype, the judge and FID reference size the metrics used, and the
 # sha256 of the condition set's content (two files called test.json), the device (a GPU's name) and
-# how the loop ran (batch size, channels_last, compile, CUDA graphs, and each speed switch: kernel
-# tuning, max-autotune, cudnn.benchmark, GroupNorm by views, folded upsampling, so that a run with
-# one is compared with one without, not refused as the same seed twice). Seeds that differ in any of
+# how the loop ran (batch size, channels_last, compile, CUDA graphs, and each of SPEED_SWITCHES, so
+# that a run with one is compared with one without, not refused as the same seed twice). Seeds that differ in any of
 # them are two cells, never one mean: not of their accuracy, and not of their speed.
 VARIANT_KEYS = ("weights", "preset", "dtype", "judge", "ref_n", "conditions", "device", "sampling")
 # Identifying columns whose header is not the row key itself.
@@ -720,12 +719,7 @@ def _sampling_text(speed: dict[str, Any], sampling: dict[str, Any]) -> str:
         ("cl", sampling.get("channels_last")),
         ("compile", speed.get("compile")),
         ("graphs", speed.get("cuda_graphs")),
-        ("autotune", speed.get("autotune")),
-        ("tuned", speed.get("tune_kernels")),
-        ("cudnn-benchmark", speed.get("cudnn_benchmark")),
-        ("gn-views", speed.get("group_norm_by_views")),
-        ("folded", speed.get("fold_upsample")),
-        ("attn-sums", speed.get("attention_by_sums")),
+        *((word, speed.get(switch)) for switch, word in SPEED_SWITCHES.items()),
     )
     return " ".join(parts + [word for word, on in flags if on])
 

@@ -78,6 +78,20 @@ def checked_metrics(evaluator: str, returned: Any, taken: dict[str, str]) -> dic
     return checked
 
 
+# The sampling loop's on/off speed switches, by their SamplingOptions (and RunConfig) field, with
+# the word `bench report` shows for each that is on: a row's `speed` records every one, a
+# --resume compares what they resolved to, and runs that differ in one are two speeds. A new
+# switch is added here once.
+SPEED_SWITCHES = {
+    "autotune": "autotune",
+    "tune_kernels": "tuned",
+    "cudnn_benchmark": "cudnn-benchmark",
+    "group_norm_by_views": "gn-views",
+    "fold_upsample": "folded",
+    "attention_by_sums": "attn-sums",
+}
+
+
 @dataclass
 class Row:
     """One cell of a run matrix for one condition set and one seed."""

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from bench.results import ResultsError, Row, load_results
+from bench.results import SPEED_SWITCHES, ResultsError, Row, load_results
 
 CellKey = tuple[str, int, float, int]  # scheduler, steps, guidance, seed
 
@@ -29,8 +29,8 @@ _FREE_KEYS = frozenset(
     # The sampling switches and the device as typed: what they resolve to is compared instead (the
     # config's `sampling`, the environment's device), so `--device cpu` resumes a run of `auto`
     # on a CPU, and `--dtype bf16` one of the default where bf16 is the default.
-    | {"device", "dtype", "channels_last", "compile", "cuda_graphs", "cudnn_benchmark", "autotune"}
-    | {"tune_kernels", "group_norm_by_views", "fold_upsample", "attention_by_sums"}
+    | {"device", "dtype", "channels_last", "compile", "cuda_graphs"}
+    | set(SPEED_SWITCHES)
 )
 # What decides the speed and the images besides the configuration.
 _ENVIRONMENT_KEYS = ("device", "gpu", "gpu_count", "cpu_threads", "libraries", "plugins")

@@ -42,7 +42,7 @@ from bench.plugins import (
     plugin_failure,
     raised_where,
 )
-from bench.results import Row, RunResult, checked_metrics, environment, largest_costs
+from bench.results import SPEED_SWITCHES, Row, RunResult, checked_metrics, environment, largest_costs
 from bench.run_resume import REPLACED_RESULTS, finished_cells, remove_replaced_outputs
 
 if TYPE_CHECKING:  # torch is imported only when a run starts
@@ -583,12 +583,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         channels_last=config.channels_last,
         compile=config.compile,
         cuda_graphs=config.cuda_graphs,
-        cudnn_benchmark=config.cudnn_benchmark,
-        autotune=config.autotune,
-        tune_kernels=config.tune_kernels,
-        group_norm_by_views=config.group_norm_by_views,
-        fold_upsample=config.fold_upsample,
-        attention_by_sums=config.attention_by_sums,
+        **{switch: getattr(config, switch) for switch in SPEED_SWITCHES},
     ).resolved(device)
     if config.cudnn_benchmark and device == "cpu" and rank == 0:
         log("--cudnn-benchmark has no effect on a CPU (cuDNN is a GPU library)")
@@ -925,12 +920,7 @@ def _run_cell(ctx: _Run, scheduler_name: str, steps: int, guidance: float, seed:
         "device": ctx.device,
         "compile": options.compile,
         "cuda_graphs": options.cuda_graphs,
-        "cudnn_benchmark": options.cudnn_benchmark,
-        "autotune": options.autotune,
-        "tune_kernels": options.tune_kernels,
-        "group_norm_by_views": options.group_norm_by_views,
-        "fold_upsample": options.fold_upsample,
-        "attention_by_sums": options.attention_by_sums,
+        **{switch: getattr(options, switch) for switch in SPEED_SWITCHES},
         "warmup_seconds": warmup_seconds,
         "total_images": n_total,
         "seconds": result.seconds,

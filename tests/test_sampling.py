@@ -659,3 +659,16 @@ def test_sampling_runs_even_chunks_and_gives_the_images_of_one_chunk(model, cosi
     )
     assert seen == [3, 3, 3, 3] and chunked.images.shape[0] == 5 and chunked.extra["chunk"] == 3
     assert_same_images_across_batch_shapes(chunked.images, whole.images)
+
+
+def test_every_speed_switch_is_in_the_one_table_rows_resume_and_report_read() -> None:
+    """SPEED_SWITCHES feeds bench run's options, the rows' speed, the --resume check and the report's
+    sampling words: a SamplingOptions switch missing from it would be dropped by all four."""
+    from dataclasses import fields
+
+    from bench.results import SPEED_SWITCHES
+    from bench.runner import RunConfig
+
+    layout = {"dtype", "channels_last", "compile", "cuda_graphs", "batch_size"}
+    assert {f.name for f in fields(SamplingOptions)} - layout == set(SPEED_SWITCHES)
+    assert set(SPEED_SWITCHES) <= {f.name for f in fields(RunConfig)}
