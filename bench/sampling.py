@@ -283,6 +283,14 @@ def _compiled(model: torch.nn.Module, options: dict[str, Any], variant: str = ""
     return cache[key]
 
 
+# The switches that change the model's modules in place (SamplingOptions field -> its switch).
+_MODULE_SWITCHES: dict[str, Callable[[torch.nn.Module, bool], int]] = {
+    "group_norm_by_views": use_group_norm_by_views,
+    "fold_upsample": use_folded_upsample,
+    "attention_by_sums": use_attention_by_sums,
+}
+
+
 class _ModelCall:
     """The model under the chosen precision/compile, with guidance as one doubled batch."""
 
@@ -291,20 +299,11 @@ class _ModelCall:
         self.bf16 = options.dtype == "bf16"
         self.channels_last = options.channels_last
         self.cuda_graphs = bool(options.cuda_graphs)
-        use_group_norm_by_views(model, bool(options.group_norm_by_views))
-        use_folded_upsample(model, bool(options.fold_upsample))
-        use_attention_by_sums(model, bool(options.attention_by_sums))
+        for switch, use in _MODULE_SWITCHES.items():  # each set on or back: the model is shared
+            use(model, bool(getattr(options, switch)))
         if options.compile:
             # Each module variant changes the traced graph: a compiled module of its own.
-            variant = ",".join(
-                name
-                for name, on in (
-                    ("group-norm-by-views", options.group_norm_by_views),
-                    ("fold-upsample", options.fold_upsample),
-                    ("attention-by-sums", options.attention_by_sums),
-                )
-                if on
-            )
+            variant = ",".join(switch for switch in _MODULE_SWITCHES if getattr(options, switch))
             self.forward = _compiled(model, options.compile_options, variant)
         else:
             self.forward = model
