@@ -19,23 +19,6 @@ SEED_GFLOP_PER_IMAGE = 31.0
 NOMINAL_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
 
 CPU_SCHEDULERS = ("cosine", "ddim", "dpm++2m", "unipc", "euler", "heun")
-GPU_MODES = (
-    "reference",
-    "fp32",
-    "bf16",
-    "bf16-cudnn",
-    "compile",
-    "graphs",
-    "graphs-nchw",
-    "graphs-views",
-    "autotune",
-    "graphs-tuned",
-    "graphs-folded",
-    "graphs-tuned-folded",
-    "graphs-attn",
-    "graphs-tuned-attn",
-    "graphs-tuned-folded-attn",
-)
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

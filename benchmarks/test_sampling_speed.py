@@ -20,7 +20,6 @@ import pytest
 import torch
 from speed_helpers import (
     CPU_SCHEDULERS,
-    GPU_MODES,
     RoundLog,
     env_int,
     env_ints,
@@ -44,9 +43,6 @@ GPU_BATCHES = env_ints("BENCH_SPEED_BATCH", "256")
 GPU_STEPS = env_int("BENCH_SPEED_STEPS", 100)
 GPU_ROUNDS = env_int("BENCH_SPEED_ROUNDS", 3)
 REF_IMAGES = env_int("BENCH_SPEED_REF_IMAGES", 2)
-_MODES = env_modes("BENCH_SPEED_MODES", GPU_MODES)
-BATCHED_MODES = [m for m in _MODES if m != "reference"]
-
 # mode -> (label, the SamplingOptions of that mode but its batch size). Only "bf16-cudnn" times
 # cuDNN's algorithms (cudnn.benchmark); the others keep its heuristics, the default.
 # The GPU default until session 26, with torch's attention kernel: the modes keep their meaning
@@ -80,6 +76,10 @@ _GPU_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         {**_FAST, "tune_kernels": True, "fold_upsample": True, "attention_by_sums": True},
     ),
 }
+# Every mode, in that order after the one-image reference loop; BENCH_SPEED_MODES picks some.
+GPU_MODES = ("reference", *_GPU_OPTIONS)
+_MODES = env_modes("BENCH_SPEED_MODES", GPU_MODES)
+BATCHED_MODES = [m for m in _MODES if m != "reference"]
 
 
 # ---------------------------------------------------------------- CPU, tiny preset
