@@ -95,6 +95,10 @@ def _conditions_option(default: str):
 
 # One switch, the same on `bench run` and `bench train` (bench/groupnorm.py).
 _GROUP_NORM_BY_VIEWS_HELP = "GroupNorm as channel-splitting views, for torch.compile (default off)."
+_GROUP_NORM_BY_CHANNEL_STATS_HELP = (
+    "GroupNorm from per-channel statistics, reduced with the channels contiguous on channels_last "
+    "(default off; not with --group-norm-by-views)."
+)
 _FOLD_UPSAMPLE_HELP = (
     "Each nearest-2x upsampling + 3x3 convolution as one 2x2 convolution on the small input: the same "
     "result with 4/9 of those FLOPs and no upsampled tensor (default off)."
@@ -195,6 +199,7 @@ def _bool_flag(name: str, help: str):
     "pays for large jobs and later runs.",
 )
 @_bool_flag("group-norm-by-views", _GROUP_NORM_BY_VIEWS_HELP)
+@_bool_flag("group-norm-by-channel-stats", _GROUP_NORM_BY_CHANNEL_STATS_HELP)
 @_bool_flag("fold-upsample", _FOLD_UPSAMPLE_HELP)
 @_bool_flag("attention-by-sums", _ATTENTION_BY_SUMS_HELP)
 @click.option(

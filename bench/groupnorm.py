@@ -24,7 +24,8 @@ together (BENCHMARKS.md, session 9), so it stays off.
 
 ``use_group_norm(model, kind)`` switches a model's GroupNorms in place by changing their class
 (parameters, state_dict keys and isinstance checks unchanged): ``native``, ``views`` or
-``channels-last``; ``use_group_norm_by_views(model, enabled)`` is the views switch.
+``channels-last`` or ``channel-stats``; ``use_group_norm_by_views(model, enabled)`` and
+``use_group_norm_by_channel_stats(model, enabled)`` are the switches of sampling's options.
 """
 
 from __future__ import annotations
@@ -46,6 +47,33 @@ class GroupNormByViews(nn.GroupNorm):
             shape = (1, c) + (1,) * (x.ndim - 2)
             y = y * self.weight.float().view(shape) + self.bias.float().view(shape)
         return y.to(x.dtype)
+
+
+class GroupNormByChannelStats(nn.GroupNorm):
+    """``nn.GroupNorm`` from per-channel statistics (same parameters, same result up to rounding).
+
+    A group's reduction on a channels_last tensor reads C/G channels out of every pixel's C, a
+    strided walk; per-channel mean and variance reduce over the pixels with the channels
+    contiguous, then combine exactly within each group (equal counts: the group's mean is the
+    channels' mean, its variance the mean of their variances plus that of their means). Welford
+    inside torch.var_mean keeps it stable where the mean is large against the spread."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[:2]
+        groups, spatial = self.num_groups, tuple(range(2, x.ndim))
+        xf = x.float()
+        var_c, mean_c = torch.var_mean(xf, dim=spatial, correction=0)  # (N, C)
+        mean_in_group = mean_c.view(n, groups, -1)
+        mean_g = mean_in_group.mean(-1, keepdim=True)
+        var_g = var_c.view(n, groups, -1).mean(-1, keepdim=True) + (mean_in_group - mean_g).square().mean(
+            -1, keepdim=True
+        )
+        rstd = torch.rsqrt(var_g + self.eps).expand(n, groups, c // groups).reshape(n, c)
+        mean = mean_g.expand(n, groups, c // groups).reshape(n, c)
+        scale = rstd * self.weight.float() if self.affine else rstd
+        shift = (self.bias.float() - mean * scale) if self.affine else -mean * scale
+        shape = (n, c) + (1,) * (x.ndim - 2)
+        return (xf * scale.view(shape) + shift.view(shape)).to(x.dtype)
 
 
 def channels_last_only(x: torch.Tensor) -> bool:
@@ -70,6 +98,7 @@ GROUP_NORMS: dict[str, type[nn.GroupNorm]] = {
     "native": nn.GroupNorm,
     "views": GroupNormByViews,
     "channels-last": GroupNormChannelsLast,
+    "channel-stats": GroupNormByChannelStats,
 }
 
 
@@ -85,6 +114,25 @@ def use_group_norm(model: nn.Module, kind: str) -> int:
     return count
 
 
+def _switch_group_norm(model: nn.Module, kind: str, enabled: bool) -> int:
+    """On: every GroupNorm of ``model`` becomes ``kind``. Off: those of ``kind`` go back to
+    ``nn.GroupNorm`` and others stay, so the switch of one kind never undoes another's.
+    Returns how many GroupNorms are (or were) of ``kind``."""
+    if enabled:
+        return use_group_norm(model, kind)
+    count = 0
+    for module in model.modules():
+        if type(module) is GROUP_NORMS[kind]:
+            module.__class__ = nn.GroupNorm
+            count += 1
+    return count
+
+
 def use_group_norm_by_views(model: nn.Module, enabled: bool = True) -> int:
     """Switch every ``nn.GroupNorm`` of ``model`` to ``GroupNormByViews`` (or back); returns how many."""
-    return use_group_norm(model, "views" if enabled else "native")
+    return _switch_group_norm(model, "views", enabled)
+
+
+def use_group_norm_by_channel_stats(model: nn.Module, enabled: bool = True) -> int:
+    """Switch every ``nn.GroupNorm`` of ``model`` to ``GroupNormByChannelStats`` (or back)."""
+    return _switch_group_norm(model, "channel-stats", enabled)

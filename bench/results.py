@@ -87,6 +87,7 @@ SPEED_SWITCHES = {
     "tune_kernels": "tuned",
     "cudnn_benchmark": "cudnn-benchmark",
     "group_norm_by_views": "gn-views",
+    "group_norm_by_channel_stats": "gn-stats",
     "fold_upsample": "folded",
     "attention_by_sums": "attn-sums",
 }

@@ -90,6 +90,7 @@ class RunConfig:
     autotune: bool | None = None
     tune_kernels: bool | None = None
     group_norm_by_views: bool | None = None
+    group_norm_by_channel_stats: bool | None = None
     fold_upsample: bool | None = None
     attention_by_sums: bool | None = None
     allow_schedule_mismatch: bool = False

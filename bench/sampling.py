@@ -38,7 +38,7 @@ import torch
 
 from bench.attention import use_attention_by_sums
 from bench.compile_mode import compile_only_switch_error, compile_options, quiet_known_compile_warnings
-from bench.groupnorm import use_group_norm_by_views
+from bench.groupnorm import use_group_norm_by_channel_stats, use_group_norm_by_views
 from bench.guidance import check_interval, in_interval
 from bench.noise import check_schedule_compatible, scheduler_factory
 from bench.registry import Entry
@@ -127,6 +127,9 @@ class SamplingOptions:
     # GroupNorm as channel-splitting views (bench/groupnorm.py), so torch.compile reduces
     # channels_last activations in place instead of around layout copies.
     group_norm_by_views: bool | None = None
+    # GroupNorm from per-channel statistics (bench/groupnorm.py): a channels_last tensor reduced
+    # with its channels contiguous instead of in strided groups. Not with group_norm_by_views.
+    group_norm_by_channel_stats: bool | None = None
     # Upsampling as one 2x2 convolution on the small input (bench/upsample.py): 4/9 of the
     # upsampling convolutions' FLOPs, no upsampled tensor. Eager on a CPU its interleave costs more
     # than it saves for narrow layers, so it is a switch.
@@ -168,6 +171,10 @@ class SamplingOptions:
         )
         if error:
             raise SamplingOptionsError(error)
+        if self.group_norm_by_views and self.group_norm_by_channel_stats:
+            raise SamplingOptionsError(
+                "group_norm_by_views and group_norm_by_channel_stats are two ways of one GroupNorm: pick one"
+            )
         return SamplingOptions(
             dtype=dtype,
             channels_last=channels_last,
@@ -178,6 +185,7 @@ class SamplingOptions:
             autotune=bool(self.autotune),
             tune_kernels=bool(self.tune_kernels),
             group_norm_by_views=bool(self.group_norm_by_views),
+            group_norm_by_channel_stats=bool(self.group_norm_by_channel_stats),
             fold_upsample=bool(self.fold_upsample),
             # Compiled on CUDA: 1.036x and 1.045x the sampling speed of the `seed` preset on an H100
             # (BENCHMARKS.md, session 26). Uncompiled it writes its products out: off.
@@ -209,6 +217,7 @@ class SamplingOptions:
             autotune=False,
             tune_kernels=False,
             group_norm_by_views=False,
+            group_norm_by_channel_stats=False,
             fold_upsample=False,
             attention_by_sums=False,
         )
@@ -286,6 +295,7 @@ def _compiled(model: torch.nn.Module, options: dict[str, Any], variant: str = ""
 # The switches that change the model's modules in place (SamplingOptions field -> its switch).
 _MODULE_SWITCHES: dict[str, Callable[[torch.nn.Module, bool], int]] = {
     "group_norm_by_views": use_group_norm_by_views,
+    "group_norm_by_channel_stats": use_group_norm_by_channel_stats,
     "fold_upsample": use_folded_upsample,
     "attention_by_sums": use_attention_by_sums,
 }

@@ -24,7 +24,7 @@ run until FILE exists (at most ``--wait-max`` seconds; the setting records wheth
 
 Usage: python scripts/profile_sampling.py OUT_DIR [--preset seed] [--batch 256] [--steps 10]
        [--images N] [--scheduler cosine] [--guidance 1] [--no-compile] [--cuda-graphs] [--dtype bf16|fp32]
-       [--no-channels-last] [--group-norm-by-views] [--fold-upsample]
+       [--no-channels-last] [--group-norm-by-views] [--group-norm-by-channel-stats] [--fold-upsample]
        [--[no-]attention-by-sums] [--tune-kernels] [--inductor KEY=VALUE ...]
        [--no-profile] [--ready-file FILE] [--time-after FILE] [--wait-max SECONDS]
 """
@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--cuda-graphs", action="store_true")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--group-norm-by-views", action="store_true")
+    parser.add_argument("--group-norm-by-channel-stats", action="store_true", help="bench/groupnorm.py")
     parser.add_argument("--fold-upsample", action="store_true", help="bench/upsample.py")
     parser.add_argument(
         "--attention-by-sums",
@@ -134,6 +135,7 @@ def main() -> None:
         batch_size=args.batch,
         channels_last=not args.no_channels_last,
         group_norm_by_views=args.group_norm_by_views,
+        group_norm_by_channel_stats=args.group_norm_by_channel_stats,
         fold_upsample=args.fold_upsample,
         attention_by_sums=args.attention_by_sums,
         tune_kernels=args.tune_kernels and compile_,

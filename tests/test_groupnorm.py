@@ -1,5 +1,5 @@
-"""GroupNormByViews and GroupNormChannelsLast: the same numbers as nn.GroupNorm, in either memory
-format, switchable in place."""
+"""GroupNormByViews, GroupNormByChannelStats and GroupNormChannelsLast: the same numbers as
+nn.GroupNorm, in either memory format, switchable in place."""
 
 from __future__ import annotations
 
@@ -7,7 +7,20 @@ import pytest
 import torch
 from torch import nn
 
-from bench.groupnorm import GroupNormByViews, GroupNormChannelsLast, use_group_norm, use_group_norm_by_views
+from bench.groupnorm import (
+    GroupNormByChannelStats,
+    GroupNormByViews,
+    GroupNormChannelsLast,
+    use_group_norm,
+    use_group_norm_by_channel_stats,
+    use_group_norm_by_views,
+)
+
+# The variants that compute the norm their own way: (class, its switch).
+COMPUTED = {
+    "views": (GroupNormByViews, use_group_norm_by_views),
+    "channel-stats": (GroupNormByChannelStats, use_group_norm_by_channel_stats),
+}
 
 
 def _norm(channels: int = 32, groups: int = 8) -> nn.GroupNorm:
@@ -24,12 +37,14 @@ def _input(channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+@pytest.mark.parametrize("kind", COMPUTED)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_matches_nn_group_norm_in_either_memory_format(channels_last: bool) -> None:
+def test_matches_nn_group_norm_in_either_memory_format(channels_last: bool, kind: str) -> None:
+    variant, switch = COMPUTED[kind]
     norm, x = _norm(), _input(channels_last)
     expected = norm(x)
-    use_group_norm_by_views(norm)
-    assert isinstance(norm, GroupNormByViews)
+    switch(norm)
+    assert isinstance(norm, variant)
     got = norm(x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert got.dtype == x.dtype
@@ -37,18 +52,19 @@ def test_matches_nn_group_norm_in_either_memory_format(channels_last: bool) -> N
     x.requires_grad_(True)
     got = norm(x)
     (grad_x,) = torch.autograd.grad((got * got.detach()).sum(), x)
-    use_group_norm_by_views(norm, False)
+    switch(norm, False)
     x_ref = x.detach().clone().requires_grad_(True)
     ref = norm(x_ref)
     (grad_ref,) = torch.autograd.grad((ref * ref.detach()).sum(), x_ref)
     torch.testing.assert_close(grad_x, grad_ref, rtol=1e-4, atol=1e-4)
 
 
-def test_bf16_input_gives_bf16_output_with_fp32_statistics() -> None:
+@pytest.mark.parametrize("kind", COMPUTED)
+def test_bf16_input_gives_bf16_output_with_fp32_statistics(kind: str) -> None:
     norm = _norm()
     x = (torch.randn(2, 32, 8, 8) * 50 + 200).to(torch.bfloat16)  # a large mean: fp32 stats matter
     expected = nn.functional.group_norm(x.float(), 8, norm.weight, norm.bias, norm.eps)
-    use_group_norm_by_views(norm)
+    COMPUTED[kind][1](norm)
     got = norm(x)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), expected, rtol=1e-2, atol=2e-2)
@@ -79,5 +95,28 @@ def test_channels_last_variant_keeps_the_input_layout_and_the_numbers(channels_l
 
 
 def test_unknown_group_norm_kind_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown GroupNorm kind 'fast'.*native, views, channels-last"):
+    with pytest.raises(
+        ValueError, match="unknown GroupNorm kind 'fast'.*native, views, channels-last, channel-stats"
+    ):
         use_group_norm(_norm(), "fast")
+
+
+def test_channel_stats_stay_exact_where_the_mean_dwarfs_the_spread() -> None:
+    """The group's variance combines the channels' (Welford) variances and their means' spread
+    exactly, not as E[x^2] - E[x]^2, which loses every digit here in fp32."""
+    norm = _norm()
+    x = torch.randn(2, 32, 8, 8) * 0.1 + 100.0  # E[x^2] - E[x]^2 would keep 2 of 7 digits
+    expected = nn.functional.group_norm(x.double(), 8, norm.weight.double(), norm.bias.double(), norm.eps)
+    use_group_norm_by_channel_stats(norm)
+    torch.testing.assert_close(norm(x).double(), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_one_kinds_switch_off_leaves_another_kind_in_place() -> None:
+    """Sampling sets each switch on or off in turn: the channel-stats switch, off, must not undo views."""
+    model = nn.Sequential(_norm(), nn.SiLU(), _norm())
+    use_group_norm_by_views(model)
+    assert use_group_norm_by_channel_stats(model, False) == 0
+    assert all(type(m) is GroupNormByViews for m in (model[0], model[2]))
+    assert use_group_norm_by_channel_stats(model) == 2
+    assert use_group_norm_by_views(model, False) == 0
+    assert all(type(m) is GroupNormByChannelStats for m in (model[0], model[2]))

@@ -553,37 +553,39 @@ def test_sample_runs_under_the_resolved_cudnn_benchmark(model: torch.nn.Module, 
         torch.backends.cudnn.benchmark = saved
 
 
-def test_group_norm_by_views_samples_the_same_images_and_switches_back(
-    model: torch.nn.Module, cosine: dict
+@pytest.mark.parametrize("switch", ["group_norm_by_views", "group_norm_by_channel_stats"])
+def test_group_norm_variants_sample_the_same_images_and_switch_back(
+    model: torch.nn.Module, cosine: dict, switch: str
 ) -> None:
     from torch import nn
 
-    from bench.groupnorm import GroupNormByViews
+    from bench.groupnorm import GroupNormByChannelStats, GroupNormByViews
 
+    variant = {
+        "group_norm_by_views": GroupNormByViews,
+        "group_norm_by_channel_stats": GroupNormByChannelStats,
+    }[switch]
     kwargs = dict(train_config=cosine, steps=3, guidance=2.0, seed=4)
     plain = sample(
-        model,
-        "cosine",
-        conditions(3),
-        options=SamplingOptions(dtype="fp32", group_norm_by_views=False),
-        **kwargs,
+        model, "cosine", conditions(3), options=SamplingOptions(dtype="fp32", **{switch: False}), **kwargs
     )
-    views = sample(
-        model,
-        "cosine",
-        conditions(3),
-        options=SamplingOptions(dtype="fp32", group_norm_by_views=True),
-        **kwargs,
+    switched = sample(
+        model, "cosine", conditions(3), options=SamplingOptions(dtype="fp32", **{switch: True}), **kwargs
     )
     norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
-    assert norms and all(type(m) is GroupNormByViews for m in norms)
-    assert views.options.group_norm_by_views
+    assert norms and all(type(m) is variant for m in norms)
+    assert getattr(switched.options, switch)
     # fp32 rounding of the statistics differs (two-pass vs Welford); a random net amplifies a few
     # pixels, the bulk is identical.
-    diff = (views.images - plain.images).abs()
+    diff = (switched.images - plain.images).abs()
     assert diff.mean() < 1e-4 and diff.max() < 2e-2
     sample(model, "cosine", conditions(1), options=SamplingOptions(), **kwargs)  # default: off
     assert all(type(m) is nn.GroupNorm for m in norms)
+
+
+def test_two_group_norm_variants_at_once_are_refused() -> None:
+    with pytest.raises(SamplingOptionsError, match="pick one"):
+        SamplingOptions(group_norm_by_views=True, group_norm_by_channel_stats=True).resolved("cpu")
 
 
 def _upsamplers_folded(model: torch.nn.Module) -> list[bool]:
