@@ -1195,7 +1195,8 @@ def test_tune_kernels_without_compile_is_refused_by_run_and_train(runner, tmp_pa
 
 
 def test_group_norm_by_views_and_fold_upsample_reach_sampling(runner, tmp_path) -> None:
-    """--group-norm-by-views and --fold-upsample (also `bench train`'s) and --attention-by-sums are
+    """--group-norm-by-views, --group-norm-by-channel-stats, --fold-upsample (also `bench train`'s,
+    but the channel stats) and --attention-by-sums are
     recorded in the rows of `bench run` and in the train config, and give the same images as the
     default (the same numbers up to fp32 rounding)."""
     conditions = tmp_path / "c.json"
@@ -1203,6 +1204,7 @@ def test_group_norm_by_views_and_fold_upsample_reach_sampling(runner, tmp_path) 
     grids = {}
     variants = {
         "views": ["--group-norm-by-views"],
+        "stats": ["--group-norm-by-channel-stats"],
         "fold": ["--fold-upsample"],
         "attn": ["--attention-by-sums"],
     }
@@ -1213,6 +1215,7 @@ def test_group_norm_by_views_and_fold_upsample_reach_sampling(runner, tmp_path) 
         assert result.exit_code == 0, result.output
         rows, _ = _rows_and_config(out)
         assert {r["speed"]["group_norm_by_views"] for r in rows} == {name == "views"}
+        assert {r["speed"]["group_norm_by_channel_stats"] for r in rows} == {name == "stats"}
         assert {r["speed"]["fold_upsample"] for r in rows} == {name == "fold"}
         assert {r["speed"]["attention_by_sums"] for r in rows} == {name == "attn"}
         if name == "attn":  # the CPU runs uncompiled by default: said to be the slower way
