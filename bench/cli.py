@@ -97,7 +97,7 @@ def _conditions_option(default: str):
 _GROUP_NORM_BY_VIEWS_HELP = "GroupNorm as channel-splitting views, for torch.compile (default off)."
 _GROUP_NORM_BY_CHANNEL_STATS_HELP = (
     "GroupNorm from per-channel statistics, reduced with the channels contiguous on channels_last "
-    "(default off; not with --group-norm-by-views)."
+    "(default off; one GroupNorm variant at a time)."
 )
 _FOLD_UPSAMPLE_HELP = (
     "Each nearest-2x upsampling + 3x3 convolution as one 2x2 convolution on the small input: the same "
@@ -843,6 +843,7 @@ def train_judge_command(
     "of layout copies around its convolutions (default on).",
 )
 @_bool_flag("group-norm-by-views", _GROUP_NORM_BY_VIEWS_HELP)
+@_bool_flag("group-norm-by-channel-stats", _GROUP_NORM_BY_CHANNEL_STATS_HELP)
 @_bool_flag(
     "group-norm-channels-last",
     "Keep GroupNorm's output channels_last, so the compiled backward's convolutions get one layout "

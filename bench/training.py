@@ -128,6 +128,8 @@ class TrainConfig:
     # GroupNorm's output kept channels_last (bench/groupnorm.py), so the backward graph's
     # convolutions get one layout; off: measured without force_layout_opt only (BENCHMARKS.md)
     group_norm_channels_last: bool = False
+    # GroupNorm from per-channel statistics (bench/groupnorm.py): channels_last reduced contiguously
+    group_norm_by_channel_stats: bool = False
     # Upsampling as one 2x2 convolution on the small input (bench/upsample.py): the same gradients,
     # 4/9 of the upsampling convolutions' FLOPs forward and backward
     fold_upsample: bool = False
@@ -364,15 +366,20 @@ def _split_problem(batch_size: int, grad_accum: int, world: int) -> str | None:
 
 
 def _group_norm_kind(config: TrainConfig) -> str:
-    """The ``bench.groupnorm.GROUP_NORMS`` kind the config's two switches ask for."""
-    if config.group_norm_by_views and config.group_norm_channels_last:
-        raise TrainingError(
-            "group_norm_by_views and group_norm_channels_last (--group-norm-by-views, "
-            "--group-norm-channels-last) are two GroupNorm variants: choose one"
+    """The ``bench.groupnorm.GROUP_NORMS`` kind the config's GroupNorm switches ask for (one at most)."""
+    chosen = {
+        kind: flag
+        for kind, flag in (
+            ("views", "group_norm_by_views"),
+            ("channel-stats", "group_norm_by_channel_stats"),
+            ("channels-last", "group_norm_channels_last"),
         )
-    if config.group_norm_by_views:
-        return "views"
-    return "channels-last" if config.group_norm_channels_last else "native"
+        if getattr(config, flag)
+    }
+    if len(chosen) > 1:
+        flags = ", ".join("--" + flag.replace("_", "-") for flag in chosen.values())
+        raise TrainingError(f"{' and '.join(chosen.values())} ({flags}) are GroupNorm variants: choose one")
+    return next(iter(chosen), "native")
 
 
 class _Data:

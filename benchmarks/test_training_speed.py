@@ -46,6 +46,7 @@ _PLAIN = dict(
     tune_kernels=False,
     group_norm_by_views=False,
     group_norm_channels_last=False,
+    group_norm_by_channel_stats=False,
     fold_upsample=False,
     attention_by_sums=False,
 )
@@ -65,6 +66,10 @@ TRAIN_VARIANTS: dict[str, tuple[str, dict[str, bool]]] = {
     "compile-graphs-gn-cl": (
         "bf16+cl+compile+CUDA graphs, GroupNorm output channels_last",
         {**_GRAPHS, "group_norm_channels_last": True},
+    ),
+    "compile-graphs-gn-stats": (
+        "bf16+cl+compile+CUDA graphs, GroupNorm from channel statistics",
+        {**_GRAPHS, "group_norm_by_channel_stats": True},
     ),
     "autotune": ("bf16+cl+compile max-autotune", {**_COMPILED, "autotune": True}),
     "compile-graphs-tuned": ("bf16+cl+compile+CUDA graphs, kernels tuned", {**_GRAPHS, "tune_kernels": True}),

@@ -1195,8 +1195,8 @@ def test_tune_kernels_without_compile_is_refused_by_run_and_train(runner, tmp_pa
 
 
 def test_group_norm_by_views_and_fold_upsample_reach_sampling(runner, tmp_path) -> None:
-    """--group-norm-by-views, --group-norm-by-channel-stats, --fold-upsample (also `bench train`'s,
-    but the channel stats) and --attention-by-sums are
+    """--group-norm-by-views, --group-norm-by-channel-stats, --fold-upsample (also `bench train`'s)
+    and --attention-by-sums are
     recorded in the rows of `bench run` and in the train config, and give the same images as the
     default (the same numbers up to fp32 rounding)."""
     conditions = tmp_path / "c.json"
@@ -1231,7 +1231,8 @@ def test_group_norm_by_views_and_fold_upsample_reach_sampling(runner, tmp_path) 
         for a, b in zip(grids["native"], grids[variant], strict=True):
             diff = np.abs(np.asarray(Image.open(a), dtype=float) - np.asarray(Image.open(b), dtype=float))
             assert diff.mean() < 0.5 and diff.max() <= 8  # 8-bit levels
-    for flag in ("group-norm-by-views", "group-norm-channels-last", "fold-upsample", "attention-by-sums"):
+    for flag in ("group-norm-by-views", "group-norm-by-channel-stats", "group-norm-channels-last", "fold-upsample",
+                 "attention-by-sums"):  # fmt: skip
         out = tmp_path / f"train-{flag}"
         result = runner.invoke(
             cli.main,

@@ -924,18 +924,23 @@ def test_log_scale_line_plot_leaves_out_what_it_cannot_draw(tmp_path: Path) -> N
         assert (pixels == torch.tensor([31, 119, 180], dtype=torch.uint8)).all(dim=1).any()
 
 
-def test_group_norm_channels_last_trains_and_excludes_views(tmp_path: Path) -> None:
-    from bench.groupnorm import GroupNormChannelsLast
+@pytest.mark.parametrize("switch", ["group_norm_channels_last", "group_norm_by_channel_stats"])
+def test_group_norm_variants_train_and_exclude_each_other(tmp_path: Path, switch: str) -> None:
+    from bench.groupnorm import GroupNormByChannelStats, GroupNormChannelsLast
 
-    with pytest.raises(TrainingError, match="two GroupNorm variants: choose one"):
-        training._Trainer(
-            config(tmp_path, group_norm_by_views=True, group_norm_channels_last=True), dataset(8)
-        )
-    trainer = training._Trainer(config(tmp_path, group_norm_channels_last=True), dataset(8))
-    assert any(isinstance(m, GroupNormChannelsLast) for m in trainer.model.modules())
-    summary = train(
-        config(tmp_path / "run", group_norm_channels_last=True, max_steps=2), dataset(8), show_progress=False
+    variant = {
+        "group_norm_channels_last": GroupNormChannelsLast,
+        "group_norm_by_channel_stats": GroupNormByChannelStats,
+    }
+    with pytest.raises(
+        TrainingError, match=f"group_norm_by_views and {switch} .*GroupNorm variants: choose one"
+    ):
+        training._Trainer(config(tmp_path, group_norm_by_views=True, **{switch: True}), dataset(8))
+    trainer = training._Trainer(config(tmp_path, **{switch: True}), dataset(8))
+    assert all(
+        type(m) is variant[switch] for m in trainer.model.modules() if isinstance(m, torch.nn.GroupNorm)
     )
+    summary = train(config(tmp_path / "run", max_steps=2, **{switch: True}), dataset(8), show_progress=False)
     assert summary.steps == 2 and math.isfinite(summary.final_loss)
 
 
