@@ -56,7 +56,8 @@ class GroupNormByChannelStats(nn.GroupNorm):
     strided walk; per-channel mean and variance reduce over the pixels with the channels
     contiguous, then combine exactly within each group (equal counts: the group's mean is the
     channels' mean, its variance the mean of their variances plus that of their means). Welford
-    inside torch.var_mean keeps it stable where the mean is large against the spread."""
+    inside torch.var_mean keeps it stable where the mean is large against the spread. Eager it is
+    several kernels: meant for torch.compile."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c = x.shape[:2]

@@ -173,7 +173,8 @@ class SamplingOptions:
             raise SamplingOptionsError(error)
         if self.group_norm_by_views and self.group_norm_by_channel_stats:
             raise SamplingOptionsError(
-                "group_norm_by_views and group_norm_by_channel_stats are two ways of one GroupNorm: pick one"
+                "group_norm_by_views and group_norm_by_channel_stats (--group-norm-by-views, "
+                "--group-norm-by-channel-stats) are GroupNorm variants: choose one"
             )
         return SamplingOptions(
             dtype=dtype,

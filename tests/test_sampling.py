@@ -584,7 +584,9 @@ def test_group_norm_variants_sample_the_same_images_and_switch_back(
 
 
 def test_two_group_norm_variants_at_once_are_refused() -> None:
-    with pytest.raises(SamplingOptionsError, match="pick one"):
+    with pytest.raises(
+        SamplingOptionsError, match="--group-norm-by-channel-stats.* GroupNorm variants: choose one"
+    ):
         SamplingOptions(group_norm_by_views=True, group_norm_by_channel_stats=True).resolved("cpu")
 
 
