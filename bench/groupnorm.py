@@ -22,10 +22,15 @@ with CUDA graphs at batch 128, but forcing Inductor's layout onto the backward g
 (``bench/compile_mode.py``, the default) gained more, +22.5 %, and the two were not yet measured
 together (BENCHMARKS.md, session 9), so it stays off.
 
+``GroupNormByChannelStats`` reduces per channel, with the channels contiguous on channels_last, and
+combines each group's channels exactly: the statistics pass without a strided walk. Built in
+session 27 and not yet measured on a GPU, so it is a switch, off by default.
+
 ``use_group_norm(model, kind)`` switches a model's GroupNorms in place by changing their class
-(parameters, state_dict keys and isinstance checks unchanged): ``native``, ``views`` or
+(parameters, state_dict keys and isinstance checks unchanged): ``native``, ``views``,
 ``channels-last`` or ``channel-stats``; ``use_group_norm_by_views(model, enabled)`` and
-``use_group_norm_by_channel_stats(model, enabled)`` are the switches of sampling's options.
+``use_group_norm_by_channel_stats(model, enabled)`` are sampling's switches (training picks one
+kind with ``use_group_norm``).
 """
 
 from __future__ import annotations
