@@ -97,7 +97,8 @@ def _conditions_option(default: str):
 _GROUP_NORM_BY_VIEWS_HELP = "GroupNorm as channel-splitting views, for torch.compile (default off)."
 _GROUP_NORM_BY_CHANNEL_STATS_HELP = (
     "GroupNorm from per-channel statistics, reduced with the channels contiguous on channels_last "
-    "(default off; one GroupNorm variant at a time)."
+    "(one GroupNorm variant at a time). Sampling: 1.20x the speed of the `seed` preset on an H100, "
+    "default on when compiling on CUDA, else off. Training: default off (not yet timed)."
 )
 _FOLD_UPSAMPLE_HELP = (
     "Each nearest-2x upsampling + 3x3 convolution as one 2x2 convolution on the small input: the same "

@@ -608,6 +608,10 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
             log("--attention-by-sums: this model has no diffusers attention to rewrite; it samples as it is")
         elif not options.compile:
             log("--attention-by-sums without compile writes its products out: slower than torch's kernel")
+    if config.group_norm_by_channel_stats and not options.compile and rank == 0:
+        log(
+            "--group-norm-by-channel-stats without compile runs as several kernels: slower than nn.GroupNorm's one"
+        )
     guidance = resolve_guidance(config, meta)
     if any(g != 1.0 for g in guidance.guidance):
         what = (

@@ -101,10 +101,10 @@ class SamplingOptions:
     """How fast the loop runs; ``None`` picks the default for the device.
 
     Defaults: on CUDA bf16 autocast, channels_last, torch.compile with CUDA graphs
-    (``mode="reduce-overhead"``), few-token attention by sums, chunks of 512 images (256 when
-    guided); on CPU channels_last (measured faster on CPU, numerically the same), no compile,
-    chunks of 32 (16 when guided), and bf16 autocast where the CPU multiplies bf16 in hardware
-    (AMX, :func:`cpu_has_bf16_matmul`), else plain fp32.
+    (``mode="reduce-overhead"``), few-token attention by sums, GroupNorm from per-channel
+    statistics, chunks of 512 images (256 when guided); on CPU channels_last (measured faster on
+    CPU, numerically the same), no compile, chunks of 32 (16 when guided), and bf16 autocast where
+    the CPU multiplies bf16 in hardware (AMX, :func:`cpu_has_bf16_matmul`), else plain fp32.
     Each part can be switched on or off by itself.
     """
 
@@ -128,7 +128,8 @@ class SamplingOptions:
     # channels_last activations in place instead of around layout copies.
     group_norm_by_views: bool | None = None
     # GroupNorm from per-channel statistics (bench/groupnorm.py): a channels_last tensor reduced
-    # with its channels contiguous instead of in strided groups. Not with group_norm_by_views.
+    # with its channels contiguous instead of in strided groups. Default on when compiling on CUDA
+    # (not with group_norm_by_views); eager it is several kernels instead of one.
     group_norm_by_channel_stats: bool | None = None
     # Upsampling as one 2x2 convolution on the small input (bench/upsample.py): 4/9 of the
     # upsampling convolutions' FLOPs, no upsampled tensor. Eager on a CPU its interleave costs more
@@ -186,7 +187,11 @@ class SamplingOptions:
             autotune=bool(self.autotune),
             tune_kernels=bool(self.tune_kernels),
             group_norm_by_views=bool(self.group_norm_by_views),
-            group_norm_by_channel_stats=bool(self.group_norm_by_channel_stats),
+            # Compiled on CUDA: 1.20x the sampling speed of the `seed` preset on an H100 (BENCHMARKS.md,
+            # session 27), unless views are asked for (one GroupNorm variant at a time).
+            group_norm_by_channel_stats=(cuda and compile_ and not self.group_norm_by_views)
+            if self.group_norm_by_channel_stats is None
+            else self.group_norm_by_channel_stats,
             fold_upsample=bool(self.fold_upsample),
             # Compiled on CUDA: 1.036x and 1.045x the sampling speed of the `seed` preset on an H100
             # (BENCHMARKS.md, session 26). Uncompiled it writes its products out: off.

@@ -9,8 +9,9 @@
 #      after the other at BATCH (scripts/tuning_pair.sh, 20 steps)
 #   3. sampling: the 100-step suite at BATCH, the one-image reference loop as its baseline (the
 #      compiled graphs of stage 2 come from Inductor's cache); SUITE_MODES, the benchmark modes
-#      (default reference,graphs-attn,graphs-tuned-attn: bench run's GPU default since session 26,
-#      untuned and tuned; "graphs" is the default before it, with torch's attention kernel)
+#      (default reference,graphs-attn-gn-stats,graphs-tuned-attn-gn-stats: bench run's GPU default
+#      since session 27, untuned and tuned; "graphs-attn" is session 26's, with nn.GroupNorm, and
+#      "graphs" the default before it, with torch's attention kernel too)
 #   4. `bench run` itself, guided and unguided, compiled (its GPU default) beside --no-compile: the
 #      `seed` preset with random weights on the 192 conditions that scripts/gpu_campaign.sh judges
 #      (test, new_test and the two validation sets), one seed, 100 cosine steps, no evaluators;
@@ -63,7 +64,7 @@ nvidia-smi -L
 stage train-baseline 600 env BENCH_TRAIN_MODES="${BASELINE_MODES:-eager,compile-graphs}" BENCH_TRAIN_BATCH="${TRAIN_BATCH:-256}" \
     BENCH_SPEED_K=test_training_gpu bash scripts/speed.sh "$OUT/train-baseline"
 stage sample-pair 480 bash scripts/tuning_pair.sh "$OUT/sample-pair" "$BATCH" 20 420
-stage sample-suite 420 env BENCH_SPEED_MODES="${SUITE_MODES:-reference,graphs-attn,graphs-tuned-attn}" BENCH_SPEED_BATCH="$BATCH" \
+stage sample-suite 420 env BENCH_SPEED_MODES="${SUITE_MODES:-reference,graphs-attn-gn-stats,graphs-tuned-attn-gn-stats}" BENCH_SPEED_BATCH="$BATCH" \
     BENCH_SPEED_K="sampling and gpu" bash scripts/speed.sh "$OUT/sample-suite"
 SETS=()
 for set in plugins/bench_builtins/conditions/test.json plugins/bench_builtins/conditions/new_test.json \

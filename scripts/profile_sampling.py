@@ -24,7 +24,7 @@ run until FILE exists (at most ``--wait-max`` seconds; the setting records wheth
 
 Usage: python scripts/profile_sampling.py OUT_DIR [--preset seed] [--batch 256] [--steps 10]
        [--images N] [--scheduler cosine] [--guidance 1] [--no-compile] [--cuda-graphs] [--dtype bf16|fp32]
-       [--no-channels-last] [--group-norm-by-views] [--group-norm-by-channel-stats] [--fold-upsample]
+       [--no-channels-last] [--group-norm-by-views] [--[no-]group-norm-by-channel-stats] [--fold-upsample]
        [--[no-]attention-by-sums] [--tune-kernels] [--inductor KEY=VALUE ...]
        [--no-profile] [--ready-file FILE] [--time-after FILE] [--wait-max SECONDS]
 """
@@ -87,7 +87,12 @@ def main() -> None:
     parser.add_argument("--cuda-graphs", action="store_true")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--group-norm-by-views", action="store_true")
-    parser.add_argument("--group-norm-by-channel-stats", action="store_true", help="bench/groupnorm.py")
+    parser.add_argument(
+        "--group-norm-by-channel-stats",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bench/groupnorm.py (default: bench run's, on when compiling on CUDA without views)",
+    )
     parser.add_argument("--fold-upsample", action="store_true", help="bench/upsample.py")
     parser.add_argument(
         "--attention-by-sums",

@@ -1220,6 +1220,9 @@ def test_group_norm_by_views_and_fold_upsample_reach_sampling(runner, tmp_path) 
         assert {r["speed"]["attention_by_sums"] for r in rows} == {name == "attn"}
         if name == "attn":  # the CPU runs uncompiled by default: said to be the slower way
             assert "--attention-by-sums without compile writes its products out" in result.output
+        assert ("--group-norm-by-channel-stats without compile runs as several kernels" in result.output) == (
+            name == "stats"
+        )
         grids[name] = sorted((out / "images").rglob("*.png"))
     import numpy as np
     from PIL import Image

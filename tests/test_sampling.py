@@ -337,6 +337,15 @@ def test_options_resolve_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not SamplingOptions(compile=False).resolved("cuda").attention_by_sums
     assert not SamplingOptions(attention_by_sums=False).resolved("cuda").attention_by_sums
     assert SamplingOptions(attention_by_sums=True).resolved("cpu").attention_by_sums
+    # GroupNorm from channel statistics: the same, and not where views are asked for
+    assert (
+        SamplingOptions().resolved("cuda").group_norm_by_channel_stats and not cpu.group_norm_by_channel_stats
+    )
+    assert not SamplingOptions(compile=False).resolved("cuda").group_norm_by_channel_stats
+    assert not SamplingOptions(group_norm_by_channel_stats=False).resolved("cuda").group_norm_by_channel_stats
+    views = SamplingOptions(group_norm_by_views=True).resolved("cuda")
+    assert views.group_norm_by_views and not views.group_norm_by_channel_stats
+    assert SamplingOptions(group_norm_by_channel_stats=True).resolved("cpu").group_norm_by_channel_stats
     with pytest.raises(ValueError, match="at least 1"):
         SamplingOptions(batch_size=0).resolved("cpu")
     with pytest.raises(ValueError, match="bf16"):
