@@ -65,6 +65,8 @@ class GroupNormByChannelStats(nn.GroupNorm):
     several kernels: meant for torch.compile."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim < 3:  # (N, C): no positions to reduce per channel (and dim=() would mean all dims)
+            return super().forward(x)
         n, c = x.shape[:2]
         groups, spatial = self.num_groups, tuple(range(2, x.ndim))
         xf = x.float()

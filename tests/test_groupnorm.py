@@ -120,3 +120,13 @@ def test_one_kinds_switch_off_leaves_another_kind_in_place() -> None:
     assert use_group_norm_by_channel_stats(model) == 2
     assert use_group_norm_by_views(model, False) == 0
     assert all(type(m) is GroupNormByChannelStats for m in (model[0], model[2]))
+
+
+@pytest.mark.parametrize("shape", [(3, 32), (3, 32, 5), (2, 32, 3, 4, 5)])
+def test_channel_stats_match_nn_group_norm_in_any_rank(shape: tuple[int, ...]) -> None:
+    """(N, C) inputs (nothing to reduce per channel) and 1-d/3-d positions, as diffusers' attention
+    norms its (B, C, tokens) input."""
+    norm, x = _norm(), torch.randn(shape) * 2 + 1
+    expected = norm(x)
+    use_group_norm_by_channel_stats(norm)
+    torch.testing.assert_close(norm(x), expected, rtol=1e-5, atol=1e-5)
