@@ -38,10 +38,11 @@ import torch
 
 from bench.attention import use_attention_by_sums
 from bench.compile_mode import compile_only_switch_error, compile_options, quiet_known_compile_warnings
-from bench.groupnorm import use_group_norm_by_channel_stats, use_group_norm_by_views
+from bench.groupnorm import chosen_group_norm, use_group_norm
 from bench.guidance import check_interval, in_interval
 from bench.noise import check_schedule_compatible, scheduler_factory
 from bench.registry import Entry
+from bench.results import SPEED_SWITCHES
 from bench.upsample import use_folded_upsample
 
 # What the sampling loop reads of a scheduler before its first step (``set_begin_index`` only where
@@ -172,11 +173,10 @@ class SamplingOptions:
         )
         if error:
             raise SamplingOptionsError(error)
-        if self.group_norm_by_views and self.group_norm_by_channel_stats:
-            raise SamplingOptionsError(
-                "group_norm_by_views and group_norm_by_channel_stats (--group-norm-by-views, "
-                "--group-norm-by-channel-stats) are GroupNorm variants: choose one"
-            )
+        try:
+            chosen_group_norm(self)
+        except ValueError as error:
+            raise SamplingOptionsError(str(error)) from None
         return SamplingOptions(
             dtype=dtype,
             channels_last=channels_last,
@@ -212,20 +212,14 @@ class SamplingOptions:
 
     @classmethod
     def plain(cls, batch_size: int = 256) -> SamplingOptions:
-        """fp32, no channels_last, no compile, no CUDA graphs, cuDNN's heuristics."""
+        """fp32, no channels_last, no compile, no CUDA graphs, every speed switch off."""
         return cls(
             dtype="fp32",
             channels_last=False,
             compile=False,
             cuda_graphs=False,
             batch_size=batch_size,
-            cudnn_benchmark=False,
-            autotune=False,
-            tune_kernels=False,
-            group_norm_by_views=False,
-            group_norm_by_channel_stats=False,
-            fold_upsample=False,
-            attention_by_sums=False,
+            **dict.fromkeys(SPEED_SWITCHES, False),
         )
 
 
@@ -298,10 +292,9 @@ def _compiled(model: torch.nn.Module, options: dict[str, Any], variant: str = ""
     return cache[key]
 
 
-# The switches that change the model's modules in place (SamplingOptions field -> its switch).
+# The switches that change the model's modules in place (SamplingOptions field -> its switch),
+# besides the GroupNorm kind (bench.groupnorm.chosen_group_norm).
 _MODULE_SWITCHES: dict[str, Callable[[torch.nn.Module, bool], int]] = {
-    "group_norm_by_views": use_group_norm_by_views,
-    "group_norm_by_channel_stats": use_group_norm_by_channel_stats,
     "fold_upsample": use_folded_upsample,
     "attention_by_sums": use_attention_by_sums,
 }
@@ -315,11 +308,16 @@ class _ModelCall:
         self.bf16 = options.dtype == "bf16"
         self.channels_last = options.channels_last
         self.cuda_graphs = bool(options.cuda_graphs)
-        for switch, use in _MODULE_SWITCHES.items():  # each set on or back: the model is shared
+        # Each set on or back: the model is shared between calls.
+        group_norm = chosen_group_norm(options)
+        use_group_norm(model, group_norm)
+        for switch, use in _MODULE_SWITCHES.items():
             use(model, bool(getattr(options, switch)))
         if options.compile:
             # Each module variant changes the traced graph: a compiled module of its own.
-            variant = ",".join(switch for switch in _MODULE_SWITCHES if getattr(options, switch))
+            variant = ",".join(
+                [group_norm, *(switch for switch in _MODULE_SWITCHES if getattr(options, switch))]
+            )
             self.forward = _compiled(model, options.compile_options, variant)
         else:
             self.forward = model

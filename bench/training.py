@@ -55,7 +55,7 @@ from bench.distributed import (
     resolve_device,
 )
 from bench.distributed import launched as _under_accelerate
-from bench.groupnorm import use_group_norm
+from bench.groupnorm import chosen_group_norm, use_group_norm
 from bench.interrupt import StopRequest, ignore_stop_signals
 from bench.noise import noise_config
 from bench.upsample import use_folded_upsample
@@ -365,23 +365,6 @@ def _split_problem(batch_size: int, grad_accum: int, world: int) -> str | None:
     return f"batch size {batch_size} does not split into {into}; {fix}"
 
 
-def _group_norm_kind(config: TrainConfig) -> str:
-    """The ``bench.groupnorm.GROUP_NORMS`` kind the config's GroupNorm switches ask for (one at most)."""
-    chosen = {
-        kind: flag
-        for kind, flag in (
-            ("views", "group_norm_by_views"),
-            ("channel-stats", "group_norm_by_channel_stats"),
-            ("channels-last", "group_norm_channels_last"),
-        )
-        if getattr(config, flag)
-    }
-    if len(chosen) > 1:
-        flags = ", ".join("--" + flag.replace("_", "-") for flag in chosen.values())
-        raise TrainingError(f"{' and '.join(chosen.values())} ({flags}) are GroupNorm variants: choose one")
-    return next(iter(chosen), "native")
-
-
 class _Data:
     """Batches of (images float in [-1, 1], conditions) for a list of dataset indices."""
 
@@ -532,7 +515,10 @@ class _Trainer:
                 target="the model this run trains",
                 saved_preset=(start_meta.get("model_config") or {}).get("preset"),
             )
-        use_group_norm(self.model, _group_norm_kind(config))
+        try:
+            use_group_norm(self.model, chosen_group_norm(config))
+        except ValueError as error:  # two GroupNorm variants asked for
+            raise TrainingError(str(error)) from None
         use_folded_upsample(self.model, config.fold_upsample)
         use_attention_by_sums(self.model, config.attention_by_sums)
         self.model.to(self.device)

@@ -11,10 +11,15 @@ from bench.groupnorm import (
     GroupNormByChannelStats,
     GroupNormByViews,
     GroupNormChannelsLast,
+    chosen_group_norm,
     use_group_norm,
-    use_group_norm_by_channel_stats,
     use_group_norm_by_views,
 )
+
+
+def use_group_norm_by_channel_stats(model: nn.Module, enabled: bool = True) -> int:
+    return use_group_norm(model, "channel-stats" if enabled else "native")
+
 
 # The variants that compute the norm their own way: (class, its switch).
 COMPUTED = {
@@ -111,15 +116,19 @@ def test_channel_stats_stay_exact_where_the_mean_dwarfs_the_spread() -> None:
     torch.testing.assert_close(norm(x).double(), expected, rtol=1e-3, atol=1e-3)
 
 
-def test_one_kinds_switch_off_leaves_another_kind_in_place() -> None:
-    """Sampling sets each switch on or off in turn: the channel-stats switch, off, must not undo views."""
-    model = nn.Sequential(_norm(), nn.SiLU(), _norm())
-    use_group_norm_by_views(model)
-    assert use_group_norm_by_channel_stats(model, False) == 0
-    assert all(type(m) is GroupNormByViews for m in (model[0], model[2]))
-    assert use_group_norm_by_channel_stats(model) == 2
-    assert use_group_norm_by_views(model, False) == 0
-    assert all(type(m) is GroupNormByChannelStats for m in (model[0], model[2]))
+def test_chosen_group_norm_is_the_one_switch_on_or_native() -> None:
+    from types import SimpleNamespace
+
+    assert chosen_group_norm(SimpleNamespace()) == "native"
+    assert chosen_group_norm(SimpleNamespace(group_norm_by_views=None, group_norm_by_channel_stats=True)) == (
+        "channel-stats"
+    )
+    assert chosen_group_norm(SimpleNamespace(group_norm_channels_last=True)) == "channels-last"
+    both = SimpleNamespace(group_norm_by_views=True, group_norm_by_channel_stats=True)
+    with pytest.raises(
+        ValueError, match=r"\(--group-norm-by-views, --group-norm-by-channel-stats\) are GroupNorm"
+    ):
+        chosen_group_norm(both)
 
 
 @pytest.mark.parametrize("shape", [(3, 32), (3, 32, 5), (2, 32, 3, 4, 5)])
