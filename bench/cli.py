@@ -97,8 +97,8 @@ def _conditions_option(default: str):
 _GROUP_NORM_BY_VIEWS_HELP = "GroupNorm as channel-splitting views, for torch.compile (default off)."
 _GROUP_NORM_BY_CHANNEL_STATS_HELP = (
     "GroupNorm from per-channel statistics, reduced with the channels contiguous on channels_last "
-    "(one GroupNorm variant at a time). Sampling: 1.20x the speed of the `seed` preset on an H100, "
-    "default on when compiling on CUDA, else off. Training: default off (not yet timed)."
+    "(one GroupNorm variant at a time). Default on when compiling on CUDA, else off: 1.20x the "
+    "sampling speed and 1.24x the training speed of the `seed` preset on an H100."
 )
 _FOLD_UPSAMPLE_HELP = (
     "Each nearest-2x upsampling + 3x3 convolution as one 2x2 convolution on the small input: the same "

@@ -24,8 +24,9 @@ together (BENCHMARKS.md, session 9), so it stays off.
 
 ``GroupNormByChannelStats`` reduces per channel, with the channels contiguous on channels_last, and
 combines each group's channels exactly: the statistics pass without a strided walk. Measured on an
-H100 with the `seed` UNet (BENCHMARKS.md, session 27): 1.20x the compiled sampling speed, so it is
-sampling's default where it compiles on CUDA; in training not yet timed, so off there.
+H100 with the `seed` UNet (BENCHMARKS.md): 1.20x the compiled sampling speed (session 27) and
+1.24x the compiled training speed (session 28), so it is the default of both where the model
+compiles on CUDA (``channel_stats_resolved``); eager it is several kernels where nn.GroupNorm is one.
 
 ``use_group_norm(model, kind)`` switches a model's GroupNorms in place by changing their class
 (parameters, state_dict keys and isinstance checks unchanged): ``native``, ``views``,
@@ -144,3 +145,15 @@ def chosen_group_norm(options: object) -> str:
         flags = ", ".join("--" + field.replace("_", "-") for field in chosen)
         raise ValueError(f"{' and '.join(chosen)} ({flags}) are GroupNorm variants: choose one")
     return GROUP_NORM_SWITCHES[chosen[0]] if chosen else "native"
+
+
+def channel_stats_resolved(options: object, *, compiled: bool, cuda: bool) -> bool:
+    """``options.group_norm_by_channel_stats`` as it applies: as asked, else (``None``) on where the
+    model compiles on CUDA and no other GroupNorm kind is asked for. Compiled it is one fused
+    reduction; eager it is several kernels where nn.GroupNorm is one, so off there. Measured on
+    an H100 (BENCHMARKS.md): sampling 1.20x (session 27), training 1.24x (session 28)."""
+    asked = getattr(options, "group_norm_by_channel_stats", None)
+    if asked is not None:
+        return bool(asked)
+    others = [field for field in GROUP_NORM_SWITCHES if field != "group_norm_by_channel_stats"]
+    return cuda and compiled and not any(getattr(options, field, None) for field in others)

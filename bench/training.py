@@ -55,7 +55,7 @@ from bench.distributed import (
     resolve_device,
 )
 from bench.distributed import launched as _under_accelerate
-from bench.groupnorm import chosen_group_norm, use_group_norm
+from bench.groupnorm import channel_stats_resolved, chosen_group_norm, use_group_norm
 from bench.interrupt import StopRequest, ignore_stop_signals
 from bench.noise import noise_config
 from bench.upsample import use_folded_upsample
@@ -128,8 +128,10 @@ class TrainConfig:
     # GroupNorm's output kept channels_last (bench/groupnorm.py), so the backward graph's
     # convolutions get one layout; off: measured without force_layout_opt only (BENCHMARKS.md)
     group_norm_channels_last: bool = False
-    # GroupNorm from per-channel statistics (bench/groupnorm.py): channels_last reduced contiguously
-    group_norm_by_channel_stats: bool = False
+    # GroupNorm from per-channel statistics (bench/groupnorm.py): channels_last reduced contiguously.
+    # Default on when compiling on CUDA with no other GroupNorm variant asked for (2,963 against
+    # 2,392 images/s for the seed preset at batch 512 on an H100, BENCHMARKS.md session 28).
+    group_norm_by_channel_stats: bool | None = None
     # Upsampling as one 2x2 convolution on the small input (bench/upsample.py): the same gradients,
     # 4/9 of the upsampling convolutions' FLOPs forward and backward
     fold_upsample: bool = False
@@ -516,9 +518,14 @@ class _Trainer:
                 saved_preset=(start_meta.get("model_config") or {}).get("preset"),
             )
         try:
-            use_group_norm(self.model, chosen_group_norm(config))
+            self.group_norm = chosen_group_norm(config)
         except ValueError as error:  # two GroupNorm variants asked for
             raise TrainingError(str(error)) from None
+        if self.group_norm == "native" and channel_stats_resolved(
+            config, compiled=self.use_compile, cuda=cuda
+        ):
+            self.group_norm = "channel-stats"
+        use_group_norm(self.model, self.group_norm)
         use_folded_upsample(self.model, config.fold_upsample)
         use_attention_by_sums(self.model, config.attention_by_sums)
         self.model.to(self.device)
@@ -667,6 +674,7 @@ class _Trainer:
             "cuda_graphs": self.cuda_graphs,
             "force_layout_opt": self.use_compile and self.config.force_layout_opt,
             "tune_kernels": self.use_compile and self.config.tune_kernels,
+            "group_norm": self.group_norm,  # the bench.groupnorm.GROUP_NORMS kind
             "grad_accum": self.config.grad_accum,
         }
 

@@ -18,7 +18,7 @@ Sizes come from environment variables so a shorter set can be chosen without edi
 | ``BENCH_SPEED_ROUNDS`` | 3 | measured rounds per GPU sampling benchmark (the reference loop, minutes a round: one fewer) |
 | ``BENCH_SPEED_REF_IMAGES`` | 2 | images through the one-at-a-time reference loop |
 | ``BENCH_TRAIN_BATCH`` | 128,256 | GPU training batch sizes |
-| ``BENCH_TRAIN_MODES`` | all known | GPU training variants: eager, compile, compile-graphs, compile-graphs-no-layout-opt, compile-views, compile-graphs-views, compile-graphs-gn-cl, compile-graphs-gn-stats, autotune, compile-graphs-tuned, compile-graphs-folded, compile-graphs-tuned-folded, compile-graphs-attn, compile-graphs-tuned-attn (every compiled one forces Inductor's layout except compile-graphs-no-layout-opt; ``scripts/speed.sh``: eager,compile) |
+| ``BENCH_TRAIN_MODES`` | all known | GPU training variants: eager, compile, compile-graphs, compile-graphs-no-layout-opt, compile-views, compile-graphs-views, compile-graphs-gn-cl, compile-graphs-gn-stats, autotune, compile-graphs-tuned, compile-graphs-folded, compile-graphs-tuned-folded, compile-graphs-attn, compile-graphs-tuned-attn, compile-graphs-tuned-gn-stats (every compiled one forces Inductor's layout except compile-graphs-no-layout-opt; ``scripts/speed.sh``: eager,compile) |
 | ``BENCH_TRAIN_STEPS`` / ``_WARMUP`` | 20 / 5 | GPU measured / warm-up training steps |
 | ``BENCH_TRAIN_LOSS_STEPS`` | 5 | steps of the compiled-vs-eager loss-curve check (0: off) |
 | ``BENCH_TRAIN_LOSS_TOL`` | 0.05 | largest allowed loss difference, compiled vs eager bf16 |

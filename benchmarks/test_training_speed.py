@@ -89,6 +89,11 @@ TRAIN_VARIANTS: dict[str, tuple[str, dict[str, bool]]] = {
         "bf16+cl+compile+CUDA graphs, kernels tuned, attention by sums",
         {**_GRAPHS, "tune_kernels": True, "attention_by_sums": True},
     ),
+    # bench train's GPU default since session 28 (compile-graphs-gn-stats) with --tune-kernels
+    "compile-graphs-tuned-gn-stats": (
+        "bf16+cl+compile+CUDA graphs, kernels tuned, GroupNorm from channel statistics",
+        {**_GRAPHS, "tune_kernels": True, "group_norm_by_channel_stats": True},
+    ),
 }
 GPU_MODES = env_modes("BENCH_TRAIN_MODES", tuple(TRAIN_VARIANTS))
 # bf16 compiled vs bf16 eager: the same arithmetic up to kernel fusion, so losses stay close.

@@ -2,9 +2,10 @@
 # The speed measurements of one CUDA GPU in one go, each setting beside its baseline. Each stage is
 # its own process with its own time limit, so a stage that overruns loses only itself:
 #   1. training, `seed` preset, batch 256: eager bf16 and bench train's GPU default (compile + CUDA
-#      graphs, Inductor's layout forced). Session 15 timed the two GroupNorm variants on top of that
-#      default here too (benchmark modes compile-graphs-views, compile-graphs-gn-cl): neither was
-#      faster on an H100, so they are left out (BENCHMARKS.md, session 15)
+#      graphs, Inductor's layout forced, GroupNorm from channel statistics since session 28: benchmark
+#      mode compile-graphs-gn-stats; "compile-graphs" is the default before it, with nn.GroupNorm).
+#      Session 15 timed two other GroupNorm variants on top of the default of then (benchmark modes
+#      compile-graphs-views, compile-graphs-gn-cl): neither was faster on an H100 (BENCHMARKS.md)
 #   2. sampling: the fast path with and without --tune-kernels, compiled side by side, timed one
 #      after the other at BATCH (scripts/tuning_pair.sh, 20 steps)
 #   3. sampling: the 100-step suite at BATCH, the one-image reference loop as its baseline (the
@@ -28,11 +29,12 @@
 #      the longest (11 minutes at batch 256 on an H100, session 17), so it comes last
 # Usage: scripts/gpu_speed.sh OUT_DIR [BATCH (512)]
 # STAGES="train-baseline train-tuned" runs only the stages it names (default: all six, in order);
-# BASELINE_MODES: the first stage's benchmark modes (default eager,compile-graphs);
+# BASELINE_MODES: the first stage's benchmark modes (default eager,compile-graphs-gn-stats);
 # TUNED_LIMIT sets the tuned training's time limit in seconds (default 1200); TRAIN_BATCH the
 # batch of both training stages (default 256; the tuned compile at 512 took over 13 minutes).
 # The last stage can differ: TUNED_BATCH (default TRAIN_BATCH), TUNED_MODES (default
-# compile-graphs-tuned; add compile-graphs to time the untuned default at that batch too) and
+# compile-graphs-tuned-gn-stats, bench train's default tuned; add compile-graphs-gn-stats to time
+# the untuned default at that batch too) and
 # TUNED_LOSS_STEPS (default 5; 0 skips the loss check. Where eager, the check's reference, does
 # not fit in one pass (the `seed` preset's eager bf16 step took 62 GB at batch 512 on an H100), it
 # trains in micro-batches of gradient accumulation, the same weights up to float rounding).
@@ -61,7 +63,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run it with a time limit, log to OUT
   echo "$(date +%T) $name exit $rc"
 }
 nvidia-smi -L
-stage train-baseline 600 env BENCH_TRAIN_MODES="${BASELINE_MODES:-eager,compile-graphs}" BENCH_TRAIN_BATCH="${TRAIN_BATCH:-256}" \
+stage train-baseline 600 env BENCH_TRAIN_MODES="${BASELINE_MODES:-eager,compile-graphs-gn-stats}" BENCH_TRAIN_BATCH="${TRAIN_BATCH:-256}" \
     BENCH_SPEED_K=test_training_gpu bash scripts/speed.sh "$OUT/train-baseline"
 stage sample-pair 480 bash scripts/tuning_pair.sh "$OUT/sample-pair" "$BATCH" 20 420
 stage sample-suite 420 env BENCH_SPEED_MODES="${SUITE_MODES:-reference,graphs-attn-gn-stats,graphs-tuned-attn-gn-stats}" BENCH_SPEED_BATCH="$BATCH" \
@@ -92,7 +94,7 @@ done
 SWEEP_LIMIT=${SWEEP_LIMIT:-480}
 stage sample-sweep "$SWEEP_LIMIT" bash scripts/sampling_sweep.sh "$OUT/sample-sweep" 100 $((SWEEP_LIMIT - 60)) "${SWEEP[@]}"
 # Last: its compile and tuning took 649 s at batch 256 on an H100 (session 17).
-stage train-tuned "${TUNED_LIMIT:-1200}" env BENCH_TRAIN_MODES="${TUNED_MODES:-compile-graphs-tuned}" \
+stage train-tuned "${TUNED_LIMIT:-1200}" env BENCH_TRAIN_MODES="${TUNED_MODES:-compile-graphs-tuned-gn-stats}" \
     BENCH_TRAIN_BATCH="${TUNED_BATCH:-${TRAIN_BATCH:-256}}" BENCH_TRAIN_LOSS_STEPS="${TUNED_LOSS_STEPS:-5}" \
     BENCH_SPEED_K=test_training_gpu bash scripts/speed.sh "$OUT/train-tuned"
 # NO_BUNDLE=1 (scripts/gpu_campaign.sh, which bundles its whole folder): no bundle of its own.

@@ -11,6 +11,7 @@ from bench.groupnorm import (
     GroupNormByChannelStats,
     GroupNormByViews,
     GroupNormChannelsLast,
+    channel_stats_resolved,
     chosen_group_norm,
     use_group_norm,
     use_group_norm_by_views,
@@ -129,6 +130,25 @@ def test_chosen_group_norm_is_the_one_switch_on_or_native() -> None:
         ValueError, match=r"\(--group-norm-by-views, --group-norm-by-channel-stats\) are GroupNorm"
     ):
         chosen_group_norm(both)
+
+
+def test_channel_stats_are_the_default_only_compiled_on_cuda_with_no_other_kind_asked() -> None:
+    from types import SimpleNamespace
+
+    unset = SimpleNamespace(group_norm_by_channel_stats=None)
+    assert channel_stats_resolved(unset, compiled=True, cuda=True)
+    assert not channel_stats_resolved(unset, compiled=False, cuda=True)  # eager: several kernels
+    assert not channel_stats_resolved(unset, compiled=True, cuda=False)
+    for other in ("group_norm_by_views", "group_norm_channels_last"):
+        asked = SimpleNamespace(group_norm_by_channel_stats=None, **{other: True})
+        assert not channel_stats_resolved(asked, compiled=True, cuda=True)
+    # what is asked for wins, either way
+    assert not channel_stats_resolved(
+        SimpleNamespace(group_norm_by_channel_stats=False), compiled=True, cuda=True
+    )
+    assert channel_stats_resolved(
+        SimpleNamespace(group_norm_by_channel_stats=True), compiled=False, cuda=False
+    )
 
 
 @pytest.mark.parametrize("shape", [(3, 32), (3, 32, 5), (2, 32, 3, 4, 5)])

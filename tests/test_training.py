@@ -119,6 +119,11 @@ def test_compiled_training_gets_its_compile_options(
     assert given == [options]
     assert trainer.settings()["force_layout_opt"] is force_layout_opt
     assert trainer.settings()["tune_kernels"] is tune_kernels
+    # GroupNorm from channel statistics is the default compiled on CUDA only (bench.groupnorm)
+    assert trainer.settings()["group_norm"] == "native"
+    assert all(
+        type(m) is torch.nn.GroupNorm for m in trainer.model.modules() if isinstance(m, torch.nn.GroupNorm)
+    )
 
 
 @pytest.mark.parametrize("tune_kernels, wait", [(False, "about 2 minutes"), (True, "about 11-12 minutes")])
@@ -940,6 +945,8 @@ def test_group_norm_variants_train_and_exclude_each_other(tmp_path: Path, switch
     assert all(
         type(m) is variant[switch] for m in trainer.model.modules() if isinstance(m, torch.nn.GroupNorm)
     )
+    kind = {"group_norm_channels_last": "channels-last", "group_norm_by_channel_stats": "channel-stats"}
+    assert trainer.settings()["group_norm"] == kind[switch]
     summary = train(config(tmp_path / "run", max_steps=2, **{switch: True}), dataset(8), show_progress=False)
     assert summary.steps == 2 and math.isfinite(summary.final_loss)
 
