@@ -157,3 +157,13 @@ def channel_stats_resolved(options: object, *, compiled: bool, cuda: bool) -> bo
         return bool(asked)
     others = [field for field in GROUP_NORM_SWITCHES if field != "group_norm_by_channel_stats"]
     return cuda and compiled and not any(getattr(options, field, None) for field in others)
+
+
+def resolved_group_norm(options: object, *, compiled: bool, cuda: bool) -> str:
+    """The ``GROUP_NORMS`` kind a model runs with under ``options``: the one asked for, else
+    ``channel-stats`` where that is the default (``channel_stats_resolved``), else ``native``; a
+    ValueError where more than one is asked for."""
+    kind = chosen_group_norm(options)
+    if kind == "native" and channel_stats_resolved(options, compiled=compiled, cuda=cuda):
+        return "channel-stats"
+    return kind

@@ -55,7 +55,7 @@ from bench.distributed import (
     resolve_device,
 )
 from bench.distributed import launched as _under_accelerate
-from bench.groupnorm import channel_stats_resolved, chosen_group_norm, use_group_norm
+from bench.groupnorm import resolved_group_norm, use_group_norm
 from bench.interrupt import StopRequest, ignore_stop_signals
 from bench.noise import noise_config
 from bench.upsample import use_folded_upsample
@@ -518,13 +518,9 @@ class _Trainer:
                 saved_preset=(start_meta.get("model_config") or {}).get("preset"),
             )
         try:
-            self.group_norm = chosen_group_norm(config)
+            self.group_norm = resolved_group_norm(config, compiled=self.use_compile, cuda=cuda)
         except ValueError as error:  # two GroupNorm variants asked for
             raise TrainingError(str(error)) from None
-        if self.group_norm == "native" and channel_stats_resolved(
-            config, compiled=self.use_compile, cuda=cuda
-        ):
-            self.group_norm = "channel-stats"
         use_group_norm(self.model, self.group_norm)
         use_folded_upsample(self.model, config.fold_upsample)
         use_attention_by_sums(self.model, config.attention_by_sums)

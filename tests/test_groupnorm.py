@@ -13,6 +13,7 @@ from bench.groupnorm import (
     GroupNormChannelsLast,
     channel_stats_resolved,
     chosen_group_norm,
+    resolved_group_norm,
     use_group_norm,
     use_group_norm_by_views,
 )
@@ -149,6 +150,13 @@ def test_channel_stats_are_the_default_only_compiled_on_cuda_with_no_other_kind_
     assert channel_stats_resolved(
         SimpleNamespace(group_norm_by_channel_stats=True), compiled=False, cuda=False
     )
+    # the kind a model gets (bench train's trainer, on any device)
+    assert resolved_group_norm(unset, compiled=True, cuda=True) == "channel-stats"
+    assert resolved_group_norm(unset, compiled=False, cuda=True) == "native"
+    views = SimpleNamespace(group_norm_by_channel_stats=None, group_norm_by_views=True)
+    assert resolved_group_norm(views, compiled=True, cuda=True) == "views"
+    off = SimpleNamespace(group_norm_by_channel_stats=False)
+    assert resolved_group_norm(off, compiled=True, cuda=True) == "native"
 
 
 @pytest.mark.parametrize("shape", [(3, 32), (3, 32, 5), (2, 32, 3, 4, 5)])
