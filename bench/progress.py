@@ -64,6 +64,11 @@ class Rate:
     def add(self, n: int) -> None:
         self.count += n
 
+    def reset(self) -> None:
+        """Count from now: a rate over the last interval, not since a start that paid for a compile."""
+        self.start = time.perf_counter()
+        self.count = 0
+
     @property
     def per_second(self) -> float:
         return self.count / max(time.perf_counter() - self.start, 1e-9)

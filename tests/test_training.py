@@ -982,3 +982,29 @@ def test_a_model_level_switch_trains_the_same_losses(tmp_path: Path, switch: str
         with safe_open(str(path), "pt") as f:
             keys[on] = sorted(f.keys())
     assert keys[True] == keys[False]
+
+
+def test_the_logged_speed_is_the_last_interval_s_not_the_run_s_since_a_slow_first_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first step that compiles for minutes would otherwise hide the steady speed in every later
+    row of loss.jsonl (a cumulative rate read 378 images/s at step 100 on an H100 training at 2,900)."""
+    from types import SimpleNamespace
+
+    from bench import progress as progress_module
+
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(progress_module, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    real_step = training._Trainer.train_step
+
+    def step(self, images, conds):  # 100 s for the first step (a compile), 1 s for each one after
+        clock.now += 100.0 if self.step == 0 else 1.0
+        return real_step(self, images, conds)
+
+    monkeypatch.setattr(training._Trainer, "train_step", step)
+    train(config(tmp_path, max_steps=6, log_every=2, checkpoint_every=0), dataset(8), show_progress=False)
+    rates = [
+        json.loads(line)["images_per_second"] for line in (tmp_path / "loss.jsonl").read_text().splitlines()
+    ]
+    # batch 4: 8 images in 101 s, then 8 images in 2 s per interval
+    assert rates == [pytest.approx(8 / 101, abs=0.01), 4.0, 4.0]  # rounded to 2 decimals
