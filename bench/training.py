@@ -1111,8 +1111,12 @@ def train(
     log_file = open(log_path, "a", encoding="utf-8") if trainer.is_main else None  # noqa: SIM115
 
     def status() -> str:
-        loss = last_loss[0]
-        return f"loss {loss:.4f} {rate.per_second:.0f} img/s" if loss is not None else ""
+        # The last logged row's: between logs the host runs ahead of the GPU (CUDA graphs queue
+        # steps without waiting), so a live count would show the queueing, not the training.
+        if not log_rows:
+            return ""
+        row = log_rows[-1]
+        return f"loss {row['loss']:.4f} {row.get('images_per_second', 0):.0f} img/s"
 
     def steps() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch, position = trainer._position()

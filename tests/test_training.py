@@ -1002,9 +1002,18 @@ def test_the_logged_speed_is_the_last_interval_s_not_the_run_s_since_a_slow_firs
         return real_step(self, images, conds)
 
     monkeypatch.setattr(training._Trainer, "train_step", step)
-    train(config(tmp_path, max_steps=6, log_every=2, checkpoint_every=0), dataset(8), show_progress=False)
-    rates = [
-        json.loads(line)["images_per_second"] for line in (tmp_path / "loss.jsonl").read_text().splitlines()
-    ]
-    # batch 4: 8 images in 101 s, then 8 images in 2 s per interval
-    assert rates == [pytest.approx(8 / 101, abs=0.01), 4.0, 4.0]  # rounded to 2 decimals
+    shown: list[str] = []  # the progress bar's status text before each step
+
+    def progress(iterator, label, length, status):
+        for item in iterator:
+            shown.append(status())
+            yield item
+
+    monkeypatch.setattr(progress_module, "progress", progress)
+    train(config(tmp_path, max_steps=6, log_every=2, checkpoint_every=0), dataset(8), show_progress=True)
+    rows = [json.loads(line) for line in (tmp_path / "loss.jsonl").read_text().splitlines()]
+    # batch 4: 8 images in 101 s, then 8 images in 2 s per interval (rounded to 2 decimals)
+    assert [r["images_per_second"] for r in rows] == [pytest.approx(8 / 101, abs=0.01), 4.0, 4.0]
+    # the bar shows the last logged row: nothing before the first log, then each row in turn
+    assert shown[:3] == ["", "", f"loss {rows[0]['loss']:.4f} 0 img/s"]
+    assert shown[4] == f"loss {rows[1]['loss']:.4f} 4 img/s"
