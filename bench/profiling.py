@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,20 @@ def summarise(prof: Any, steps: int, wall_seconds: float, rows: int = 30) -> tup
             fam: {"ms_per_step": t / 1e3 / steps, "share": t / total_us}
             for fam, t in sorted(by_family.items(), key=lambda kv: -kv[1])
         },
+        # The busiest kernels (ops without a GPU) by their whole names, which the tables cut at 55
+        # characters: an Inductor kernel's name lists the ops it fused, and its calls per step
+        # tell which layers it serves (with --inductor-code, its source and its buffers' shapes).
+        "kernels": [
+            {
+                "name": e.key,
+                "family": family(e.key),
+                "calls_per_step": e.count / steps,
+                "us_per_call": getattr(e, key) / max(e.count, 1),
+                "ms_per_step": getattr(e, key) / 1e3 / steps,
+                "share": getattr(e, key) / total_us,
+            }
+            for e in sorted(events, key=lambda e: -getattr(e, key))[:rows]
+        ],
     }
     device_table = averages.table(sort_by=key, row_limit=rows)
     host_table = averages.table(sort_by="self_cpu_time_total", row_limit=rows)
@@ -79,7 +94,8 @@ def summarise(prof: Any, steps: int, wall_seconds: float, rows: int = 30) -> tup
 def profile_arguments(
     description: str, *, batch: int, steps: int, steps_help: str
 ) -> argparse.ArgumentParser:
-    """The arguments both profiling scripts take: OUT, --preset, --batch, --steps, --no-profile, --rows."""
+    """The arguments both profiling scripts take: OUT, --preset, --batch, --steps, --no-profile,
+    --rows, --inductor-code."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("out", type=Path, help="output folder")
     parser.add_argument("--preset", default="seed")
@@ -87,7 +103,39 @@ def profile_arguments(
     parser.add_argument("--steps", type=int, default=steps, help=steps_help)
     parser.add_argument("--no-profile", action="store_true", help="time only (no profiler run)")
     parser.add_argument("--rows", type=int, default=30, help="ops in the tables")
+    parser.add_argument(
+        "--inductor-code",
+        action="store_true",
+        help="write Inductor's generated code of the warm-up's graphs to OUT/inductor_code/ (with compile)",
+    )
     return parser
+
+
+@contextmanager
+def inductor_code_to(folder: Path | None) -> Iterator[list[str]]:
+    """Inductor's generated code of every graph compiled inside the block, or loaded from its
+    cache, written to ``folder/graph_N.py`` at the end (nothing where ``folder`` is None): each
+    file holds the graph's Triton (or C++) kernels and its ``call()``, the kernel sequence with every
+    buffer's shape and stride, which a profile's kernel names alone do not give.
+
+    It hooks ``GraphLowering.save_output_code``, the hook behind Inductor's own
+    ``torch._inductor.utils.run_and_get_code``, which Inductor calls on a cache hit too."""
+    codes: list[str] = []
+    if folder is None:
+        yield codes
+        return
+    from torch._inductor.graph import GraphLowering
+
+    previous = GraphLowering.save_output_code
+    GraphLowering.save_output_code = codes.append
+    try:
+        yield codes
+    finally:
+        GraphLowering.save_output_code = previous
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, code in enumerate(codes):
+            atomic_write_text(folder / f"graph_{i}.py", code)
+        print(f"wrote {len(codes)} graph(s) of Inductor's code to {folder}")
 
 
 def run_setting(args: argparse.Namespace) -> dict[str, Any]:

@@ -26,7 +26,11 @@ Usage: python scripts/profile_sampling.py OUT_DIR [--preset seed] [--batch 256] 
        [--images N] [--scheduler cosine] [--guidance 1] [--no-compile] [--cuda-graphs] [--dtype bf16|fp32]
        [--no-channels-last] [--group-norm-by-views] [--[no-]group-norm-by-channel-stats] [--fold-upsample]
        [--[no-]attention-by-sums] [--tune-kernels] [--inductor KEY=VALUE ...]
-       [--no-profile] [--ready-file FILE] [--time-after FILE] [--wait-max SECONDS]
+       [--no-profile] [--ready-file FILE] [--time-after FILE] [--wait-max SECONDS] [--inductor-code]
+
+``--inductor-code`` also writes ``OUT_DIR/inductor_code/graph_N.py``: the code Inductor generated for
+each compiled graph (its kernels, and the call sequence with each buffer's shape), to tell which
+layer a fused kernel of ``profile.json``'s ``kernels`` serves.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import torch
 from bench.conditions import load_condition_set, load_labels_spec, multi_hot
 from bench.noise import noise_config
 from bench.plugins import get
-from bench.profiling import profile_arguments, profile_to, run_setting
+from bench.profiling import inductor_code_to, profile_arguments, profile_to, run_setting
 from bench.runner import DEFAULT_CONDITION_FILES
 from bench.sampling import SamplingOptions, sample
 
@@ -153,7 +157,8 @@ def main() -> None:
     kwargs = dict(train_config=train_config, steps=args.steps, guidance=args.guidance, options=options)
 
     start = time.perf_counter()
-    sample(model, args.scheduler, conds, **kwargs)  # warm-up: compile, autotune, allocator
+    with inductor_code_to(args.out / "inductor_code" if args.inductor_code else None):
+        sample(model, args.scheduler, conds, **kwargs)  # warm-up: compile, autotune, allocator
     warmup_seconds = time.perf_counter() - start
     if args.ready_file:
         args.ready_file.touch()

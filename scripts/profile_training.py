@@ -12,14 +12,17 @@ warm-up (compile, autotune, allocator), and writes:
 
 Usage: python scripts/profile_training.py OUT_DIR [--preset seed] [--batch 128] [--steps 5]
        [--warmup 3] [--recipe default] [--no-compile] [--cuda-graphs] [--no-force-layout-opt]
-       [--no-profile] [--rows 30]
+       [--no-profile] [--rows 30] [--inductor-code]
+
+``--inductor-code`` writes ``OUT_DIR/inductor_code/graph_N.py``: Inductor's code of the warm-up's
+compiled graphs (forward and backward), as in scripts/profile_sampling.py.
 """
 
 from __future__ import annotations
 
 import torch
 
-from bench.profiling import profile_arguments, profile_to, run_setting
+from bench.profiling import inductor_code_to, profile_arguments, profile_to, run_setting
 from bench.training import TrainConfig, _Trainer
 from bench_builtins.datasets.base import random_dataset
 
@@ -53,8 +56,9 @@ def main() -> None:
     )
     trainer = _Trainer(config, dataset)
     batches = trainer.repeating_batches(args.warmup + 2 * args.steps)
-    for _ in range(args.warmup):
-        trainer.train_step(*next(batches))
+    with inductor_code_to(args.out / "inductor_code" if args.inductor_code else None):
+        for _ in range(args.warmup):
+            trainer.train_step(*next(batches))
     seconds = trainer.timed_steps(batches, args.steps)
     setting = {
         **run_setting(args),

@@ -105,6 +105,14 @@ def test_the_sampling_profiler_splits_the_time_by_op_family(tmp_path: Path) -> N
     assert 0 < summary["device_busy_share"] <= 1.0 + 1e-6
     assert "aten::" in (tmp_path / "profile.txt").read_text()
     assert "aten::" in (tmp_path / "host.txt").read_text()
+    # the busiest ops by their whole names, busiest first, each with its family and calls per step
+    kernels = summary["kernels"]
+    times = [k["ms_per_step"] for k in kernels]
+    assert kernels and times == sorted(times, reverse=True) and all(k["calls_per_step"] > 0 for k in kernels)
+    assert {k["family"] for k in kernels} <= set(summary["families"]) and sum(
+        k["share"] for k in kernels
+    ) <= 1 + 1e-6
+    assert any(k["name"].startswith("aten::") for k in kernels)
 
 
 def test_the_tuning_pair_times_its_two_runs_one_after_the_other(tmp_path: Path) -> None:
