@@ -26,7 +26,7 @@ together (BENCHMARKS.md, session 9), so it stays off.
 combines each group's channels exactly: the statistics pass without a strided walk. Measured on an
 H100 with the `seed` UNet (BENCHMARKS.md): 1.20x the compiled sampling speed (session 27) and
 1.24x the compiled training speed (session 28), so it is the default of both where the model
-compiles on CUDA (``channel_stats_resolved``); eager it is several kernels where nn.GroupNorm is one.
+compiles on CUDA (``resolved_group_norm``); eager it is several kernels where nn.GroupNorm is one.
 
 ``use_group_norm(model, kind)`` switches a model's GroupNorms in place by changing their class
 (parameters, state_dict keys and isinstance checks unchanged): ``native``, ``views``,
@@ -147,23 +147,15 @@ def chosen_group_norm(options: object) -> str:
     return GROUP_NORM_SWITCHES[chosen[0]] if chosen else "native"
 
 
-def channel_stats_resolved(options: object, *, compiled: bool, cuda: bool) -> bool:
-    """``options.group_norm_by_channel_stats`` as it applies: as asked, else (``None``) on where the
-    model compiles on CUDA and no other GroupNorm kind is asked for. Compiled it is one fused
-    reduction; eager it is several kernels where nn.GroupNorm is one, so off there. Measured on
-    an H100 (BENCHMARKS.md): sampling 1.20x (session 27), training 1.24x (session 28)."""
-    asked = getattr(options, "group_norm_by_channel_stats", None)
-    if asked is not None:
-        return bool(asked)
-    others = [field for field in GROUP_NORM_SWITCHES if field != "group_norm_by_channel_stats"]
-    return cuda and compiled and not any(getattr(options, field, None) for field in others)
-
-
 def resolved_group_norm(options: object, *, compiled: bool, cuda: bool) -> str:
     """The ``GROUP_NORMS`` kind a model runs with under ``options``: the one asked for, else
-    ``channel-stats`` where that is the default (``channel_stats_resolved``), else ``native``; a
-    ValueError where more than one is asked for."""
+    ``channel-stats`` where ``group_norm_by_channel_stats`` is unset (``None``) and the model
+    compiles on CUDA, else ``native``; a ValueError where more than one is asked for. Compiled,
+    channel statistics are one fused reduction; eager they are several kernels where nn.GroupNorm
+    is one, so not the default there. Measured on an H100 (BENCHMARKS.md): sampling 1.20x
+    (session 27), training 1.24x (session 28)."""
     kind = chosen_group_norm(options)
-    if kind == "native" and channel_stats_resolved(options, compiled=compiled, cuda=cuda):
+    unset = getattr(options, "group_norm_by_channel_stats", None) is None
+    if kind == "native" and unset and compiled and cuda:
         return "channel-stats"
     return kind

@@ -112,16 +112,16 @@ def profile_arguments(
 
 
 @contextmanager
-def inductor_code_to(folder: Path | None) -> Iterator[list[str]]:
-    """Inductor's generated code of every graph compiled inside the block, or loaded from its
-    cache, written to ``folder/graph_N.py`` at the end (nothing where ``folder`` is None): each
-    file holds the graph's Triton (or C++) kernels and its ``call()``, the kernel sequence with every
-    buffer's shape and stride, which a profile's kernel names alone do not give.
+def inductor_code_to(out: Path, enabled: bool) -> Iterator[list[str]]:
+    """With ``enabled`` (``--inductor-code``), Inductor's generated code of every graph compiled
+    inside the block, or loaded from its cache, written to ``out/inductor_code/graph_N.py`` at the
+    end: each file holds the graph's Triton (or C++) kernels and its ``call()``, the kernel sequence
+    with every buffer's shape and stride, which a profile's kernel names alone do not give.
 
     It hooks ``GraphLowering.save_output_code``, the hook behind Inductor's own
     ``torch._inductor.utils.run_and_get_code``, which Inductor calls on a cache hit too."""
     codes: list[str] = []
-    if folder is None:
+    if not enabled:
         yield codes
         return
     from torch._inductor.graph import GraphLowering
@@ -132,6 +132,7 @@ def inductor_code_to(folder: Path | None) -> Iterator[list[str]]:
         yield codes
     finally:
         GraphLowering.save_output_code = previous
+        folder = out / "inductor_code"
         folder.mkdir(parents=True, exist_ok=True)
         for i, code in enumerate(codes):
             atomic_write_text(folder / f"graph_{i}.py", code)

@@ -58,8 +58,7 @@ class Rate:
     """Items per second since the last reset, for progress text."""
 
     def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.count = 0
+        self.reset()
 
     def add(self, n: int) -> None:
         self.count += n

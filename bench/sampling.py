@@ -38,7 +38,7 @@ import torch
 
 from bench.attention import use_attention_by_sums
 from bench.compile_mode import compile_only_switch_error, compile_options, quiet_known_compile_warnings
-from bench.groupnorm import channel_stats_resolved, chosen_group_norm, use_group_norm
+from bench.groupnorm import chosen_group_norm, resolved_group_norm, use_group_norm
 from bench.guidance import check_interval, in_interval
 from bench.noise import check_schedule_compatible, scheduler_factory
 from bench.registry import Entry
@@ -174,7 +174,7 @@ class SamplingOptions:
         if error:
             raise SamplingOptionsError(error)
         try:
-            chosen_group_norm(self)
+            group_norm = resolved_group_norm(self, compiled=compile_, cuda=cuda)
         except ValueError as error:
             raise SamplingOptionsError(str(error)) from None
         return SamplingOptions(
@@ -186,8 +186,8 @@ class SamplingOptions:
             cudnn_benchmark=bool(self.cudnn_benchmark) and cuda,
             autotune=bool(self.autotune),
             tune_kernels=bool(self.tune_kernels),
-            group_norm_by_views=bool(self.group_norm_by_views),
-            group_norm_by_channel_stats=channel_stats_resolved(self, compiled=compile_, cuda=cuda),
+            group_norm_by_views=group_norm == "views",
+            group_norm_by_channel_stats=group_norm == "channel-stats",
             fold_upsample=bool(self.fold_upsample),
             # Compiled on CUDA: 1.036x and 1.045x the sampling speed of the `seed` preset on an H100
             # (BENCHMARKS.md, session 26). Uncompiled it writes its products out: off.

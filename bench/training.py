@@ -1105,7 +1105,6 @@ def train(
     from bench.progress import Rate, progress
 
     rate = Rate()
-    last_loss: list[float | None] = [log_rows[-1]["loss"] if log_rows else None]
     stopped_by = ""
     run_start = time.perf_counter()
     elapsed_before = trainer.elapsed
@@ -1142,7 +1141,6 @@ def train(
                 f"at {ckpt_dir if ckpt_dir.exists() else '(none yet)'}. Lower --lr (now {config.lr}) or keep "
                 "--grad-clip on, and --resume"
             )
-        last_loss[0] = loss
         row = {
             "step": trainer.step,
             "epoch": round(trainer.step / trainer.steps_per_epoch, 4),
@@ -1246,7 +1244,7 @@ def train(
         checkpoint=checkpoint_path if trainer.is_main else None,
         steps=trainer.step,
         epochs_completed=trainer.step / trainer.steps_per_epoch,
-        final_loss=last_loss[0],
+        final_loss=log_rows[-1]["loss"] if log_rows else None,
         images_per_second=run_steps * config.batch_size / seconds if seconds > 0 else 0.0,
         seconds=seconds,
         loss_log=log_path if trainer.is_main else None,

@@ -157,7 +157,7 @@ def main() -> None:
     kwargs = dict(train_config=train_config, steps=args.steps, guidance=args.guidance, options=options)
 
     start = time.perf_counter()
-    with inductor_code_to(args.out / "inductor_code" if args.inductor_code else None):
+    with inductor_code_to(args.out, args.inductor_code):
         sample(model, args.scheduler, conds, **kwargs)  # warm-up: compile, autotune, allocator
     warmup_seconds = time.perf_counter() - start
     if args.ready_file:

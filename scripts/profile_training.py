@@ -56,7 +56,7 @@ def main() -> None:
     )
     trainer = _Trainer(config, dataset)
     batches = trainer.repeating_batches(args.warmup + 2 * args.steps)
-    with inductor_code_to(args.out / "inductor_code" if args.inductor_code else None):
+    with inductor_code_to(args.out, args.inductor_code):
         for _ in range(args.warmup):
             trainer.train_step(*next(batches))
     seconds = trainer.timed_steps(batches, args.steps)

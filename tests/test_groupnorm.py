@@ -11,7 +11,6 @@ from bench.groupnorm import (
     GroupNormByChannelStats,
     GroupNormByViews,
     GroupNormChannelsLast,
-    channel_stats_resolved,
     chosen_group_norm,
     resolved_group_norm,
     use_group_norm,
@@ -137,21 +136,22 @@ def test_channel_stats_are_the_default_only_compiled_on_cuda_with_no_other_kind_
     from types import SimpleNamespace
 
     unset = SimpleNamespace(group_norm_by_channel_stats=None)
-    assert channel_stats_resolved(unset, compiled=True, cuda=True)
-    assert not channel_stats_resolved(unset, compiled=False, cuda=True)  # eager: several kernels
-    assert not channel_stats_resolved(unset, compiled=True, cuda=False)
+    assert resolved_group_norm(unset, compiled=True, cuda=True) == "channel-stats"
+    assert resolved_group_norm(unset, compiled=False, cuda=True) != "channel-stats"  # eager: several kernels
+    assert resolved_group_norm(unset, compiled=True, cuda=False) != "channel-stats"
     for other in ("group_norm_by_views", "group_norm_channels_last"):
         asked = SimpleNamespace(group_norm_by_channel_stats=None, **{other: True})
-        assert not channel_stats_resolved(asked, compiled=True, cuda=True)
+        assert resolved_group_norm(asked, compiled=True, cuda=True) != "channel-stats"
     # what is asked for wins, either way
-    assert not channel_stats_resolved(
-        SimpleNamespace(group_norm_by_channel_stats=False), compiled=True, cuda=True
+    assert (
+        resolved_group_norm(SimpleNamespace(group_norm_by_channel_stats=False), compiled=True, cuda=True)
+        != "channel-stats"
     )
-    assert channel_stats_resolved(
-        SimpleNamespace(group_norm_by_channel_stats=True), compiled=False, cuda=False
+    assert (
+        resolved_group_norm(SimpleNamespace(group_norm_by_channel_stats=True), compiled=False, cuda=False)
+        == "channel-stats"
     )
-    # the kind a model gets (bench train's trainer, on any device)
-    assert resolved_group_norm(unset, compiled=True, cuda=True) == "channel-stats"
+    # the kind a model gets otherwise (bench train's trainer, on any device)
     assert resolved_group_norm(unset, compiled=False, cuda=True) == "native"
     views = SimpleNamespace(group_norm_by_channel_stats=None, group_norm_by_views=True)
     assert resolved_group_norm(views, compiled=True, cuda=True) == "views"

@@ -17,12 +17,12 @@ def test_the_code_of_each_graph_compiled_in_the_block_is_written_and_the_hook_re
     torch._dynamo.reset()
     before = GraphLowering.save_output_code
     scaled_silu = torch.compile(lambda x: torch.nn.functional.silu(x) * 3.0)
-    with inductor_code_to(tmp_path / "code") as codes:
+    with inductor_code_to(tmp_path, True) as codes:
         scaled_silu(torch.randn(4, 8))
     assert len(codes) == 1 and GraphLowering.save_output_code is before
-    written = (tmp_path / "code" / "graph_0.py").read_text()
+    written = (tmp_path / "inductor_code" / "graph_0.py").read_text()
     assert written == codes[0] and "def call(" in written  # the graph's kernel sequence
-    # without a folder nothing is hooked or written
-    with inductor_code_to(None) as nothing:
+    # not asked for: nothing is hooked or written
+    with inductor_code_to(tmp_path / "off", False) as nothing:
         assert GraphLowering.save_output_code is before
-    assert nothing == []
+    assert nothing == [] and not (tmp_path / "off").exists()
