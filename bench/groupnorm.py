@@ -36,8 +36,6 @@ or training's options ask for (one at most).
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from torch import nn
 
@@ -67,27 +65,13 @@ class GroupNormByChannelStats(nn.GroupNorm):
     inside torch.var_mean keeps it stable where the mean is large against the spread. Eager it is
     several kernels: meant for torch.compile."""
 
-    # How each channel's mean and variance are reduced: "var-mean" (torch.var_mean, Welford) or
-    # "shifted-sums": the sums of d and d^2 for d = x minus the channel's first value, two plain
-    # sums in one pass (a Welford step divides per element). Shifting by a value of the channel
-    # keeps E[d^2] - E[d]^2 from cancelling where the mean dwarfs the spread. A class setting:
-    # scripts/profile_sampling.py --channel-stats-by-shifted-sums times it.
-    statistics: ClassVar[str] = "var-mean"
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim < 3:  # (N, C): no positions to reduce per channel (and dim=() would mean all dims)
             return super().forward(x)
         n, c = x.shape[:2]
         groups, spatial = self.num_groups, tuple(range(2, x.ndim))
         xf = x.float()
-        if self.statistics == "shifted-sums":
-            shift = xf[(slice(None), slice(None)) + (slice(0, 1),) * len(spatial)]  # (N, C, 1, ...)
-            d = xf - shift
-            mean_d = d.mean(dim=spatial)
-            var_c = (d.square().mean(dim=spatial) - mean_d.square()).clamp_min(0)
-            mean_c = mean_d + shift.view(n, c)
-        else:
-            var_c, mean_c = torch.var_mean(xf, dim=spatial, correction=0)  # (N, C)
+        var_c, mean_c = torch.var_mean(xf, dim=spatial, correction=0)  # (N, C)
         mean_in_group = mean_c.view(n, groups, -1)
         mean_g = mean_in_group.mean(-1, keepdim=True)
         var_g = var_c.view(n, groups, -1).mean(-1, keepdim=True) + (mean_in_group - mean_g).square().mean(

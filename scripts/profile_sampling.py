@@ -25,7 +25,7 @@ run until FILE exists (at most ``--wait-max`` seconds; the setting records wheth
 Usage: python scripts/profile_sampling.py OUT_DIR [--preset seed] [--batch 256] [--steps 10]
        [--images N] [--scheduler cosine] [--guidance 1] [--no-compile] [--cuda-graphs] [--dtype bf16|fp32]
        [--no-channels-last] [--group-norm-by-views] [--[no-]group-norm-by-channel-stats] [--fold-upsample]
-       [--[no-]attention-by-sums] [--channel-stats-by-shifted-sums] [--tune-kernels] [--inductor KEY=VALUE ...]
+       [--[no-]attention-by-sums] [--tune-kernels] [--inductor KEY=VALUE ...]
        [--no-profile] [--ready-file FILE] [--time-after FILE] [--wait-max SECONDS] [--inductor-code]
 
 ``--inductor-code`` also writes ``OUT_DIR/inductor_code/graph_N.py``: the code Inductor generated for
@@ -44,7 +44,6 @@ from pathlib import Path
 import torch
 
 from bench.conditions import load_condition_set, load_labels_spec, multi_hot
-from bench.groupnorm import GroupNormByChannelStats
 from bench.noise import noise_config
 from bench.plugins import get
 from bench.profiling import inductor_code_to, profile_arguments, profile_to, run_setting
@@ -98,11 +97,6 @@ def main() -> None:
         default=None,
         help="bench/groupnorm.py (default: bench run's, on when compiling on CUDA without views)",
     )
-    parser.add_argument(
-        "--channel-stats-by-shifted-sums",
-        action="store_true",
-        help="GroupNormByChannelStats.statistics = 'shifted-sums' (bench/groupnorm.py)",
-    )
     parser.add_argument("--fold-upsample", action="store_true", help="bench/upsample.py")
     parser.add_argument(
         "--attention-by-sums",
@@ -134,8 +128,6 @@ def main() -> None:
         inductor[key] = json.loads(value)
         setattr(torch._inductor.config, key, inductor[key])
 
-    if args.channel_stats_by_shifted_sums:
-        GroupNormByChannelStats.statistics = "shifted-sums"
     if args.sdpa != "auto":
         # Set before compiling: the backend is chosen when the graph is traced.
         for name, enable in SDPA_BACKENDS.items():
@@ -184,7 +176,6 @@ def main() -> None:
         "timed_after_file": waited,
         "timed_at": timed_at,  # wall clock when the unprofiled run began
         "inductor": inductor,
-        "channel_statistics": GroupNormByChannelStats.statistics,
         "sdpa": args.sdpa,
         "images_per_s_unprofiled": unprofiled.images_per_second,
         "images": images,

@@ -107,17 +107,9 @@ def test_unknown_group_norm_kind_is_refused() -> None:
         use_group_norm(_norm(), "fast")
 
 
-@pytest.fixture(params=["var-mean", "shifted-sums"])
-def channel_statistics(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each way GroupNormByChannelStats reduces a channel's mean and variance."""
-    monkeypatch.setattr(GroupNormByChannelStats, "statistics", request.param)
-    return request.param
-
-
-def test_channel_stats_stay_exact_where_the_mean_dwarfs_the_spread(channel_statistics: str) -> None:
-    """The group's variance combines the channels' variances (Welford's, or sums shifted by a value
-    of the channel) and their means' spread exactly, not as E[x^2] - E[x]^2, which loses every
-    digit here in fp32."""
+def test_channel_stats_stay_exact_where_the_mean_dwarfs_the_spread() -> None:
+    """The group's variance combines the channels' (Welford) variances and their means' spread
+    exactly, not as E[x^2] - E[x]^2, which loses every digit here in fp32."""
     norm = _norm()
     x = torch.randn(2, 32, 8, 8) * 0.1 + 100.0  # E[x^2] - E[x]^2 would keep 2 of 7 digits
     expected = nn.functional.group_norm(x.double(), 8, norm.weight.double(), norm.bias.double(), norm.eps)
@@ -168,9 +160,7 @@ def test_channel_stats_are_the_default_only_compiled_on_cuda_with_no_other_kind_
 
 
 @pytest.mark.parametrize("shape", [(3, 32), (3, 32, 5), (2, 32, 3, 4, 5)])
-def test_channel_stats_match_nn_group_norm_in_any_rank(
-    shape: tuple[int, ...], channel_statistics: str
-) -> None:
+def test_channel_stats_match_nn_group_norm_in_any_rank(shape: tuple[int, ...]) -> None:
     """(N, C) inputs (nothing to reduce per channel) and 1-d/3-d positions, as diffusers' attention
     norms its (B, C, tokens) input."""
     norm, x = _norm(), torch.randn(shape) * 2 + 1
