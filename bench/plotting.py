@@ -455,6 +455,73 @@ def line_plot(
     return save_figure(image, out_path)
 
 
+def bar_chart(
+    labels: Sequence[str],
+    values: Sequence[float],
+    out_path: str | Path,
+    title: str,
+    xlabel: str,
+    *,
+    marker: tuple[float, str] | None = None,
+    size: tuple[int, int] = (800, 0),
+) -> Path:
+    """Horizontal bars of ``values`` (one per label, top to bottom, each with its value written
+    beside it) to a PNG, atomically; ``marker`` ``(value, text)`` draws a dashed vertical line
+    there (a target, say). A height of 0 fits the bars (28 px each)."""
+    import math
+
+    from PIL import Image, ImageDraw
+
+    if len(labels) != len(values):
+        raise PlotError(f"{len(labels)} labels for {len(values)} values")
+    bars = [
+        (str(label), float(v)) for label, v in zip(labels, values, strict=True) if math.isfinite(float(v))
+    ]
+    font = load_font(13)
+    width = size[0]
+    label_width = max((font.getbbox(label)[2] for label, _ in bars), default=0)
+    left, right, top, bottom = min(int(label_width) + 16, width // 2), 70, 40, 56
+    height = size[1] or top + bottom + 28 * max(len(bars), 1) + 8
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((width // 2, 12), title, fill="black", font=font, anchor="mt")
+    draw.text(((left + width - right) // 2, height - 12), xlabel, fill="black", font=font, anchor="mb")
+    box = (left, top, width - right, height - bottom)
+    if not bars:
+        draw.rectangle(box, outline="black")
+        draw.text(
+            ((box[0] + box[2]) // 2, (box[1] + box[3]) // 2), "no data", fill="gray", font=font, anchor="mm"
+        )
+        return save_figure(image, out_path)
+    hi = max([v for _, v in bars] + ([marker[0]] if marker else []) + [0.0])
+    ticks = _nice_ticks(0.0, hi or 1.0, 6)
+    hi = max(ticks[-1], hi * 1.04) or 1.0  # room for the longest bar's value
+
+    def to_px(v: float) -> float:
+        return box[0] + max(v, 0.0) / hi * (box[2] - box[0])
+
+    for tick in ticks:
+        px = to_px(tick)
+        draw.line([(px, box[1]), (px, box[3])], fill=(230, 230, 230))
+        draw.line([(px, box[3]), (px, box[3] + 5)], fill="black")
+        draw.text((px, box[3] + 8), _tick_label(tick), fill="black", font=font, anchor="mt")
+    step = (box[3] - box[1]) / len(bars)
+    colours = [_SCATTER_COLORS[i % len(_SCATTER_COLORS)] for i in range(len(bars))]
+    for i, (label, value) in enumerate(bars):
+        y0, y1 = box[1] + i * step + 4, box[1] + (i + 1) * step - 4
+        draw.rectangle([box[0], y0, to_px(value), y1], fill=colours[i])
+        draw.text((box[0] - 8, (y0 + y1) / 2), label, fill="black", font=font, anchor="rm")
+        value_text = _tick_label(round(value, 2))
+        draw.text((to_px(value) + 4, (y0 + y1) / 2), value_text, fill="black", font=font, anchor="lm")
+    if marker:
+        px = to_px(marker[0])
+        for y in range(int(box[1]), int(box[3]), 8):
+            draw.line([(px, y), (px, min(y + 4, box[3]))], fill=(200, 0, 0), width=2)
+        draw.text((px, box[1] - 4), marker[1], fill=(200, 0, 0), font=font, anchor="mb")
+    draw.rectangle(box, outline="black")
+    return save_figure(image, out_path)
+
+
 def heatmap(
     row_labels: Sequence[str],
     columns: Sequence[tuple[str, str]],

@@ -178,8 +178,27 @@ def profile_to(
     atomic_write_text(out / "profile.txt", device_table)
     atomic_write_text(out / "host.txt", host_table)
     atomic_write_json(out / "profile.json", {**setting, **summary})
+    profile_figure({**setting, **summary}, out / "profile.png")
     print_summary(summary)
-    print(f"wrote {out / 'profile.txt'}, {out / 'host.txt'} and {out / 'profile.json'}")
+    print(
+        f"wrote {out / 'profile.txt'}, {out / 'host.txt'}, {out / 'profile.json'} and {out / 'profile.png'}"
+    )
+
+
+def profile_figure(profile: dict[str, Any], out_path: Path, *, target_ms: float | None = None) -> Path:
+    """A bar per op family of a ``profile.json`` (ms per step) and one for the whole step's device
+    time, to a PNG; ``target_ms`` marks the step time a target needs (e.g. 120 images/s)."""
+    from bench.plotting import bar_chart
+
+    families = profile.get("families", {})
+    labels = [*families, "all kernels"]
+    values = [v["ms_per_step"] for v in families.values()] + [profile.get("device_ms_per_step", float("nan"))]
+    what = ", ".join(str(profile[k]) for k in ("device", "preset") if profile.get(k))
+    batch = f", batch {profile['batch']}" if profile.get("batch") else ""
+    marker = (target_ms, f"target: {target_ms:g} ms") if target_ms else None
+    return bar_chart(
+        labels, values, out_path, f"Where a step goes ({what}{batch})", "ms per step", marker=marker
+    )
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -314,3 +314,74 @@ def test_benchmark_counts_from_the_environment_are_whole_numbers_from_their_mini
     monkeypatch.setenv("BENCH_SPEED_BATCH", "256,-1")
     with pytest.raises(ValueError, match="BENCH_SPEED_BATCH must be at least 1, got -1"):
         env_ints("BENCH_SPEED_BATCH", "256")
+
+
+def _spans(path: Path, colour: tuple[int, int, int], below: int = 0) -> tuple[int, int]:
+    """The first and last column holding ``colour`` in the image's rows from ``below`` down."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+        columns = [
+            x for x in range(rgb.width) for y in range(below, rgb.height) if rgb.getpixel((x, y)) == colour
+        ]
+    return (min(columns), max(columns)) if columns else (-1, -1)
+
+
+def test_a_bar_chart_draws_each_bar_to_its_value_and_marks_the_target(tmp_path: Path) -> None:
+    from bench.plotting import _SCATTER_COLORS, PlotError, bar_chart
+
+    out = bar_chart(
+        ["a", "b", "c"], [10.0, 20.0, 40.0], tmp_path / "bars.png", "t", "ms", marker=(30.0, "goal")
+    )
+    (a0, a1), (b0, b1), (c0, c1) = (_spans(out, colour) for colour in _SCATTER_COLORS[:3])
+    assert a0 == b0 == c0 > 0  # every bar starts at the axis
+    a, b, c = a1 - a0, b1 - b0, c1 - c0
+    assert 0 < a < b < c and b == pytest.approx(2 * a, rel=0.02) and c == pytest.approx(4 * a, rel=0.02)
+    # the target's dashed line (below its caption, inside the plot) halfway between b's and c's ends
+    m0, m1 = _spans(out, (200, 0, 0), below=40)
+    assert b1 < m0 <= m1 < c1 and (m0 + m1) / 2 == pytest.approx((b1 + c1) / 2, abs=3)
+    with pytest.raises(PlotError, match="2 labels for 3 values"):
+        bar_chart(["a", "b"], [1.0, 2.0, 3.0], tmp_path / "x.png", "t", "ms")
+
+
+def test_a_profile_is_drawn_and_redrawn_against_a_target(tmp_path: Path) -> None:
+    """profile_sampling.py writes profile.png beside profile.json; scripts/plot_profile.py redraws
+    it with a target line and refuses a timing.json, which holds no profile."""
+    from PIL import Image
+
+    run_script("profile_sampling.py", tmp_path / "p", "--preset", "tiny", "--batch", "2", "--steps", "1")
+    with Image.open(tmp_path / "p" / "profile.png") as image:
+        assert image.format == "PNG" and image.width == 800
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
+    script = [sys.executable, str(ROOT / "scripts" / "plot_profile.py")]
+    out = tmp_path / "target.png"
+    subprocess.run(
+        [*script, str(tmp_path / "p" / "profile.json"), str(out), "--target-ms", "1"], check=True, env=env
+    )
+    with Image.open(out) as image:
+        assert (200, 0, 0) in {
+            image.getpixel((x, y)) for x in range(image.width) for y in range(image.height)
+        }
+    run_script(
+        "profile_sampling.py",
+        tmp_path / "t",
+        "--preset",
+        "tiny",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--no-profile",
+    )
+    refused = subprocess.run(
+        [*script, str(tmp_path / "t" / "timing.json"), str(tmp_path / "no.png")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        refused.returncode == 2
+        and "not a profile.json" in refused.stderr
+        and not (tmp_path / "no.png").exists()
+    )
