@@ -332,7 +332,10 @@ def _first_paths(folder: Path, paths: list[str], most: int = 4) -> str:
     help="Reporter: github, latex, csv, json, html, plain, or a plugin's (`bench list reporters`).",
 )
 @click.option(
-    "--plot", default=None, type=click.Path(dir_okay=False), help="Write the accuracy vs images/s plot here."
+    "--plot",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write the accuracy vs images/s plot here (images/s as bars for files without accuracy).",
 )
 @click.option(
     "--labels-plot",

@@ -467,7 +467,8 @@ def bar_chart(
 ) -> Path:
     """Horizontal bars of ``values`` (one per label, top to bottom, each with its value written
     beside it) to a PNG, atomically; ``marker`` ``(value, text)`` draws a dashed vertical line
-    there (a target, say). A height of 0 fits the bars (28 px each)."""
+    there (a target, say). A height of 0 fits the bars (28 px each); labels too long for the width
+    widen the picture."""
     import math
 
     from PIL import Image, ImageDraw
@@ -478,9 +479,9 @@ def bar_chart(
         (str(label), float(v)) for label, v in zip(labels, values, strict=True) if math.isfinite(float(v))
     ]
     font = load_font(13)
-    width = size[0]
-    label_width = max((font.getbbox(label)[2] for label, _ in bars), default=0)
-    left, right, top, bottom = min(int(label_width) + 16, width // 2), 70, 40, 56
+    label_width = int(max((font.getbbox(label)[2] for label, _ in bars), default=0))
+    width = max(size[0], label_width + 16 + 420)  # long labels widen the picture, not cut the bars
+    left, right, top, bottom = label_width + 16, 70, 40, 56
     height = size[1] or top + bottom + 28 * max(len(bars), 1) + 8
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)

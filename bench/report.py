@@ -74,7 +74,8 @@ class Report:
     figures: dict[str, Path] = field(default_factory=dict)
     grids: list[tuple[str, Path]] = field(default_factory=list)
     sources: list[Path] = field(default_factory=list)
-    plot: Path | None = None  # a Pareto plot already drawn (render_report --plot)
+    plot: Path | None = None  # a plot already drawn (render_report --plot; draw_plot says which)
+    plot_caption: str = ""  # what that plot shows, for a page that embeds it
     labels_plot: Path | None = None  # a per-label heatmap already drawn (--labels-plot)
     selection: Any = None  # bench.selection.Selection when cells were ranked (--select-on)
 
@@ -629,6 +630,52 @@ def label_accuracy(records: list[dict[str, Any]]) -> tuple[list[str], list[str],
     return names, labels, values
 
 
+def speed_bars(records: list[dict[str, Any]]) -> tuple[list[str], list[float]]:
+    """One bar per configuration with images/s (a cell's rows of several condition sets share one
+    speed, so they make one bar), labelled like the Pareto plot's points and legend."""
+    usable = [r for r in records if not r.get("error") and (r.get("speed") or {}).get("images_per_s")]
+    guidances = {str(r.get("guidance")) for r in usable}
+    bars: dict[str, float] = {}
+    for who, r in zip(model_labels(usable), usable, strict=True):
+        label = f"{who} {r['scheduler']}/{r['steps']}".strip()
+        if len(guidances) > 1:
+            label += f" w={r['guidance']}"
+        label += _interval_label(r)
+        speed = float(r["speed"]["images_per_s"])
+        if label in bars and bars[label] != speed:  # one configuration timed apart per condition set
+            label += f" {r.get('condition_set') or ''}".rstrip()
+        bars.setdefault(label, speed)
+    return list(bars), list(bars.values())
+
+
+PARETO_CAPTION = "accuracy (↑) against images/s (↑); Pareto front ringed"
+SPEED_CAPTION = "images/s (↑) of each configuration (no accuracy in these files)"
+
+
+def draw_plot(report: Report, out_path: str | Path) -> tuple[Path, str]:
+    """``bench report --plot``: accuracy against images/s (the Pareto plot) where configurations
+    have both, else images/s as bars (speed files, runs without the judge); returns the file and a
+    caption. A ResultsError, drawing nothing, where there is neither."""
+    from bench.plotting import bar_chart, scatter_plot
+
+    if report.points:
+        path = scatter_plot(
+            report.points,
+            out_path,
+            title="accuracy against speed",
+            xlabel="images/s (higher is better)",
+            ylabel="accuracy (higher is better)",
+        )
+        return path, PARETO_CAPTION
+    labels, values = speed_bars(report.records)
+    if not labels:
+        raise ResultsError(
+            "--plot: no configuration has both accuracy and images/s, nor images/s alone (accuracy comes "
+            "from the iclevr-acc evaluator; images/s from bench run or pytest-benchmark)"
+        )
+    return bar_chart(labels, values, out_path, "speed", "images/s (higher is better)"), SPEED_CAPTION
+
+
 def draw_label_accuracy(report: Report, out_path: str | Path) -> Path:
     """The per-label accuracy of every config as a heatmap: i-CLEVR labels "<colour> <shape>" are
     grouped by shape, so a colour or a shape that the model misses stands out as a red column."""
@@ -816,23 +863,12 @@ def render_report(
         report.selection = select_cell(report.records, select_on)
         report.tables.insert(0, selection_table(report.selection))
     # What each plot needs is checked before either is drawn: a refused one leaves no file behind.
-    if plot is not None and not report.points:
-        raise ResultsError(
-            "--plot: no configuration has both accuracy and images/s (accuracy comes from the iclevr-acc "
-            "evaluator; speed rows from pytest-benchmark have no accuracy)"
-        )
-    if labels_plot is not None:  # before the scatter plot: a heatmap with no data raises, drawing nothing
+    if plot is not None and not report.points and not speed_bars(report.records)[0]:
+        draw_plot(report, plot)  # raises, naming what is missing
+    if labels_plot is not None:  # before the other plot: a heatmap with no data raises, drawing nothing
         report.labels_plot = draw_label_accuracy(report, labels_plot)
     if plot is not None:
-        from bench.plotting import scatter_plot
-
-        report.plot = scatter_plot(
-            report.points,
-            plot,
-            title="accuracy against speed",
-            xlabel="images/s (higher is better)",
-            ylabel="accuracy (higher is better)",
-        )
+        report.plot, report.plot_caption = draw_plot(report, plot)
     try:
         text = reporter.factory()(report)
     except Exception as error:

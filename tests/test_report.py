@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -989,3 +990,29 @@ def test_seconds_per_image_below_one_reads_as_a_plain_decimal() -> None:
         "0.500",
     ]
     assert _fmt(0.0, -3) == "0" and _fmt(1.234, -3) == "1.23"
+
+
+def test_speed_files_plot_as_bars_one_per_configuration(benchmark_file: Path, tmp_path: Path) -> None:
+    """--plot on files without accuracy (pytest-benchmark, a run without the judge) draws images/s as
+    bars instead of refusing; a cell's rows of several condition sets make one bar; an html page
+    embeds the bars with a caption that says what they are."""
+    from bench.plotting import _SCATTER_COLORS
+    from bench.report import SPEED_CAPTION, speed_bars
+
+    labels, values = speed_bars(load_report([benchmark_file]).records)
+    assert sorted(values) == [16.0, 640.0] and len(set(labels)) == 2  # batch 8 in a 0.5 s median; given
+    plot = tmp_path / "speed.png"
+    text = render_report([benchmark_file], "html", plot=plot)
+    assert SPEED_CAPTION in text and "Pareto" not in text
+    with Image.open(plot) as image:
+        colours = {image.getpixel((x, y)) for x in range(image.width) for y in range(image.height)}
+    assert set(_SCATTER_COLORS[:2]) <= colours and _SCATTER_COLORS[2] not in colours  # two bars
+
+    rows = [
+        replace(_minimal_row(name, {"fid-judge": 20.0}), speed={"images_per_s": 5.0})
+        for name in ("test", "new_test")
+    ]
+    run = _one_seed_file(tmp_path / "run", rows)
+    assert speed_bars(load_report([run]).records) == (["ddim/2"], [5.0])
+    page = render_report([run], "html")  # no --plot: the page draws the bars itself
+    assert SPEED_CAPTION in page and page.count("data:image/png;base64,") == 1

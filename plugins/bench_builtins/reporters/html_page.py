@@ -113,18 +113,14 @@ def _label_accuracy(report) -> list[str]:
 
 def _plot(report) -> str:
     """The plot drawn by ``--plot`` if there was one, else drawn now into a temporary file."""
-    if report.plot is not None and Path(report.plot).is_file():
-        return _image(Path(report.plot), "accuracy (↑) against images/s (↑); Pareto front ringed")
-    if not report.points:
-        return "<p>no configuration has both accuracy and images/s to plot.</p>"
-    from bench.plotting import scatter_plot
+    from bench.report import PARETO_CAPTION, draw_plot
+    from bench.results import ResultsError
 
+    if report.plot is not None and Path(report.plot).is_file():
+        return _image(Path(report.plot), report.plot_caption or PARETO_CAPTION)
     with tempfile.TemporaryDirectory() as tmp:
-        path = scatter_plot(
-            report.points,
-            Path(tmp) / "pareto.png",
-            title="accuracy against speed",
-            xlabel="images/s (higher is better)",
-            ylabel="accuracy (higher is better)",
-        )
-        return _image(path, "accuracy (↑) against images/s (↑); Pareto front ringed")
+        try:
+            path, caption = draw_plot(report, Path(tmp) / "plot.png")
+        except ResultsError:
+            return "<p>no configuration has images/s to plot.</p>"
+        return _image(path, caption)
