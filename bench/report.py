@@ -650,6 +650,10 @@ def speed_bars(records: list[dict[str, Any]]) -> tuple[list[str], list[float]]:
 
 PARETO_CAPTION = "accuracy (↑) against images/s (↑); Pareto front ringed"
 SPEED_CAPTION = "images/s (↑) of each configuration (no accuracy in these files)"
+NOTHING_TO_PLOT = (
+    "--plot: no configuration has both accuracy and images/s, nor images/s alone (accuracy comes from "
+    "the iclevr-acc evaluator; images/s from bench run or pytest-benchmark)"
+)
 
 
 def draw_plot(report: Report, out_path: str | Path) -> tuple[Path, str]:
@@ -669,10 +673,7 @@ def draw_plot(report: Report, out_path: str | Path) -> tuple[Path, str]:
         return path, PARETO_CAPTION
     labels, values = speed_bars(report.records)
     if not labels:
-        raise ResultsError(
-            "--plot: no configuration has both accuracy and images/s, nor images/s alone (accuracy comes "
-            "from the iclevr-acc evaluator; images/s from bench run or pytest-benchmark)"
-        )
+        raise ResultsError(NOTHING_TO_PLOT)
     return bar_chart(labels, values, out_path, "speed", "images/s (higher is better)"), SPEED_CAPTION
 
 
@@ -864,7 +865,7 @@ def render_report(
         report.tables.insert(0, selection_table(report.selection))
     # What each plot needs is checked before either is drawn: a refused one leaves no file behind.
     if plot is not None and not report.points and not speed_bars(report.records)[0]:
-        draw_plot(report, plot)  # raises, naming what is missing
+        raise ResultsError(NOTHING_TO_PLOT)
     if labels_plot is not None:  # before the other plot: a heatmap with no data raises, drawing nothing
         report.labels_plot = draw_label_accuracy(report, labels_plot)
     if plot is not None:
