@@ -123,11 +123,6 @@ def use_group_norm(model: nn.Module, kind: str) -> int:
     return count
 
 
-def use_group_norm_by_views(model: nn.Module, enabled: bool = True) -> int:
-    """Switch every ``nn.GroupNorm`` of ``model`` to ``GroupNormByViews`` (or back); returns how many."""
-    return use_group_norm(model, "views" if enabled else "native")
-
-
 # The option fields (of SamplingOptions and TrainConfig; each holds some) that ask for a GroupNorm
 # kind of GROUP_NORMS, one at a time.
 GROUP_NORM_SWITCHES = {

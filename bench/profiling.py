@@ -177,8 +177,9 @@ def profile_to(
     device_table, host_table, summary = summarise(prof, steps, wall, rows=rows)
     atomic_write_text(out / "profile.txt", device_table)
     atomic_write_text(out / "host.txt", host_table)
-    atomic_write_json(out / "profile.json", {**setting, **summary})
-    profile_figure({**setting, **summary}, out / "profile.png")
+    written = {**setting, **summary}
+    atomic_write_json(out / "profile.json", written)
+    profile_figure(written, out / "profile.png")
     print_summary(summary)
     print(
         f"wrote {out / 'profile.txt'}, {out / 'host.txt'}, {out / 'profile.json'} and {out / 'profile.png'}"

@@ -14,12 +14,20 @@ from bench.groupnorm import (
     chosen_group_norm,
     resolved_group_norm,
     use_group_norm,
-    use_group_norm_by_views,
 )
 
 
-def use_group_norm_by_channel_stats(model: nn.Module, enabled: bool = True) -> int:
-    return use_group_norm(model, "channel-stats" if enabled else "native")
+def _switch(kind: str):
+    """A switch of one GroupNorm kind, on or back to nn.GroupNorm (the shape of sampling's switches)."""
+
+    def use(model: nn.Module, enabled: bool = True) -> int:
+        return use_group_norm(model, kind if enabled else "native")
+
+    return use
+
+
+use_group_norm_by_views = _switch("views")
+use_group_norm_by_channel_stats = _switch("channel-stats")
 
 
 # The variants that compute the norm their own way: (class, its switch).
