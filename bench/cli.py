@@ -110,6 +110,11 @@ _ATTENTION_BY_SUMS_HELP = (
     "its sampling speed on an H100. Default on when compiling on CUDA, else off (uncompiled it is slower)."
 )
 
+_PAD_THIN_CONVS_HELP = (
+    "Convolutions with a channel count off a multiple of 8 (the UNet's 3-channel first and last) "
+    "padded with zeros, the same sums in tensor-core kernels (default off)."
+)
+
 
 def _recipe_option(*decls: str, what: str, defaults: str, **kwargs):
     """A `bench train` option whose default comes from the recipe; its help names each recipe's
@@ -203,6 +208,7 @@ def _bool_flag(name: str, help: str):
 @_bool_flag("group-norm-by-channel-stats", _GROUP_NORM_BY_CHANNEL_STATS_HELP)
 @_bool_flag("fold-upsample", _FOLD_UPSAMPLE_HELP)
 @_bool_flag("attention-by-sums", _ATTENTION_BY_SUMS_HELP)
+@_bool_flag("pad-thin-convs", _PAD_THIN_CONVS_HELP)
 @click.option(
     "--allow-schedule-mismatch", is_flag=True, help="Sample with a noise schedule other than the trained one."
 )

@@ -90,6 +90,7 @@ SPEED_SWITCHES = {
     "group_norm_by_channel_stats": "gn-stats",
     "fold_upsample": "folded",
     "attention_by_sums": "attn-sums",
+    "pad_thin_convs": "padded",
 }
 
 

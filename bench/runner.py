@@ -93,6 +93,7 @@ class RunConfig:
     group_norm_by_channel_stats: bool | None = None
     fold_upsample: bool | None = None
     attention_by_sums: bool | None = None
+    pad_thin_convs: bool | None = None
     allow_schedule_mismatch: bool = False
     denoising_figure: bool = True
     save_images: bool = True

@@ -41,6 +41,7 @@ from bench.compile_mode import compile_only_switch_error, compile_options, quiet
 from bench.groupnorm import chosen_group_norm, resolved_group_norm, use_group_norm
 from bench.guidance import check_interval, in_interval
 from bench.noise import check_schedule_compatible, scheduler_factory
+from bench.padded_conv import use_padded_thin_convs
 from bench.registry import Entry
 from bench.results import SPEED_SWITCHES
 from bench.upsample import use_folded_upsample
@@ -140,6 +141,10 @@ class SamplingOptions:
     # torch.compile fuses (bench/attention.py), where torch's attention kernels idle. Default on
     # when compiling on CUDA; uncompiled it is slower.
     attention_by_sums: bool | None = None
+    # Convolutions whose channel counts are off a multiple of 8 (the UNet's 3-channel conv_in and
+    # conv_out) padded with zeros (bench/padded_conv.py): the same sums, in kernels cuDNN runs
+    # on tensor cores.
+    pad_thin_convs: bool | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -194,6 +199,7 @@ class SamplingOptions:
             attention_by_sums=(cuda and compile_)
             if self.attention_by_sums is None
             else self.attention_by_sums,
+            pad_thin_convs=bool(self.pad_thin_convs),
         )
 
     @property
@@ -293,6 +299,7 @@ def _compiled(model: torch.nn.Module, options: dict[str, Any], variant: str = ""
 _MODULE_SWITCHES: dict[str, Callable[[torch.nn.Module, bool], int]] = {
     "fold_upsample": use_folded_upsample,
     "attention_by_sums": use_attention_by_sums,
+    "pad_thin_convs": use_padded_thin_convs,
 }
 
 

@@ -87,6 +87,17 @@ _GPU_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "bf16+cl+compile+graphs, kernels tuned, attention by sums, GroupNorm from channel statistics",
         {**_FAST, "tune_kernels": True, "attention_by_sums": True, "group_norm_by_channel_stats": True},
     ),
+    "graphs-tuned-attn-gn-stats-padded": (
+        "bf16+cl+compile+graphs, kernels tuned, attention by sums, GroupNorm from channel statistics, "
+        "thin convolutions padded",
+        {
+            **_FAST,
+            "tune_kernels": True,
+            "attention_by_sums": True,
+            "group_norm_by_channel_stats": True,
+            "pad_thin_convs": True,
+        },
+    ),
     "graphs-tuned-folded-attn": (
         "bf16+cl+compile+graphs, kernels tuned, upsampling folded, attention by sums",
         {**_FAST, "tune_kernels": True, "fold_upsample": True, "attention_by_sums": True},
