@@ -600,10 +600,15 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     _check_cells(config, plugins, train_noise)  # before the judges load and any cell samples
     # here: importing bench.runner must not import torch
     from bench.attention import switchable_attentions
+    from bench.padded_conv import paddable_convs
     from bench.upsample import foldable_upsamplers
 
     if options.fold_upsample and rank == 0 and not foldable_upsamplers(model):
         log("--fold-upsample: this model has no nearest-2x + 3x3 upsampling to fold; it samples as it is")
+    if config.pad_thin_convs and rank == 0 and not paddable_convs(model):
+        log(
+            "--pad-thin-convs: this model has no convolution off a multiple of 8 channels; it samples as it is"
+        )
     if config.attention_by_sums and rank == 0:  # asked for (by default it goes unsaid where nothing changes)
         if not switchable_attentions(model):
             log("--attention-by-sums: this model has no diffusers attention to rewrite; it samples as it is")
