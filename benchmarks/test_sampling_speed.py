@@ -87,6 +87,10 @@ _GPU_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "bf16+cl+compile+graphs, kernels tuned, attention by sums, GroupNorm from channel statistics",
         {**_FAST, "tune_kernels": True, "attention_by_sums": True, "group_norm_by_channel_stats": True},
     ),
+    "graphs-attn-gn-stats-padded": (
+        "bf16+cl+compile+graphs, attention by sums, GroupNorm from channel statistics, thin convolutions padded",
+        {**_FAST, "attention_by_sums": True, "group_norm_by_channel_stats": True, "pad_thin_convs": True},
+    ),
     "graphs-tuned-attn-gn-stats-padded": (
         "bf16+cl+compile+graphs, kernels tuned, attention by sums, GroupNorm from channel statistics, "
         "thin convolutions padded",
