@@ -61,7 +61,7 @@ def _paddable(module: nn.Module) -> bool:
         and module.groups == 1
         and module.padding_mode == "zeros"
         and isinstance(module.padding, tuple)  # not "same"/"valid" strings
-        and (module.in_channels % CHANNEL_MULTIPLE or module.out_channels % CHANNEL_MULTIPLE) != 0
+        and (module.in_channels % CHANNEL_MULTIPLE != 0 or module.out_channels % CHANNEL_MULTIPLE != 0)
     )
 
 
