@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -469,8 +470,6 @@ def bar_chart(
     beside it) to a PNG, atomically; ``marker`` ``(value, text)`` draws a dashed vertical line
     there (a target, say). A height of 0 fits the bars (28 px each); labels too long for the width
     widen the picture."""
-    import math
-
     from PIL import Image, ImageDraw
 
     if len(labels) != len(values):

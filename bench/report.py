@@ -74,7 +74,7 @@ class Report:
     figures: dict[str, Path] = field(default_factory=dict)
     grids: list[tuple[str, Path]] = field(default_factory=list)
     sources: list[Path] = field(default_factory=list)
-    plot: Path | None = None  # a plot already drawn (render_report --plot; draw_plot says which)
+    plot: Path | None = None  # a plot already drawn (render_report --plot; plot_bars chose which)
     plot_caption: str = ""  # what that plot shows, for a page that embeds it
     labels_plot: Path | None = None  # a per-label heatmap already drawn (--labels-plot)
     selection: Any = None  # bench.selection.Selection when cells were ranked (--select-on)
@@ -656,13 +656,25 @@ NOTHING_TO_PLOT = (
 )
 
 
-def draw_plot(report: Report, out_path: str | Path) -> tuple[Path, str]:
-    """``bench report --plot``: accuracy against images/s (the Pareto plot) where configurations
-    have both, else images/s as bars (speed files, runs without the judge); returns the file and a
-    caption. A ResultsError, drawing nothing, where there is neither."""
+def plot_bars(report: Report) -> tuple[list[str], list[float]] | None:
+    """What ``bench report --plot`` draws: None for accuracy against images/s (the Pareto plot)
+    where configurations have both, else the images/s bars (speed files, runs without the judge);
+    a ResultsError where there is neither."""
+    if report.points:
+        return None
+    labels, values = speed_bars(report.records)
+    if not labels:
+        raise ResultsError(NOTHING_TO_PLOT)
+    return labels, values
+
+
+def draw_plot(
+    report: Report, out_path: str | Path, bars: tuple[list[str], list[float]] | None
+) -> tuple[Path, str]:
+    """The plot :func:`plot_bars` chose (``bars``) to ``out_path``; returns the file and a caption."""
     from bench.plotting import bar_chart, scatter_plot
 
-    if report.points:
+    if bars is None:
         path = scatter_plot(
             report.points,
             out_path,
@@ -671,10 +683,7 @@ def draw_plot(report: Report, out_path: str | Path) -> tuple[Path, str]:
             ylabel="accuracy (higher is better)",
         )
         return path, PARETO_CAPTION
-    labels, values = speed_bars(report.records)
-    if not labels:
-        raise ResultsError(NOTHING_TO_PLOT)
-    return bar_chart(labels, values, out_path, "speed", "images/s (higher is better)"), SPEED_CAPTION
+    return bar_chart(*bars, out_path, "speed", "images/s (higher is better)"), SPEED_CAPTION
 
 
 def draw_label_accuracy(report: Report, out_path: str | Path) -> Path:
@@ -864,12 +873,11 @@ def render_report(
         report.selection = select_cell(report.records, select_on)
         report.tables.insert(0, selection_table(report.selection))
     # What each plot needs is checked before either is drawn: a refused one leaves no file behind.
-    if plot is not None and not report.points and not speed_bars(report.records)[0]:
-        raise ResultsError(NOTHING_TO_PLOT)
+    bars = plot_bars(report) if plot is not None else None
     if labels_plot is not None:  # before the other plot: a heatmap with no data raises, drawing nothing
         report.labels_plot = draw_label_accuracy(report, labels_plot)
     if plot is not None:
-        report.plot, report.plot_caption = draw_plot(report, plot)
+        report.plot, report.plot_caption = draw_plot(report, plot, bars)
     try:
         text = reporter.factory()(report)
     except Exception as error:

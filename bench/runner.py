@@ -603,17 +603,18 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     from bench.padded_conv import paddable_convs
     from bench.upsample import foldable_upsamplers
 
-    if options.fold_upsample and rank == 0 and not foldable_upsamplers(model):
-        log("--fold-upsample: this model has no nearest-2x + 3x3 upsampling to fold; it samples as it is")
-    if config.pad_thin_convs and rank == 0 and not paddable_convs(model):
-        log(
-            "--pad-thin-convs: this model has no convolution off a multiple of 8 channels; it samples as it is"
-        )
-    if config.attention_by_sums and rank == 0:  # asked for (by default it goes unsaid where nothing changes)
-        if not switchable_attentions(model):
-            log("--attention-by-sums: this model has no diffusers attention to rewrite; it samples as it is")
-        elif not options.compile:
-            log("--attention-by-sums without compile writes its products out: slower than torch's kernel")
+    # A model-level switch asked for (by default it goes unsaid) on a model with nothing to switch.
+    nothing_to_switch = {
+        "fold_upsample": (foldable_upsamplers, "no nearest-2x + 3x3 upsampling to fold"),
+        "pad_thin_convs": (paddable_convs, "no convolution off a multiple of 8 channels"),
+        "attention_by_sums": (switchable_attentions, "no diffusers attention to rewrite"),
+    }
+    for switch, (count, lacks) in nothing_to_switch.items():
+        if getattr(config, switch) and rank == 0 and not count(model):
+            flag = "--" + switch.replace("_", "-")
+            log(f"{flag}: this model has {lacks}; it samples as it is")
+    if config.attention_by_sums and not options.compile and rank == 0 and switchable_attentions(model):
+        log("--attention-by-sums without compile writes its products out: slower than torch's kernel")
     if config.group_norm_by_channel_stats and not options.compile and rank == 0:
         log(
             "--group-norm-by-channel-stats without compile runs as several kernels: slower than nn.GroupNorm's one"

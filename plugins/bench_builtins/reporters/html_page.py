@@ -113,14 +113,15 @@ def _label_accuracy(report) -> list[str]:
 
 def _plot(report) -> str:
     """The plot drawn by ``--plot`` if there was one, else drawn now into a temporary file."""
-    from bench.report import PARETO_CAPTION, draw_plot
+    from bench.report import PARETO_CAPTION, draw_plot, plot_bars
     from bench.results import ResultsError
 
     if report.plot is not None and Path(report.plot).is_file():
         return _image(Path(report.plot), report.plot_caption or PARETO_CAPTION)
+    try:
+        bars = plot_bars(report)
+    except ResultsError:
+        return "<p>no configuration has images/s to plot.</p>"
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path, caption = draw_plot(report, Path(tmp) / "plot.png")
-        except ResultsError:
-            return "<p>no configuration has images/s to plot.</p>"
+        path, caption = draw_plot(report, Path(tmp) / "plot.png", bars)
         return _image(path, caption)
