@@ -685,3 +685,39 @@ def test_every_speed_switch_is_in_the_one_table_rows_resume_and_report_read() ->
     layout = {"dtype", "channels_last", "compile", "cuda_graphs", "batch_size"}
     assert {f.name for f in fields(SamplingOptions)} - layout == set(SPEED_SWITCHES)
     assert set(SPEED_SWITCHES) <= {f.name for f in fields(RunConfig)}
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))],
+)
+def test_a_module_switch_between_compiled_calls_traces_the_model_again(
+    cosine: dict, device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two sample() calls on one model, the second with --pad-thin-convs: torch.compile's guards on
+    the swapped module classes must trace it again, not replay the first call's graph. On the CPU
+    with a counting backend (cheap); on CUDA with the real fast path (Inductor, CUDA graphs)."""
+    from torch._dynamo.utils import counters
+
+    import bench.sampling
+
+    if device == "cpu":
+        from torch._dynamo.testing import CompileCounter
+
+        counter = CompileCounter()
+        monkeypatch.setattr(
+            bench.sampling,
+            "_compiled",
+            lambda module, options, variant="": torch.compile(module, backend=counter, dynamic=False),
+        )
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    unet = make_ddpm_unet("tiny").eval()
+    traced = []
+    for pad in (False, True, False):
+        options = SamplingOptions(compile=True, batch_size=2, pad_thin_convs=pad).resolved(device)
+        sample(unet, "cosine", conditions(2), train_config=cosine, steps=2, device=device, options=options)
+        traced.append(counters["stats"]["unique_graphs"])
+    torch._dynamo.reset()
+    assert traced[1] > traced[0]  # the padded classes traced anew
+    assert traced[2] == traced[1]  # back to the plain classes: the first graph, still cached
