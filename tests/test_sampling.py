@@ -694,30 +694,35 @@ def test_every_speed_switch_is_in_the_one_table_rows_resume_and_report_read() ->
 def test_a_module_switch_between_compiled_calls_traces_the_model_again(
     cosine: dict, device: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two sample() calls on one model, the second with --pad-thin-convs: torch.compile's guards on
-    the swapped module classes must trace it again, not replay the first call's graph. On the CPU
-    with a counting backend (cheap); on CUDA with the real fast path (Inductor, CUDA graphs)."""
-    from torch._dynamo.utils import counters
+    """Two sample() calls on one model, the second with --pad-thin-convs, then the first again:
+    each change of module classes must trace the model anew, not replay the graph of the call
+    before (whatever Dynamo's guards notice). On the CPU through a counting backend (cheap); on
+    CUDA with the real fast path (Inductor, CUDA graphs)."""
+    from torch._dynamo.testing import CompileCounter
 
-    import bench.sampling
-
+    counter = CompileCounter()
     if device == "cpu":
-        from torch._dynamo.testing import CompileCounter
-
-        counter = CompileCounter()
+        real_compile = torch.compile
         monkeypatch.setattr(
-            bench.sampling,
-            "_compiled",
-            lambda module, options, variant="": torch.compile(module, backend=counter, dynamic=False),
+            torch,
+            "compile",
+            lambda model, options=None, dynamic=None: real_compile(model, backend=counter, dynamic=dynamic),
         )
+    else:
+        from torch._dynamo.utils import counters
+
+    def traced() -> int:
+        return counter.frame_count if device == "cpu" else counters["stats"]["unique_graphs"]
+
     torch._dynamo.reset()
     torch.manual_seed(0)
     unet = make_ddpm_unet("tiny").eval()
-    traced = []
-    for pad in (False, True, False):
+    seen = []
+    for pad in (False, True, False, False):
         options = SamplingOptions(compile=True, batch_size=2, pad_thin_convs=pad).resolved(device)
+        before = traced()
         sample(unet, "cosine", conditions(2), train_config=cosine, steps=2, device=device, options=options)
-        traced.append(counters["stats"]["unique_graphs"])
+        seen.append(traced() - before)
     torch._dynamo.reset()
-    assert traced[1] > traced[0]  # the padded classes traced anew
-    assert traced[2] == traced[1]  # back to the plain classes: the first graph, still cached
+    assert seen[:3] == [1, 1, 1]  # each variant traced anew
+    assert seen[3] == 0  # the same variant again: the compiled model reused
