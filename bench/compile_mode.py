@@ -14,20 +14,29 @@ def compile_mode(*, autotune: bool, cuda_graphs: bool) -> str:
     return "reduce-overhead" if cuda_graphs else "default"
 
 
-def compile_only_switch_error(compiled: bool, *, autotune: bool, tune_kernels: bool) -> str | None:
-    """Why these switches cannot run without torch.compile (None when they can): both are settings
-    of the compiler, for sampling and training alike."""
+def compile_only_switch_error(
+    compiled: bool, *, autotune: bool, tune_kernels: bool, freeze_weights: bool = False
+) -> str | None:
+    """Why these switches cannot run without torch.compile (None when they can): all are settings
+    of the compiler (freezing for sampling only)."""
     if compiled:
         return None
     if autotune:
         return "autotune is a torch.compile mode: it needs compile"
     if tune_kernels:
         return "tune_kernels tunes torch.compile's kernels: it needs compile"
+    if freeze_weights:
+        return "freeze_weights folds the weights into torch.compile's graph: it needs compile"
     return None
 
 
 def compile_options(
-    *, autotune: bool, cuda_graphs: bool, force_layout_opt: bool, tune_kernels: bool = False
+    *,
+    autotune: bool,
+    cuda_graphs: bool,
+    force_layout_opt: bool,
+    tune_kernels: bool = False,
+    freeze_weights: bool = False,
 ) -> dict[str, Any]:
     """torch.compile's ``options`` for that mode (Inductor settings scoped to this one compile).
 
@@ -39,6 +48,10 @@ def compile_options(
 
     ``tune_kernels``: Inductor's coordinate-descent tuning of each generated kernel's launch
     settings (BENCHMARKS.md, session 13).
+
+    ``freeze_weights``: Inductor's freezing, the weights folded into the graph as constants
+    (inference only): autocast's per-call weight casts go (BENCHMARKS.md, session 31). The graph
+    keeps the weights it was compiled with; the caller recompiles when they change.
     """
     from torch._inductor import list_mode_options  # here: importing bench must not import Inductor
 
@@ -47,6 +60,8 @@ def compile_options(
         options["force_layout_optimization"] = True
     if tune_kernels:
         options["coordinate_descent_tuning"] = True
+    if freeze_weights:
+        options["freezing"] = True
     return options
 
 

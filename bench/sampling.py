@@ -145,6 +145,10 @@ class SamplingOptions:
     # conv_out) padded with zeros (bench/padded_conv.py): the same sums. Off by default: no faster
     # on an H100 (session 31), where cuDNN already runs them on 8-channel-aligned kernels.
     pad_thin_convs: bool | None = None
+    # The weights folded into the compiled graph as constants (Inductor's freezing): autocast's
+    # per-call weight casts go; 1.012x and 1.017x tuned on an H100 (session 31). Off by default
+    # until timed untuned and in `bench run`; a weight change recompiles (see _compiled).
+    freeze_weights: bool | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -174,7 +178,10 @@ class SamplingOptions:
             raise SamplingOptionsError("cuda_graphs needs compile (the graphs capture the compiled forward)")
         channels_last = True if self.channels_last is None else self.channels_last
         error = compile_only_switch_error(
-            compile_, autotune=bool(self.autotune), tune_kernels=bool(self.tune_kernels)
+            compile_,
+            autotune=bool(self.autotune),
+            tune_kernels=bool(self.tune_kernels),
+            freeze_weights=bool(self.freeze_weights),
         )
         if error:
             raise SamplingOptionsError(error)
@@ -200,6 +207,7 @@ class SamplingOptions:
             if self.attention_by_sums is None
             else self.attention_by_sums,
             pad_thin_convs=bool(self.pad_thin_convs),
+            freeze_weights=bool(self.freeze_weights),
         )
 
     @property
@@ -210,6 +218,7 @@ class SamplingOptions:
             cuda_graphs=bool(self.cuda_graphs),
             force_layout_opt=False,
             tune_kernels=bool(self.tune_kernels),
+            freeze_weights=bool(self.freeze_weights),
         )
 
     @classmethod
@@ -283,6 +292,12 @@ def resolve_steps(scheduler: str | Callable | Entry, steps: int | None = None) -
     return check_steps(steps)
 
 
+def _weights_stamp(model: torch.nn.Module) -> tuple[tuple[int, int], ...]:
+    """Where each parameter and buffer lives and how often it was changed in place: a loaded
+    state_dict, an optimizer step or a ``.data`` swap each change it."""
+    return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
 def _compiled(model: torch.nn.Module, options: dict[str, Any], variant: str = "") -> Callable:
     """torch.compile(model) for (Inductor options, module variant), reused while those stay the
     same; fixed shapes (the last chunk is padded).
@@ -290,10 +305,14 @@ def _compiled(model: torch.nn.Module, options: dict[str, Any], variant: str = ""
     A new variant (module classes swapped by a speed switch) first resets Dynamo: its compiled code
     is cached on the forward's code object, not on our wrapper, and whether its guards notice a
     class swap depends on the torch version (an H100 suite on torch 2.11 warmed a padded mode up
-    with no compile and timed it as the unpadded one before it: BENCHMARKS.md, session 31). A bench process samples one variant,
-    so this costs nothing there; a script flipping switches on one model pays a compile per flip.
+    with no compile and timed it as the unpadded mode before it: BENCHMARKS.md, session 31). A
+    bench process samples one variant, so this costs nothing there; a script flipping switches on
+    one model pays a compile per flip. With the weights frozen into the graph (``freezing``), a
+    change of any parameter or buffer makes a new variant too: the graph holds the old values as
+    constants, and no guard looks at values.
     """
-    key = (tuple(sorted(options.items())), variant)
+    frozen = _weights_stamp(model) if options.get("freezing") else None
+    key = (tuple(sorted(options.items())), variant, frozen)
     held = model.__dict__.get("_bench_compiled")  # a plain attribute: not a submodule
     if held is None or held[0] != key:
         if held is not None:

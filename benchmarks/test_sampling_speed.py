@@ -102,6 +102,21 @@ _GPU_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
             "pad_thin_convs": True,
         },
     ),
+    "graphs-attn-gn-stats-frozen": (
+        "bf16+cl+compile+graphs, attention by sums, GroupNorm from channel statistics, weights frozen",
+        {**_FAST, "attention_by_sums": True, "group_norm_by_channel_stats": True, "freeze_weights": True},
+    ),
+    "graphs-tuned-attn-gn-stats-frozen": (
+        "bf16+cl+compile+graphs, kernels tuned, attention by sums, GroupNorm from channel statistics, "
+        "weights frozen",
+        {
+            **_FAST,
+            "tune_kernels": True,
+            "attention_by_sums": True,
+            "group_norm_by_channel_stats": True,
+            "freeze_weights": True,
+        },
+    ),
     "graphs-tuned-folded-attn": (
         "bf16+cl+compile+graphs, kernels tuned, upsampling folded, attention by sums",
         {**_FAST, "tune_kernels": True, "fold_upsample": True, "attention_by_sums": True},

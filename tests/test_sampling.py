@@ -447,6 +447,9 @@ def test_speed_switches_resolve_on_cpu() -> None:
     assert cpu.tune_kernels is False
     with pytest.raises(ValueError, match="needs compile"):
         SamplingOptions(tune_kernels=True).resolved("cpu")
+    assert cpu.freeze_weights is False and SamplingOptions().resolved("cuda").freeze_weights is False
+    with pytest.raises(SamplingOptionsError, match="freeze_weights .* needs compile"):
+        SamplingOptions(freeze_weights=True, compile=False).resolved("cuda")
     plain = SamplingOptions.plain()
     assert plain.cudnn_benchmark is False and plain.autotune is False and plain.tune_kernels is False
 
@@ -471,17 +474,24 @@ def test_cuda_graphs_need_compile() -> None:
     ],
 )
 @pytest.mark.parametrize("tune_kernels", [False, True])
+@pytest.mark.parametrize("freeze_weights", [False, True])
 def test_compile_options_are_the_modes_plus_kernel_tuning(
-    autotune: bool, cuda_graphs: bool, mode: str, tune_kernels: bool
+    autotune: bool, cuda_graphs: bool, mode: str, tune_kernels: bool, freeze_weights: bool
 ) -> None:
     from torch._inductor import list_mode_options
 
     options = SamplingOptions(
-        compile=True, cuda_graphs=cuda_graphs, autotune=autotune, tune_kernels=tune_kernels
+        compile=True,
+        cuda_graphs=cuda_graphs,
+        autotune=autotune,
+        tune_kernels=tune_kernels,
+        freeze_weights=freeze_weights,
     )
     expected = dict(list_mode_options(mode))
     if tune_kernels:
         expected["coordinate_descent_tuning"] = True
+    if freeze_weights:
+        expected["freezing"] = True
     assert options.compile_options == expected
     # torch.compile checks option names when it is called: these must all be Inductor settings.
     torch.compile(torch.nn.Linear(2, 2), options=options.compile_options)
@@ -726,3 +736,53 @@ def test_a_module_switch_between_compiled_calls_traces_the_model_again(
     torch._dynamo.reset()
     assert seen[:3] == [1, 1, 1]  # each variant traced anew
     assert seen[3] == 0  # the same variant again: the compiled model reused
+
+
+def test_frozen_weights_follow_a_weight_change(cosine: dict) -> None:
+    """--freeze-weights compiles the weights into the graph as constants (Inductor, on the CPU
+    here). Sampled again after the weights changed in place (a loaded state_dict), the images must
+    be the new weights', not the ones frozen at the first compile. (On torch 2.14's CPU Inductor
+    the frozen graph follows the change by itself; the test below checks sample()'s own guard.)"""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    unet = make_ddpm_unet("tiny").eval()
+    other = make_ddpm_unet("tiny").state_dict()  # another random draw
+    conds = conditions(2)
+
+    def images(compiled: bool) -> torch.Tensor:
+        options = SamplingOptions(
+            dtype="fp32", channels_last=False, compile=compiled, freeze_weights=compiled, batch_size=2
+        )
+        return sample(unet, "ddim", conds, train_config=cosine, steps=2, options=options).images
+
+    frozen_before, eager_before = images(True), images(False)
+    unet.load_state_dict(other)
+    frozen_after, eager_after = images(True), images(False)
+    torch._dynamo.reset()
+    # Mean differences: compiled fp32 rounds differently, and DDIM's first step from t=999 scales
+    # the model's error up (a few pixels differ by ~1e-2 even unfrozen).
+    assert (eager_after - eager_before).abs().mean() > 0.1  # the change shows in the images
+    assert (frozen_before - eager_before).abs().mean() < 1e-4
+    assert (frozen_after - eager_after).abs().mean() < 1e-4  # not the weights frozen first
+
+
+@pytest.mark.parametrize("freezing", [False, True])
+def test_frozen_weights_are_compiled_again_after_a_weight_change(
+    freezing: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With freezing, a weight change in place (load_state_dict) or a swapped tensor (.data) makes
+    sample() compile the model afresh, whatever Inductor's freezing does on this torch (the graph
+    may hold the old values as constants); without it the compiled model is kept."""
+    import bench.sampling
+
+    monkeypatch.setattr(torch, "compile", lambda model, options=None, dynamic=None: object())
+    unet = make_ddpm_unet("tiny").eval()
+    options = {"freezing": True} if freezing else {}
+    first = bench.sampling._compiled(unet, options, "v")
+    assert bench.sampling._compiled(unet, options, "v") is first  # nothing changed
+    unet.load_state_dict(make_ddpm_unet("tiny").state_dict())
+    second = bench.sampling._compiled(unet, options, "v")
+    assert (second is not first) == freezing
+    weight = next(unet.parameters())
+    weight.data = weight.data.clone()
+    assert (bench.sampling._compiled(unet, options, "v") is not second) == freezing
