@@ -10,8 +10,9 @@ terms added), so the result is the plain convolution's up to the order of the su
 
 Measured (BENCHMARKS.md, session 31, H100): no faster. cuDNN already runs the unpadded ones on
 tensor-core kernels aligned to 8 channels (one the same kernel either way, 640 us; the other an
-``align8`` CUTLASS kernel, 601 us unpadded against 629 padded), and the padding adds about 0.2 ms
-of copies a step. Kept, off by default, as a measured alternative for other cards and cuDNN versions.
+``align8`` CUTLASS kernel, 601 us unpadded against 629 padded); the pads fuse into Inductor's
+kernels around them. Kept, off by default, as a measured alternative for other cards and cuDNN
+versions.
 
 The padded kernels are built from the trained weights inside every forward (tiny tensors; always
 in step with the weights). ``use_padded_thin_convs(model, enabled)`` switches a model's eligible

@@ -295,7 +295,13 @@ def resolve_steps(scheduler: str | Callable | Entry, steps: int | None = None) -
 def _weights_stamp(model: torch.nn.Module) -> tuple[tuple[int, int], ...]:
     """Where each parameter and buffer lives and how often it was changed in place: a loaded
     state_dict, an optimizer step or a ``.data`` swap each change it."""
-    return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+    tensors = (*model.parameters(), *model.buffers())
+    if any(t.is_inference() for t in tensors):
+        raise SamplingOptionsError(
+            "freeze_weights needs weights made outside torch.inference_mode(): the in-place changes "
+            "of inference tensors are not counted, so a frozen graph could keep stale weights"
+        )
+    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
 def _compiled(model: torch.nn.Module, options: dict[str, Any], variant: str = "") -> Callable:

@@ -786,3 +786,13 @@ def test_frozen_weights_are_compiled_again_after_a_weight_change(
     weight = next(unet.parameters())
     weight.data = weight.data.clone()
     assert (bench.sampling._compiled(unet, options, "v") is not second) == freezing
+
+
+def test_frozen_weights_refuse_inference_tensors(cosine: dict) -> None:
+    """Weights made inside torch.inference_mode() count no in-place changes: freezing them could
+    sample stale values later, so it is refused with the reason."""
+    with torch.inference_mode():
+        unet = make_ddpm_unet("tiny").eval()
+    options = SamplingOptions(dtype="fp32", compile=True, freeze_weights=True, batch_size=2)
+    with pytest.raises(SamplingOptionsError, match="outside torch.inference_mode"):
+        sample(unet, "ddim", conditions(2), train_config=cosine, steps=1, options=options)
