@@ -50,8 +50,8 @@ def compile_options(
     settings (BENCHMARKS.md, session 13).
 
     ``freeze_weights``: Inductor's freezing, the weights folded into the graph as constants
-    (inference only): autocast's per-call weight casts go (BENCHMARKS.md, session 31). The graph
-    keeps the weights it was compiled with; the caller recompiles when they change.
+    (inference only), so autocast need not cast them on every call (BENCHMARKS.md, session 31).
+    The graph may keep the weights it was compiled with; the caller recompiles when they change.
     """
     from torch._inductor import list_mode_options  # here: importing bench must not import Inductor
 

@@ -145,8 +145,8 @@ class SamplingOptions:
     # conv_out) padded with zeros (bench/padded_conv.py): the same sums. Off by default: no faster
     # on an H100 (session 31), where cuDNN already runs them on 8-channel-aligned kernels.
     pad_thin_convs: bool | None = None
-    # The weights folded into the compiled graph as constants (Inductor's freezing): autocast's
-    # per-call weight casts go; 1.012x and 1.017x tuned on an H100 (session 31). Off by default
+    # The weights folded into the compiled graph as constants (Inductor's freezing), so autocast
+    # need not cast them every call; 1.012x and 1.017x tuned on an H100 (session 31). Off by default
     # until timed untuned and in `bench run`; a weight change recompiles (see _compiled).
     freeze_weights: bool | None = None
 
