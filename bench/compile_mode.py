@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Any
 
@@ -63,6 +64,22 @@ def compile_options(
     if freeze_weights:
         options["freezing"] = True
     return options
+
+
+def weights_frozen_while(enabled: bool) -> contextlib.AbstractContextManager:
+    """Inductor's freezing switched on around a compiled model's calls (a no-op context when off).
+
+    torch.compile's ``options={"freezing": True}`` is not enough: Dynamo decides whether the
+    parameters stay attributes of the graph (which freezing folds) or become its inputs while it
+    traces, from the global setting, before those options apply. With the options alone the
+    generated code still took every weight as an input and cast it each call (torch 2.14, CPU).
+    The trace and compile happen inside the first calls (and any recompile inside a later one), so
+    the setting is held around every call."""
+    if not enabled:
+        return contextlib.nullcontext()
+    from torch._inductor import config  # here: importing bench must not import Inductor
+
+    return config.patch(freezing=True)
 
 
 def compile_wait_note(*, training: bool, autotune: bool, tune_kernels: bool) -> str:

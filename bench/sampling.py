@@ -37,7 +37,12 @@ from typing import Any
 import torch
 
 from bench.attention import use_attention_by_sums
-from bench.compile_mode import compile_only_switch_error, compile_options, quiet_known_compile_warnings
+from bench.compile_mode import (
+    compile_only_switch_error,
+    compile_options,
+    quiet_known_compile_warnings,
+    weights_frozen_while,
+)
 from bench.groupnorm import chosen_group_norm, resolved_group_norm, use_group_norm
 from bench.guidance import check_interval, in_interval
 from bench.noise import check_schedule_compatible, scheduler_factory
@@ -346,6 +351,7 @@ class _ModelCall:
         self.bf16 = options.dtype == "bf16"
         self.channels_last = options.channels_last
         self.cuda_graphs = bool(options.cuda_graphs)
+        self.frozen = bool(options.compile and options.freeze_weights)
         # Each set on or back: the model is shared between calls.
         group_norm = chosen_group_norm(options)
         use_group_norm(model, group_norm)
@@ -371,7 +377,10 @@ class _ModelCall:
         t = t.expand(x.shape[0])
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with (
+            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16),
+            weights_frozen_while(self.frozen),
+        ):
             out = self.forward(x, t, cond)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             # A plugin model's (B, 1, H, W) was broadcast by the scheduler and scored as images.
