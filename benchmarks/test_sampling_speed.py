@@ -87,41 +87,20 @@ _GPU_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "bf16+cl+compile+graphs, kernels tuned, attention by sums, GroupNorm from channel statistics",
         {**_FAST, "tune_kernels": True, "attention_by_sums": True, "group_norm_by_channel_stats": True},
     ),
-    "graphs-attn-gn-stats-padded": (
-        "bf16+cl+compile+graphs, attention by sums, GroupNorm from channel statistics, thin convolutions padded",
-        {**_FAST, "attention_by_sums": True, "group_norm_by_channel_stats": True, "pad_thin_convs": True},
-    ),
-    "graphs-tuned-attn-gn-stats-padded": (
-        "bf16+cl+compile+graphs, kernels tuned, attention by sums, GroupNorm from channel statistics, "
-        "thin convolutions padded",
-        {
-            **_FAST,
-            "tune_kernels": True,
-            "attention_by_sums": True,
-            "group_norm_by_channel_stats": True,
-            "pad_thin_convs": True,
-        },
-    ),
-    "graphs-attn-gn-stats-frozen": (
-        "bf16+cl+compile+graphs, attention by sums, GroupNorm from channel statistics, weights frozen",
-        {**_FAST, "attention_by_sums": True, "group_norm_by_channel_stats": True, "freeze_weights": True},
-    ),
-    "graphs-tuned-attn-gn-stats-frozen": (
-        "bf16+cl+compile+graphs, kernels tuned, attention by sums, GroupNorm from channel statistics, "
-        "weights frozen",
-        {
-            **_FAST,
-            "tune_kernels": True,
-            "attention_by_sums": True,
-            "group_norm_by_channel_stats": True,
-            "freeze_weights": True,
-        },
-    ),
     "graphs-tuned-folded-attn": (
         "bf16+cl+compile+graphs, kernels tuned, upsampling folded, attention by sums",
         {**_FAST, "tune_kernels": True, "fold_upsample": True, "attention_by_sums": True},
     ),
 }
+# Today's default, untuned and tuned, with one more switch: mode suffix -> (label words, field).
+_ON_TODAYS_DEFAULT = {
+    "padded": ("thin convolutions padded", "pad_thin_convs"),
+    "frozen": ("weights frozen", "freeze_weights"),
+}
+for _base in ("graphs-attn-gn-stats", "graphs-tuned-attn-gn-stats"):
+    _label, _settings = _GPU_OPTIONS[_base]
+    for _suffix, (_words, _field) in _ON_TODAYS_DEFAULT.items():
+        _GPU_OPTIONS[f"{_base}-{_suffix}"] = (f"{_label}, {_words}", {**_settings, _field: True})
 # Every mode, in that order after the one-image reference loop; BENCH_SPEED_MODES picks some.
 GPU_MODES = ("reference", *_GPU_OPTIONS)
 _MODES = env_modes("BENCH_SPEED_MODES", GPU_MODES)
