@@ -108,8 +108,8 @@ class SamplingOptions:
     """How fast the loop runs; ``None`` picks the default for the device.
 
     Defaults: on CUDA bf16 autocast, channels_last, torch.compile with CUDA graphs
-    (``mode="reduce-overhead"``), few-token attention by sums, GroupNorm from per-channel
-    statistics, chunks of 512 images (256 when guided); on CPU channels_last (measured faster on
+    (``mode="reduce-overhead"``) and the weights frozen into the graph, few-token attention by
+    sums, GroupNorm from per-channel statistics, chunks of 512 images (256 when guided); on CPU channels_last (measured faster on
     CPU, numerically the same), no compile, chunks of 32 (16 when guided), and bf16 autocast where
     the CPU multiplies bf16 in hardware (AMX, :func:`cpu_has_bf16_matmul`), else plain fp32.
     Each part can be switched on or off by itself.
@@ -151,8 +151,9 @@ class SamplingOptions:
     # on an H100 (session 31), where cuDNN already runs them on 8-channel-aligned kernels.
     pad_thin_convs: bool | None = None
     # The weights folded into the compiled graph as constants (Inductor's freezing), so autocast
-    # need not cast them every call; 1.012x and 1.017x tuned on an H100 (session 31). Off by default
-    # until timed untuned and in `bench run`; a weight change recompiles (see _compiled).
+    # need not cast them every call. Default on when compiling on CUDA: 1.013x untuned and 1.017-
+    # 1.024x tuned on an H100 at batch 512, 1.11x in a 64-image `bench run` (sessions 31-32). A
+    # weight change recompiles (see _compiled); weights made in inference mode keep it off (sample()).
     freeze_weights: bool | None = None
 
     def __post_init__(self) -> None:
@@ -212,7 +213,7 @@ class SamplingOptions:
             if self.attention_by_sums is None
             else self.attention_by_sums,
             pad_thin_convs=bool(self.pad_thin_convs),
-            freeze_weights=bool(self.freeze_weights),
+            freeze_weights=(cuda and compile_) if self.freeze_weights is None else self.freeze_weights,
         )
 
     @property
@@ -297,11 +298,23 @@ def resolve_steps(scheduler: str | Callable | Entry, steps: int | None = None) -
     return check_steps(steps)
 
 
+def _has_inference_weights(model: torch.nn.Module) -> bool:
+    return any(t.is_inference() for t in (*model.parameters(), *model.buffers()))
+
+
+def _unfrozen_by_default_if_unseen(options: SamplingOptions, model: torch.nn.Module) -> SamplingOptions:
+    """``options`` with default freezing turned off for weights made in inference mode, whose
+    changes _weights_stamp cannot see; freezing asked for explicitly stays (and is refused there)."""
+    if options.freeze_weights is None and _has_inference_weights(model):
+        return replace(options, freeze_weights=False)
+    return options
+
+
 def _weights_stamp(model: torch.nn.Module) -> tuple[tuple[int, int], ...]:
     """Where each parameter and buffer lives and how often it was changed in place: a loaded
     state_dict, an optimizer step or a ``.data`` swap each change it."""
     tensors = (*model.parameters(), *model.buffers())
-    if any(t.is_inference() for t in tensors):
+    if _has_inference_weights(model):
         raise SamplingOptionsError(
             "freeze_weights needs weights made outside torch.inference_mode(): the in-place changes "
             "of inference tensors are not counted, so a frozen graph could keep stale weights"
@@ -532,7 +545,8 @@ def sample(
     check_schedule_compatible(train_config, scheduler, allow_schedule_mismatch)
     steps = resolve_steps(factory, steps)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    opts = (options or SamplingOptions()).resolved(device, guided=guidance != 1.0)
+    opts = _unfrozen_by_default_if_unseen(options or SamplingOptions(), model)
+    opts = opts.resolved(device, guided=guidance != 1.0)
     shape = image_shape or model_image_shape(model)
     conditions = torch.as_tensor(conditions, dtype=torch.float32)
     if conditions.ndim != 2:
