@@ -6,7 +6,8 @@
 # Each SETTING is NAME=ARGS: profile_sampling.py's arguments for that run (--batch, --images,
 # --tune-kernels, --inductor KEY=VALUE, ...), added to the common ones (--preset, --steps,
 # --cuda-graphs, --no-profile). Writes OUT_DIR/NAME/timing.json and OUT_DIR/NAME.log; prints each
-# run's line.
+# run's line, flagged NOT COMPARABLE where it was timed before every compile had ended (WAIT_MAX
+# ran out).
 # Usage: [PRESET=seed] scripts/sampling_sweep.sh OUT_DIR STEPS WAIT_MAX NAME="ARGS" [NAME="ARGS" ...]
 set -uo pipefail
 OUT=${1:?usage: scripts/sampling_sweep.sh OUT_DIR STEPS WAIT_MAX NAME=ARGS...}
@@ -45,7 +46,16 @@ for name in "${names[@]}"; do
 done
 touch "$OUT/all.ready"
 wait
+# A compile still running when the wait ended shares the GPU (kernel tuning times kernels on it)
+# and the CPU with the timings that start before it ends: flag those timings (session 32's first
+# sweep read 51.9 images/s for a setting that ran at 108.4 alone).
+last_ready=$(stat -c %Y "$OUT"/*.ready | sort -n | tail -n 1)
+started=$(stat -c %Y "$OUT/all.ready")
 for name in "${names[@]}"; do
   printf '%s: ' "$name"
   grep -h "images/s unprofiled" "$OUT/$name.log" || echo "no timing (see $OUT/$name.log)"
+  if [ "$started" -lt "$last_ready" ]; then
+    echo "  ^ NOT COMPARABLE: timed while another setting was still compiling (raise WAIT_MAX)"
+  fi
+  started=$(stat -c %Y "$OUT/$name.done")
 done
