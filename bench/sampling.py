@@ -109,9 +109,10 @@ class SamplingOptions:
 
     Defaults: on CUDA bf16 autocast, channels_last, torch.compile with CUDA graphs
     (``mode="reduce-overhead"``) and the weights frozen into the graph, few-token attention by
-    sums, GroupNorm from per-channel statistics, chunks of 512 images (256 when guided); on CPU channels_last (measured faster on
-    CPU, numerically the same), no compile, chunks of 32 (16 when guided), and bf16 autocast where
-    the CPU multiplies bf16 in hardware (AMX, :func:`cpu_has_bf16_matmul`), else plain fp32.
+    sums, GroupNorm from per-channel statistics, chunks of 512 images (256 when guided); on CPU
+    channels_last (measured faster on CPU, numerically the same), no compile, chunks of 32 (16
+    when guided), and bf16 autocast where the CPU multiplies bf16 in hardware (AMX,
+    :func:`cpu_has_bf16_matmul`), else plain fp32.
     Each part can be switched on or off by itself.
     """
 

@@ -830,3 +830,28 @@ def test_default_freezing_stays_off_for_inference_weights() -> None:
     assert _unfrozen_by_default_if_unseen(default, plain_made).resolved("cuda").freeze_weights is True
     asked = SamplingOptions(freeze_weights=True)
     assert _unfrozen_by_default_if_unseen(asked, frozen_made).freeze_weights is True
+
+
+def test_frozen_weights_compile_once_across_sample_calls(
+    cosine: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frozen (the GPU default) and channels_last, a second sample() on the same weights reuses the
+    compiled model: the layout conversion each call makes must not count as a weight change (a
+    `bench run` of several cells would compile once per cell)."""
+    compiles = []
+
+    def counting_compile(model, options=None, dynamic=None):
+        compiles.append(options)
+        return model  # eager stands in for the compiled model
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    unet = make_ddpm_unet("tiny").eval()
+    options = SamplingOptions(
+        dtype="fp32", channels_last=True, compile=True, freeze_weights=True, batch_size=2
+    )
+    for _ in range(2):
+        sample(unet, "ddim", conditions(2), train_config=cosine, steps=1, options=options)
+    assert len(compiles) == 1 and compiles[0]["freezing"] is True
+    unet.load_state_dict(make_ddpm_unet("tiny").state_dict())  # a real change still recompiles
+    sample(unet, "ddim", conditions(2), train_config=cosine, steps=1, options=options)
+    assert len(compiles) == 2
