@@ -108,11 +108,10 @@ class SamplingOptions:
     """How fast the loop runs; ``None`` picks the default for the device.
 
     Defaults: on CUDA bf16 autocast, channels_last, torch.compile with CUDA graphs
-    (``mode="reduce-overhead"``) and the weights frozen into the graph, few-token attention by
-    sums, GroupNorm from per-channel statistics, chunks of 512 images (256 when guided); on CPU
-    channels_last (measured faster on CPU, numerically the same), no compile, chunks of 32 (16
-    when guided), and bf16 autocast where the CPU multiplies bf16 in hardware (AMX,
-    :func:`cpu_has_bf16_matmul`), else plain fp32.
+    (``mode="reduce-overhead"``), few-token attention by sums, GroupNorm from per-channel
+    statistics, chunks of 512 images (256 when guided); on CPU channels_last (measured faster on
+    CPU, numerically the same), no compile, chunks of 32 (16 when guided), and bf16 autocast where
+    the CPU multiplies bf16 in hardware (AMX, :func:`cpu_has_bf16_matmul`), else plain fp32.
     Each part can be switched on or off by itself.
     """
 
@@ -152,9 +151,12 @@ class SamplingOptions:
     # on an H100 (session 31), where cuDNN already runs them on 8-channel-aligned kernels.
     pad_thin_convs: bool | None = None
     # The weights folded into the compiled graph as constants (Inductor's freezing), so autocast
-    # need not cast them every call. Default on when compiling on CUDA: 1.013x untuned and 1.017-
-    # 1.024x tuned on an H100 at batch 512, 1.11x in a 64-image `bench run` (sessions 31-32). A
-    # weight change recompiles (see _compiled); weights made in inference mode keep it off (sample()).
+    # need not cast them every call: about 0.8 ms a model call, 1.013x untuned and 1.012-1.024x
+    # tuned at 512 images, 1.11x at 64 on an H100 (sessions 31-32). Off by default: its graphs
+    # miss most of Inductor's caches (AOTAutograd's is bypassed with freezing), so every compile
+    # takes longer (H100, caches warm: 87.5 s against 52.7 tuned; 2-core CPU, `small`: 17.4 s
+    # against 3.9), repaid only after some 40,000 model calls. A weight change recompiles (see
+    # _compiled).
     freeze_weights: bool | None = None
 
     def __post_init__(self) -> None:
@@ -214,7 +216,7 @@ class SamplingOptions:
             if self.attention_by_sums is None
             else self.attention_by_sums,
             pad_thin_convs=bool(self.pad_thin_convs),
-            freeze_weights=(cuda and compile_) if self.freeze_weights is None else self.freeze_weights,
+            freeze_weights=bool(self.freeze_weights),
         )
 
     @property
@@ -299,23 +301,11 @@ def resolve_steps(scheduler: str | Callable | Entry, steps: int | None = None) -
     return check_steps(steps)
 
 
-def _has_inference_weights(model: torch.nn.Module) -> bool:
-    return any(t.is_inference() for t in (*model.parameters(), *model.buffers()))
-
-
-def _unfrozen_by_default_if_unseen(options: SamplingOptions, model: torch.nn.Module) -> SamplingOptions:
-    """``options`` with default freezing turned off for weights made in inference mode, whose
-    changes _weights_stamp cannot see; freezing asked for explicitly stays (and is refused there)."""
-    if options.freeze_weights is None and _has_inference_weights(model):
-        return replace(options, freeze_weights=False)
-    return options
-
-
 def _weights_stamp(model: torch.nn.Module) -> tuple[tuple[int, int], ...]:
     """Where each parameter and buffer lives and how often it was changed in place: a loaded
     state_dict, an optimizer step or a ``.data`` swap each change it."""
     tensors = (*model.parameters(), *model.buffers())
-    if _has_inference_weights(model):
+    if any(t.is_inference() for t in tensors):
         raise SamplingOptionsError(
             "freeze_weights needs weights made outside torch.inference_mode(): the in-place changes "
             "of inference tensors are not counted, so a frozen graph could keep stale weights"
@@ -546,8 +536,7 @@ def sample(
     check_schedule_compatible(train_config, scheduler, allow_schedule_mismatch)
     steps = resolve_steps(factory, steps)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    opts = _unfrozen_by_default_if_unseen(options or SamplingOptions(), model)
-    opts = opts.resolved(device, guided=guidance != 1.0)
+    opts = (options or SamplingOptions()).resolved(device, guided=guidance != 1.0)
     shape = image_shape or model_image_shape(model)
     conditions = torch.as_tensor(conditions, dtype=torch.float32)
     if conditions.ndim != 2:

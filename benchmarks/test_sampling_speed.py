@@ -46,9 +46,8 @@ REF_IMAGES = env_int("BENCH_SPEED_REF_IMAGES", 2)
 # mode -> (label, the SamplingOptions of that mode but its batch size). Only "bf16-cudnn" times
 # cuDNN's algorithms (cudnn.benchmark); the others keep its heuristics, the default.
 # The GPU default until session 26, with torch's attention kernel: the modes keep their meaning
-# across sessions. Session 26's default adds attention by sums (the "-attn" modes), session 27's
-# also GroupNorm from channel statistics (the "-attn-gn-stats" modes), today's (since session 32)
-# also the weights frozen into the graph (the "-attn-gn-stats-frozen" modes).
+# across sessions. Session 26's default adds attention by sums (the "-attn" modes), today's also
+# GroupNorm from channel statistics (the "-attn-gn-stats" modes).
 _FAST = dict(
     dtype="bf16",
     channels_last=True,
@@ -56,7 +55,6 @@ _FAST = dict(
     cuda_graphs=True,
     attention_by_sums=False,
     group_norm_by_channel_stats=False,
-    freeze_weights=False,
 )
 _GPU_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "fp32": ("fp32", dict(dtype="fp32", channels_last=False, compile=False, cuda_graphs=False)),

@@ -447,13 +447,7 @@ def test_speed_switches_resolve_on_cpu() -> None:
     assert cpu.tune_kernels is False
     with pytest.raises(ValueError, match="needs compile"):
         SamplingOptions(tune_kernels=True).resolved("cpu")
-    # Frozen by default where sampling compiles on CUDA (measured faster there), nowhere else.
-    assert (
-        cpu.freeze_weights is False and SamplingOptions(compile=True).resolved("cpu").freeze_weights is False
-    )
-    assert SamplingOptions().resolved("cuda").freeze_weights is True
-    assert SamplingOptions(compile=False).resolved("cuda").freeze_weights is False
-    assert SamplingOptions(freeze_weights=False).resolved("cuda").freeze_weights is False
+    assert cpu.freeze_weights is False and SamplingOptions().resolved("cuda").freeze_weights is False
     with pytest.raises(SamplingOptionsError, match="freeze_weights .* needs compile"):
         SamplingOptions(freeze_weights=True, compile=False).resolved("cuda")
     plain = SamplingOptions.plain()
@@ -816,26 +810,10 @@ def test_frozen_weights_refuse_inference_tensors(cosine: dict) -> None:
         sample(unet, "ddim", conditions(2), train_config=cosine, steps=1, options=options)
 
 
-def test_default_freezing_stays_off_for_inference_weights() -> None:
-    """Freezing is on by default where sampling compiles on CUDA; a model made in inference mode
-    (no counted in-place changes) then samples unfrozen instead of failing, while an explicit
-    request is kept, to be refused with its reason (test above)."""
-    from bench.sampling import _unfrozen_by_default_if_unseen
-
-    with torch.inference_mode():
-        frozen_made = make_ddpm_unet("tiny")
-    plain_made = make_ddpm_unet("tiny")
-    default = SamplingOptions()
-    assert _unfrozen_by_default_if_unseen(default, frozen_made).resolved("cuda").freeze_weights is False
-    assert _unfrozen_by_default_if_unseen(default, plain_made).resolved("cuda").freeze_weights is True
-    asked = SamplingOptions(freeze_weights=True)
-    assert _unfrozen_by_default_if_unseen(asked, frozen_made).freeze_weights is True
-
-
 def test_frozen_weights_compile_once_across_sample_calls(
     cosine: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Frozen (the GPU default) and channels_last, a second sample() on the same weights reuses the
+    """With frozen weights and channels_last, a second sample() on the same weights reuses the
     compiled model: the layout conversion each call makes must not count as a weight change (a
     `bench run` of several cells would compile once per cell)."""
     compiles = []
