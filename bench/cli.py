@@ -123,12 +123,6 @@ _FREEZE_WEIGHTS_HELP = (
     "pays off only past tens of thousands of model calls."
 )
 
-_DRAW_NOISE_AHEAD_HELP = (
-    "Draw a DDPM step's per-image noise on a side CUDA stream beside the model call instead of "
-    "after it: the same images bit for bit (default off: not yet timed on a GPU; at most about "
-    "0.87 ms of a 46.5 ms step for the `seed` preset on an H100)."
-)
-
 
 def _recipe_option(*decls: str, what: str, defaults: str, **kwargs):
     """A `bench train` option whose default comes from the recipe; its help names each recipe's
@@ -224,7 +218,6 @@ def _bool_flag(name: str, help: str):
 @_bool_flag("attention-by-sums", _ATTENTION_BY_SUMS_HELP)
 @_bool_flag("pad-thin-convs", _PAD_THIN_CONVS_HELP)
 @_bool_flag("freeze-weights", _FREEZE_WEIGHTS_HELP)
-@_bool_flag("draw-noise-ahead", _DRAW_NOISE_AHEAD_HELP)
 @click.option(
     "--allow-schedule-mismatch", is_flag=True, help="Sample with a noise schedule other than the trained one."
 )

@@ -92,7 +92,6 @@ SPEED_SWITCHES = {
     "attention_by_sums": "attn-sums",
     "pad_thin_convs": "padded",
     "freeze_weights": "frozen",
-    "draw_noise_ahead": "noise-ahead",
 }
 
 

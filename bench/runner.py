@@ -95,7 +95,6 @@ class RunConfig:
     attention_by_sums: bool | None = None
     pad_thin_convs: bool | None = None
     freeze_weights: bool | None = None
-    draw_noise_ahead: bool | None = None
     allow_schedule_mismatch: bool = False
     denoising_figure: bool = True
     save_images: bool = True

@@ -22,8 +22,7 @@ per chunk; ``step`` gets host scalars, so DDPM's previous-timestep search and th
 of DDIM/Euler/Heun/DPM-Solver++/UniPC are host work and their coefficients reach the GPU as
 scalars. ``set_begin_index(0)`` skips the lookup sigma schedulers do at their first step. What
 remains per step: with per-image generators, stochastic steps draw their noise with one small
-kernel per image (``draw_noise_ahead`` launches DDPM's on a side stream beside the model call:
-bench/step_noise.py).
+kernel per image.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -50,7 +49,6 @@ from bench.noise import check_schedule_compatible, scheduler_factory
 from bench.padded_conv import use_padded_thin_convs
 from bench.registry import Entry
 from bench.results import SPEED_SWITCHES
-from bench.step_noise import StepNoise, StepNoiseError, drawn_ahead, draws_known
 from bench.upsample import use_folded_upsample
 
 # What the sampling loop reads of a scheduler before its first step (``set_begin_index`` only where
@@ -160,10 +158,6 @@ class SamplingOptions:
     # against 3.9), repaid only after some 40,000 model calls. A weight change recompiles (see
     # _compiled).
     freeze_weights: bool | None = None
-    # A stochastic step's per-image noise drawn on a side CUDA stream beside the model call
-    # (bench/step_noise.py; DDPM only): the same images bit for bit. Off by default until timed on
-    # a GPU (at most about 0.87 ms of a 46.5 ms step on an H100 by session 29's profile).
-    draw_noise_ahead: bool | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -223,7 +217,6 @@ class SamplingOptions:
             else self.attention_by_sums,
             pad_thin_convs=bool(self.pad_thin_convs),
             freeze_weights=bool(self.freeze_weights),
-            draw_noise_ahead=bool(self.draw_noise_ahead),
         )
 
     @property
@@ -459,16 +452,12 @@ def _run_chunk(
     shape: tuple[int, int, int],
     record_frames: int,
     progress_label: str | None = None,
-    draw_noise_ahead: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     device = call.device
     scheduler = _fresh_scheduler(factory, train_config, scheduler_options, steps)
     host_timesteps = scheduler.timesteps.cpu()
     timesteps = host_timesteps.to(device)  # the model's copy, sent once per chunk
     step_kwargs = _step_kwargs(scheduler, generators)
-    ahead = None
-    if draw_noise_ahead and step_kwargs and draws_known(scheduler):
-        ahead = StepNoise(generators, shape, device)
 
     x = torch.cat([torch.randn((1, *shape), generator=g, device=device) for g in generators])
     x = x * scheduler.init_noise_sigma
@@ -481,31 +470,26 @@ def _run_chunk(
         from bench.progress import progress
 
         step_indices = progress(step_indices, label=progress_label, length=len(timesteps))
-    with drawn_ahead(scheduler, ahead) if ahead is not None else nullcontext():
-        for i in step_indices:
-            t_host = host_timesteps[i]
-            model_input = scheduler.scale_model_input(x, t_host)
-            # Guidance inside the interval only: a host decision, no device sync.
-            scale = guidance if in_interval(float(t_host), interval) else 1.0
-            if ahead is not None and int(t_host) > 0:  # DDPM draws in every step but the last
-                ahead.draw()  # beside the model call, on a side stream
-            eps = call(model_input, timesteps[i], cond, scale)
-            before = x.shape
-            x = scheduler.step(eps, t_host, x, return_dict=False, **step_kwargs)[0]
-            if ahead is not None and ahead.pending():
-                raise StepNoiseError(f"scheduler {name!r} drew no noise at timestep {int(t_host)}")
-            if x.shape != before:  # a host check: no sync
-                raise SamplingError(
-                    f"scheduler {name!r}: its step {i + 1} of {len(timesteps)} returned samples of shape "
-                    f"{tuple(x.shape)} for samples of shape {tuple(before)}"
-                )
-            if i + 1 in keep:
-                if i + 1 == len(timesteps):
-                    frames.append(x.clamp(-1, 1).float().cpu())
-                else:
-                    # The variance-preserving view of x_t (sigma schedulers scale x_t up).
-                    nxt = host_timesteps[i + 1]
-                    frames.append(scheduler.scale_model_input(x, nxt).float().cpu())
+    for i in step_indices:
+        t_host = host_timesteps[i]
+        model_input = scheduler.scale_model_input(x, t_host)
+        # Guidance inside the interval only: a host decision, no device sync.
+        scale = guidance if in_interval(float(t_host), interval) else 1.0
+        eps = call(model_input, timesteps[i], cond, scale)
+        before = x.shape
+        x = scheduler.step(eps, t_host, x, return_dict=False, **step_kwargs)[0]
+        if x.shape != before:  # a host check: no sync
+            raise SamplingError(
+                f"scheduler {name!r}: its step {i + 1} of {len(timesteps)} returned samples of shape "
+                f"{tuple(x.shape)} for samples of shape {tuple(before)}"
+            )
+        if i + 1 in keep:
+            if i + 1 == len(timesteps):
+                frames.append(x.clamp(-1, 1).float().cpu())
+            else:
+                # The variance-preserving view of x_t (sigma schedulers scale x_t up).
+                nxt = host_timesteps[i + 1]
+                frames.append(scheduler.scale_model_input(x, nxt).float().cpu())
     return x, frames
 
 
@@ -628,7 +612,6 @@ def sample(
                 shape,
                 record_frames,
                 progress_label=label if show_progress else None,
-                draw_noise_ahead=bool(opts.draw_noise_ahead),
             )
             keep = min(batch, n - first)
             images = x[:keep].float().cpu()

@@ -96,7 +96,6 @@ _GPU_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
 _ON_TODAYS_DEFAULT = {
     "padded": ("thin convolutions padded", "pad_thin_convs"),
     "frozen": ("weights frozen", "freeze_weights"),
-    "noise-ahead": ("noise drawn ahead", "draw_noise_ahead"),
 }
 for _base in ("graphs-attn-gn-stats", "graphs-tuned-attn-gn-stats"):
     _label, _settings = _GPU_OPTIONS[_base]
