@@ -52,7 +52,8 @@ def compile_options(
 
     ``freeze_weights``: Inductor's freezing, the weights folded into the graph as constants
     (inference only), so autocast need not cast them on every call (BENCHMARKS.md, session 31).
-    The graph may keep the weights it was compiled with; the caller recompiles when they change.
+    The graph may keep the weights it was compiled with; the caller recompiles when they change,
+    and holds :func:`weights_frozen` around every call (the option alone freezes nothing).
     """
     from torch._inductor import list_mode_options  # here: importing bench must not import Inductor
 
@@ -66,8 +67,8 @@ def compile_options(
     return options
 
 
-def weights_frozen_while(enabled: bool) -> contextlib.AbstractContextManager:
-    """Inductor's freezing switched on around a compiled model's calls (a no-op context when off).
+def weights_frozen() -> contextlib.AbstractContextManager:
+    """Inductor's freezing switched on, to hold around every call of a model compiled with it.
 
     torch.compile's ``options={"freezing": True}`` is not enough: Dynamo decides whether the
     parameters stay attributes of the graph (which freezing folds) or become its inputs while it
@@ -75,8 +76,6 @@ def weights_frozen_while(enabled: bool) -> contextlib.AbstractContextManager:
     generated code still took every weight as an input and cast it each call (torch 2.14, CPU).
     The trace and compile happen inside the first calls (and any recompile inside a later one), so
     the setting is held around every call."""
-    if not enabled:
-        return contextlib.nullcontext()
     from torch._inductor import config  # here: importing bench must not import Inductor
 
     return config.patch(freezing=True)

@@ -41,7 +41,7 @@ from bench.compile_mode import (
     compile_only_switch_error,
     compile_options,
     quiet_known_compile_warnings,
-    weights_frozen_while,
+    weights_frozen,
 )
 from bench.groupnorm import chosen_group_norm, resolved_group_norm, use_group_norm
 from bench.guidance import check_interval, in_interval
@@ -324,7 +324,8 @@ def _compiled(model: torch.nn.Module, options: dict[str, Any], variant: str = ""
     bench process samples one variant, so this costs nothing there; a script flipping switches on
     one model pays a compile per flip. With the weights frozen into the graph (``freezing``), a
     change of any parameter or buffer makes a new variant too: the graph holds the old values as
-    constants, and no guard looks at values.
+    constants, and no guard looks at values; and the model is called with Inductor's global
+    freezing held, without which nothing freezes.
     """
     frozen = _weights_stamp(model) if options.get("freezing") else None
     key = (tuple(sorted(options.items())), variant, frozen)
@@ -333,9 +334,20 @@ def _compiled(model: torch.nn.Module, options: dict[str, Any], variant: str = ""
         if held is not None:
             torch._dynamo.reset()  # also frees the old CUDA-graph pools
         quiet_known_compile_warnings()
-        held = (key, torch.compile(model, options=options, dynamic=False))
+        compiled = torch.compile(model, options=options, dynamic=False)
+        held = (key, _called_frozen(compiled) if frozen is not None else compiled)
         model.__dict__["_bench_compiled"] = held
     return held[1]
+
+
+def _called_frozen(compiled: Callable) -> Callable:
+    """``compiled`` called with Inductor's freezing held on (why: bench.compile_mode.weights_frozen)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with weights_frozen():
+            return compiled(*args, **kwargs)
+
+    return call
 
 
 # The switches that change the model's modules in place (SamplingOptions field -> its switch),
@@ -355,7 +367,6 @@ class _ModelCall:
         self.bf16 = options.dtype == "bf16"
         self.channels_last = options.channels_last
         self.cuda_graphs = bool(options.cuda_graphs)
-        self.frozen = bool(options.compile and options.freeze_weights)
         # Each set on or back: the model is shared between calls.
         group_norm = chosen_group_norm(options)
         use_group_norm(model, group_norm)
@@ -381,10 +392,7 @@ class _ModelCall:
         t = t.expand(x.shape[0])
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        with (
-            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16),
-            weights_frozen_while(self.frozen),
-        ):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.forward(x, t, cond)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             # A plugin model's (B, 1, H, W) was broadcast by the scheduler and scored as images.
