@@ -35,7 +35,11 @@ for setting in "$@"; do
     python3 scripts/profile_sampling.py "$OUT/$name" "${common[@]}" "${args[@]}" \
         --ready-file "$OUT/$name.ready" --time-after "$OUT/$previous"
     [ -e "$OUT/$name.ready" ] || touch "$OUT/$name.ready"  # it failed before it compiled
-    touch "$OUT/$name.done"  # also when it failed, so nothing waits on it
+    # Done also when it failed, so nothing waits on it forever; but never before the timing ahead
+    # of it has finished, or the next timing would run beside that one (session 33: a setting that
+    # failed at once let the next start beside the first, both read at half speed).
+    while [ ! -e "$OUT/$previous" ]; do sleep 1; done
+    touch "$OUT/$name.done"
   ) > "$OUT/$name.log" 2>&1 &
   previous=$name.done
 done

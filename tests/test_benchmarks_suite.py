@@ -166,6 +166,21 @@ def test_the_sweep_flags_timings_taken_while_a_setting_still_compiled(tmp_path: 
     assert "NOT COMPARABLE" in lines[1]
 
 
+def test_a_setting_that_fails_at_once_does_not_let_the_next_timing_start_beside_another(
+    tmp_path: Path,
+) -> None:
+    """A setting that fails before it compiles still waits its turn to end: the one after it is timed
+    only once the one before it has finished (session 33's sweep on an H100 timed two settings at
+    once behind a failed one, each at about half its speed)."""
+    printed = run_script(
+        "sampling_sweep.sh", tmp_path, "1", "60", "a=--batch 2", "broken=--no-such-flag", "c=--batch 2"
+    )
+    a, c = (json.loads((tmp_path / n / "timing.json").read_text()) for n in ("a", "c"))
+    assert c["timed_at"] >= (tmp_path / "a" / "timing.json").stat().st_mtime
+    assert (tmp_path / "broken.done").stat().st_mtime >= (tmp_path / "a.done").stat().st_mtime
+    assert "broken: no timing" in printed and printed.count("images/s unprofiled") == 2
+
+
 def test_the_training_profiler_times_and_splits_a_training_step(tmp_path: Path) -> None:
     """scripts/profile_training.py on the CPU, tiny preset: the step's time, its families, both tables."""
     run_script(
