@@ -53,13 +53,17 @@ wait
 # A compile still running when the wait ended shares the GPU (kernel tuning times kernels on it)
 # and the CPU with the timings that start before it ends: flag those timings (session 32's first
 # sweep read 51.9 images/s for a setting that ran at 108.4 alone).
+# A timing starts once the one before it is done and its own compile is: the last compile to end
+# times alone (session 33 flagged one such, wrongly).
 last_ready=$(stat -c %Y "$OUT"/*.ready | sort -n | tail -n 1)
-started=$(stat -c %Y "$OUT/all.ready")
+previous_done=$(stat -c %Y "$OUT/all.ready")
 for name in "${names[@]}"; do
   printf '%s: ' "$name"
   grep -h "images/s unprofiled" "$OUT/$name.log" || echo "no timing (see $OUT/$name.log)"
+  own_ready=$(stat -c %Y "$OUT/$name.ready")
+  started=$(( own_ready > previous_done ? own_ready : previous_done ))
   if [ "$started" -lt "$last_ready" ]; then
     echo "  ^ NOT COMPARABLE: timed while another setting was still compiling (raise WAIT_MAX)"
   fi
-  started=$(stat -c %Y "$OUT/$name.done")
+  previous_done=$(stat -c %Y "$OUT/$name.done")
 done

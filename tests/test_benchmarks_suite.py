@@ -158,12 +158,17 @@ def test_the_sweep_times_each_setting_after_the_one_before_and_samples_in_chunks
 
 def test_the_sweep_flags_timings_taken_while_a_setting_still_compiled(tmp_path: Path) -> None:
     """A wait for the compiles shorter than they take (1 s here, for processes that import torch and
-    build a model first) starts the timings beside the late ones: the first timing is flagged
-    (session 32's first sweep on an H100 timed a setting at half its speed that way, unflagged)."""
-    printed = run_script("sampling_sweep.sh", tmp_path, "1", "1", "a=--batch 2", "b=--batch 2")
+    build a model first) starts the timings beside the late ones: the tiny model's timing runs while
+    the 113.7 M-parameter one still builds, and is flagged (session 32's first sweep on an H100 timed
+    a setting at half its speed that way, unflagged). The last to compile times alone: not flagged
+    (session 33's sweep flagged such a one)."""
+    printed = run_script("sampling_sweep.sh", tmp_path, "1", "1", "a=--batch 2 --preset tiny", "b=--batch 16")
     lines = printed.splitlines()
+    # b, 16 images through the large model, is still compiling when a's timing has ended
+    assert (tmp_path / "b.ready").stat().st_mtime > (tmp_path / "a.done").stat().st_mtime
     assert lines[0].startswith("a: ") and "images/s unprofiled" in lines[0]
     assert "NOT COMPARABLE" in lines[1]
+    assert lines[2].startswith("b: ") and "images/s unprofiled" in lines[2] and len(lines) == 3
 
 
 def test_a_setting_that_fails_at_once_does_not_let_the_next_timing_start_beside_another(
