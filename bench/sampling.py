@@ -151,12 +151,10 @@ class SamplingOptions:
     # on an H100 (session 31), where cuDNN already runs them on 8-channel-aligned kernels.
     pad_thin_convs: bool | None = None
     # The weights folded into the compiled graph as constants (Inductor's freezing), so autocast
-    # need not cast them every call: about 0.8 ms a model call, 1.013x untuned and 1.012-1.024x
-    # tuned at 512 images, 1.11x at 64 on an H100 (sessions 31-32). Off by default: its graphs
-    # miss most of Inductor's caches (AOTAutograd's is bypassed with freezing), so every compile
-    # takes longer (H100, caches warm: 87.5 s against 52.7 tuned; 2-core CPU, `small`: 17.4 s
-    # against 3.9), repaid only after some 40,000 model calls. A weight change recompiles (see
-    # _compiled).
+    # need not cast them every call. Off by default: its graphs miss most of Inductor's caches
+    # (AOTAutograd's is bypassed with freezing), so every compile takes longer than the per-call
+    # saving repays in a usual run (the figures: `bench run --help`, BENCHMARKS.md session 32).
+    # A weight change recompiles (see _compiled).
     freeze_weights: bool | None = None
 
     def __post_init__(self) -> None:

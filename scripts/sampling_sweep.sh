@@ -52,9 +52,8 @@ touch "$OUT/all.ready"
 wait
 # A compile still running when the wait ended shares the GPU (kernel tuning times kernels on it)
 # and the CPU with the timings that start before it ends: flag those timings (session 32's first
-# sweep read 51.9 images/s for a setting that ran at 108.4 alone).
-# A timing starts once the one before it is done and its own compile is: the last compile to end
-# times alone (session 33 flagged one such, wrongly).
+# sweep read 51.9 images/s for a setting that ran at 108.4 alone). A timing starts once the one
+# before it is done and its own compile has ended, so the last compile to end times alone.
 last_ready=$(stat -c %Y "$OUT"/*.ready | sort -n | tail -n 1)
 previous_done=$(stat -c %Y "$OUT/all.ready")
 for name in "${names[@]}"; do
