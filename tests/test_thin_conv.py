@@ -126,3 +126,26 @@ def test_leaves_subclassed_convolutions_alone() -> None:
     own = Own(3, 8, 3, padding=1)
     assert use_matmul_thin_convs(nn.Sequential(own)) == 0
     assert type(own) is Own
+
+
+def test_sampling_takes_one_thin_form_at_a_time() -> None:
+    """The padded and the matrix-product forms claim the same convolutions: asking for both is one
+    clear error, and sample() calls in a row leave exactly the form each asked for (one switch's
+    class is not the other's to undo: the matrix-product form stayed on when padding was asked)."""
+    from bench.noise import noise_config
+    from bench.sampling import SamplingOptions, SamplingOptionsError, sample
+    from bench_builtins.models.ddpm_unet import make_ddpm_unet
+
+    with pytest.raises(SamplingOptionsError, match="--pad-thin-convs and --matmul-thin-convs"):
+        SamplingOptions(pad_thin_convs=True, matmul_thin_convs=True).resolved("cpu")
+    torch.manual_seed(0)
+    unet = make_ddpm_unet("tiny").eval()
+    conds = torch.eye(24)[:2]
+    seen = []
+    for pad, matmul in [(False, True), (True, False), (False, True), (False, False)]:
+        options = SamplingOptions(dtype="fp32", batch_size=2, pad_thin_convs=pad, matmul_thin_convs=matmul)
+        sample(
+            unet, "ddim", conds, train_config=noise_config("cosine"), steps=1, device="cpu", options=options
+        )
+        seen.append(type(unet.unet.conv_in).__name__)
+    assert seen == ["MatmulConv2d", "PaddedConv2d", "MatmulConv2d", "Conv2d"]
