@@ -115,11 +115,6 @@ _PAD_THIN_CONVS_HELP = (
     "padded with zeros, the same sums (default off: 1.00x on an H100, where cuDNN already runs "
     "them on 8-channel-aligned kernels)."
 )
-_MATMUL_THIN_CONVS_HELP = (
-    "The same thin convolutions (fewer than 8 channels on a side) as one matrix product each, "
-    "for cuBLAS instead of cuDNN: the same sums in another order (default off; not with "
-    "--pad-thin-convs)."
-)
 _FREEZE_WEIGHTS_HELP = (
     "Fold the weights into the compiled graph as constants (Inductor's freezing; needs compile), so "
     "autocast need not cast them on every call: about 0.8 ms saved per model call, 1.02x the tuned "
@@ -222,7 +217,6 @@ def _bool_flag(name: str, help: str):
 @_bool_flag("fold-upsample", _FOLD_UPSAMPLE_HELP)
 @_bool_flag("attention-by-sums", _ATTENTION_BY_SUMS_HELP)
 @_bool_flag("pad-thin-convs", _PAD_THIN_CONVS_HELP)
-@_bool_flag("matmul-thin-convs", _MATMUL_THIN_CONVS_HELP)
 @_bool_flag("freeze-weights", _FREEZE_WEIGHTS_HELP)
 @click.option(
     "--allow-schedule-mismatch", is_flag=True, help="Sample with a noise schedule other than the trained one."

@@ -91,7 +91,6 @@ SPEED_SWITCHES = {
     "fold_upsample": "folded",
     "attention_by_sums": "attn-sums",
     "pad_thin_convs": "padded",
-    "matmul_thin_convs": "matmul-convs",
     "freeze_weights": "frozen",
 }
 

@@ -94,7 +94,6 @@ class RunConfig:
     fold_upsample: bool | None = None
     attention_by_sums: bool | None = None
     pad_thin_convs: bool | None = None
-    matmul_thin_convs: bool | None = None
     freeze_weights: bool | None = None
     allow_schedule_mismatch: bool = False
     denoising_figure: bool = True
@@ -603,17 +602,12 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     # here: importing bench.runner must not import torch
     from bench.attention import switchable_attentions
     from bench.padded_conv import paddable_convs
-    from bench.thin_conv import matmul_thin_convs
     from bench.upsample import foldable_upsamplers
 
     # A model-level switch asked for (by default it goes unsaid) on a model with nothing to switch.
     nothing_to_switch = {
         "fold_upsample": (foldable_upsamplers, "no nearest-2x + 3x3 upsampling to fold"),
         "pad_thin_convs": (paddable_convs, "no convolution off a multiple of 8 channels"),
-        "matmul_thin_convs": (
-            matmul_thin_convs,
-            "no same-size convolution with fewer than 8 channels on a side",
-        ),
         "attention_by_sums": (switchable_attentions, "no diffusers attention to rewrite"),
     }
     for switch, (count, lacks) in nothing_to_switch.items():

@@ -49,7 +49,6 @@ from bench.noise import check_schedule_compatible, scheduler_factory
 from bench.padded_conv import use_padded_thin_convs
 from bench.registry import Entry
 from bench.results import SPEED_SWITCHES
-from bench.thin_conv import use_matmul_thin_convs
 from bench.upsample import use_folded_upsample
 
 # What the sampling loop reads of a scheduler before its first step (``set_begin_index`` only where
@@ -151,9 +150,6 @@ class SamplingOptions:
     # conv_out) padded with zeros (bench/padded_conv.py): the same sums. Off by default: no faster
     # on an H100 (session 31), where cuDNN already runs them on 8-channel-aligned kernels.
     pad_thin_convs: bool | None = None
-    # The same thin convolutions as one matrix product each (bench/thin_conv.py): gathered
-    # neighbourhoods for a thin input, per-tap partial sums for a thin output. Off by default.
-    matmul_thin_convs: bool | None = None
     # The weights folded into the compiled graph as constants (Inductor's freezing), so autocast
     # need not cast them every call. Off by default: its graphs miss most of Inductor's caches
     # (AOTAutograd's is bypassed with freezing), so every compile takes longer than the per-call
@@ -196,10 +192,6 @@ class SamplingOptions:
         )
         if error:
             raise SamplingOptionsError(error)
-        if self.pad_thin_convs and self.matmul_thin_convs:
-            raise SamplingOptionsError(
-                "--pad-thin-convs and --matmul-thin-convs each replace the thin convolutions: pick one"
-            )
         try:
             group_norm = resolved_group_norm(self, compiled=compile_, cuda=cuda)
         except ValueError as error:
@@ -222,7 +214,6 @@ class SamplingOptions:
             if self.attention_by_sums is None
             else self.attention_by_sums,
             pad_thin_convs=bool(self.pad_thin_convs),
-            matmul_thin_convs=bool(self.matmul_thin_convs),
             freeze_weights=bool(self.freeze_weights),
         )
 
@@ -363,7 +354,6 @@ _MODULE_SWITCHES: dict[str, Callable[[torch.nn.Module, bool], int]] = {
     "fold_upsample": use_folded_upsample,
     "attention_by_sums": use_attention_by_sums,
     "pad_thin_convs": use_padded_thin_convs,
-    "matmul_thin_convs": use_matmul_thin_convs,
 }
 
 
@@ -378,13 +368,8 @@ class _ModelCall:
         # Each set on or back: the model is shared between calls.
         group_norm = chosen_group_norm(options)
         use_group_norm(model, group_norm)
-        # All off first: two switches may claim the same modules (the thin convolutions), and one
-        # switch's class is not another's to undo.
-        for use in _MODULE_SWITCHES.values():
-            use(model, False)
         for switch, use in _MODULE_SWITCHES.items():
-            if getattr(options, switch):
-                use(model, True)
+            use(model, bool(getattr(options, switch)))
         if options.compile:
             # Each module variant changes the traced graph: a compiled module of its own.
             variant = ",".join(

@@ -24,7 +24,7 @@ run until FILE exists (at most ``--wait-max`` seconds; the setting records wheth
 
 Usage: python scripts/profile_sampling.py OUT_DIR [--preset seed] [--batch 256] [--steps 10]
        [--images N] [--scheduler cosine] [--guidance 1] [--no-compile] [--cuda-graphs] [--dtype bf16|fp32]
-       [--no-channels-last] [--group-norm-by-views] [--[no-]group-norm-by-channel-stats] [--fold-upsample] [--pad-thin-convs] [--matmul-thin-convs] [--freeze-weights]
+       [--no-channels-last] [--group-norm-by-views] [--[no-]group-norm-by-channel-stats] [--fold-upsample] [--pad-thin-convs] [--freeze-weights]
        [--[no-]attention-by-sums] [--tune-kernels] [--autotune] [--inductor KEY=VALUE ...]
        [--no-profile] [--ready-file FILE] [--time-after FILE] [--wait-max SECONDS] [--inductor-code]
 
@@ -99,7 +99,6 @@ def main() -> None:
     )
     parser.add_argument("--fold-upsample", action="store_true", help="bench/upsample.py")
     parser.add_argument("--pad-thin-convs", action="store_true", help="bench/padded_conv.py")
-    parser.add_argument("--matmul-thin-convs", action="store_true", help="bench/thin_conv.py")
     parser.add_argument("--freeze-weights", action="store_true", help="Inductor's freezing (needs compile)")
     parser.add_argument(
         "--attention-by-sums",
@@ -153,7 +152,6 @@ def main() -> None:
         group_norm_by_channel_stats=args.group_norm_by_channel_stats,
         fold_upsample=args.fold_upsample,
         pad_thin_convs=args.pad_thin_convs,
-        matmul_thin_convs=args.matmul_thin_convs,
         freeze_weights=args.freeze_weights and compile_,
         attention_by_sums=args.attention_by_sums,
         tune_kernels=args.tune_kernels and compile_,

@@ -2,10 +2,15 @@
 
 ``conv_in`` (3 -> 128) and ``conv_out`` (128 -> 3), 3x3 at 64x64, batch 512 by default, bf16
 autocast and channels_last as the sampling fast path runs them, each compiled by torch.compile:
-cuDNN (``F.conv2d``), padded to 8 channels (bench/padded_conv.py), and as matrix products
-(gathered neighbourhoods for the thin input, per-tap partial sums for the thin output). Each is
-checked against the fp32 convolution and timed with CUDA events (the median of ``--repeats``
-rounds of ``--iters`` calls). Writes OUT_DIR/thin_convs.json and prints a table.
+cuDNN (``F.conv2d``), padded to 8 channels (bench/padded_conv.py), and as one matrix product
+each (below: gathered neighbourhoods for the thin input, per-tap partial sums for the thin output).
+Each is checked against the fp32 convolution and timed with CUDA events (the median of
+``--repeats`` rounds of ``--iters`` calls). Writes OUT_DIR/thin_convs.json and prints a table.
+
+The matrix-product forms were a sampling switch for one commit (a5473aa, reverted): on an H100 they
+ran slower than cuDNN alone (1,129 against 975 us, 869 against 687 us) and the `seed` preset sampled
+at 0.944x with them (BENCHMARKS.md, session 34). They stay here so the measurement can be repeated
+on another card or cuDNN.
 
 Usage: python scripts/thin_conv_timing.py OUT_DIR [--batch 512] [--size 64] [--iters 50] [--repeats 5]
 """
@@ -19,11 +24,55 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.padded_conv import padded_conv  # noqa: E402
-from bench.thin_conv import conv_by_gather, conv_by_scatter  # noqa: E402
+
+ALIGN = 8  # bf16 operands of cuBLAS's tensor-core kernels: widths padded to a multiple of 8
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def conv_by_gather(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a thin input: each pixel's neighbourhood gathered (im2col), one product."""
+    out_c, in_c, kh, kw = conv.weight.shape
+    n, _, h, w = x.shape
+    ph, pw = conv.padding
+    padded = F.pad(x, (pw, pw, ph, ph))
+    taps = [padded[:, :, dy : dy + h, dx : dx + w] for dy in range(kh) for dx in range(kw)]
+    width = in_c * kh * kw
+    rows = torch.cat(taps, dim=1).permute(0, 2, 3, 1)  # (n, h, w, width), ordered (dy, dx, c)
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(out_c, width)  # the same order
+    extra = _aligned(width) - width
+    if extra:
+        rows, weight = F.pad(rows, (0, extra)), F.pad(weight, (0, extra))
+    y = rows.reshape(n * h * w, width + extra) @ weight.t()
+    if conv.bias is not None:
+        y = y + conv.bias
+    return y.view(n, h, w, out_c).permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
+
+
+def conv_by_scatter(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a thin output: every tap's partial sums in one product, then added up."""
+    out_c, in_c, kh, kw = conv.weight.shape
+    n, _, h, w = x.shape
+    ph, pw = conv.padding
+    width = kh * kw * out_c
+    weight = conv.weight.permute(2, 3, 0, 1).reshape(width, in_c)  # rows ordered (dy, dx, o)
+    weight = F.pad(weight, (0, 0, 0, _aligned(width) - width))
+    rows = x.permute(0, 2, 3, 1).reshape(n * h * w, in_c)
+    partial = (rows @ weight.t())[:, :width].view(n, h, w, kh * kw, out_c)
+    # Output (i, j) adds tap (dy, dx) of input pixel (i + dy - ph, j + dx - pw): zero outside.
+    partial = F.pad(partial, (0, 0, 0, 0, pw, pw, ph, ph))
+    taps = [partial[:, dy : dy + h, dx : dx + w, dy * kw + dx] for dy in range(kh) for dx in range(kw)]
+    y = torch.stack(taps).sum(0)
+    if conv.bias is not None:
+        y = y + conv.bias
+    return y.permute(0, 3, 1, 2)
 
 
 def timed(fn, x: torch.Tensor, iters: int, repeats: int) -> list[float]:

@@ -418,3 +418,27 @@ def test_a_profile_is_drawn_and_redrawn_against_a_target(tmp_path: Path) -> None
         and "not a profile.json" in refused.stderr
         and not (tmp_path / "no.png").exists()
     )
+
+
+@pytest.mark.parametrize(("form", "cin", "cout"), [("conv_by_gather", 3, 16), ("conv_by_scatter", 16, 3)])
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_thin_conv_timing_forms_are_the_convolution(form: str, cin: int, cout: int, kernel: int) -> None:
+    """scripts/thin_conv_timing.py's matrix-product forms compute the convolution they are timed
+    against: float64 agrees to its rounding on a non-square channels_last image, bias included."""
+    import importlib.util
+
+    import torch
+    from torch import nn
+
+    spec = importlib.util.spec_from_file_location(
+        "thin_conv_timing", ROOT / "scripts" / "thin_conv_timing.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2).double()
+    x = torch.randn(2, cin, 9, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    expected = conv(x)
+    got = getattr(script, form)(conv, x)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() < 1e-12

@@ -1195,8 +1195,8 @@ def test_tune_kernels_without_compile_is_refused_by_run_and_train(runner, tmp_pa
 
 
 def test_group_norm_by_views_and_fold_upsample_reach_sampling(runner, tmp_path) -> None:
-    """--group-norm-by-views, --group-norm-by-channel-stats, --fold-upsample (also `bench train`'s),
-    --attention-by-sums and --matmul-thin-convs are
+    """--group-norm-by-views, --group-norm-by-channel-stats, --fold-upsample (also `bench train`'s)
+    and --attention-by-sums are
     recorded in the rows of `bench run` and in the train config, and give the same images as the
     default (the same numbers up to fp32 rounding)."""
     conditions = tmp_path / "c.json"
@@ -1207,7 +1207,6 @@ def test_group_norm_by_views_and_fold_upsample_reach_sampling(runner, tmp_path) 
         "stats": ["--group-norm-by-channel-stats"],
         "fold": ["--fold-upsample"],
         "attn": ["--attention-by-sums"],
-        "matmul": ["--matmul-thin-convs"],
     }
     for name, extra in [("native", []), *variants.items()]:
         out = tmp_path / name
@@ -1219,7 +1218,6 @@ def test_group_norm_by_views_and_fold_upsample_reach_sampling(runner, tmp_path) 
         assert {r["speed"]["group_norm_by_channel_stats"] for r in rows} == {name == "stats"}
         assert {r["speed"]["fold_upsample"] for r in rows} == {name == "fold"}
         assert {r["speed"]["attention_by_sums"] for r in rows} == {name == "attn"}
-        assert {r["speed"]["matmul_thin_convs"] for r in rows} == {name == "matmul"}
         if name == "attn":  # the CPU runs uncompiled by default: said to be the slower way
             assert "--attention-by-sums without compile writes its products out" in result.output
         assert ("--group-norm-by-channel-stats without compile runs as several kernels" in result.output) == (
