@@ -4,8 +4,9 @@
 autocast and channels_last as the sampling fast path runs them, each compiled by torch.compile:
 cuDNN (``F.conv2d``), padded to 8 channels (bench/padded_conv.py), and as one matrix product
 each (below: gathered neighbourhoods for the thin input, per-tap partial sums for the thin output).
-Each is checked against the fp32 convolution and timed with CUDA events (the median of
-``--repeats`` rounds of ``--iters`` calls). Writes OUT_DIR/thin_convs.json and prints a table.
+Each is checked against the fp32 convolution and timed with CUDA events, cuDNN's benchmark mode
+on (the median of ``--repeats`` rounds of ``--iters`` calls). Writes OUT_DIR/thin_convs.json and
+prints a table.
 
 The matrix-product forms were a sampling switch for one commit (a5473aa, reverted): on an H100 they
 ran slower than cuDNN alone (1,129 against 975 us, 869 against 687 us) and the `seed` preset sampled
