@@ -33,7 +33,8 @@ from bench.groupnorm import channels_last_only
 CHANNEL_MULTIPLE = 8  # 16 bytes of bf16: the narrowest row cuDNN's tensor-core kernels take
 
 
-def _padded_to(channels: int) -> int:
+def padded_to(channels: int) -> int:
+    """``channels`` rounded up to a multiple of ``CHANNEL_MULTIPLE``."""
     return -(-channels // CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE
 
 
@@ -47,8 +48,8 @@ def padded_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` with input and output channels padded to a multiple of ``CHANNEL_MULTIPLE``."""
     weight, bias = conv.weight, conv.bias
     out_channels, in_channels = weight.shape[:2]
-    extra_in = _padded_to(in_channels) - in_channels
-    extra_out = _padded_to(out_channels) - out_channels
+    extra_in = padded_to(in_channels) - in_channels
+    extra_out = padded_to(out_channels) - out_channels
     if extra_in:
         x = _like(F.pad(x, (0, 0, 0, 0, 0, extra_in)), x)
     # (kw, kw, kh, kh, in, in, out, out): zero input planes, then zero output kernels.

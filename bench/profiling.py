@@ -139,6 +139,21 @@ def inductor_code_to(out: Path, enabled: bool) -> Iterator[list[str]]:
         print(f"wrote {len(codes)} graph(s) of Inductor's code to {folder}")
 
 
+def cuda_ms_per_call(call: Callable[[], Any], iters: int = 1, repeats: int = 10) -> list[float]:
+    """Milliseconds per ``call()`` on the current CUDA device, one figure for each of ``repeats``
+    rounds of ``iters`` calls, timed by CUDA events (the device's time, not the host's)."""
+    rounds = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            call()
+        end.record()
+        end.synchronize()
+        rounds.append(start.elapsed_time(end) / iters)
+    return rounds
+
+
 def run_setting(args: argparse.Namespace) -> dict[str, Any]:
     """The head of a profile's setting: the device, torch, and the shared arguments."""
     return {

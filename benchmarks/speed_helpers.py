@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 from collections.abc import Callable, Mapping
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from bench.profiling import cuda_ms_per_call
 from bench.results import largest_costs
 from bench.sampling import SampleResult
 
@@ -124,17 +126,12 @@ def measure_matmul_tflops(n: int = 8192, warmup: int = 3, repeats: int = 10) -> 
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     for _ in range(warmup):  # clocks up, cuBLAS heuristics cached
         a @ b
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        a @ b
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+    seconds = (
+        statistics.median(cuda_ms_per_call(functools.partial(torch.matmul, a, b), repeats=repeats)) / 1e3
+    )
     del a, b
     torch.cuda.empty_cache()
-    return 2 * n**3 / statistics.median(times) / 1e12
+    return 2 * n**3 / seconds / 1e12
 
 
 # ---------------------------------------------------------------- recording

@@ -19,7 +19,7 @@ Usage: python scripts/thin_conv_timing.py OUT_DIR [--batch 512] [--size 64] [--i
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import statistics
 import sys
 from pathlib import Path
@@ -29,13 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.padded_conv import padded_conv  # noqa: E402
+from bench.atomic import atomic_write_json  # noqa: E402
+from bench.padded_conv import padded_conv, padded_to  # noqa: E402
+from bench.profiling import cuda_ms_per_call  # noqa: E402
 
-ALIGN = 8  # bf16 operands of cuBLAS's tensor-core kernels: widths padded to a multiple of 8
-
-
-def _aligned(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
+# cuBLAS's bf16 tensor-core kernels want operand widths of a multiple of 8, as cuDNN's do: the
+# gathered and produced widths are padded with zeros, rounded up by bench.padded_conv.padded_to.
 
 
 def conv_by_gather(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -48,7 +47,7 @@ def conv_by_gather(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     width = in_c * kh * kw
     rows = torch.cat(taps, dim=1).permute(0, 2, 3, 1)  # (n, h, w, width), ordered (dy, dx, c)
     weight = conv.weight.permute(0, 2, 3, 1).reshape(out_c, width)  # the same order
-    extra = _aligned(width) - width
+    extra = padded_to(width) - width
     if extra:
         rows, weight = F.pad(rows, (0, extra)), F.pad(weight, (0, extra))
     y = rows.reshape(n * h * w, width + extra) @ weight.t()
@@ -64,7 +63,7 @@ def conv_by_scatter(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     ph, pw = conv.padding
     width = kh * kw * out_c
     weight = conv.weight.permute(2, 3, 0, 1).reshape(width, in_c)  # rows ordered (dy, dx, o)
-    weight = F.pad(weight, (0, 0, 0, _aligned(width) - width))
+    weight = F.pad(weight, (0, 0, 0, padded_to(width) - width))
     rows = x.permute(0, 2, 3, 1).reshape(n * h * w, in_c)
     partial = (rows @ weight.t())[:, :width].view(n, h, w, kh * kw, out_c)
     # Output (i, j) adds tap (dy, dx) of input pixel (i + dy - ph, j + dx - pw): zero outside.
@@ -74,20 +73,6 @@ def conv_by_scatter(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     if conv.bias is not None:
         y = y + conv.bias
     return y.permute(0, 3, 1, 2)
-
-
-def timed(fn, x: torch.Tensor, iters: int, repeats: int) -> list[float]:
-    """Milliseconds per call, one figure per round."""
-    rounds = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            fn(x)
-        end.record()
-        torch.cuda.synchronize()
-        rounds.append(start.elapsed_time(end) / iters)
-    return rounds
 
 
 def main() -> None:
@@ -130,8 +115,8 @@ def main() -> None:
             with torch.no_grad():
                 out = compiled(x)
                 err = (out.float() - reference).abs().max().item() / reference.abs().max().item()
-                timed(compiled, x, 3, 1)  # warm-up: cuDNN's search, the first launches
-                ms = timed(compiled, x, args.iters, args.repeats)
+                cuda_ms_per_call(functools.partial(compiled, x), 3, 1)  # warm-up: cuDNN's search
+                ms = cuda_ms_per_call(functools.partial(compiled, x), args.iters, args.repeats)
             row = {
                 "conv": name,
                 "form": form,
@@ -146,7 +131,7 @@ def main() -> None:
                 f"{name:9s} {form:8s} {row['ms'] * 1000:8.1f} us   max err {err:.2e} (of max |y|)", flush=True
             )
     info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
-    (args.out / "thin_convs.json").write_text(json.dumps(info, indent=1))
+    atomic_write_json(args.out / "thin_convs.json", info)
 
 
 if __name__ == "__main__":
