@@ -123,6 +123,18 @@ _FREEZE_WEIGHTS_HELP = (
     "pays off only past tens of thousands of model calls."
 )
 
+_NOISE_AHEAD_HELP = (
+    "Draw each DDPM step's per-image noise one step ahead on a side CUDA stream, beside the model's "
+    "call (the same values; default on CUDA, where those 512 small draws a step otherwise wait in "
+    "line behind the model)."
+)
+
+_TRITON_END_CONVS_HELP = (
+    "Run the UNet's thin end convolutions (3 -> 128, 128 -> 3 channels) by Triton kernels of this "
+    "project, the output one with its GroupNorm and SiLU in the same pass (CUDA with bf16 autocast; "
+    "default off)."
+)
+
 
 def _recipe_option(*decls: str, what: str, defaults: str, **kwargs):
     """A `bench train` option whose default comes from the recipe; its help names each recipe's
@@ -218,6 +230,8 @@ def _bool_flag(name: str, help: str):
 @_bool_flag("attention-by-sums", _ATTENTION_BY_SUMS_HELP)
 @_bool_flag("pad-thin-convs", _PAD_THIN_CONVS_HELP)
 @_bool_flag("freeze-weights", _FREEZE_WEIGHTS_HELP)
+@_bool_flag("noise-ahead", _NOISE_AHEAD_HELP)
+@_bool_flag("triton-end-convs", _TRITON_END_CONVS_HELP)
 @click.option(
     "--allow-schedule-mismatch", is_flag=True, help="Sample with a noise schedule other than the trained one."
 )

@@ -68,21 +68,27 @@ class GroupNormByChannelStats(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim < 3:  # (N, C): no positions to reduce per channel (and dim=() would mean all dims)
             return super().forward(x)
-        n, c = x.shape[:2]
-        groups, spatial = self.num_groups, tuple(range(2, x.ndim))
-        xf = x.float()
-        var_c, mean_c = torch.var_mean(xf, dim=spatial, correction=0)  # (N, C)
-        mean_in_group = mean_c.view(n, groups, -1)
-        mean_g = mean_in_group.mean(-1, keepdim=True)
-        var_g = var_c.view(n, groups, -1).mean(-1, keepdim=True) + (mean_in_group - mean_g).square().mean(
-            -1, keepdim=True
-        )
-        rstd = torch.rsqrt(var_g + self.eps).expand(n, groups, c // groups).reshape(n, c)
-        mean = mean_g.expand(n, groups, c // groups).reshape(n, c)
-        scale = rstd * self.weight.float() if self.affine else rstd
-        shift = (self.bias.float() - mean * scale) if self.affine else -mean * scale
-        shape = (n, c) + (1,) * (x.ndim - 2)
-        return (xf * scale.view(shape) + shift.view(shape)).to(x.dtype)
+        scale, shift = group_norm_scale_shift(self, x)
+        shape = (*scale.shape, *(1,) * (x.ndim - 2))
+        return (x.float() * scale.view(shape) + shift.view(shape)).to(x.dtype)
+
+
+def group_norm_scale_shift(norm: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (N, C) fp32 ``scale`` and ``shift`` with ``norm(x) == x * scale + shift`` per image and
+    channel, from per-channel statistics (``GroupNormByChannelStats``; x has positions: ndim >= 3)."""
+    n, c = x.shape[:2]
+    groups, spatial = norm.num_groups, tuple(range(2, x.ndim))
+    var_c, mean_c = torch.var_mean(x.float(), dim=spatial, correction=0)  # (N, C)
+    mean_in_group = mean_c.view(n, groups, -1)
+    mean_g = mean_in_group.mean(-1, keepdim=True)
+    var_g = var_c.view(n, groups, -1).mean(-1, keepdim=True) + (mean_in_group - mean_g).square().mean(
+        -1, keepdim=True
+    )
+    rstd = torch.rsqrt(var_g + norm.eps).expand(n, groups, c // groups).reshape(n, c)
+    mean = mean_g.expand(n, groups, c // groups).reshape(n, c)
+    scale = rstd * norm.weight.float() if norm.affine else rstd
+    shift = (norm.bias.float() - mean * scale) if norm.affine else -mean * scale
+    return scale, shift
 
 
 def channels_last_only(x: torch.Tensor) -> bool:

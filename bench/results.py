@@ -92,6 +92,8 @@ SPEED_SWITCHES = {
     "attention_by_sums": "attn-sums",
     "pad_thin_convs": "padded",
     "freeze_weights": "frozen",
+    "noise_ahead": "noise-ahead",
+    "triton_end_convs": "triton-ends",
 }
 
 

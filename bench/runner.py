@@ -95,6 +95,8 @@ class RunConfig:
     attention_by_sums: bool | None = None
     pad_thin_convs: bool | None = None
     freeze_weights: bool | None = None
+    noise_ahead: bool | None = None
+    triton_end_convs: bool | None = None
     allow_schedule_mismatch: bool = False
     denoising_figure: bool = True
     save_images: bool = True
@@ -601,6 +603,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
     _check_cells(config, plugins, train_noise)  # before the judges load and any cell samples
     # here: importing bench.runner must not import torch
     from bench.attention import switchable_attentions
+    from bench.end_convs import triton_end_convs
     from bench.padded_conv import paddable_convs
     from bench.upsample import foldable_upsamplers
 
@@ -609,6 +612,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, log=print) -> RunResu
         "fold_upsample": (foldable_upsamplers, "no nearest-2x + 3x3 upsampling to fold"),
         "pad_thin_convs": (paddable_convs, "no convolution off a multiple of 8 channels"),
         "attention_by_sums": (switchable_attentions, "no diffusers attention to rewrite"),
+        "triton_end_convs": (triton_end_convs, "no thin 3x3 end convolution the kernels take"),
     }
     for switch, (count, lacks) in nothing_to_switch.items():
         if getattr(config, switch) and rank == 0 and not count(model):

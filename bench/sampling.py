@@ -22,7 +22,8 @@ per chunk; ``step`` gets host scalars, so DDPM's previous-timestep search and th
 of DDIM/Euler/Heun/DPM-Solver++/UniPC are host work and their coefficients reach the GPU as
 scalars. ``set_begin_index(0)`` skips the lookup sigma schedulers do at their first step. What
 remains per step: with per-image generators, stochastic steps draw their noise with one small
-kernel per image.
+kernel per image; for DDPM on CUDA those draws run a step ahead on a side stream
+(bench/step_noise.py, ``noise_ahead``).
 """
 
 from __future__ import annotations
@@ -43,12 +44,14 @@ from bench.compile_mode import (
     quiet_known_compile_warnings,
     weights_frozen,
 )
+from bench.end_convs import use_triton_end_convs
 from bench.groupnorm import chosen_group_norm, resolved_group_norm, use_group_norm
 from bench.guidance import check_interval, in_interval
 from bench.noise import check_schedule_compatible, scheduler_factory
 from bench.padded_conv import use_padded_thin_convs
 from bench.registry import Entry
 from bench.results import SPEED_SWITCHES
+from bench.step_noise import StepNoise, draws_at, takes_part
 from bench.upsample import use_folded_upsample
 
 # What the sampling loop reads of a scheduler before its first step (``set_begin_index`` only where
@@ -156,6 +159,13 @@ class SamplingOptions:
     # saving repays in a usual run (the figures: `bench run --help`, BENCHMARKS.md session 32).
     # A weight change recompiles (see _compiled).
     freeze_weights: bool | None = None
+    # Each DDPM step's per-image noise drawn one step ahead on a side CUDA stream, beside the model's
+    # call (bench/step_noise.py): the same values. Default on CUDA; off the CPU nothing overlaps.
+    noise_ahead: bool | None = None
+    # The UNet's thin end convolutions by Triton kernels of our own, the output one with its
+    # GroupNorm and SiLU in the same pass (bench/end_convs.py). CUDA with bf16/fp16 autocast; off
+    # by default until measured.
+    triton_end_convs: bool | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -215,6 +225,8 @@ class SamplingOptions:
             else self.attention_by_sums,
             pad_thin_convs=bool(self.pad_thin_convs),
             freeze_weights=bool(self.freeze_weights),
+            noise_ahead=cuda if self.noise_ahead is None else self.noise_ahead,
+            triton_end_convs=bool(self.triton_end_convs),
         )
 
     @property
@@ -354,6 +366,7 @@ _MODULE_SWITCHES: dict[str, Callable[[torch.nn.Module, bool], int]] = {
     "fold_upsample": use_folded_upsample,
     "attention_by_sums": use_attention_by_sums,
     "pad_thin_convs": use_padded_thin_convs,
+    "triton_end_convs": use_triton_end_convs,
 }
 
 
@@ -365,11 +378,12 @@ class _ModelCall:
         self.bf16 = options.dtype == "bf16"
         self.channels_last = options.channels_last
         self.cuda_graphs = bool(options.cuda_graphs)
-        # Each set on or back: the model is shared between calls.
-        group_norm = chosen_group_norm(options)
-        use_group_norm(model, group_norm)
+        # Each set on or back: the model is shared between calls. The GroupNorm kind last: the
+        # Triton end convolutions hand the output norm's work on, and give its class back when off.
         for switch, use in _MODULE_SWITCHES.items():
             use(model, bool(getattr(options, switch)))
+        group_norm = chosen_group_norm(options)
+        use_group_norm(model, group_norm)
         if options.compile:
             # Each module variant changes the traced graph: a compiled module of its own.
             variant = ",".join(
@@ -458,12 +472,17 @@ def _run_chunk(
     shape: tuple[int, int, int],
     record_frames: int,
     progress_label: str | None = None,
+    noise_ahead: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     device = call.device
     scheduler = _fresh_scheduler(factory, train_config, scheduler_options, steps)
     host_timesteps = scheduler.timesteps.cpu()
     timesteps = host_timesteps.to(device)  # the model's copy, sent once per chunk
     step_kwargs = _step_kwargs(scheduler, generators)
+    ahead = None
+    if noise_ahead and step_kwargs and takes_part(scheduler):
+        ahead = StepNoise(generators, shape, device)
+    draws = [draws_at(t) for t in host_timesteps.tolist()]
 
     x = torch.cat([torch.randn((1, *shape), generator=g, device=device) for g in generators])
     x = x * scheduler.init_noise_sigma
@@ -476,6 +495,8 @@ def _run_chunk(
         from bench.progress import progress
 
         step_indices = progress(step_indices, label=progress_label, length=len(timesteps))
+    if ahead is not None and draws[0]:
+        ahead.draw()  # after the initial noise: each generator's draws keep the plain path's order
     for i in step_indices:
         t_host = host_timesteps[i]
         model_input = scheduler.scale_model_input(x, t_host)
@@ -483,7 +504,13 @@ def _run_chunk(
         scale = guidance if in_interval(float(t_host), interval) else 1.0
         eps = call(model_input, timesteps[i], cond, scale)
         before = x.shape
-        x = scheduler.step(eps, t_host, x, return_dict=False, **step_kwargs)[0]
+        if ahead is None:
+            x = scheduler.step(eps, t_host, x, return_dict=False, **step_kwargs)[0]
+        else:
+            if i + 1 < len(draws) and draws[i + 1]:
+                ahead.draw()  # the next step's noise, on the side stream while this call runs
+            with ahead.served(scheduler, draws[i]):
+                x = scheduler.step(eps, t_host, x, return_dict=False, **step_kwargs)[0]
         if x.shape != before:  # a host check: no sync
             raise SamplingError(
                 f"scheduler {name!r}: its step {i + 1} of {len(timesteps)} returned samples of shape "
@@ -496,6 +523,8 @@ def _run_chunk(
                 # The variance-preserving view of x_t (sigma schedulers scale x_t up).
                 nxt = host_timesteps[i + 1]
                 frames.append(scheduler.scale_model_input(x, nxt).float().cpu())
+    if ahead is not None:
+        ahead.close()
     return x, frames
 
 
@@ -618,6 +647,7 @@ def sample(
                 shape,
                 record_frames,
                 progress_label=label if show_progress else None,
+                noise_ahead=bool(opts.noise_ahead),
             )
             keep = min(batch, n - first)
             images = x[:keep].float().cpu()

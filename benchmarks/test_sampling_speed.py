@@ -92,15 +92,22 @@ _GPU_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         {**_FAST, "tune_kernels": True, "fold_upsample": True, "attention_by_sums": True},
     ),
 }
-# Today's default, untuned and tuned, with one more switch: mode suffix -> (label words, field).
+# Today's default, untuned and tuned, with one more switch: mode suffix -> (label words, settings).
+# Since session 35 every mode draws DDPM's noise a step ahead on CUDA (noise_ahead's default);
+# "-inline" draws it in line, as every mode did before.
 _ON_TODAYS_DEFAULT = {
-    "padded": ("thin convolutions padded", "pad_thin_convs"),
-    "frozen": ("weights frozen", "freeze_weights"),
+    "padded": ("thin convolutions padded", {"pad_thin_convs": True}),
+    "frozen": ("weights frozen", {"freeze_weights": True}),
+    "frozen-ends": (
+        "weights frozen, end convolutions by Triton",
+        {"freeze_weights": True, "triton_end_convs": True},
+    ),
+    "frozen-inline": ("weights frozen, noise drawn in line", {"freeze_weights": True, "noise_ahead": False}),
 }
 for _base in ("graphs-attn-gn-stats", "graphs-tuned-attn-gn-stats"):
     _label, _settings = _GPU_OPTIONS[_base]
-    for _suffix, (_words, _field) in _ON_TODAYS_DEFAULT.items():
-        _GPU_OPTIONS[f"{_base}-{_suffix}"] = (f"{_label}, {_words}", {**_settings, _field: True})
+    for _suffix, (_words, _extra) in _ON_TODAYS_DEFAULT.items():
+        _GPU_OPTIONS[f"{_base}-{_suffix}"] = (f"{_label}, {_words}", {**_settings, **_extra})
 # Every mode, in that order after the one-image reference loop; BENCH_SPEED_MODES picks some.
 GPU_MODES = ("reference", *_GPU_OPTIONS)
 _MODES = env_modes("BENCH_SPEED_MODES", GPU_MODES)

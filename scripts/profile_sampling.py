@@ -24,7 +24,7 @@ run until FILE exists (at most ``--wait-max`` seconds; the setting records wheth
 
 Usage: python scripts/profile_sampling.py OUT_DIR [--preset seed] [--batch 256] [--steps 10]
        [--images N] [--scheduler cosine] [--guidance 1] [--no-compile] [--cuda-graphs] [--dtype bf16|fp32]
-       [--no-channels-last] [--group-norm-by-views] [--[no-]group-norm-by-channel-stats] [--fold-upsample] [--pad-thin-convs] [--freeze-weights]
+       [--no-channels-last] [--group-norm-by-views] [--[no-]group-norm-by-channel-stats] [--fold-upsample] [--pad-thin-convs] [--freeze-weights] [--[no-]noise-ahead] [--triton-end-convs]
        [--[no-]attention-by-sums] [--tune-kernels] [--autotune] [--inductor KEY=VALUE ...]
        [--no-profile] [--ready-file FILE] [--time-after FILE] [--wait-max SECONDS] [--inductor-code]
 
@@ -100,6 +100,13 @@ def main() -> None:
     parser.add_argument("--fold-upsample", action="store_true", help="bench/upsample.py")
     parser.add_argument("--pad-thin-convs", action="store_true", help="bench/padded_conv.py")
     parser.add_argument("--freeze-weights", action="store_true", help="Inductor's freezing (needs compile)")
+    parser.add_argument("--triton-end-convs", action="store_true", help="bench/end_convs.py")
+    parser.add_argument(
+        "--noise-ahead",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bench/step_noise.py (default: bench run's, on with CUDA)",
+    )
     parser.add_argument(
         "--attention-by-sums",
         action=argparse.BooleanOptionalAction,
@@ -153,6 +160,8 @@ def main() -> None:
         fold_upsample=args.fold_upsample,
         pad_thin_convs=args.pad_thin_convs,
         freeze_weights=args.freeze_weights and compile_,
+        noise_ahead=args.noise_ahead,
+        triton_end_convs=args.triton_end_convs,
         attention_by_sums=args.attention_by_sums,
         tune_kernels=args.tune_kernels and compile_,
         autotune=args.autotune and compile_,

@@ -2,8 +2,11 @@
 
 ``conv_in`` (3 -> 128) and ``conv_out`` (128 -> 3), 3x3 at 64x64, batch 512 by default, bf16
 autocast and channels_last as the sampling fast path runs them, each compiled by torch.compile:
-cuDNN (``F.conv2d``), padded to 8 channels (bench/padded_conv.py), and as one matrix product
-each (below: gathered neighbourhoods for the thin input, per-tap partial sums for the thin output).
+cuDNN (``F.conv2d``), padded to 8 channels (bench/padded_conv.py), as one matrix product
+each (below: gathered neighbourhoods for the thin input, per-tap partial sums for the thin output),
+and by this project's Triton kernels (bench/end_convs.py; ``triton``). The Triton output kernel
+takes the UNet's last GroupNorm and SiLU with it, so it is timed against the three modules in
+torch (``norm_silu_conv_out``: compiled GroupNorm from channel statistics + SiLU + cuDNN).
 Each is checked against the fp32 convolution and timed with CUDA events, cuDNN's benchmark mode
 on (the median of ``--repeats`` rounds of ``--iters`` calls). Writes OUT_DIR/thin_convs.json and
 prints a table.
@@ -19,6 +22,7 @@ Usage: python scripts/thin_conv_timing.py OUT_DIR [--batch 512] [--size 64] [--i
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import statistics
 import sys
@@ -30,6 +34,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.atomic import atomic_write_json  # noqa: E402
+from bench.end_convs import use_triton_end_convs  # noqa: E402
+from bench.groupnorm import GroupNormByChannelStats  # noqa: E402
 from bench.padded_conv import padded_conv, padded_to  # noqa: E402
 from bench.profiling import cuda_ms_per_call  # noqa: E402
 
@@ -75,6 +81,34 @@ def conv_by_scatter(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return y.permute(0, 3, 1, 2)
 
 
+class OutputTail(nn.Module):
+    """A UNet's last three modules: GroupNorm (from channel statistics, the fast path's) -> SiLU -> conv_out."""
+
+    def __init__(self, channels: int, out_channels: int, groups: int = 32) -> None:
+        super().__init__()
+        self.conv_norm_out = GroupNormByChannelStats(groups, channels)
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(channels, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(self.conv_act(self.conv_norm_out(x)))
+
+
+def _tail_switched(tail: OutputTail) -> nn.Module:
+    """A copy of ``tail`` whose norm, SiLU and conv_out run as the fused Triton kernels."""
+    switched = copy.deepcopy(tail)
+    use_triton_end_convs(switched, True)
+    return switched
+
+
+def _switched(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with its end convolutions on the Triton kernels (bench/end_convs.py)."""
+    holder = nn.Module()
+    holder.add_module("conv_in", copy.deepcopy(module))
+    use_triton_end_convs(holder, True)
+    return holder.conv_in
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
@@ -94,20 +128,33 @@ def main() -> None:
         "gather": conv_by_gather,
         "scatter": conv_by_scatter,
     }
-    shapes = {"conv_in": (3, 128, torch.float32), "conv_out": (128, 3, torch.bfloat16)}
+    shapes = {
+        "conv_in": (3, 128, torch.float32),
+        "conv_out": (128, 3, torch.bfloat16),
+        "norm_silu_conv_out": (128, 3, torch.bfloat16),
+    }
     rows = []
     for name, (cin, cout, dtype) in shapes.items():
         torch.manual_seed(0)
-        conv = nn.Conv2d(cin, cout, 3, padding=1).to(device).to(memory_format=torch.channels_last)
+        if name == "norm_silu_conv_out":
+            conv = OutputTail(cin, cout).to(device).to(memory_format=torch.channels_last)
+            for_shape = {"torch": lambda m, x: m(x), "triton": lambda m, x: m(x)}
+            modules = {"torch": conv, "triton": _tail_switched(conv)}
+        else:
+            conv = nn.Conv2d(cin, cout, 3, padding=1).to(device).to(memory_format=torch.channels_last)
+            for_shape = {**forms, "triton": lambda m, x: m(x)} if name == "conv_in" else forms
+            modules = {form: conv for form in forms} | (
+                {"triton": _switched(conv)} if name == "conv_in" else {}
+            )
         x = torch.randn(args.batch, cin, args.size, args.size, device=device, dtype=dtype)
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             reference = conv.float()(x.float())
-        for form, fn in forms.items():
+        for form, fn in for_shape.items():
             if form == "gather" and cout < cin or form == "scatter" and cin < cout:
                 continue  # the form for the other side's thinness: many times the bytes
 
-            def call(x, fn=fn, conv=conv):
+            def call(x, fn=fn, conv=modules[form]):
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     return fn(conv, x)
 

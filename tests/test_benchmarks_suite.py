@@ -442,3 +442,31 @@ def test_thin_conv_timing_forms_are_the_convolution(form: str, cin: int, cout: i
     got = getattr(script, form)(conv, x)
     assert got.shape == expected.shape
     assert (got - expected).abs().max() < 1e-12
+
+
+def test_thin_conv_timing_triton_forms_are_switched_copies() -> None:
+    """The script's Triton forms are copies switched by bench.end_convs (the originals untouched),
+    equal to the modules they are timed against (here through their CPU fallback)."""
+    import importlib.util
+
+    import torch
+    from torch import nn
+
+    from bench.end_convs import NormSiLUConvOut, TritonConvIn
+
+    spec = importlib.util.spec_from_file_location(
+        "thin_conv_timing", ROOT / "scripts" / "thin_conv_timing.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 16, 3, padding=1)
+    tail = script.OutputTail(16, 3, groups=4)
+    switched_conv, switched_tail = script._switched(conv), script._tail_switched(tail)
+    assert type(switched_conv) is TritonConvIn and type(conv) is nn.Conv2d
+    assert type(switched_tail.conv_out) is NormSiLUConvOut and type(tail.conv_out) is nn.Conv2d
+    x = torch.randn(2, 3, 8, 8)
+    h = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(switched_conv(x), conv(x))
+        torch.testing.assert_close(switched_tail(h), tail(h), rtol=1e-4, atol=1e-5)

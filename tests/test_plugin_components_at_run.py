@@ -295,6 +295,7 @@ def test_a_model_whose_prediction_is_not_the_samples_shape_is_refused(
         ("fold_upsample", "--fold-upsample: this model has no nearest-2x + 3x3 upsampling to fold; it samples as it is"),
         ("attention_by_sums", "--attention-by-sums: this model has no diffusers attention to rewrite; it samples as it is"),
         ("pad_thin_convs", "--pad-thin-convs: this model has no convolution off a multiple of 8 channels; it samples as it is"),
+        ("triton_end_convs", "--triton-end-convs: this model has no thin 3x3 end convolution the kernels take; it samples as it is"),
     ],
 )  # fmt: skip
 def test_a_model_level_switch_says_when_the_model_has_nothing_to_switch(

@@ -1,0 +1,224 @@
+"""The thin end convolutions by Triton kernels (bench/end_convs.py, bench/end_conv_kernels.py).
+
+The kernels' indexing is checked on the CPU under Triton's interpreter (TRITON_INTERPRET=1, fp32,
+in a subprocess: the variable must be set before the kernels are defined); the module switch and
+its fallback through torch's ops in this process; the kernels in bf16 on a GPU where there is one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.end_convs import (
+    FusedIntoNext,
+    NormSiLUConvOut,
+    TritonConvIn,
+    triton_available,
+    triton_end_convs,
+    use_triton_end_convs,
+)
+from bench.groupnorm import GroupNormByChannelStats, use_group_norm
+from bench.noise import noise_config
+from bench.sampling import SamplingOptions, sample
+from bench_builtins.models.ddpm_unet import make_ddpm_unet
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return make_ddpm_unet("tiny").eval()
+
+
+_INTERPRETED = textwrap.dedent(
+    """
+    import torch, torch.nn.functional as F
+    from bench import end_conv_kernels as K
+    from bench.groupnorm import group_norm_scale_shift
+    torch.manual_seed(0)
+    worst = 0.0
+    cases = [(2, 8, 8, 3, 32, 3, True), (1, 4, 8, 1, 8, 4, False), (3, 16, 4, 8, 24, 1, True), (1, 8, 8, 3, 256, 3, True)]
+    for n, h, w, c_in, c, c_out, bias in cases:
+        x = torch.randn(n, c_in, h, w)
+        conv = torch.nn.Conv2d(c_in, c, 3, padding=1, bias=bias)
+        b = conv.bias if bias else torch.zeros(c)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            y = K.conv_in_3x3(x.contiguous(memory_format=layout), conv.weight.detach(), b.detach(), torch.float32)
+            assert y.is_contiguous(memory_format=torch.channels_last)
+            worst = max(worst, (y - conv(x)).abs().max().item() / conv(x).abs().max().item())
+        a = (torch.randn(n, c, h, w) * 2 + 0.5).contiguous(memory_format=torch.channels_last)
+        norm = torch.nn.GroupNorm(4, c)
+        with torch.no_grad():
+            norm.weight.normal_()
+            norm.bias.normal_()
+        out_conv = torch.nn.Conv2d(c, c_out, 3, padding=1)
+        ref = out_conv(F.silu(norm(a)))
+        scale, shift = group_norm_scale_shift(norm, a)
+        out = K.norm_silu_conv_out_3x3(
+            a, scale.detach(), shift.detach(), out_conv.weight.detach(), out_conv.bias.detach(), torch.float32
+        )
+        assert out.shape == ref.shape, (out.shape, ref.shape)
+        worst = max(worst, (out - ref).abs().max().item() / ref.abs().max().item())
+    print(worst)
+    """
+)
+
+
+@pytest.mark.skipif(not triton_available(), reason="Triton is not installed (a CPU-only torch build)")
+def test_kernels_equal_the_convolutions_under_the_interpreter() -> None:
+    """conv_in and norm + SiLU + conv_out, fp32 under Triton's interpreter, against torch: images
+    of 8x8, 4x8 and 16x4 (blocks of 64, 32 and 64 pixels), 1 to 8 thin channels, 8 to 256 wide ones
+    (padded to a power of two of 16 or more), with and without bias, NCHW and channels_last inputs."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}"}
+    done = subprocess.run(
+        [sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout.split()[-1]) < 1e-5
+
+
+_COMPILED = textwrap.dedent(
+    """
+    import torch
+    from bench import end_convs
+    from bench.groupnorm import use_group_norm
+    from bench_builtins.models.ddpm_unet import make_ddpm_unet
+
+    end_convs._kernel_dtype = lambda x: torch.float32  # the kernels' path on the CPU (interpreted)
+    torch.manual_seed(0)
+    model = make_ddpm_unet("tiny").eval()
+    x, t, c = torch.randn(2, 3, 16, 16), torch.tensor([10, 500]), torch.zeros(2, 24)
+    targets = []
+
+    def recording(gm, inputs):
+        targets.extend(str(node.target) for node in gm.graph.nodes)
+        return gm.forward
+
+    with torch.no_grad():
+        plain = model(x, t, c)
+        use_group_norm(model, "channel-stats")
+        end_convs.use_triton_end_convs(model, True)
+        traced = torch.compile(model, backend=recording, dynamic=False)(x, t, c)
+        torch._dynamo.reset()
+        inductor = torch.compile(model, dynamic=False)(x, t, c)
+    ops = sorted({t for t in targets if t.startswith("bench.")})
+    print(ops, max((traced - plain).abs().max().item(), (inductor - plain).abs().max().item()))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not triton_available(), reason="Triton is not installed (a CPU-only torch build)")
+def test_compiled_model_calls_the_kernels_as_ops() -> None:
+    """torch.compile traces the two ops into the graph (their fake shapes and layouts), and
+    Inductor's compiled forward with them equals the plain model (kernels interpreted, fp32)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}"}
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILED], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ops, worst = done.stdout.strip().rsplit(" ", 1)
+    assert ops == "['bench.conv_in_3x3.default', 'bench.norm_silu_conv_out_3x3.default']"
+    assert float(worst) < 1e-5
+
+
+def test_switch_swaps_the_end_modules_and_back(model) -> None:
+    """conv_in, and the tail's norm, SiLU and conv_out, change class and back; the parameters and
+    state_dict keys stay; the output norm comes back as the class it had."""
+    keys = list(model.state_dict())
+    use_group_norm(model, "channel-stats")
+    assert triton_end_convs(model) == 2
+    assert use_triton_end_convs(model, True) == 2
+    assert type(model.unet.conv_in) is TritonConvIn and type(model.unet.conv_out) is NormSiLUConvOut
+    assert type(model.unet.conv_norm_out) is FusedIntoNext and type(model.unet.conv_act) is FusedIntoNext
+    assert list(model.state_dict()) == keys
+    assert use_triton_end_convs(model, True) == 2  # twice: still switched, the classes kept
+    assert use_triton_end_convs(model, False) == 2
+    assert type(model.unet.conv_in) is nn.Conv2d and type(model.unet.conv_out) is nn.Conv2d
+    assert type(model.unet.conv_norm_out) is GroupNormByChannelStats and type(model.unet.conv_act) is nn.SiLU
+    assert "_bench_norm" not in model.unet.conv_out.__dict__
+    assert "_bench_class" not in model.unet.conv_act.__dict__
+
+
+def test_a_model_without_the_end_convolutions_switches_nothing() -> None:
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU())
+    assert triton_end_convs(plain) == 0 and use_triton_end_convs(plain, True) == 0
+    wide = make_ddpm_unet("tiny", block_out_channels=[512, 512], norm_num_groups=32)
+    assert triton_end_convs(wide) == 0  # 512 channels: past the kernels' 256
+    strided = make_ddpm_unet("tiny")
+    strided.unet.conv_in = nn.Conv2d(3, 32, 3, padding=1, stride=2)  # not the plain 3x3 the kernel takes
+    assert triton_end_convs(strided) == 1
+
+
+def test_fallback_off_cuda_is_the_plain_forward(model) -> None:
+    """On the CPU the switched modules compute through torch: the model's output is the plain one's
+    up to the GroupNorm statistics' rounding."""
+    x, t, c = torch.randn(2, 3, 64, 64), torch.tensor([10, 500]), torch.zeros(2, 24)
+    with torch.no_grad():
+        expected = model(x, t, c)
+        use_triton_end_convs(model, True)
+        got = model(x, t, c)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_sampling_with_the_switch_and_another_group_norm_kind_after(model) -> None:
+    """sample() with the switch on (the CPU falls back) gives the images of the switch off, up to
+    rounding; a later call with nn.GroupNorm leaves the output norm as that kind."""
+    config = noise_config("cosine", 1000)
+    conds = torch.eye(24)[:2]
+
+    def images(**switches):
+        options = SamplingOptions(dtype="fp32", batch_size=2, **switches)
+        return sample(
+            model, "cosine", conds, train_config=config, steps=3, device="cpu", options=options
+        ).images
+
+    on = images(triton_end_convs=True, group_norm_by_channel_stats=True)
+    assert type(model.unet.conv_out) is NormSiLUConvOut
+    off = images(group_norm_by_channel_stats=True)
+    torch.testing.assert_close(on, off, rtol=1e-4, atol=1e-4)
+    images(group_norm_by_channel_stats=False)
+    assert type(model.unet.conv_norm_out) is nn.GroupNorm and type(model.unet.conv_out) is nn.Conv2d
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the kernels in bf16 need a GPU")
+def test_kernels_on_cuda_in_bf16_and_compiled_sampling() -> None:
+    """The ops in bf16 against the fp32 convolutions (bf16's rounding), then compiled sampling with
+    CUDA graphs with the switch against without it: the same images within bf16 tolerance."""
+    from bench import end_conv_kernels as K
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
+    conv = nn.Conv2d(3, 128, 3, padding=1).cuda()
+    y = K.conv_in_3x3(x, conv.weight, conv.bias, torch.bfloat16)
+    ref = conv(x)
+    assert (y.float() - ref).abs().max() / ref.abs().max() < 2e-2
+    a = torch.randn(4, 128, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
+    norm, out_conv = nn.GroupNorm(32, 128).cuda(), nn.Conv2d(128, 3, 3, padding=1).cuda()
+    ref = out_conv(F.silu(norm(a)))
+    from bench.groupnorm import group_norm_scale_shift
+
+    scale, shift = group_norm_scale_shift(norm, a.bfloat16())
+    out = K.norm_silu_conv_out_3x3(a.bfloat16(), scale, shift, out_conv.weight, out_conv.bias, torch.bfloat16)
+    assert (out.float() - ref).abs().max() / ref.abs().max() < 2e-2
+
+    model = make_ddpm_unet("tiny").eval().cuda()
+    config = noise_config("cosine", 1000)
+    conds = torch.eye(24)[:8]
+    images = {}
+    for on in (False, True):
+        options = SamplingOptions(batch_size=8, triton_end_convs=on)
+        images[on] = sample(model, "cosine", conds, train_config=config, steps=20, options=options).images
+    assert type(model.unet.conv_out) is NormSiLUConvOut
+    assert (images[True] - images[False]).abs().max() < 0.1
