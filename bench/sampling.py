@@ -202,6 +202,10 @@ class SamplingOptions:
         )
         if error:
             raise SamplingOptionsError(error)
+        if self.pad_thin_convs and self.triton_end_convs:
+            raise SamplingOptionsError(
+                "--pad-thin-convs and --triton-end-convs both rewrite the thin end convolutions: choose one"
+            )
         try:
             group_norm = resolved_group_norm(self, compiled=compile_, cuda=cuda)
         except ValueError as error:

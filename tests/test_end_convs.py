@@ -28,7 +28,7 @@ from bench.end_convs import (
 )
 from bench.groupnorm import GroupNormByChannelStats, use_group_norm
 from bench.noise import noise_config
-from bench.sampling import SamplingOptions, sample
+from bench.sampling import SamplingOptions, SamplingOptionsError, sample
 from bench_builtins.models.ddpm_unet import make_ddpm_unet
 
 torch.set_num_threads(1)
@@ -149,6 +149,11 @@ def test_switch_swaps_the_end_modules_and_back(model) -> None:
     assert type(model.unet.conv_norm_out) is GroupNormByChannelStats and type(model.unet.conv_act) is nn.SiLU
     assert "_bench_norm" not in model.unet.conv_out.__dict__
     assert "_bench_class" not in model.unet.conv_act.__dict__
+
+
+def test_padding_and_the_kernels_together_are_refused() -> None:
+    with pytest.raises(SamplingOptionsError, match="choose one"):
+        SamplingOptions(pad_thin_convs=True, triton_end_convs=True).resolved("cpu")
 
 
 def test_a_model_without_the_end_convolutions_switches_nothing() -> None:
