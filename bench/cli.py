@@ -125,8 +125,8 @@ _FREEZE_WEIGHTS_HELP = (
 
 _NOISE_AHEAD_HELP = (
     "Draw each DDPM step's per-image noise one step ahead on a side CUDA stream, beside the model's "
-    "call (the same values; default on CUDA, where those 512 small draws a step otherwise wait in "
-    "line behind the model)."
+    "call, where those 512 small draws a step otherwise wait in line behind it (the same values; "
+    "default off: not yet measured on a GPU)."
 )
 
 _TRITON_END_CONVS_HELP = (

@@ -22,8 +22,8 @@ per chunk; ``step`` gets host scalars, so DDPM's previous-timestep search and th
 of DDIM/Euler/Heun/DPM-Solver++/UniPC are host work and their coefficients reach the GPU as
 scalars. ``set_begin_index(0)`` skips the lookup sigma schedulers do at their first step. What
 remains per step: with per-image generators, stochastic steps draw their noise with one small
-kernel per image; for DDPM on CUDA those draws run a step ahead on a side stream
-(bench/step_noise.py, ``noise_ahead``).
+kernel per image; with ``noise_ahead`` DDPM's draws run a step ahead on a side CUDA stream
+(bench/step_noise.py).
 """
 
 from __future__ import annotations
@@ -160,7 +160,8 @@ class SamplingOptions:
     # A weight change recompiles (see _compiled).
     freeze_weights: bool | None = None
     # Each DDPM step's per-image noise drawn one step ahead on a side CUDA stream, beside the model's
-    # call (bench/step_noise.py): the same values. Default on CUDA; off the CPU nothing overlaps.
+    # call (bench/step_noise.py): the same values. Off by default until a GPU has measured it (no
+    # GPU could be had in session 35); off the CPU nothing overlaps.
     noise_ahead: bool | None = None
     # The UNet's thin end convolutions by Triton kernels of our own, the output one with its
     # GroupNorm and SiLU in the same pass (bench/end_convs.py). CUDA with bf16/fp16 autocast; off
@@ -229,7 +230,7 @@ class SamplingOptions:
             else self.attention_by_sums,
             pad_thin_convs=bool(self.pad_thin_convs),
             freeze_weights=bool(self.freeze_weights),
-            noise_ahead=cuda if self.noise_ahead is None else self.noise_ahead,
+            noise_ahead=bool(self.noise_ahead),
             triton_end_convs=bool(self.triton_end_convs),
         )
 

@@ -93,8 +93,7 @@ _GPU_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 # Today's default, untuned and tuned, with one more switch: mode suffix -> (label words, settings).
-# Since session 35 every mode draws DDPM's noise a step ahead on CUDA (noise_ahead's default);
-# "-inline" draws it in line, as every mode did before.
+# "-ahead" draws DDPM's noise a step ahead on a side stream (noise_ahead, off by default).
 _ON_TODAYS_DEFAULT = {
     "padded": ("thin convolutions padded", {"pad_thin_convs": True}),
     "frozen": ("weights frozen", {"freeze_weights": True}),
@@ -102,7 +101,7 @@ _ON_TODAYS_DEFAULT = {
         "weights frozen, end convolutions by Triton",
         {"freeze_weights": True, "triton_end_convs": True},
     ),
-    "frozen-inline": ("weights frozen, noise drawn in line", {"freeze_weights": True, "noise_ahead": False}),
+    "frozen-ahead": ("weights frozen, noise drawn ahead", {"freeze_weights": True, "noise_ahead": True}),
 }
 for _base in ("graphs-attn-gn-stats", "graphs-tuned-attn-gn-stats"):
     _label, _settings = _GPU_OPTIONS[_base]
