@@ -31,7 +31,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -500,36 +500,36 @@ def _run_chunk(
         from bench.progress import progress
 
         step_indices = progress(step_indices, label=progress_label, length=len(timesteps))
-    if ahead is not None and draws[0]:
-        ahead.draw()  # after the initial noise: each generator's draws keep the plain path's order
-    for i in step_indices:
-        t_host = host_timesteps[i]
-        model_input = scheduler.scale_model_input(x, t_host)
-        # Guidance inside the interval only: a host decision, no device sync.
-        scale = guidance if in_interval(float(t_host), interval) else 1.0
-        eps = call(model_input, timesteps[i], cond, scale)
-        before = x.shape
-        if ahead is None:
-            x = scheduler.step(eps, t_host, x, return_dict=False, **step_kwargs)[0]
-        else:
-            if i + 1 < len(draws) and draws[i + 1]:
-                ahead.draw()  # the next step's noise, on the side stream while this call runs
-            with ahead.served(scheduler, draws[i]):
+    # The side stream's draws are waited for on the way out, an error's included.
+    with ahead if ahead is not None else nullcontext():
+        if ahead is not None and draws[0]:
+            ahead.draw()  # after the initial noise: each generator's draws keep the plain path's order
+        for i in step_indices:
+            t_host = host_timesteps[i]
+            model_input = scheduler.scale_model_input(x, t_host)
+            # Guidance inside the interval only: a host decision, no device sync.
+            scale = guidance if in_interval(float(t_host), interval) else 1.0
+            eps = call(model_input, timesteps[i], cond, scale)
+            before = x.shape
+            if ahead is None:
                 x = scheduler.step(eps, t_host, x, return_dict=False, **step_kwargs)[0]
-        if x.shape != before:  # a host check: no sync
-            raise SamplingError(
-                f"scheduler {name!r}: its step {i + 1} of {len(timesteps)} returned samples of shape "
-                f"{tuple(x.shape)} for samples of shape {tuple(before)}"
-            )
-        if i + 1 in keep:
-            if i + 1 == len(timesteps):
-                frames.append(x.clamp(-1, 1).float().cpu())
             else:
-                # The variance-preserving view of x_t (sigma schedulers scale x_t up).
-                nxt = host_timesteps[i + 1]
-                frames.append(scheduler.scale_model_input(x, nxt).float().cpu())
-    if ahead is not None:
-        ahead.close()
+                if i + 1 < len(draws) and draws[i + 1]:
+                    ahead.draw()  # the next step's noise, on the side stream while this call runs
+                with ahead.served(scheduler, draws[i]):
+                    x = scheduler.step(eps, t_host, x, return_dict=False, **step_kwargs)[0]
+            if x.shape != before:  # a host check: no sync
+                raise SamplingError(
+                    f"scheduler {name!r}: its step {i + 1} of {len(timesteps)} returned samples of shape "
+                    f"{tuple(x.shape)} for samples of shape {tuple(before)}"
+                )
+            if i + 1 in keep:
+                if i + 1 == len(timesteps):
+                    frames.append(x.clamp(-1, 1).float().cpu())
+                else:
+                    # The variance-preserving view of x_t (sigma schedulers scale x_t up).
+                    nxt = host_timesteps[i + 1]
+                    frames.append(scheduler.scale_model_input(x, nxt).float().cpu())
     return x, frames
 
 

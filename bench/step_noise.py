@@ -125,3 +125,9 @@ class StepNoise:
         """Have the main stream wait for every draw (the buffers go back to its memory pool)."""
         if self.stream is not None:
             torch.cuda.current_stream(self.device).wait_stream(self.stream)
+
+    def __enter__(self) -> StepNoise:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -133,6 +133,49 @@ def test_compiled_model_calls_the_kernels_as_ops() -> None:
     assert float(worst) < 1e-5
 
 
+def _nvidia_backend() -> bool:
+    if not triton_available():
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("triton.backends.nvidia") is not None
+
+
+@pytest.mark.skipif(not _nvidia_backend(), reason="Triton's CUDA backend (ptxas) is not installed")
+@pytest.mark.parametrize(
+    ("kernel", "pointers", "constants", "warps"),
+    [
+        ("_conv_in_kernel", ("fp32", "bf16", "fp32", "bf16"), {"C_IN": 3, "C_OUT": 128, "CO_PAD": 128, "K_PAD": 32, "BLOCK_P": 128}, 4),
+        ("_norm_silu_taps_kernel", ("bf16", "fp32", "fp32", "bf16", "fp32"), {"C": 128, "C_PAD": 128, "TAPS": 32, "BLOCK_P": 128}, 8),
+        ("_tap_sums_kernel", ("fp32", "fp32", "bf16"), {"C_OUT": 3, "CO_PAD": 4, "TAPS": 32, "BLOCK_P": 128}, 4),
+    ],
+)  # fmt: skip
+def test_kernels_compile_for_an_h100_in_bf16(
+    kernel: str, pointers: tuple, constants: dict, warps: int
+) -> None:
+    """What the interpreter cannot check: the kernels at the `seed` UNet's shapes, bf16 products on
+    the tensor cores, compiled ahead of time for sm_90 (H100, H200) by Triton's own ptxas; no GPU
+    needed. The products must come out as Hopper's warp-group matrix instructions."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from bench import end_conv_kernels
+
+    fn = getattr(end_conv_kernels, kernel)
+    signature = {}
+    for i, name in enumerate(fn.arg_names):
+        if name in constants:
+            signature[name] = "constexpr"
+        else:
+            signature[name] = "*" + pointers[i] if i < len(pointers) else "i32"
+    source = ASTSource(fn=fn, signature=signature, constexprs=constants)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    ptx = compiled.asm["ptx"]
+    assert ".target sm_90" in ptx
+    assert ("wgmma" in ptx) == (kernel != "_tap_sums_kernel")
+
+
 def test_switch_swaps_the_end_modules_and_back(model) -> None:
     """conv_in, and the tail's norm, SiLU and conv_out, change class and back; the parameters and
     state_dict keys stay; the output norm comes back as the class it had."""
