@@ -13,15 +13,25 @@ over its largest tensor:
   added (zero outside the image, as the convolution's zero padding gives).
 
 The products run in the weight's dtype (bf16 on the GPU's fast path) with fp32 sums, as cuDNN's
-bf16 convolutions do. Under ``TRITON_INTERPRET=1`` the same kernels run on the CPU (fp32), which is
+bf16 convolutions do. Each kernel's launch settings (pixels per program, warps) are timed by
+Triton's tuner at the first launch of a shape, which sampling's warm-up makes, before any CUDA
+graph is captured: none of them was ever timed by hand (no GPU in the session that wrote them). Under ``TRITON_INTERPRET=1`` the same kernels run on the CPU (fp32), which is
 how the tests check their indexing.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
+
+# Triton's own switch: the kernels run on the CPU, with numpy, and nothing can be timed there, so
+# each launch takes the largest block that fits (``pixel_block``) instead of its tuner's pick.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _pow2(n: int, least: int = 16) -> int:
@@ -29,15 +39,51 @@ def _pow2(n: int, least: int = 16) -> int:
 
 
 def pixel_block(pixels_per_image: int, channels: int) -> int | None:
-    """The pixels a program takes: a power of two from 128 down to 16 that divides an image (a block
-    lies in one image) and keeps a block of the wide side within 16,384 values (registers), None
-    where none does (the caller falls back to torch)."""
+    """The largest pixel block a launch may take (a power of two from 128 down to 16 that divides an
+    image, so a block lies in one image, and keeps a block of the wide side within 16,384 values of
+    registers); None where none does (the caller falls back to torch)."""
     for block in (128, 64, 32, 16):
-        if pixels_per_image % block == 0 and block * _pow2(channels) <= 16384:
+        if _block_fits(block, pixels_per_image, channels):
             return block
     return None
 
 
+def _block_fits(block: int, pixels_per_image: int, channels: int) -> bool:
+    return pixels_per_image % block == 0 and block * _pow2(channels) <= 16384
+
+
+def _tuned(blocks: tuple[int, ...], warps: tuple[int, ...], key: list[str], wide: str) -> Callable:
+    """``triton.autotune`` over pixel blocks and warps (timed on the GPU at the first launch of each
+    shape, the sampling warm-up's), keeping the blocks that fit (``_block_fits``) of the ``wide``
+    argument's channels; the kernel unchanged when interpreted."""
+
+    def fitting(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
+        pixels, channels = named_args["H"] * named_args["W"], {**named_args, **kwargs}[wide]
+        return [c for c in configs if _block_fits(c.kwargs["BLOCK_P"], pixels, channels)]
+
+    configs = [triton.Config({"BLOCK_P": b}, num_warps=w) for b in blocks for w in warps]
+
+    def wrap(kernel: Any) -> Any:
+        if INTERPRETED:
+            return kernel
+        return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": fitting})(
+            kernel
+        )
+
+    return wrap
+
+
+def _launch(kernel: Any, pixels: int, pixels_per_image: int, wide: int, *args: Any, **constants: Any) -> None:
+    """Launch ``kernel`` over ``pixels`` in blocks: its tuner's blocks, or, interpreted, the largest
+    that fits."""
+    if INTERPRETED:
+        block = pixel_block(pixels_per_image, wide)
+        kernel[(pixels // block,)](*args, **constants, BLOCK_P=block)
+    else:
+        kernel[lambda meta: (pixels // meta["BLOCK_P"],)](*args, **constants)
+
+
+@_tuned((16, 32, 64, 128), (4, 8), key=["H", "W", "C_IN", "C_OUT"], wide="CO_PAD")
 @triton.jit
 def _conv_in_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
@@ -68,6 +114,7 @@ def _conv_in_kernel(
     tl.store(y_ptr + p[:, None] * C_OUT + co[None, :], acc.to(y_ptr.dtype.element_ty), mask=comask[None, :])
 
 
+@_tuned((16, 32, 64, 128), (4, 8), key=["H", "W", "C", "TAPS"], wide="C_PAD")
 @triton.jit
 def _norm_silu_taps_kernel(
     x_ptr, scale_ptr, shift_ptr, w_ptr, y_ptr,
@@ -98,6 +145,7 @@ def _norm_silu_taps_kernel(
     tl.store(y_ptr + p[:, None] * TAPS + j[None, :], partial)
 
 
+@_tuned((16, 32, 64, 128, 256, 512), (4,), key=["H", "W", "C_OUT", "TAPS"], wide="CO_PAD")
 @triton.jit
 def _tap_sums_kernel(
     y_ptr, b_ptr, out_ptr,
@@ -156,10 +204,10 @@ def conv_in_3x3(
     c_out = weight.shape[0]
     y = torch.empty((n, c_out, h, w), device=x.device, dtype=out_dtype, memory_format=torch.channels_last)
     matrix = _conv_in_matrix(weight, _product_dtype(out_dtype))
-    block = pixel_block(h * w, c_out)
-    _conv_in_kernel[(n * h * w // block,)](
+    _launch(
+        _conv_in_kernel, n * h * w, h * w, matrix.shape[1],
         x, matrix, bias, y, h, w, *x.stride(),
-        C_IN=c_in, C_OUT=c_out, CO_PAD=matrix.shape[1], K_PAD=matrix.shape[0], BLOCK_P=block, num_warps=4,
+        C_IN=c_in, C_OUT=c_out, CO_PAD=matrix.shape[1], K_PAD=matrix.shape[0],
     )  # fmt: skip
     return y
 
@@ -186,17 +234,17 @@ def norm_silu_conv_out_3x3(
     n, c, h, w = x.shape
     c_out = weight.shape[0]
     taps = _taps_matrix(weight, _product_dtype(out_dtype))
-    block = pixel_block(h * w, c)
     partial = torch.empty((n * h * w, taps.shape[1]), device=x.device, dtype=torch.float32)
-    grid = (n * h * w // block,)
-    _norm_silu_taps_kernel[grid](
+    _launch(
+        _norm_silu_taps_kernel, n * h * w, h * w, _pow2(c),
         x, scale.contiguous(), shift.contiguous(), taps, partial, h, w, *x.stride(),
-        C=c, C_PAD=_pow2(c), TAPS=taps.shape[1], BLOCK_P=block, num_warps=8,
+        C=c, C_PAD=_pow2(c), TAPS=taps.shape[1],
     )  # fmt: skip
     out = torch.empty((n, c_out, h, w), device=x.device, dtype=out_dtype, memory_format=torch.channels_last)
-    _tap_sums_kernel[grid](
+    _launch(
+        _tap_sums_kernel, n * h * w, h * w, _pow2(c_out, least=2),
         partial, bias, out, h, w, *out.stride(),
-        C_OUT=c_out, CO_PAD=_pow2(c_out, least=2), TAPS=taps.shape[1], BLOCK_P=block, num_warps=4,
+        C_OUT=c_out, CO_PAD=_pow2(c_out, least=2), TAPS=taps.shape[1],
     )  # fmt: skip
     return out
 

@@ -162,7 +162,7 @@ def test_kernels_compile_for_an_h100_in_bf16(
 
     from bench import end_conv_kernels
 
-    fn = getattr(end_conv_kernels, kernel)
+    fn = getattr(end_conv_kernels, kernel).fn  # the kernel under its launch-settings tuner
     signature = {}
     for i, name in enumerate(fn.arg_names):
         if name in constants:
@@ -174,6 +174,23 @@ def test_kernels_compile_for_an_h100_in_bf16(
     ptx = compiled.asm["ptx"]
     assert ".target sm_90" in ptx
     assert ("wgmma" in ptx) == (kernel != "_tap_sums_kernel")
+
+
+@pytest.mark.skipif(not triton_available(), reason="Triton is not installed (a CPU-only torch build)")
+def test_launch_settings_the_tuner_may_try() -> None:
+    """The GPU's tuner times only pixel blocks that lie in one image and fit the registers with the
+    wide side's channels (at most 16,384 values), each at 4 and 8 warps."""
+    from bench import end_conv_kernels as K
+
+    def tried(kernel, h, w, **wide):
+        configs = kernel.early_config_prune(kernel.configs, {"H": h, "W": w}, **wide)
+        return sorted({(c.kwargs["BLOCK_P"], c.num_warps) for c in configs})
+
+    assert tried(K._conv_in_kernel, 4, 8, CO_PAD=16) == [(16, 4), (16, 8), (32, 4), (32, 8)]
+    assert [b for b, _ in tried(K._norm_silu_taps_kernel, 64, 64, C_PAD=256)] == [16, 16, 32, 32, 64, 64]
+    assert [b for b, _ in tried(K._tap_sums_kernel, 64, 64, CO_PAD=4)] == [16, 32, 64, 128, 256, 512]
+    assert K.pixel_block(64 * 64, 128) == 128 and K.pixel_block(64 * 64, 256) == 64
+    assert K.pixel_block(5 * 5, 16) is None
 
 
 def test_switch_swaps_the_end_modules_and_back(model) -> None:
