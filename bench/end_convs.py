@@ -25,8 +25,8 @@ an image whose pixel count no block of 16 to 128 divides.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,16 +37,24 @@ from bench.groupnorm import group_norm_scale_shift
 THIN = 8  # at most this many channels on the thin side: 9 * 8 = 72 rows fit a block of 128
 
 
-@functools.cache
+# Whether Triton is here (CUDA builds of torch ship it; CPU builds may not), and its kernels module
+# once a switch has imported it: plain globals, which torch.compile reads as constants inside a
+# forward (a cached function or an import there may split the traced graph).
+_TRITON = importlib.util.find_spec("triton") is not None
+_KERNELS: Any = None  # bench.end_conv_kernels
+
+
 def triton_available() -> bool:
-    """Whether Triton imports here (CUDA builds of torch ship it; CPU builds may not)."""
-    return importlib.util.find_spec("triton") is not None
+    """Whether Triton imports here."""
+    return _TRITON
 
 
-def _kernels():
-    from bench import end_conv_kernels
+def _load_kernels() -> None:
+    global _KERNELS
+    if _KERNELS is None and _TRITON:
+        from bench import end_conv_kernels
 
-    return end_conv_kernels
+        _KERNELS = end_conv_kernels
 
 
 def _plain_3x3(conv: nn.Conv2d) -> bool:
@@ -67,10 +75,13 @@ def _wide(channels: int) -> bool:
     return 1 <= channels <= 256
 
 
-def _kernel_dtype(x: torch.Tensor) -> torch.dtype | None:
-    """The dtype the kernels compute in for ``x``: autocast's half dtype on CUDA, else None (fall
-    back). fp32 stays with cuDNN: the kernels' products would round to tf32."""
-    if not (x.is_cuda and triton_available() and torch.is_autocast_enabled("cuda")):
+def _kernel_dtype(x: torch.Tensor, wide: int) -> torch.dtype | None:
+    """The dtype the kernels compute in for ``x`` (``wide`` channels on the wide side): autocast's
+    half dtype on CUDA, else None: fall back to torch. fp32 stays with cuDNN (the kernels' products
+    would round to tf32), and so does an image no pixel block divides."""
+    if _KERNELS is None or not x.is_cuda or not torch.is_autocast_enabled("cuda"):
+        return None
+    if _KERNELS.pixel_block(x.shape[-2] * x.shape[-1], wide) is None:
         return None
     dtype = torch.get_autocast_dtype("cuda")
     return dtype if dtype in (torch.bfloat16, torch.float16) else None
@@ -84,10 +95,10 @@ class TritonConvIn(nn.Conv2d):
     """``nn.Conv2d`` (3x3, thin input) by ``bench::conv_in_3x3`` where it can run."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = _kernel_dtype(x)
-        if dtype is None or _kernels().pixel_block(x.shape[-2] * x.shape[-1], self.out_channels) is None:
+        dtype = _kernel_dtype(x, self.out_channels)
+        if dtype is None:
             return super().forward(x)
-        return _kernels().conv_in_3x3(x, self.weight, _bias(self), dtype)
+        return _KERNELS.conv_in_3x3(x, self.weight, _bias(self), dtype)
 
 
 class FusedIntoNext(nn.Module):
@@ -103,12 +114,12 @@ class NormSiLUConvOut(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         norm = self.__dict__["_bench_norm"]
         scale, shift = group_norm_scale_shift(norm, x)
-        dtype = _kernel_dtype(x)
-        if dtype is None or _kernels().pixel_block(x.shape[-2] * x.shape[-1], self.in_channels) is None:
+        dtype = _kernel_dtype(x, self.in_channels)
+        if dtype is None:
             shape = (*scale.shape, 1, 1)
             z = (x.float() * scale.view(shape) + shift.view(shape)).to(x.dtype)
             return super().forward(F.silu(z))
-        return _kernels().norm_silu_conv_out_3x3(x, scale, shift, self.weight, _bias(self), dtype)
+        return _KERNELS.norm_silu_conv_out_3x3(x, scale, shift, self.weight, _bias(self), dtype)
 
 
 def _tail(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module] | None:
@@ -168,6 +179,8 @@ def _restore(module: nn.Module) -> None:
 def use_triton_end_convs(model: nn.Module, enabled: bool = True) -> int:
     """Switch the end convolutions of every UNet in ``model`` to the Triton forms (or back);
     returns how many."""
+    if enabled:
+        _load_kernels()
     count = 0
     for holder in _holders(model):
         head, tail = _head(holder), _tail(holder)

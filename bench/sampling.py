@@ -484,10 +484,10 @@ def _run_chunk(
     host_timesteps = scheduler.timesteps.cpu()
     timesteps = host_timesteps.to(device)  # the model's copy, sent once per chunk
     step_kwargs = _step_kwargs(scheduler, generators)
-    ahead = None
+    ahead, draws = None, []
     if noise_ahead and step_kwargs and takes_part(scheduler):
         ahead = StepNoise(generators, shape, device)
-    draws = [draws_at(t) for t in host_timesteps.tolist()]
+        draws = [draws_at(t) for t in host_timesteps.tolist()]  # which steps draw, known up front
 
     x = torch.cat([torch.randn((1, *shape), generator=g, device=device) for g in generators])
     x = x * scheduler.init_noise_sigma

@@ -95,7 +95,7 @@ _COMPILED = textwrap.dedent(
     from bench.groupnorm import use_group_norm
     from bench_builtins.models.ddpm_unet import make_ddpm_unet
 
-    end_convs._kernel_dtype = lambda x: torch.float32  # the kernels' path on the CPU (interpreted)
+    end_convs._kernel_dtype = lambda x, wide: torch.float32  # the kernels' path on the CPU (interpreted)
     torch.manual_seed(0)
     model = make_ddpm_unet("tiny").eval()
     x, t, c = torch.randn(2, 3, 16, 16), torch.tensor([10, 500]), torch.zeros(2, 24)
@@ -113,7 +113,9 @@ _COMPILED = textwrap.dedent(
         torch._dynamo.reset()
         inductor = torch.compile(model, dynamic=False)(x, t, c)
     ops = sorted({t for t in targets if t.startswith("bench.")})
-    print(ops, max((traced - plain).abs().max().item(), (inductor - plain).abs().max().item()))
+    with torch.no_grad():
+        graphs = torch._dynamo.explain(model)(x, t, c).graph_count
+    print(ops, graphs, max((traced - plain).abs().max().item(), (inductor - plain).abs().max().item()))
     """
 )
 
@@ -128,8 +130,9 @@ def test_compiled_model_calls_the_kernels_as_ops() -> None:
         [sys.executable, "-c", _COMPILED], env=env, capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    ops, worst = done.stdout.strip().rsplit(" ", 1)
+    ops, graphs, worst = done.stdout.strip().rsplit(" ", 2)
     assert ops == "['bench.conv_in_3x3.default', 'bench.norm_silu_conv_out_3x3.default']"
+    assert graphs == "1"  # the switched modules split nothing: one traced graph
     assert float(worst) < 1e-5
 
 
