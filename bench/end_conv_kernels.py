@@ -83,6 +83,17 @@ def _launch(kernel: Any, pixels: int, pixels_per_image: int, wide: int, *args: A
         kernel[lambda meta: (pixels // meta["BLOCK_P"],)](*args, **constants)
 
 
+@triton.jit
+def _pixels(BLOCK_P: tl.constexpr, H, W):
+    """This program's block of pixels: flat indices over (N, H, W), the image they lie in (BLOCK_P
+    divides H * W), and each one's row and column. In int64: a batch of 4,096 64x64 images of 128
+    channels passes 2**31 elements."""
+    hw = H * W
+    first = tl.program_id(0).to(tl.int64) * BLOCK_P
+    p = first + tl.arange(0, BLOCK_P)
+    return p, first // hw, (p % hw) // W, p % W
+
+
 @_tuned((16, 32, 64, 128), (4, 8), key=["H", "W", "C_IN", "C_OUT"], wide="CO_PAD")
 @triton.jit
 def _conv_in_kernel(
@@ -92,13 +103,7 @@ def _conv_in_kernel(
     C_IN: tl.constexpr, C_OUT: tl.constexpr, CO_PAD: tl.constexpr, K_PAD: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):  # fmt: skip
-    hw = H * W
-    # Offsets in int64: a batch of 4,096 64x64 images of 128 channels passes 2**31 elements.
-    first = tl.program_id(0).to(tl.int64) * BLOCK_P
-    p = first + tl.arange(0, BLOCK_P)  # pixels of one image (BLOCK_P divides H * W)
-    n = first // hw
-    h = (p % hw) // W
-    w = p % W
+    p, n, h, w = _pixels(BLOCK_P, H, W)
     k = tl.arange(0, K_PAD)  # (ky, kx, c) flattened as the kernel matrix's rows
     tap = k // C_IN
     c = k % C_IN
@@ -122,12 +127,7 @@ def _norm_silu_taps_kernel(
     sxn, sxc, sxh, sxw,
     C: tl.constexpr, C_PAD: tl.constexpr, TAPS: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
-    hw = H * W
-    first = tl.program_id(0).to(tl.int64) * BLOCK_P
-    p = first + tl.arange(0, BLOCK_P)
-    n = first // hw
-    h = (p % hw) // W
-    w = p % W
+    p, n, h, w = _pixels(BLOCK_P, H, W)
     c = tl.arange(0, C_PAD)
     cmask = c < C
     x = tl.load(
@@ -153,12 +153,7 @@ def _tap_sums_kernel(
     son, soc, soh, sow,
     C_OUT: tl.constexpr, CO_PAD: tl.constexpr, TAPS: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
-    hw = H * W
-    first = tl.program_id(0).to(tl.int64) * BLOCK_P
-    p = first + tl.arange(0, BLOCK_P)
-    n = first // hw
-    h = (p % hw) // W
-    w = p % W
+    p, n, h, w = _pixels(BLOCK_P, H, W)
     co = tl.arange(0, CO_PAD)
     comask = co < C_OUT
     acc = tl.zeros((BLOCK_P, CO_PAD), dtype=tl.float32)
@@ -167,7 +162,7 @@ def _tap_sums_kernel(
         hh = h + tap // 3 - 1
         ww = w + tap % 3 - 1
         inside = (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-        q = n * hw + hh * W + ww
+        q = (n * H + hh) * W + ww
         acc += tl.load(
             y_ptr + q[:, None] * TAPS + (tap * C_OUT + co)[None, :],
             mask=inside[:, None] & comask[None, :],

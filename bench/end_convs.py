@@ -57,7 +57,9 @@ def _load_kernels() -> None:
         _KERNELS = end_conv_kernels
 
 
-def _plain_3x3(conv: nn.Conv2d) -> bool:
+def is_plain_3x3(conv: nn.Module) -> bool:
+    """A 3x3 ``nn.Conv2d`` that keeps the image's size: stride 1, zero padding 1, no dilation or
+    groups (what the kernels here, and the folded upsampling of bench/upsample.py, take)."""
     return (
         isinstance(conv, nn.Conv2d)
         and conv.kernel_size == (3, 3)
@@ -132,7 +134,7 @@ def _tail(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module] | None:
         issubclass(_own_class(norm), nn.GroupNorm)
         and _own_class(act) is nn.SiLU
         and type(conv) in (nn.Conv2d, NormSiLUConvOut)
-        and _plain_3x3(conv)
+        and is_plain_3x3(conv)
         and conv.out_channels <= THIN
         and _wide(conv.in_channels)
     )
@@ -148,7 +150,7 @@ def _head(model: nn.Module) -> nn.Conv2d | None:
     conv = getattr(model, "conv_in", None)
     fits = (
         type(conv) in (nn.Conv2d, TritonConvIn)
-        and _plain_3x3(conv)
+        and is_plain_3x3(conv)
         and conv.in_channels <= THIN
         and _wide(conv.out_channels)
     )

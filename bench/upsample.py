@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.end_convs import is_plain_3x3
 from bench.groupnorm import channels_last_only
 
 
@@ -73,13 +74,7 @@ def _foldable(module: nn.Module) -> bool:
         and not getattr(module, "use_conv_transpose", True)
         and getattr(module, "interpolate", False)
         and getattr(module, "norm", None) is None
-        and isinstance(conv, nn.Conv2d)
-        and conv.kernel_size == (3, 3)
-        and conv.padding == (1, 1)
-        and conv.stride == (1, 1)
-        and conv.dilation == (1, 1)
-        and conv.groups == 1
-        and conv.padding_mode == "zeros"
+        and is_plain_3x3(conv)
     )
 
 
