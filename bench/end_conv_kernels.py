@@ -35,7 +35,9 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _pow2(n: int, least: int = 16) -> int:
-    return max(least, triton.next_power_of_2(n))
+    """The power of two at or above ``n``, at least ``least``. Plain Python: the modules' forwards
+    call it under torch.compile, which may split its graph at a call into Triton."""
+    return max(least, 1 << (n - 1).bit_length())
 
 
 def pixel_block(pixels_per_image: int, channels: int) -> int | None:

@@ -77,16 +77,24 @@ def _wide(channels: int) -> bool:
     return 1 <= channels <= 256
 
 
-def _kernel_dtype(x: torch.Tensor, wide: int) -> torch.dtype | None:
-    """The dtype the kernels compute in for ``x`` (``wide`` channels on the wide side): autocast's
-    half dtype on CUDA, else None: fall back to torch. fp32 stays with cuDNN (the kernels' products
-    would round to tf32), and so does an image no pixel block divides."""
-    if _KERNELS is None or not x.is_cuda or not torch.is_autocast_enabled("cuda"):
-        return None
-    if _KERNELS.pixel_block(x.shape[-2] * x.shape[-1], wide) is None:
+def _half_on_cuda(x: torch.Tensor) -> torch.dtype | None:
+    """Autocast's half dtype where ``x`` is on CUDA under it, else None. fp32 stays with cuDNN: the
+    kernels' products would round to tf32."""
+    if not x.is_cuda or not torch.is_autocast_enabled("cuda"):
         return None
     dtype = torch.get_autocast_dtype("cuda")
     return dtype if dtype in (torch.bfloat16, torch.float16) else None
+
+
+def _kernel_dtype(x: torch.Tensor, wide: int) -> torch.dtype | None:
+    """The dtype the kernels compute in for ``x`` (``wide`` channels on the wide side), None where
+    they cannot run: fall back to torch (also for an image no pixel block divides)."""
+    if _KERNELS is None:
+        return None
+    dtype = _half_on_cuda(x)
+    if dtype is None or _KERNELS.pixel_block(x.shape[-2] * x.shape[-1], wide) is None:
+        return None
+    return dtype
 
 
 def _bias(conv: nn.Conv2d) -> torch.Tensor:

@@ -95,7 +95,7 @@ _COMPILED = textwrap.dedent(
     from bench.groupnorm import use_group_norm
     from bench_builtins.models.ddpm_unet import make_ddpm_unet
 
-    end_convs._kernel_dtype = lambda x, wide: torch.float32  # the kernels' path on the CPU (interpreted)
+    end_convs._half_on_cuda = lambda x: torch.float32  # the kernels' path on the CPU (interpreted)
     torch.manual_seed(0)
     model = make_ddpm_unet("tiny").eval()
     x, t, c = torch.randn(2, 3, 16, 16), torch.tensor([10, 500]), torch.zeros(2, 24)
