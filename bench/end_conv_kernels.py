@@ -199,7 +199,7 @@ def conv_in_3x3(
     the products in ``out_dtype`` where it is bf16 or fp16, else fp32."""
     n, c_in, h, w = x.shape
     c_out = weight.shape[0]
-    y = torch.empty((n, c_out, h, w), device=x.device, dtype=out_dtype, memory_format=torch.channels_last)
+    y = _output_like(x, weight, out_dtype)
     matrix = _conv_in_matrix(weight, _product_dtype(out_dtype))
     _launch(
         _conv_in_kernel, n * h * w, h * w, matrix.shape[1],
@@ -211,10 +211,7 @@ def conv_in_3x3(
 
 @conv_in_3x3.register_fake
 def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    n, _, h, w = x.shape
-    return x.new_empty((n, weight.shape[0], h, w), dtype=out_dtype).contiguous(
-        memory_format=torch.channels_last
-    )
+    return _output_like(x, weight, out_dtype)
 
 
 @torch.library.custom_op("bench::norm_silu_conv_out_3x3", mutates_args=())
@@ -237,7 +234,7 @@ def norm_silu_conv_out_3x3(
         x, scale.contiguous(), shift.contiguous(), taps, partial, h, w, *x.stride(),
         C=c, C_PAD=_pow2(c), TAPS=taps.shape[1],
     )  # fmt: skip
-    out = torch.empty((n, c_out, h, w), device=x.device, dtype=out_dtype, memory_format=torch.channels_last)
+    out = _output_like(x, weight, out_dtype)
     _launch(
         _tap_sums_kernel, n * h * w, h * w, _pow2(c_out, least=2),
         partial, bias, out, h, w, *out.stride(),
@@ -255,9 +252,15 @@ def _(
     bias: torch.Tensor,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
+    return _output_like(x, weight, out_dtype)
+
+
+def _output_like(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An empty 3x3 same-size convolution output of ``x`` by ``weight``: channels_last, ``dtype``.
+    Both ops allocate their output with it, and their fake forms (what torch.compile traces) too."""
     n, _, h, w = x.shape
-    return x.new_empty((n, weight.shape[0], h, w), dtype=out_dtype).contiguous(
-        memory_format=torch.channels_last
+    return torch.empty(
+        (n, weight.shape[0], h, w), device=x.device, dtype=dtype, memory_format=torch.channels_last
     )
 
 

@@ -26,6 +26,7 @@ import copy
 import functools
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -94,19 +95,29 @@ class OutputTail(nn.Module):
         return self.conv_out(self.conv_act(self.conv_norm_out(x)))
 
 
-def _tail_switched(tail: OutputTail) -> nn.Module:
-    """A copy of ``tail`` whose norm, SiLU and conv_out run as the fused Triton kernels."""
-    switched = copy.deepcopy(tail)
-    use_triton_end_convs(switched, True)
+def on_triton(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` (a thin-input ``nn.Conv2d`` or an ``OutputTail``) on the Triton kernels of
+    bench/end_convs.py; the switch looks for a ``conv_in``, so a lone convolution gets a holder."""
+    switched = copy.deepcopy(module)
+    holder = switched
+    if isinstance(switched, nn.Conv2d):
+        holder = nn.Module()
+        holder.add_module("conv_in", switched)
+    use_triton_end_convs(holder, True)
     return switched
 
 
-def _switched(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` with its end convolutions on the Triton kernels (bench/end_convs.py)."""
-    holder = nn.Module()
-    holder.add_module("conv_in", copy.deepcopy(module))
-    use_triton_end_convs(holder, True)
-    return holder.conv_in
+def forms_of(module: nn.Module) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Each way ``module`` can run, by form name. The matrix-product forms only for
+    their own side's thinness (the other side's costs many times the bytes)."""
+    if isinstance(module, OutputTail):
+        return {"torch": module, "triton": on_triton(module)}
+    forms = {"cudnn": module, "padded": functools.partial(padded_conv, module)}
+    if module.in_channels < module.out_channels:
+        forms |= {"gather": functools.partial(conv_by_gather, module), "triton": on_triton(module)}
+    else:
+        forms["scatter"] = functools.partial(conv_by_scatter, module)
+    return forms
 
 
 def main() -> None:
@@ -122,12 +133,6 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda")
-    forms = {
-        "cudnn": lambda conv, x: conv(x),
-        "padded": padded_conv,
-        "gather": conv_by_gather,
-        "scatter": conv_by_scatter,
-    }
     shapes = {
         "conv_in": (3, 128, torch.float32),
         "conv_out": (128, 3, torch.bfloat16),
@@ -136,27 +141,18 @@ def main() -> None:
     rows = []
     for name, (cin, cout, dtype) in shapes.items():
         torch.manual_seed(0)
-        if name == "norm_silu_conv_out":
-            conv = OutputTail(cin, cout).to(device).to(memory_format=torch.channels_last)
-            for_shape = {"torch": lambda m, x: m(x), "triton": lambda m, x: m(x)}
-            modules = {"torch": conv, "triton": _tail_switched(conv)}
-        else:
-            conv = nn.Conv2d(cin, cout, 3, padding=1).to(device).to(memory_format=torch.channels_last)
-            for_shape = {**forms, "triton": lambda m, x: m(x)} if name == "conv_in" else forms
-            modules = {form: conv for form in forms} | (
-                {"triton": _switched(conv)} if name == "conv_in" else {}
-            )
+        tail = name == "norm_silu_conv_out"  # timed with the norm and SiLU it takes in
+        conv = OutputTail(cin, cout) if tail else nn.Conv2d(cin, cout, 3, padding=1)
+        conv = conv.to(device).to(memory_format=torch.channels_last)
         x = torch.randn(args.batch, cin, args.size, args.size, device=device, dtype=dtype)
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             reference = conv.float()(x.float())
-        for form, fn in for_shape.items():
-            if form == "gather" and cout < cin or form == "scatter" and cin < cout:
-                continue  # the form for the other side's thinness: many times the bytes
+        for form, fn in forms_of(conv).items():
 
-            def call(x, fn=fn, conv=modules[form]):
+            def call(x, fn=fn):
                 with torch.autocast("cuda", dtype=torch.bfloat16):
-                    return fn(conv, x)
+                    return fn(x)
 
             compiled = torch.compile(call)
             with torch.no_grad():

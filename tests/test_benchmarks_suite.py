@@ -462,7 +462,7 @@ def test_thin_conv_timing_triton_forms_are_switched_copies() -> None:
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 16, 3, padding=1)
     tail = script.OutputTail(16, 3, groups=4)
-    switched_conv, switched_tail = script._switched(conv), script._tail_switched(tail)
+    switched_conv, switched_tail = script.on_triton(conv), script.on_triton(tail)
     assert type(switched_conv) is TritonConvIn and type(conv) is nn.Conv2d
     assert type(switched_tail.conv_out) is NormSiLUConvOut and type(tail.conv_out) is nn.Conv2d
     x = torch.randn(2, 3, 8, 8)
@@ -470,3 +470,6 @@ def test_thin_conv_timing_triton_forms_are_switched_copies() -> None:
     with torch.no_grad():
         torch.testing.assert_close(switched_conv(x), conv(x))
         torch.testing.assert_close(switched_tail(h), tail(h), rtol=1e-4, atol=1e-5)
+    assert set(script.forms_of(conv)) == {"cudnn", "padded", "gather", "triton"}
+    assert set(script.forms_of(nn.Conv2d(16, 3, 3, padding=1))) == {"cudnn", "padded", "scatter"}
+    assert set(script.forms_of(tail)) == {"torch", "triton"}
