@@ -154,6 +154,9 @@ def main() -> None:
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     return fn(x)
 
+            # Every form's call is one code object: past 8 recompiles Dynamo runs it uncompiled
+            # (session 36's norm_silu_conv_out triton row was timed so), so each starts afresh.
+            torch._dynamo.reset()
             compiled = torch.compile(call)
             with torch.no_grad():
                 out = compiled(x)

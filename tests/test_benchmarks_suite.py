@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from subprocess_env import bench_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULERS = ("cosine", "ddim", "dpm++2m", "unipc", "euler", "heun")
@@ -71,7 +72,7 @@ def test_cpu_benchmarks_run_and_report(tmp_path: Path) -> None:
 def run_script(name: str, out: Path, *args: str, **env: str) -> str:
     """``python scripts/NAME OUT ARGS`` (``bash`` for a ``.sh``) with bench and the built-in plugins
     importable and ``env`` added to the environment; returns what it printed."""
-    env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
+    env = bench_env(**env)
     runner = ["bash"] if name.endswith(".sh") else [sys.executable]
     done = subprocess.run(
         [*runner, str(ROOT / "scripts" / name), str(out), *args],
@@ -386,7 +387,7 @@ def test_a_profile_is_drawn_and_redrawn_against_a_target(tmp_path: Path) -> None
     run_script("profile_sampling.py", tmp_path / "p", "--preset", "tiny", "--batch", "2", "--steps", "1")
     with Image.open(tmp_path / "p" / "profile.png") as image:
         assert image.format == "PNG" and image.width == 800
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
+    env = bench_env()
     script = [sys.executable, str(ROOT / "scripts" / "plot_profile.py")]
     out = tmp_path / "target.png"
     subprocess.run(
