@@ -126,13 +126,14 @@ _FREEZE_WEIGHTS_HELP = (
 _NOISE_AHEAD_HELP = (
     "Draw each DDPM step's per-image noise one step ahead on a side CUDA stream, beside the model's "
     "call, where those 512 small draws a step otherwise wait in line behind it (the same values; "
-    "default off: not yet measured on a GPU)."
+    "default on when compiling on CUDA: 1.009x the sampling speed on an H100, BENCHMARKS.md session 36)."
 )
 
 _TRITON_END_CONVS_HELP = (
     "Run the UNet's thin end convolutions (3 -> 128, 128 -> 3 channels) by Triton kernels of this "
-    "project, the output one with its GroupNorm and SiLU in the same pass (CUDA with bf16 autocast; "
-    "default off)."
+    "project, the output one with its GroupNorm and SiLU in the same pass (default on when compiling "
+    "on CUDA in bf16, not with --pad-thin-convs: 1.022x the sampling speed on an H100, BENCHMARKS.md "
+    "session 36)."
 )
 
 

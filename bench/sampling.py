@@ -44,7 +44,7 @@ from bench.compile_mode import (
     quiet_known_compile_warnings,
     weights_frozen,
 )
-from bench.end_convs import use_triton_end_convs
+from bench.end_convs import triton_available, use_triton_end_convs
 from bench.groupnorm import chosen_group_norm, resolved_group_norm, use_group_norm
 from bench.guidance import check_interval, in_interval
 from bench.noise import check_schedule_compatible, scheduler_factory
@@ -160,12 +160,13 @@ class SamplingOptions:
     # A weight change recompiles (see _compiled).
     freeze_weights: bool | None = None
     # Each DDPM step's per-image noise drawn one step ahead on a side CUDA stream, beside the model's
-    # call (bench/step_noise.py): the same values. Off by default until a GPU has measured it (no
-    # GPU could be had in session 35); off the CPU nothing overlaps.
+    # call (bench/step_noise.py): the same values. Default on when compiling on CUDA; on a CPU
+    # nothing overlaps.
     noise_ahead: bool | None = None
     # The UNet's thin end convolutions by Triton kernels of our own, the output one with its
-    # GroupNorm and SiLU in the same pass (bench/end_convs.py). CUDA with bf16/fp16 autocast; off
-    # by default until measured.
+    # GroupNorm and SiLU in the same pass (bench/end_convs.py). Default on when compiling on CUDA in
+    # bf16 (not with pad_thin_convs, which rewrites the same convolutions); fp32 and the CPU fall
+    # back to torch's ops.
     triton_end_convs: bool | None = None
 
     def __post_init__(self) -> None:
@@ -230,8 +231,14 @@ class SamplingOptions:
             else self.attention_by_sums,
             pad_thin_convs=bool(self.pad_thin_convs),
             freeze_weights=bool(self.freeze_weights),
-            noise_ahead=bool(self.noise_ahead),
-            triton_end_convs=bool(self.triton_end_convs),
+            # Compiled on CUDA, beside today's default on an H100: noise ahead 1.009x, the Triton
+            # end convolutions 1.022x, both 1.025x (BENCHMARKS.md, session 36).
+            noise_ahead=(cuda and compile_) if self.noise_ahead is None else self.noise_ahead,
+            triton_end_convs=(
+                cuda and compile_ and dtype == "bf16" and not self.pad_thin_convs and triton_available()
+            )
+            if self.triton_end_convs is None
+            else self.triton_end_convs,
         )
 
     @property

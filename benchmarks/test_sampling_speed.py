@@ -47,7 +47,8 @@ REF_IMAGES = env_int("BENCH_SPEED_REF_IMAGES", 2)
 # cuDNN's algorithms (cudnn.benchmark); the others keep its heuristics, the default.
 # The GPU default until session 26, with torch's attention kernel: the modes keep their meaning
 # across sessions. Session 26's default adds attention by sums (the "-attn" modes), today's also
-# GroupNorm from channel statistics (the "-attn-gn-stats" modes).
+# GroupNorm from channel statistics (the "-attn-gn-stats" modes), session 36's also the Triton end
+# convolutions and noise drawn ahead (the "-ends-ahead" modes).
 _FAST = dict(
     dtype="bf16",
     channels_last=True,
@@ -55,6 +56,8 @@ _FAST = dict(
     cuda_graphs=True,
     attention_by_sums=False,
     group_norm_by_channel_stats=False,
+    triton_end_convs=False,
+    noise_ahead=False,
 )
 _GPU_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "fp32": ("fp32", dict(dtype="fp32", channels_last=False, compile=False, cuda_graphs=False)),
@@ -92,16 +95,17 @@ _GPU_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         {**_FAST, "tune_kernels": True, "fold_upsample": True, "attention_by_sums": True},
     ),
 }
-# Today's default, untuned and tuned, with one more switch: mode suffix -> (label words, settings).
-# "-ahead" draws DDPM's noise a step ahead on a side stream (noise_ahead, off by default).
+# Session 27's default, untuned and tuned, with more switches: mode suffix -> (label words, settings).
+# "-ends-ahead" is session 36's default; "-frozen-ends-ahead" with --tune-kernels the fastest.
+_ENDS_AHEAD = {"triton_end_convs": True, "noise_ahead": True}
 _ON_TODAYS_DEFAULT = {
     "padded": ("thin convolutions padded", {"pad_thin_convs": True}),
     "frozen": ("weights frozen", {"freeze_weights": True}),
-    "frozen-ends": (
-        "weights frozen, end convolutions by Triton",
-        {"freeze_weights": True, "triton_end_convs": True},
+    "ends-ahead": ("end convolutions by Triton, noise drawn ahead", _ENDS_AHEAD),
+    "frozen-ends-ahead": (
+        "weights frozen, end convolutions by Triton, noise drawn ahead",
+        {"freeze_weights": True, **_ENDS_AHEAD},
     ),
-    "frozen-ahead": ("weights frozen, noise drawn ahead", {"freeze_weights": True, "noise_ahead": True}),
 }
 for _base in ("graphs-attn-gn-stats", "graphs-tuned-attn-gn-stats"):
     _label, _settings = _GPU_OPTIONS[_base]

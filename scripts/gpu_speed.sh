@@ -10,8 +10,10 @@
 #      after the other at BATCH (scripts/tuning_pair.sh, 20 steps)
 #   3. sampling: the 100-step suite at BATCH, the one-image reference loop as its baseline (the
 #      compiled graphs of stage 2 come from Inductor's cache); SUITE_MODES, the benchmark modes
-#      (default reference,graphs-attn-gn-stats,graphs-tuned-attn-gn-stats: bench run's GPU default
-#      since session 27, untuned and tuned; "graphs-attn" is session 26's, with nn.GroupNorm, and
+#      (default reference,graphs-attn-gn-stats,graphs-attn-gn-stats-ends-ahead,
+#      graphs-tuned-attn-gn-stats-frozen-ends-ahead: bench run's GPU default of sessions 27-35, the
+#      default since session 36 (the Triton end convolutions, noise drawn ahead), and that tuned
+#      with its weights frozen, the fastest; "graphs-attn" is session 26's, with nn.GroupNorm, and
 #      "graphs" the default before it, with torch's attention kernel too); SUITE_LIMIT, its time
 #      limit in seconds (default 420; each tuned mode compiles for minutes)
 #   4. `bench run` itself, guided and unguided, compiled (its GPU default) beside --no-compile: the
@@ -67,7 +69,7 @@ nvidia-smi -L
 stage train-baseline 600 env BENCH_TRAIN_MODES="${BASELINE_MODES:-eager,compile-graphs-gn-stats}" BENCH_TRAIN_BATCH="${TRAIN_BATCH:-256}" \
     BENCH_SPEED_K=test_training_gpu bash scripts/speed.sh "$OUT/train-baseline"
 stage sample-pair 480 bash scripts/tuning_pair.sh "$OUT/sample-pair" "$BATCH" 20 420
-stage sample-suite "${SUITE_LIMIT:-420}" env BENCH_SPEED_MODES="${SUITE_MODES:-reference,graphs-attn-gn-stats,graphs-tuned-attn-gn-stats}" BENCH_SPEED_BATCH="$BATCH" \
+stage sample-suite "${SUITE_LIMIT:-420}" env BENCH_SPEED_MODES="${SUITE_MODES:-reference,graphs-attn-gn-stats,graphs-attn-gn-stats-ends-ahead,graphs-tuned-attn-gn-stats-frozen-ends-ahead}" BENCH_SPEED_BATCH="$BATCH" \
     BENCH_SPEED_K="sampling and gpu" bash scripts/speed.sh "$OUT/sample-suite"
 SETS=()
 for set in plugins/bench_builtins/conditions/test.json plugins/bench_builtins/conditions/new_test.json \

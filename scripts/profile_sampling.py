@@ -24,7 +24,7 @@ run until FILE exists (at most ``--wait-max`` seconds; the setting records wheth
 
 Usage: python scripts/profile_sampling.py OUT_DIR [--preset seed] [--batch 256] [--steps 10]
        [--images N] [--scheduler cosine] [--guidance 1] [--no-compile] [--cuda-graphs] [--dtype bf16|fp32]
-       [--no-channels-last] [--group-norm-by-views] [--[no-]group-norm-by-channel-stats] [--fold-upsample] [--pad-thin-convs] [--freeze-weights] [--noise-ahead] [--triton-end-convs]
+       [--no-channels-last] [--group-norm-by-views] [--[no-]group-norm-by-channel-stats] [--fold-upsample] [--pad-thin-convs] [--freeze-weights] [--[no-]noise-ahead] [--[no-]triton-end-convs]
        [--[no-]attention-by-sums] [--tune-kernels] [--autotune] [--inductor KEY=VALUE ...]
        [--no-profile] [--ready-file FILE] [--time-after FILE] [--wait-max SECONDS] [--inductor-code]
 
@@ -100,8 +100,18 @@ def main() -> None:
     parser.add_argument("--fold-upsample", action="store_true", help="bench/upsample.py")
     parser.add_argument("--pad-thin-convs", action="store_true", help="bench/padded_conv.py")
     parser.add_argument("--freeze-weights", action="store_true", help="Inductor's freezing (needs compile)")
-    parser.add_argument("--triton-end-convs", action="store_true", help="bench/end_convs.py")
-    parser.add_argument("--noise-ahead", action="store_true", help="bench/step_noise.py")
+    parser.add_argument(
+        "--triton-end-convs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bench/end_convs.py (default: bench run's, on when compiling on CUDA in bf16)",
+    )
+    parser.add_argument(
+        "--noise-ahead",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bench/step_noise.py (default: bench run's, on when compiling on CUDA)",
+    )
     parser.add_argument(
         "--attention-by-sums",
         action=argparse.BooleanOptionalAction,

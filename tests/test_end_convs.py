@@ -215,6 +215,17 @@ def test_switch_swaps_the_end_modules_and_back(model) -> None:
 def test_padding_and_the_kernels_together_are_refused() -> None:
     with pytest.raises(SamplingOptionsError, match="choose one"):
         SamplingOptions(pad_thin_convs=True, triton_end_convs=True).resolved("cpu")
+    # The default gives way to padding asked for, instead of refusing it.
+    assert SamplingOptions(pad_thin_convs=True).resolved("cuda").triton_end_convs is False
+
+
+@pytest.mark.skipif(not triton_available(), reason="Triton is not installed (a CPU-only torch build)")
+def test_on_by_default_only_when_compiling_on_cuda_in_bf16() -> None:
+    assert SamplingOptions().resolved("cuda").triton_end_convs is True
+    assert SamplingOptions(dtype="fp32").resolved("cuda").triton_end_convs is False
+    assert SamplingOptions(compile=False).resolved("cuda").triton_end_convs is False
+    assert SamplingOptions(triton_end_convs=False).resolved("cuda").triton_end_convs is False
+    assert SamplingOptions().resolved("cpu").triton_end_convs is False
 
 
 def test_a_model_without_the_end_convolutions_switches_nothing() -> None:

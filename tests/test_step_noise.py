@@ -130,8 +130,10 @@ def test_draws_at_matches_ddpm() -> None:
     assert draws_at(1.0) and draws_at(999) and not draws_at(0) and not draws_at(torch.tensor(0))
 
 
-def test_off_by_default_until_measured() -> None:
-    assert SamplingOptions().resolved("cuda").noise_ahead is False
+def test_on_by_default_only_when_compiling_on_cuda() -> None:
+    assert SamplingOptions().resolved("cuda").noise_ahead is True
+    assert SamplingOptions(compile=False).resolved("cuda").noise_ahead is False
+    assert SamplingOptions(noise_ahead=False).resolved("cuda").noise_ahead is False
     assert SamplingOptions().resolved("cpu").noise_ahead is False
     assert SamplingOptions(noise_ahead=True).resolved("cuda").noise_ahead is True
     assert SamplingOptions.plain().noise_ahead is False
