@@ -19,8 +19,8 @@ changing module classes (parameters and state_dict keys unchanged): ``conv_in`` 
 ``TritonConvIn``; the tail's norm and SiLU become ``FusedIntoNext`` (they hand their input on, the
 class they had kept on the instance) and ``conv_out`` becomes ``NormSiLUConvOut``, which holds the
 norm (not as a submodule) and computes all three. Each falls back to torch's own ops (the same
-sums) where the kernels cannot run: off CUDA, without Triton, outside bf16/fp16 autocast, or on
-an image whose pixel count no block of 16 to 128 divides.
+sums) where the kernels cannot run: off CUDA, on a card older than compute capability 8.0, without
+Triton, outside bf16/fp16 autocast, or on an image whose pixel count no block of 16 to 128 divides.
 
 Measured on an H100 (BENCHMARKS.md, session 36): 1.022x the untuned GPU default's sampling (48.9 ->
 47.9 ms a step at batch 512), hence on by default when compiling on CUDA in bf16.
@@ -45,6 +45,10 @@ THIN = 8  # at most this many channels on the thin side: 9 * 8 = 72 rows fit a b
 # forward (a cached function or an import there may split the traced graph).
 _TRITON = importlib.util.find_spec("triton") is not None
 _KERNELS: Any = None  # bench.end_conv_kernels
+# CUDA device index -> whether the kernels run there: their tensor-core products in bf16 need compute
+# capability 8.0 (Ampere) or newer, so an older card (a T4, a V100) keeps torch's ops. Filled with
+# the kernels.
+_CAPABLE: dict[int, bool] = {}
 
 
 def triton_available() -> bool:
@@ -58,6 +62,9 @@ def _load_kernels() -> None:
         from bench import end_conv_kernels
 
         _KERNELS = end_conv_kernels
+    if not _CAPABLE and torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            _CAPABLE[index] = torch.cuda.get_device_capability(index) >= (8, 0)
 
 
 def is_plain_3x3(conv: nn.Module) -> bool:
@@ -81,9 +88,9 @@ def _wide(channels: int) -> bool:
 
 
 def _half_on_cuda(x: torch.Tensor) -> torch.dtype | None:
-    """Autocast's half dtype where ``x`` is on CUDA under it, else None. fp32 stays with cuDNN: the
-    kernels' products would round to tf32."""
-    if not x.is_cuda or not torch.is_autocast_enabled("cuda"):
+    """Autocast's half dtype where ``x`` is on a CUDA card the kernels run on (``_CAPABLE``) under
+    it, else None. fp32 stays with cuDNN: the kernels' products would round to tf32."""
+    if not x.is_cuda or not _CAPABLE.get(x.device.index, False) or not torch.is_autocast_enabled("cuda"):
         return None
     dtype = torch.get_autocast_dtype("cuda")
     return dtype if dtype in (torch.bfloat16, torch.float16) else None

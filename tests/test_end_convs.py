@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from subprocess_env import bench_env
 from torch import nn
 
+from bench import end_convs
 from bench.end_convs import (
     FusedIntoNext,
     NormSiLUConvOut,
@@ -226,6 +227,18 @@ def test_on_by_default_only_when_compiling_on_cuda_in_bf16() -> None:
     assert SamplingOptions(compile=False).resolved("cuda").triton_end_convs is False
     assert SamplingOptions(triton_end_convs=False).resolved("cuda").triton_end_convs is False
     assert SamplingOptions().resolved("cpu").triton_end_convs is False
+
+
+def test_cards_older_than_ampere_keep_torchs_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Switching on records, per CUDA device, whether its compute capability takes the kernels'
+    bf16 tensor-core products (8.0 and up); the forward falls back to torch's ops elsewhere."""
+    capabilities = [(7, 5), (8, 0), (9, 0)]  # a T4, an A100, an H100
+    monkeypatch.setattr(end_convs, "_CAPABLE", {})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capabilities[index])
+    use_triton_end_convs(nn.Sequential(), True)
+    assert end_convs._CAPABLE == {0: False, 1: True, 2: True}
 
 
 def test_a_model_without_the_end_convolutions_switches_nothing() -> None:
