@@ -311,6 +311,8 @@ def test_kernels_on_cuda_in_bf16_and_compiled_sampling() -> None:
         options = SamplingOptions(batch_size=8, triton_end_convs=on)
         images[on] = sample(model, "cosine", conds, train_config=config, steps=20, options=options).images
     assert type(model.unet.conv_out) is NormSiLUConvOut
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # this card takes the kernels' path
+        assert end_convs._kernel_dtype(a, 128) is torch.bfloat16
     # bf16 rounding differs between the two forms and 20 steps carry it on: on an H100 a few pixels
     # moved by up to 0.18 (of [-1, 1]) and most by under 3e-3. Wrong kernels move nearly every
     # pixel, so the mean difference is what tells the two apart.
