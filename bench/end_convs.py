@@ -98,8 +98,10 @@ def _half_on_cuda(x: torch.Tensor) -> torch.dtype | None:
 
 def _kernel_dtype(x: torch.Tensor, wide: int) -> torch.dtype | None:
     """The dtype the kernels compute in for ``x`` (``wide`` channels on the wide side), None where
-    they cannot run: fall back to torch (also for an image no pixel block divides)."""
-    if _KERNELS is None:
+    they cannot run: fall back to torch (also for an image no pixel block divides, and wherever
+    autograd records: the kernels have no backward, and a model sampled in one process may be
+    trained next with its modules still switched)."""
+    if _KERNELS is None or torch.is_grad_enabled():
         return None
     dtype = _half_on_cuda(x)
     if dtype is None or _KERNELS.pixel_block(x.shape[-2] * x.shape[-1], wide) is None:

@@ -241,6 +241,41 @@ def test_cards_older_than_ampere_keep_torchs_ops(monkeypatch: pytest.MonkeyPatch
     assert end_convs._CAPABLE == {0: False, 1: True, 2: True}
 
 
+def test_the_kernels_only_run_where_autograd_records_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """They have no backward: with grad enabled (a switched model trained after sampling) both
+    modules take torch's ops and train; under no_grad / inference_mode they call the kernels."""
+
+    class Kernels:
+        called: list[str] = []
+
+        @staticmethod
+        def pixel_block(pixels: int, channels: int) -> int:
+            return 16
+
+        def conv_in_3x3(self, x, weight, bias, dtype):
+            self.called.append("conv_in")
+            return F.conv2d(x, weight, bias, padding=1)
+
+        def norm_silu_conv_out_3x3(self, x, scale, shift, weight, bias, dtype):
+            self.called.append("conv_out")
+            shape = (*scale.shape, 1, 1)
+            return F.conv2d(F.silu(x * scale.view(shape) + shift.view(shape)), weight, bias, padding=1)
+
+    kernels = Kernels()
+    monkeypatch.setattr(end_convs, "_KERNELS", kernels)
+    monkeypatch.setattr(end_convs, "_half_on_cuda", lambda x: torch.float32)
+    model = make_ddpm_unet("tiny")
+    use_triton_end_convs(model, True)
+    monkeypatch.setattr(end_convs, "_KERNELS", kernels)  # the switch loaded the real module
+    x, t, c = torch.randn(2, 3, 16, 16), torch.tensor([10, 500]), torch.zeros(2, 24)
+    model(x, t, c).mean().backward()
+    assert kernels.called == []
+    assert model.unet.conv_in.weight.grad is not None and model.unet.conv_out.weight.grad is not None
+    with torch.inference_mode():
+        model(x, t, c)
+    assert kernels.called == ["conv_in", "conv_out"]
+
+
 def test_a_model_without_the_end_convolutions_switches_nothing() -> None:
     plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU())
     assert triton_end_convs(plain) == 0 and use_triton_end_convs(plain, True) == 0
@@ -311,7 +346,7 @@ def test_kernels_on_cuda_in_bf16_and_compiled_sampling() -> None:
         options = SamplingOptions(batch_size=8, triton_end_convs=on)
         images[on] = sample(model, "cosine", conds, train_config=config, steps=20, options=options).images
     assert type(model.unet.conv_out) is NormSiLUConvOut
-    with torch.autocast("cuda", dtype=torch.bfloat16):  # this card takes the kernels' path
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):  # this card takes the kernels' path
         assert end_convs._kernel_dtype(a, 128) is torch.bfloat16
     # bf16 rounding differs between the two forms and 20 steps carry it on: on an H100 a few pixels
     # moved by up to 0.18 (of [-1, 1]) and most by under 3e-3. Wrong kernels move nearly every
