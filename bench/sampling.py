@@ -452,6 +452,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _to_host(images: torch.Tensor, staging: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``images`` on the CPU. From CUDA through one reused page-locked buffer: a pageable copy of
+    512 64x64 images took 14.3 ms on an H100 (session 29's profile), once per chunk, with the GPU
+    idle; the buffer stays one chunk's size however many chunks a run has."""
+    if images.device.type != "cuda":
+        return images
+    buffer = staging.get("buffer")
+    if buffer is None or buffer.shape != images.shape:
+        buffer = staging["buffer"] = torch.empty(images.shape, dtype=images.dtype, pin_memory=True)
+    return buffer.copy_(images).clone()
+
+
 def _frame_points(total: int, frames: int) -> list[int]:
     """Indices of the steps after which a frame is kept (0 = the initial noise)."""
     return sorted({round(i * total / frames) for i in range(frames + 1)})
@@ -642,6 +654,7 @@ def sample(
         _sync(device)
         start = time.perf_counter()
         outputs, frame_chunks, chunks = [], [], range(0, n, batch)
+        staging: dict[str, torch.Tensor] = {}
         for k, first in enumerate(chunks):
             cond, gens = chunk(first)
             label = "denoising steps" + (f" (chunk {k + 1}/{len(chunks)})" if len(chunks) > 1 else "")
@@ -662,15 +675,15 @@ def sample(
                 noise_ahead=bool(opts.noise_ahead),
             )
             keep = min(batch, n - first)
-            images = x[:keep].float().cpu()
-            bad = int((~torch.isfinite(images)).sum())
+            images = x[:keep].float()
+            bad = int((~torch.isfinite(images)).sum())  # counted where the images are: one number back
             if bad:  # scored as black images otherwise
                 raise SamplingError(
                     f"{bad} of {images.numel()} values of the images sampled with scheduler {name!r} "
                     f"({steps} steps) are NaN or inf: its step, or the model (a diverged checkpoint?), "
                     "gave non-finite values"
                 )
-            outputs.append(images.clamp(-1, 1))
+            outputs.append(_to_host(images.clamp(-1, 1), staging))
             if frames:
                 frame_chunks.append(torch.stack([f[:keep] for f in frames]))
         _sync(device)

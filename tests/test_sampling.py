@@ -833,3 +833,25 @@ def test_frozen_weights_compile_once_across_sample_calls(
     unet.load_state_dict(make_ddpm_unet("tiny").state_dict())  # a real change still recompiles
     sample(unet, "ddim", conditions(2), train_config=cosine, steps=1, options=options)
     assert len(compiles) == 2
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))],
+)
+def test_images_come_to_the_host_through_one_reused_buffer(device: str) -> None:
+    """CPU images pass as they are; CUDA ones come back equal, on the CPU, through one page-locked
+    buffer per chunk shape that the next chunk reuses (the returned images are copies of it)."""
+    from bench.sampling import _to_host
+
+    staging: dict[str, torch.Tensor] = {}
+    images = torch.randn(4, 3, 8, 8, device=device)
+    host = _to_host(images, staging)
+    assert host.device.type == "cpu" and torch.equal(host, images.cpu())
+    if device == "cpu":
+        assert host is images and not staging
+        return
+    buffer = staging["buffer"]
+    assert buffer.is_pinned() and host.data_ptr() != buffer.data_ptr()
+    second = _to_host(images * 2, staging)
+    assert staging["buffer"] is buffer and torch.equal(second, 2 * host) and torch.equal(host, images.cpu())
