@@ -14,7 +14,7 @@ Sizes come from environment variables so a shorter set can be chosen without edi
 | ``BENCH_SPEED_PRESET`` | seed | GPU model preset |
 | ``BENCH_SPEED_BATCH`` | 256 | GPU sampling batch sizes (comma list, e.g. 256,512) |
 | ``BENCH_SPEED_STEPS`` | 100 | GPU sampling steps (cosine) |
-| ``BENCH_SPEED_MODES`` | all known | GPU sampling variants: reference, fp32, bf16, bf16-cudnn, compile, graphs, graphs-nchw, graphs-views, autotune, graphs-tuned, graphs-folded, graphs-tuned-folded, graphs-attn, graphs-tuned-attn, graphs-attn-gn-stats, graphs-tuned-attn-gn-stats, graphs-tuned-folded-attn (``scripts/speed.sh``: reference,fp32,bf16,graphs) |
+| ``BENCH_SPEED_MODES`` | all known | GPU sampling variants: reference, fp32, bf16, bf16-cudnn, compile, graphs, graphs-nchw, graphs-views, autotune, graphs-tuned, graphs-folded, graphs-tuned-folded, graphs-attn, graphs-tuned-attn, graphs-attn-gn-stats, graphs-tuned-attn-gn-stats, graphs-tuned-folded-attn, and those two -attn-gn-stats modes with -padded, -frozen, -ends-ahead (today's default, untuned) or -frozen-ends-ahead (``scripts/speed.sh``: reference,fp32,bf16,graphs) |
 | ``BENCH_SPEED_ROUNDS`` | 3 | measured rounds per GPU sampling benchmark (the reference loop, minutes a round: one fewer) |
 | ``BENCH_SPEED_REF_IMAGES`` | 2 | images through the one-at-a-time reference loop |
 | ``BENCH_TRAIN_BATCH`` | 128,256 | GPU training batch sizes |
