@@ -390,10 +390,16 @@ class _ModelCall:
         self.bf16 = options.dtype == "bf16"
         self.channels_last = options.channels_last
         self.cuda_graphs = bool(options.cuda_graphs)
-        # Each set on or back: the model is shared between calls. The GroupNorm kind last: the
-        # Triton end convolutions hand the output norm's work on, and give its class back when off.
+        # Each set on or back: the model is shared between calls. All back first, then the ones
+        # asked for: a switch takes only the plain modules (padding skips the Triton end
+        # convolutions a previous call left, which would then come back plain, unpadded). The
+        # GroupNorm kind last: the Triton end convolutions hand the output norm's work on, and
+        # give its class back when off.
+        for use in reversed(_MODULE_SWITCHES.values()):
+            use(model, False)
         for switch, use in _MODULE_SWITCHES.items():
-            use(model, bool(getattr(options, switch)))
+            if getattr(options, switch):
+                use(model, True)
         group_norm = chosen_group_norm(options)
         use_group_norm(model, group_norm)
         if options.compile:

@@ -97,15 +97,15 @@ class StepNoise:
         def randn_tensor(shape: Any, generator: Any = None, device: Any = None, dtype: Any = None, **_: Any):
             if not expected or not self.queue or handed:
                 raise StepNoiseError(
-                    "the scheduler drew noise at a step where none was drawn ahead; sample without "
-                    "--noise-ahead (and report it)"
+                    "the scheduler drew noise at a step where none was drawn ahead; sample with "
+                    "--no-noise-ahead (and report it)"
                 )
             k = self.queue.popleft()
             buffer = self.buffers[k]
             if tuple(shape) != tuple(buffer.shape) or (dtype is not None and dtype != buffer.dtype):
                 raise StepNoiseError(
                     f"the scheduler asked for noise of shape {tuple(shape)} and dtype {dtype}; "
-                    f"{tuple(buffer.shape)} {buffer.dtype} was drawn ahead (sample without --noise-ahead)"
+                    f"{tuple(buffer.shape)} {buffer.dtype} was drawn ahead (sample with --no-noise-ahead)"
                 )
             if self.stream is not None:
                 torch.cuda.current_stream(self.device).wait_event(self.drawn[k])

@@ -276,6 +276,24 @@ def test_the_kernels_only_run_where_autograd_records_nothing(monkeypatch: pytest
     assert kernels.called == ["conv_in", "conv_out"]
 
 
+def test_padding_after_the_kernels_pads_the_end_convolutions(model) -> None:
+    """A call with padding after one with the Triton end convolutions: padding takes only plain
+    convolutions, so each call first turns every switch back (else the first padded call sampled
+    unpadded, recorded as padded)."""
+    from bench.sampling import _ModelCall
+
+    _ModelCall(
+        model, SamplingOptions(triton_end_convs=True, compile=False).resolved("cpu"), torch.device("cpu")
+    )
+    assert type(model.unet.conv_in) is TritonConvIn
+    _ModelCall(
+        model, SamplingOptions(pad_thin_convs=True, compile=False).resolved("cpu"), torch.device("cpu")
+    )
+    assert type(model.unet.conv_in).__name__ == "PaddedConv2d"
+    assert type(model.unet.conv_out).__name__ == "PaddedConv2d"
+    assert type(model.unet.conv_act) is nn.SiLU and type(model.unet.conv_norm_out) is not FusedIntoNext
+
+
 def test_a_model_without_the_end_convolutions_switches_nothing() -> None:
     plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU())
     assert triton_end_convs(plain) == 0 and use_triton_end_convs(plain, True) == 0
