@@ -82,7 +82,10 @@ def _launch(kernel: Any, pixels: int, pixels_per_image: int, wide: int, *args: A
         block = pixel_block(pixels_per_image, wide)
         kernel[(pixels // block,)](*args, **constants, BLOCK_P=block)
     else:
-        kernel[lambda meta: (pixels // meta["BLOCK_P"],)](*args, **constants)
+        # Triton launches on the current device: a tensor on another one (eager, on cuda:1) needs
+        # its own made current.
+        with torch.cuda.device(args[0].device):
+            kernel[lambda meta: (pixels // meta["BLOCK_P"],)](*args, **constants)
 
 
 @triton.jit

@@ -56,6 +56,15 @@ def triton_available() -> bool:
     return _TRITON
 
 
+def card_takes_kernels(device: torch.device | str) -> bool:
+    """Whether the kernels would run on CUDA ``device``: compute capability 8.0 or newer (the
+    switch's default follows it). Where this machine has no CUDA, options resolved for one are
+    taken as for a card that does."""
+    if not torch.cuda.is_available():
+        return True
+    return torch.cuda.get_device_capability(torch.device(device)) >= (8, 0)
+
+
 def _load_kernels() -> None:
     global _KERNELS
     if _KERNELS is None and _TRITON:
@@ -64,7 +73,7 @@ def _load_kernels() -> None:
         _KERNELS = end_conv_kernels
     if not _CAPABLE and torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
-            _CAPABLE[index] = torch.cuda.get_device_capability(index) >= (8, 0)
+            _CAPABLE[index] = card_takes_kernels(torch.device("cuda", index))
 
 
 def is_plain_3x3(conv: nn.Module) -> bool:

@@ -44,7 +44,7 @@ from bench.compile_mode import (
     quiet_known_compile_warnings,
     weights_frozen,
 )
-from bench.end_convs import triton_available, use_triton_end_convs
+from bench.end_convs import card_takes_kernels, triton_available, use_triton_end_convs
 from bench.groupnorm import chosen_group_norm, resolved_group_norm, use_group_norm
 from bench.guidance import check_interval, in_interval
 from bench.noise import check_schedule_compatible, scheduler_factory
@@ -235,7 +235,12 @@ class SamplingOptions:
             # end convolutions 1.022x, both 1.025x (BENCHMARKS.md, session 36).
             noise_ahead=(cuda and compile_) if self.noise_ahead is None else self.noise_ahead,
             triton_end_convs=(
-                cuda and compile_ and dtype == "bf16" and not self.pad_thin_convs and triton_available()
+                cuda
+                and compile_
+                and dtype == "bf16"
+                and not self.pad_thin_convs
+                and triton_available()
+                and card_takes_kernels(device)
             )
             if self.triton_end_convs is None
             else self.triton_end_convs,

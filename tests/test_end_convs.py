@@ -231,14 +231,29 @@ def test_on_by_default_only_when_compiling_on_cuda_in_bf16() -> None:
 
 def test_cards_older_than_ampere_keep_torchs_ops(monkeypatch: pytest.MonkeyPatch) -> None:
     """Switching on records, per CUDA device, whether its compute capability takes the kernels'
-    bf16 tensor-core products (8.0 and up); the forward falls back to torch's ops elsewhere."""
+    bf16 tensor-core products (8.0 and up); the forward falls back to torch's ops elsewhere, and
+    the default is off there."""
     capabilities = [(7, 5), (8, 0), (9, 0)]  # a T4, an A100, an H100
     monkeypatch.setattr(end_convs, "_CAPABLE", {})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capabilities[index])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capabilities[device.index])
     use_triton_end_convs(nn.Sequential(), True)
     assert end_convs._CAPABLE == {0: False, 1: True, 2: True}
+
+    class OnCard:  # what the forward's check reads of a tensor on CUDA device ``index``
+        is_cuda = True
+
+        def __init__(self, index: int) -> None:
+            self.device = torch.device("cuda", index)
+
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda *_: True)
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda *_: torch.bfloat16)
+    assert end_convs._half_on_cuda(OnCard(0)) is None  # the T4 falls back
+    assert end_convs._half_on_cuda(OnCard(2)) is torch.bfloat16
+    # The default follows the card: off for the T4, on for the H100 (where Triton is).
+    assert SamplingOptions().resolved("cuda:0").triton_end_convs is False
+    assert SamplingOptions().resolved("cuda:2").triton_end_convs is triton_available()
 
 
 def test_the_kernels_only_run_where_autograd_records_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -338,7 +353,8 @@ def test_sampling_with_the_switch_and_another_group_norm_kind_after(model) -> No
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the kernels in bf16 need a GPU")
 def test_kernels_on_cuda_in_bf16_and_compiled_sampling() -> None:
     """The ops in bf16 against the fp32 convolutions (bf16's rounding), then compiled sampling with
-    CUDA graphs with the switch against without it: the same images within bf16 tolerance."""
+    CUDA graphs with the switch against without it (the same images within bf16 tolerance), and
+    one model call each way."""
     from bench import end_conv_kernels as K
 
     torch.manual_seed(0)
@@ -370,3 +386,12 @@ def test_kernels_on_cuda_in_bf16_and_compiled_sampling() -> None:
     # moved by up to 0.18 (of [-1, 1]) and most by under 3e-3. Wrong kernels move nearly every
     # pixel, so the mean difference is what tells the two apart.
     assert (images[True] - images[False]).abs().mean() < 1e-2
+    # One model call, where nothing compounds, holds the whole model's output (borders included)
+    # to bf16's rounding.
+    x, t, c = torch.randn(8, 3, 64, 64, device="cuda"), torch.full((8,), 500, device="cuda"), conds.cuda()
+    outputs = {}
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for on in (False, True):
+            use_triton_end_convs(model, on)
+            outputs[on] = model(x, t, c).float()
+    assert (outputs[True] - outputs[False]).abs().max() / outputs[False].abs().max() < 2e-2
