@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -421,21 +422,27 @@ def test_a_profile_is_drawn_and_redrawn_against_a_target(tmp_path: Path) -> None
     )
 
 
-@pytest.mark.parametrize(("form", "cin", "cout"), [("conv_by_gather", 3, 16), ("conv_by_scatter", 16, 3)])
-@pytest.mark.parametrize("kernel", [1, 3, 5])
-def test_thin_conv_timing_forms_are_the_convolution(form: str, cin: int, cout: int, kernel: int) -> None:
-    """scripts/thin_conv_timing.py's matrix-product forms compute the convolution they are timed
-    against: float64 agrees to its rounding on a non-square channels_last image, bias included."""
+def _thin_conv_timing() -> types.ModuleType:
+    """scripts/thin_conv_timing.py as a module (a script, not a package)."""
     import importlib.util
-
-    import torch
-    from torch import nn
 
     spec = importlib.util.spec_from_file_location(
         "thin_conv_timing", ROOT / "scripts" / "thin_conv_timing.py"
     )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+@pytest.mark.parametrize(("form", "cin", "cout"), [("conv_by_gather", 3, 16), ("conv_by_scatter", 16, 3)])
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_thin_conv_timing_forms_are_the_convolution(form: str, cin: int, cout: int, kernel: int) -> None:
+    """scripts/thin_conv_timing.py's matrix-product forms compute the convolution they are timed
+    against: float64 agrees to its rounding on a non-square channels_last image, bias included."""
+    import torch
+    from torch import nn
+
+    script = _thin_conv_timing()
     torch.manual_seed(0)
     conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2).double()
     x = torch.randn(2, cin, 9, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
@@ -448,18 +455,12 @@ def test_thin_conv_timing_forms_are_the_convolution(form: str, cin: int, cout: i
 def test_thin_conv_timing_triton_forms_are_switched_copies() -> None:
     """The script's Triton forms are copies switched by bench.end_convs (the originals untouched),
     equal to the modules they are timed against (here through their CPU fallback)."""
-    import importlib.util
-
     import torch
     from torch import nn
 
     from bench.end_convs import NormSiLUConvOut, TritonConvIn
 
-    spec = importlib.util.spec_from_file_location(
-        "thin_conv_timing", ROOT / "scripts" / "thin_conv_timing.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _thin_conv_timing()
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 16, 3, padding=1)
     tail = script.OutputTail(16, 3, groups=4)

@@ -79,12 +79,20 @@ def test_kernels_equal_the_convolutions_under_the_interpreter() -> None:
     """conv_in and norm + SiLU + conv_out, fp32 under Triton's interpreter, against torch: images
     of 8x8, 4x8 and 16x4 (blocks of 64, 32 and 64 pixels), 1 to 8 thin channels, 8 to 256 wide ones
     (padded to a power of two of 16 or more), with and without bias, NCHW and channels_last inputs."""
-    env = bench_env(TRITON_INTERPRET="1")
+    assert float(_interpreted(_INTERPRETED, timeout=600).split()[-1]) < 1e-5
+
+
+def _interpreted(script: str, timeout: int) -> str:
+    """What ``script`` printed, run in a fresh Python with Triton's interpreter on (read at import)."""
     done = subprocess.run(
-        [sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", script],
+        env=bench_env(TRITON_INTERPRET="1"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert float(done.stdout.split()[-1]) < 1e-5
+    return done.stdout
 
 
 _COMPILED = textwrap.dedent(
@@ -124,12 +132,7 @@ _COMPILED = textwrap.dedent(
 def test_compiled_model_calls_the_kernels_as_ops() -> None:
     """torch.compile traces the two ops into the graph (their fake shapes and layouts), and
     Inductor's compiled forward with them equals the plain model (kernels interpreted, fp32)."""
-    env = bench_env(TRITON_INTERPRET="1")
-    done = subprocess.run(
-        [sys.executable, "-c", _COMPILED], env=env, capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    ops, graphs, worst = done.stdout.strip().rsplit(" ", 2)
+    ops, graphs, worst = _interpreted(_COMPILED, timeout=900).strip().rsplit(" ", 2)
     assert ops == "['bench.conv_in_3x3.default', 'bench.norm_silu_conv_out_3x3.default']"
     assert graphs == "1"  # the switched modules split nothing: one traced graph
     assert float(worst) < 1e-5
