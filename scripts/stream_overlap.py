@@ -51,6 +51,7 @@ def _graphed(
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = call(x, t, cond, 1.0)
+    graph.inputs = (x, t, cond)  # the graph reads their memory: it must outlive every replay
     return graph, out
 
 
