@@ -185,8 +185,10 @@ class SamplingOptions:
         # one; a guided chunk doubles the batch, so guided chunks hold 16 (same images either
         # way: the noise is drawn per image).
         # CUDA: a model batch of 512. Chunks of 512 sampled 11 % faster than chunks of 256, and 32
-        # to 128 slower still, on an H200 (BENCHMARKS.md, session 24); 1,024 is no faster than
-        # 512 (session 15), so a guided chunk, doubled inside, holds 256 and needs no more memory.
+        # to 128 slower still, on an H200 (BENCHMARKS.md, session 24). Tuned on an H100, 1,024
+        # gains 1.7-2.3 % and 2,048 another 0.4 % (sessions 36-37), for twice and four times the
+        # activations; bench run's condition sets are smaller than a chunk anyway, so 512 stays,
+        # and a guided chunk, doubled inside, holds 256 and needs no more memory.
         default = (256 if guided else 512) if cuda else (16 if guided else 32)
         batch_size = default if self.batch_size is None else self.batch_size
         compile_ = cuda if self.compile is None else self.compile
