@@ -87,10 +87,15 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20, help="replays of each graph per round")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    try:
+        batches = [int(b) for b in args.batches.split(",")]
+        counts = [int(k) for k in args.streams.split(",")]
+    except ValueError:
+        parser.error("--batches and --streams take whole numbers separated by commas, such as 256,512")
+    if min(batches + counts) < 1 or args.calls < 1 or args.rounds < 1:
+        parser.error("--batches, --streams, --calls and --rounds must be at least 1")
     if not torch.cuda.is_available():
-        parser.error("needs a CUDA device")
-    batches = [int(b) for b in args.batches.split(",")]
-    counts = [int(k) for k in args.streams.split(",")]
+        parser.error("needs a CUDA device (it times CUDA graphs on CUDA streams)")
     torch.manual_seed(0)
     model = get("models", "ddpm-unet").factory(preset=args.preset).eval().cuda()
     labels = model.cond_embed.in_features

@@ -475,3 +475,27 @@ def test_thin_conv_timing_triton_forms_are_switched_copies() -> None:
     assert set(script.forms_of(conv)) == {"cudnn", "padded", "gather", "triton"}
     assert set(script.forms_of(nn.Conv2d(16, 3, 3, padding=1))) == {"cudnn", "padded", "scatter"}
     assert set(script.forms_of(tail)) == {"torch", "triton"}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--streams", "1,x"], "take whole numbers separated by commas"),
+        (["--batches", "0"], "must be at least 1"),
+        ([], "needs a CUDA device"),
+    ],
+)
+def test_stream_overlap_refuses_bad_sizes_and_a_machine_without_cuda(
+    tmp_path: Path, arguments: list[str], message: str
+) -> None:
+    """scripts/stream_overlap.py says what is wrong before it builds a model (on a CUDA machine the
+    last case would run, so it is skipped there)."""
+    import torch
+
+    if not arguments and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the script would time it")
+    command = [sys.executable, "scripts/stream_overlap.py", str(tmp_path / "out"), *arguments]
+    proc = subprocess.run(command, cwd=ROOT, env=bench_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert not (tmp_path / "out").exists()
