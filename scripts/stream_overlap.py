@@ -30,16 +30,16 @@ import torch
 
 from bench.atomic import atomic_write_json
 from bench.plugins import get
-from bench.sampling import SamplingOptions, _ModelCall
+from bench.sampling import SamplingOptions, _ModelCall, model_image_shape
 
 
 def _graphed(
-    call: _ModelCall, batch: int, labels: int, seed: int
+    call: _ModelCall, shape: tuple[int, int, int], labels: int, batch: int, seed: int
 ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     """One model call at ``batch`` captured in a CUDA graph with a private memory pool, on inputs
     of its own (random noise, random multi-hot conditions); its output buffer."""
     generator = torch.Generator("cuda").manual_seed(seed)
-    x = torch.randn((batch, 3, 64, 64), device="cuda", generator=generator)
+    x = torch.randn((batch, *shape), device="cuda", generator=generator)
     cond = (torch.rand((batch, labels), device="cuda", generator=generator) < 0.1).float()
     t = torch.full((), 500, device="cuda", dtype=torch.long)
     side = torch.cuda.Stream()
@@ -99,13 +99,14 @@ def main() -> None:
     torch.manual_seed(0)
     model = get("models", "ddpm-unet").factory(preset=args.preset).eval().cuda()
     labels = model.cond_embed.in_features
+    shape = model_image_shape(model)
     rows: list[dict[str, Any]] = []
     with torch.inference_mode():
         for batch in batches:
             options = SamplingOptions(cuda_graphs=False, batch_size=batch).resolved("cuda")
             model.to(memory_format=torch.channels_last)
             call = _ModelCall(model, options, torch.device("cuda"))
-            captured = [_graphed(call, batch, labels, seed) for seed in range(max(counts))]
+            captured = [_graphed(call, shape, labels, batch, seed) for seed in range(max(counts))]
             for k in counts:
                 graphs = [graph for graph, _ in captured[:k]]
                 outputs = [out for _, out in captured[:k]]
@@ -137,11 +138,13 @@ def main() -> None:
                     }
                 row["speedup"] = row["serial"]["ms_per_model_call"] / row["streams"]["ms_per_model_call"]
                 rows.append(row)
-                result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
                 # Written after each row: a later failure keeps the rows before it.
-                atomic_write_json(
-                    args.out / "stream_overlap.json", {**result, "preset": args.preset, "rows": rows}
-                )
+                head = {
+                    "device": torch.cuda.get_device_name(),
+                    "torch": torch.__version__,
+                    "preset": args.preset,
+                }
+                atomic_write_json(args.out / "stream_overlap.json", {**head, "rows": rows})
                 print(
                     f"batch {batch} x {k}: serial {row['serial']['ms_per_512_images']:.2f} ms per 512 images, "
                     f"streams {row['streams']['ms_per_512_images']:.2f} ({row['speedup']:.3f}x), "
