@@ -25,7 +25,7 @@ run until FILE exists (at most ``--wait-max`` seconds; the setting records wheth
 Usage: python scripts/profile_sampling.py OUT_DIR [--preset seed] [--batch 256] [--steps 10]
        [--images N] [--scheduler cosine] [--guidance 1] [--no-compile] [--cuda-graphs] [--dtype bf16|fp32]
        [--no-channels-last] [--group-norm-by-views] [--[no-]group-norm-by-channel-stats] [--fold-upsample] [--pad-thin-convs] [--freeze-weights] [--[no-]noise-ahead] [--[no-]triton-end-convs]
-       [--[no-]attention-by-sums] [--tune-kernels] [--autotune] [--inductor KEY=VALUE ...]
+       [--[no-]attention-by-sums] [--tune-kernels] [--autotune] [--cudnn-benchmark] [--inductor KEY=VALUE ...]
        [--no-profile] [--ready-file FILE] [--time-after FILE] [--wait-max SECONDS] [--inductor-code]
 
 ``--inductor-code`` also writes ``OUT_DIR/inductor_code/graph_N.py``: the code Inductor generated for
@@ -120,6 +120,9 @@ def main() -> None:
     )
     parser.add_argument("--tune-kernels", action="store_true", help="Inductor's coordinate-descent tuning")
     parser.add_argument(
+        "--cudnn-benchmark", action="store_true", help="cuDNN's algorithms timed per shape (bench run's flag)"
+    )
+    parser.add_argument(
         "--autotune", action="store_true", help="max-autotune: Triton templates timed against cuDNN per shape"
     )
     parser.add_argument("--ready-file", type=Path, default=None, help="created once compiled")
@@ -170,6 +173,7 @@ def main() -> None:
         attention_by_sums=args.attention_by_sums,
         tune_kernels=args.tune_kernels and compile_,
         autotune=args.autotune and compile_,
+        cudnn_benchmark=args.cudnn_benchmark,
     )
     images = args.images or args.batch
     if images % args.batch:  # a padded last chunk would time images that are thrown away
