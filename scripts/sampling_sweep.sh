@@ -7,7 +7,7 @@
 # --tune-kernels, --inductor KEY=VALUE, ...), added to the common ones (--preset, --steps,
 # --cuda-graphs, --no-profile). Writes OUT_DIR/NAME/timing.json and OUT_DIR/NAME.log; prints each
 # run's line, flagged NOT COMPARABLE where it was timed before every compile had ended (WAIT_MAX
-# ran out).
+# ran out; OUT_DIR/NAME.not-comparable then marks it).
 # Usage: [PRESET=seed] scripts/sampling_sweep.sh OUT_DIR STEPS WAIT_MAX NAME="ARGS" [NAME="ARGS" ...]
 set -uo pipefail
 OUT=${1:?usage: scripts/sampling_sweep.sh OUT_DIR STEPS WAIT_MAX NAME=ARGS...}
@@ -23,7 +23,7 @@ for setting in "$@"; do
   name=${setting%%=*}
   [[ "$name" =~ ^[A-Za-z0-9_.-]+$ && "$setting" == *=* ]] || { echo "bad setting '$setting': NAME=ARGS" >&2; exit 2; }
   names+=("$name")
-  rm -f "$OUT/$name.ready" "$OUT/$name.done"
+  rm -f "$OUT/$name.ready" "$OUT/$name.done" "$OUT/$name.not-comparable"
 done
 rm -f "$OUT/all.ready"
 common=(--preset "${PRESET:-seed}" --steps "$STEPS" --cuda-graphs --no-profile --wait-max "$WAIT")
@@ -63,6 +63,7 @@ for name in "${names[@]}"; do
   started=$(( own_ready > previous_done ? own_ready : previous_done ))
   if [ "$started" -lt "$last_ready" ]; then
     echo "  ^ NOT COMPARABLE: timed while another setting was still compiling (raise WAIT_MAX)"
+    touch "$OUT/$name.not-comparable"  # for scripts/sweep_pick.py
   fi
   previous_done=$(stat -c %Y "$OUT/$name.done")
 done
