@@ -171,6 +171,8 @@ def test_the_sweep_flags_timings_taken_while_a_setting_still_compiled(tmp_path: 
     assert lines[0].startswith("a: ") and "images/s unprofiled" in lines[0]
     assert "NOT COMPARABLE" in lines[1]
     assert lines[2].startswith("b: ") and "images/s unprofiled" in lines[2] and len(lines) == 3
+    # marked for scripts/sweep_pick.py, which leaves such a timing out
+    assert (tmp_path / "a.not-comparable").exists() and not (tmp_path / "b.not-comparable").exists()
 
 
 def test_a_setting_that_fails_at_once_does_not_let_the_next_timing_start_beside_another(
@@ -422,13 +424,11 @@ def test_a_profile_is_drawn_and_redrawn_against_a_target(tmp_path: Path) -> None
     )
 
 
-def _thin_conv_timing() -> types.ModuleType:
-    """scripts/thin_conv_timing.py as a module (a script, not a package)."""
+def _script(name: str) -> types.ModuleType:
+    """scripts/NAME.py as a module (a script, not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(
-        "thin_conv_timing", ROOT / "scripts" / "thin_conv_timing.py"
-    )
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     return script
@@ -442,7 +442,7 @@ def test_thin_conv_timing_forms_are_the_convolution(form: str, cin: int, cout: i
     import torch
     from torch import nn
 
-    script = _thin_conv_timing()
+    script = _script("thin_conv_timing")
     torch.manual_seed(0)
     conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2).double()
     x = torch.randn(2, cin, 9, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
@@ -460,7 +460,7 @@ def test_thin_conv_timing_triton_forms_are_switched_copies() -> None:
 
     from bench.end_convs import NormSiLUConvOut, TritonConvIn
 
-    script = _thin_conv_timing()
+    script = _script("thin_conv_timing")
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 16, 3, padding=1)
     tail = script.OutputTail(16, 3, groups=4)
@@ -499,3 +499,62 @@ def test_stream_overlap_refuses_bad_sizes_and_a_machine_without_cuda(
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _timed(sweep: Path, name: str, images_per_s: float, *, comparable: bool = True) -> None:
+    """A setting's timing as scripts/sampling_sweep.sh leaves it."""
+    (sweep / name).mkdir(parents=True)
+    (sweep / name / "timing.json").write_text(json.dumps({"images_per_s_unprofiled": images_per_s}))
+    if not comparable:
+        (sweep / f"{name}.not-comparable").touch()
+
+
+def test_the_sweep_pick_takes_the_fastest_candidate_past_the_faster_baseline(tmp_path: Path) -> None:
+    pick = _script("sweep_pick").pick
+    _timed(tmp_path, "base", 100.0)
+    _timed(tmp_path, "base-again", 102.0)  # the faster baseline is the one to beat
+    _timed(tmp_path, "small", 102.5)  # 1.005x: under the 1.01x asked
+    _timed(tmp_path, "fast", 104.0)  # 1.020x
+    _timed(tmp_path, "faster", 105.0)  # 1.029x
+    _timed(tmp_path, "flagged", 150.0, comparable=False)  # timed beside a compile: left out
+    candidates = ["small", "fast", "faster", "flagged", "failed"]
+    best, lines = pick(tmp_path, ["base", "base-again"], candidates, 1.01)
+    assert best == "faster"
+    assert "flagged: no usable timing" in lines and "failed: no usable timing" in lines
+    assert pick(tmp_path, ["base", "base-again"], ["small"], 1.01)[0] is None
+    assert pick(tmp_path, ["base", "base-again"], ["small"], 1.004)[0] == "small"
+    best, lines = pick(tmp_path, ["missing", "flagged"], candidates, 1.01)
+    assert best is None and "nothing picked" in lines[0]
+
+
+@pytest.mark.slow
+def test_the_target_job_carries_the_picked_candidate_into_its_tuned_run(tmp_path: Path) -> None:
+    """scripts/sampling_target.sh on the CPU, tiny preset, one step: the untuned sweep times the
+    default first and last around the candidate, the pick (any gain, here) carries it with its own
+    flags into the target run beside the plain target, and the job ends bundled and DONE (the
+    reference loop and the streams need CUDA: the one says so, the other is skipped)."""
+    out = tmp_path / "job"
+    run_script(
+        "sampling_target.sh",
+        out,
+        PRESET="tiny",
+        STEPS="1",
+        SWEEP_BATCH="2",
+        TARGET_BATCH="2",
+        TUNE="",
+        MIN_GAIN="0.01",
+        CANDIDATES="nchw=--no-channels-last",
+        OVERLAP_LIMIT="0",
+    )
+    sweep = {
+        n: json.loads((out / "sweep" / n / "timing.json").read_text()) for n in ("base", "nchw", "base-again")
+    }
+    assert sweep["nchw"]["timed_at"] >= (out / "sweep" / "base" / "timing.json").stat().st_mtime
+    assert sweep["base-again"]["timed_at"] >= (out / "sweep" / "nchw" / "timing.json").stat().st_mtime
+    assert "picked: nchw" in (out / "pick.log").read_text()
+    target, picked = (
+        json.loads((out / "tuned" / n / "timing.json").read_text()) for n in ("target", "target-nchw")
+    )
+    assert target["options"]["channels_last"] is True and picked["options"]["channels_last"] is False
+    assert picked["batch"] == 2 and picked["preset"] == "tiny"
+    assert (out / "DONE").exists() and list((tmp_path / "job.bundle").glob("bundle.tgz.part-*"))
