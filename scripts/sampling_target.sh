@@ -13,7 +13,8 @@
 #      OVERLAP_LIMIT seconds (default 300; 0 skips it).
 # CANDIDATES: "NAME=ARGS;NAME=ARGS", ARGS being scripts/profile_sampling.py's flags. The default:
 # reductions tiled in two dimensions, loads and stores through TMA descriptors, cuDNN's algorithms
-# timed per shape, and the folded upsampling.
+# timed per shape, and the folded upsampling. Set but empty, CANDIDATES tries none and TUNE tunes
+# nothing.
 # Usage: scripts/sampling_target.sh OUT_DIR
 # PRESET and STEPS (default seed, 100) pass to every stage. Writes OUT_DIR/DONE when finished and
 # OUT_DIR.bundle/ (scripts/bundle_results.sh). Run it in the background and follow it with
@@ -27,8 +28,8 @@ export PYTHONUNBUFFERED=1 PRESET=${PRESET:-seed}
 STEPS=${STEPS:-100}
 SWEEP_BATCH=${SWEEP_BATCH:-512}
 TARGET_BATCH=${TARGET_BATCH:-2048}
-TUNE=${TUNE:---tune-kernels --freeze-weights}
-CANDIDATES=${CANDIDATES:-tiled=--inductor triton.tile_reductions=true --inductor triton.prefer_nd_tiling=true;tma=--inductor triton.use_tensor_descriptor=true --inductor assume_aligned_inputs=true;cudnn=--cudnn-benchmark;folded=--fold-upsample}
+TUNE=${TUNE---tune-kernels --freeze-weights}
+CANDIDATES=${CANDIDATES-tiled=--inductor triton.tile_reductions=true --inductor triton.prefer_nd_tiling=true;tma=--inductor triton.use_tensor_descriptor=true --inductor assume_aligned_inputs=true;cudnn=--cudnn-benchmark;folded=--fold-upsample}
 nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/card.log" 2>&1
 
 sweep_args="--batch $SWEEP_BATCH --images $SWEEP_BATCH"
