@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import torch
 
 from bench.atomic import atomic_write_json
 from bench.plugins import get
+from bench.profiling import cuda_ms_per_call
 from bench.sampling import SamplingOptions, _ModelCall, model_image_shape
 
 
@@ -55,27 +57,23 @@ def _graphed(
     return graph, out
 
 
-def _ms(graphs: list[torch.cuda.CUDAGraph], streams: list[torch.cuda.Stream] | None, calls: int) -> float:
-    """Device milliseconds for ``calls`` replays of every graph: one after the other on the current
-    stream, or each on its own stream of ``streams``, forked from and joined to the current one."""
-    main = torch.cuda.current_stream()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
+def _replay(graphs: list[torch.cuda.CUDAGraph], streams: list[torch.cuda.Stream] | None, calls: int) -> None:
+    """``calls`` replays of every graph: one after the other on the current stream, or each on its
+    own stream of ``streams``, forked from and joined to the current one (so an event recorded on
+    it after this times them all)."""
     if streams is None:
         for _ in range(calls):
             for graph in graphs:
                 graph.replay()
-    else:
-        for stream, graph in zip(streams, graphs, strict=True):
-            stream.wait_stream(main)
-            with torch.cuda.stream(stream):
-                for _ in range(calls):
-                    graph.replay()
-        for stream in streams:
-            main.wait_stream(stream)
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end)
+        return
+    main = torch.cuda.current_stream()
+    for stream, graph in zip(streams, graphs, strict=True):
+        stream.wait_stream(main)
+        with torch.cuda.stream(stream):
+            for _ in range(calls):
+                graph.replay()
+    for stream in streams:
+        main.wait_stream(stream)
 
 
 def main() -> None:
@@ -102,25 +100,25 @@ def main() -> None:
     shape = model_image_shape(model)
     rows: list[dict[str, Any]] = []
     with torch.inference_mode():
+        model.to(memory_format=torch.channels_last)  # as sample() does for the GPU default
         for batch in batches:
             options = SamplingOptions(cuda_graphs=False, batch_size=batch).resolved("cuda")
-            model.to(memory_format=torch.channels_last)
             call = _ModelCall(model, options, torch.device("cuda"))
             captured = [_graphed(call, shape, labels, batch, seed) for seed in range(max(counts))]
             for k in counts:
                 graphs = [graph for graph, _ in captured[:k]]
                 outputs = [out for _, out in captured[:k]]
                 streams = [torch.cuda.Stream() for _ in range(k)]
-                _ms(graphs, None, 2)
+                _replay(graphs, None, 2)
                 serial_outputs = [out.clone() for out in outputs]
-                _ms(graphs, streams, 2)
+                _replay(graphs, streams, 2)
                 mismatch = max(
                     float((a - b).abs().max()) for a, b in zip(outputs, serial_outputs, strict=True)
                 )
                 timings = {"serial": [], "streams": []}
                 for _ in range(args.rounds):  # interleaved, so drift in clocks hits both alike
-                    timings["serial"].append(_ms(graphs, None, args.calls))
-                    timings["streams"].append(_ms(graphs, streams, args.calls))
+                    for name, on in (("serial", None), ("streams", streams)):
+                        timings[name] += cuda_ms_per_call(partial(_replay, graphs, on, args.calls), repeats=1)
                 row: dict[str, Any] = {
                     "batch": batch,
                     "streams": k,
