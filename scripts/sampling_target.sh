@@ -36,10 +36,12 @@ sweep_args="--batch $SWEEP_BATCH --images $SWEEP_BATCH"
 IFS=';' read -r -a candidates <<< "$CANDIDATES"
 settings=("base=$sweep_args")
 names=()
+declare -A flags  # candidate name -> its flags
 for candidate in "${candidates[@]}"; do
   [ -n "$candidate" ] || continue
-  settings+=("${candidate%%=*}=$sweep_args ${candidate#*=}")
   names+=("${candidate%%=*}")
+  flags[${candidate%%=*}]=${candidate#*=}
+  settings+=("${candidate%%=*}=$sweep_args ${candidate#*=}")
 done
 settings+=("base-again=$sweep_args")
 echo "$(date +%T) untuned sweep: ${#names[@]} candidate(s)"
@@ -52,9 +54,7 @@ if [ "${#names[@]}" -gt 0 ]; then
 fi
 target_args="--batch $TARGET_BATCH --images $TARGET_BATCH $TUNE"
 targets=("target=$target_args")
-for candidate in "${candidates[@]}"; do
-  [ -n "$picked" ] && [ "${candidate%%=*}" = "$picked" ] && targets+=("target-$picked=$target_args ${candidate#*=}")
-done
+[ -n "$picked" ] && targets+=("target-$picked=$target_args ${flags[$picked]}")
 echo "$(date +%T) tuned at $TARGET_BATCH: ${targets[*]%%=*}"
 bash scripts/sampling_sweep.sh "$OUT/tuned" "$STEPS" "${TUNED_WAIT:-900}" "${targets[@]}" > "$OUT/tuned.log" 2>&1
 
